@@ -1,0 +1,83 @@
+"""Config validation: every invalid combination fails early and says what to change."""
+
+import argparse
+import warnings
+
+import pytest
+
+from wsl_ray.config import Config, ConfigError, add_config_flags, config_from_args, validate_config
+
+
+def test_defaults_are_valid_for_w_mse():
+    validate_config(Config())
+
+
+@pytest.mark.parametrize(
+    "overrides, workers, message",
+    [
+        (dict(bs=500), 1, "--w_size 128 must divide the per-worker batch 500.*e.g. --w_size 125"),
+        (dict(bs=512), 8, "per-worker batch 64 .*--bs 512 / 8 worker"),
+        (dict(emb=128), 1, "--w_size 128 must exceed --emb 128.*e.g. --w_size 256"),
+        (dict(num_samples=1), 1, "--num_samples 1: need 2 or more views"),
+        (
+            dict(method="cw_rgp", emb=512, w_size=64, groups=3),
+            1,
+            "--groups 3 must divide --emb 512; e.g. --groups 4",
+        ),
+        (
+            dict(method="cw_rgp", emb=128, w_size=64, groups=4),
+            1,
+            "more channels per group than --w_size: --emb 128 / --groups 4 = 32 <= "
+            "--w_size 64; e.g. --groups 1",
+        ),
+        (dict(arch="vgg"), 1, "unknown --arch 'vgg'"),
+    ],
+)
+def test_invalid_configs_raise_a_helpful_message(overrides, workers, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(Config(**overrides), workers=workers)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        validate_config(Config(num_samples=1, emb=256, bs=100))
+    assert str(err.value).count("\n  - ") == 3
+
+
+def test_small_w_size_warns_with_the_authors_advice():
+    with pytest.warns(UserWarning, match="w_size >= 2 emb"):
+        validate_config(Config(emb=100, w_size=128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_config(Config(emb=64, w_size=128))
+
+
+def test_cw_rgp_paper_settings_are_valid():
+    validate_config(Config(method="cw_rgp", emb=512, w_size=64, groups=4, bs=256))
+
+
+def test_other_methods_ignore_whitening_constraints():
+    validate_config(Config(method="contrastive", emb=256, w_size=7))
+
+
+def test_flags_match_reference_names_and_defaults():
+    parser = add_config_flags(argparse.ArgumentParser())
+    cfg = config_from_args(parser.parse_args([]))
+    assert cfg == Config()
+    assert (cfg.epoch, cfg.lr, cfg.bs, cfg.emb, cfg.w_size, cfg.drop) == (
+        200,
+        1e-3,
+        512,
+        64,
+        128,
+        [50, 25],
+    )
+    cfg = config_from_args(
+        parser.parse_args(["--no_norm", "--no_add_bn", "--drop", "10", "--method", "byol"])
+    )
+    assert (cfg.norm, cfg.add_bn, cfg.drop, cfg.method) == (False, False, [10], "byol")
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown config key"):
+        Config.from_dict({"w_sise": 64})

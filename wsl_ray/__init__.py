@@ -1,0 +1,1 @@
+"""wsl-ray: sweeps of self-supervised learning with whitening losses on Ray."""

@@ -1,0 +1,210 @@
+"""One training configuration: its fields, its command-line flags and its validation.
+
+The fields are a superset of the reference `train.py` flags, with the same names and
+defaults; the argparse parser is generated from the dataclass, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .models import check_arch
+
+METHODS = ("w_mse", "cw_rgp", "contrastive", "byol")
+WHITENING_METHODS = ("w_mse", "cw_rgp")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the flag and a value that works."""
+
+
+def _f(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    return dataclasses.field(
+        default_factory=lambda: list(default) if isinstance(default, list) else default,
+        metadata={"help": help, **argparse_kwargs},
+    )
+
+
+@dataclass
+class Config:
+    # method and loss
+    method: str = _f("w_mse", "loss type", choices=METHODS)
+    num_samples: int = _f(2, "number of views generated from each image")
+    emb: int = _f(64, "embedding size")
+    w_size: int = _f(128, "size of the sub-batch whitened together (W-MSE, CW-RGP)")
+    w_iter: int = _f(1, "iterations of whitening matrix estimation (W-MSE, CW-RGP)")
+    w_eps: float = _f(0.0, "shrinkage eps of the covariance, for stability")
+    groups: int = _f(4, "number of random channel groups (CW-RGP)")
+    tau: float = _f(0.5, "contrastive loss temperature")
+    byol_tau: float = _f(0.99, "starting EMA rate of BYOL's target network")
+    norm: bool = _f(True, "normalise latents before the MSE")
+    # encoder and head
+    arch: str = _f("resnet18", "encoder: resnet18|34|50, or resnet18_wN for base width N")
+    head_layers: int = _f(2, "number of FC layers in the head")
+    head_size: int = _f(1024, "size of the head's hidden FC layers")
+    add_bn: bool = _f(True, "use BatchNorm in the head")
+    zero_init_residual: bool = _f(False, "zero-init the last BN of each block (CW-RGP)")
+    # augmentation
+    cj0: float = _f(0.4, "color jitter brightness")
+    cj1: float = _f(0.4, "color jitter contrast")
+    cj2: float = _f(0.4, "color jitter saturation")
+    cj3: float = _f(0.1, "color jitter hue")
+    cj_p: float = _f(0.8, "color jitter probability")
+    gs_p: float = _f(0.1, "grayscale probability")
+    crop_s0: float = _f(0.2, "crop size from")
+    crop_s1: float = _f(1.0, "crop size to")
+    crop_r0: float = _f(0.75, "crop ratio from")
+    crop_r1: float = _f(4 / 3, "crop ratio to")
+    hf_p: float = _f(0.5, "horizontal flip probability")
+    # optimisation
+    epoch: int = _f(200, "total number of epochs")
+    bs: int = _f(512, "number of original images in a batch (all workers together)")
+    lr: float = _f(1e-3, "learning rate")
+    adam_l2: float = _f(1e-6, "weight decay (L2 penalty, coupled, as Adam's weight_decay)")
+    lr_warmup: bool = _f(True, "linear learning rate warm-up over the first 500 iterations")
+    lr_step: str = _f("step", "learning rate schedule", choices=("cos", "step", "none"))
+    drop: list = _f([50, 25], "epochs before the end at which lr drops", nargs="*", type=int)
+    drop_gamma: float = _f(0.2, "multiplicative factor of the lr drop")
+    eta_min: float = _f(0.0, "minimum learning rate (--lr_step cos)")
+    T0: int | None = _f(None, "period in epochs (--lr_step cos); default: --epoch", type=int)
+    Tmult: int = _f(1, "period factor (--lr_step cos)")
+    # evaluation
+    knn: int = _f(5, "k of the k-NN classifier")
+    knn_metric: str = _f("euclidean", "k-NN distance", choices=("euclidean", "cosine"))
+    eval_every: int = _f(20, "evaluate every this many epochs")
+    eval_every_drop: int = _f(5, "evaluate every this many epochs after the first lr drop")
+    eval_head: bool = _f(False, "evaluate the head's output instead of the encoder's")
+    # data and run
+    dataset: str = _f("cifar10", "dataset name")
+    data_dir: str | None = _f(None, "where the dataset's files are", type=str)
+    download: bool = _f(False, "download the dataset (needs a network)")
+    out: str = _f("runs", "output directory for checkpoints and metrics")
+    seed: int = _f(0, "random seed")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    compile: bool = _f(False, "torch.compile the encoder")
+    ckpt_every: int = _f(10, "save a full checkpoint every this many epochs")
+    fname: str | None = _f(None, "load model weights from this checkpoint", type=str)
+    wandb: str | None = _f(None, "log to this wandb project (offline unless WANDB_MODE)", type=str)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.num_samples * (self.num_samples - 1) // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Builds a config from a (possibly partial) dict; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
+        return cls(**values)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds one flag per Config field. Booleans that default to True get `--no_<name>`."""
+    for f in fields(Config):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        default = f.default_factory()
+        if isinstance(default, bool):
+            flag, action = (
+                (f"--no_{f.name}", "store_false")
+                if default
+                else (
+                    f"--{f.name}",
+                    "store_true",
+                )
+            )
+            parser.add_argument(flag, dest=f.name, action=action, help=help_text)
+            continue
+        meta.setdefault("type", type(default))
+        parser.add_argument(f"--{f.name}", default=default, help=help_text, **meta)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config part of parsed arguments (other flags of the command are ignored)."""
+    return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
+
+
+def validate_config(cfg: Config, workers: int = 1) -> None:
+    """Raises ConfigError for a configuration that cannot train, naming the flag to change.
+
+    Checks the batch split into whitening sub-batches (per worker under DDP), the
+    W-MSE rank condition w_size > emb, CW-RGP's group sizes, and the number of views.
+    Warns when w_size < 2 emb, below which the W-MSE authors saw unstable training.
+    """
+    check = _Checker()
+    check(cfg.num_samples >= 2, f"--num_samples {cfg.num_samples}: need 2 or more views")
+    check(cfg.bs >= workers, f"--bs {cfg.bs} is smaller than the {workers} workers")
+    check(cfg.emb >= 1 and cfg.bs >= 2, "--emb and --bs must be positive (--bs at least 2)")
+    try:
+        check_arch(cfg.arch)
+    except ValueError as err:
+        check(False, str(err))
+    local_bs = cfg.bs // max(workers, 1)
+    if cfg.method in WHITENING_METHODS:
+        above = cfg.emb if cfg.method == "w_mse" else 1
+        check(
+            cfg.bs % workers == 0 and local_bs % cfg.w_size == 0,
+            f"--w_size {cfg.w_size} must divide the per-worker batch {local_bs} (--bs "
+            f"{cfg.bs} / {workers} worker(s)); e.g. --w_size "
+            f"{_nearest_divisor(local_bs, cfg.w_size, above)}",
+        )
+    if cfg.method == "w_mse":
+        check(
+            cfg.w_size > cfg.emb,
+            f"--w_size {cfg.w_size} must exceed --emb {cfg.emb}, or the sub-batch covariance "
+            f"is singular; e.g. --w_size {2 * cfg.emb} or --emb {max(cfg.w_size // 2, 1)}",
+        )
+        if cfg.emb < cfg.w_size < 2 * cfg.emb:
+            warnings.warn(
+                f"--w_size {cfg.w_size} < 2 x --emb {cfg.emb}: the W-MSE authors advise "
+                f"w_size >= 2 emb for stable whitening (e.g. --w_size {2 * cfg.emb})",
+                UserWarning,
+                stacklevel=2,
+            )
+    if cfg.method == "cw_rgp":
+        fitting = [
+            g for g in range(1, cfg.emb + 1) if cfg.emb % g == 0 and cfg.emb // g > cfg.w_size
+        ]
+        hint = f"--groups {max(fitting)}" if fitting else f"--emb {2 * cfg.w_size * cfg.groups}"
+        check(
+            cfg.groups >= 1 and cfg.emb % cfg.groups == 0,
+            f"--groups {cfg.groups} must divide --emb {cfg.emb}; e.g. {hint}",
+        )
+        per_group = cfg.emb // max(cfg.groups, 1)
+        check(
+            per_group > cfg.w_size,
+            f"CW-RGP needs more channels per group than --w_size: --emb {cfg.emb} / --groups "
+            f"{cfg.groups} = {per_group} <= --w_size {cfg.w_size}; e.g. {hint}",
+        )
+    check.raise_if_any()
+
+
+def _nearest_divisor(n: int, target: int, above: int = 0) -> int:
+    """The divisor of n nearest to target among those > above (n itself if none)."""
+    candidates = [d for d in range(above + 1, n + 1) if n % d == 0] or [n]
+    return min(candidates, key=lambda d: (abs(d - target), d))
+
+
+class _Checker:
+    """Collects every failed check so that one error lists everything to change."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def __call__(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.problems.append(message)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(self.problems))

@@ -1,0 +1,45 @@
+"""What every method shares: the encoder, the projection head, and how views pass them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..models import get_encoder, get_head
+
+
+class BaseMethod(nn.Module):
+    """Encoder E and head g of a self-supervised method; subclasses define the loss.
+
+    forward(views) takes k views (each [bs, 3, H, W]) of the same bs images and returns the
+    scalar loss. As in the reference code, the encoder sees each view as its own batch
+    (its BatchNorm statistics are per view) and the head sees all views together.
+    """
+
+    def __init__(self, cfg: Config, image_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.model, self.out_size = get_encoder(cfg.arch, image_size, cfg.zero_init_residual)
+        self.head = get_head(self.out_size, cfg.emb, cfg.head_layers, cfg.head_size, cfg.add_bn)
+
+    def project(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """g(E(x)) for every view: [k, bs, emb]."""
+        h = torch.cat([self.model(x) for x in views])
+        return self.head(h).view(len(views), views[0].shape[0], -1)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features for evaluation: E(x), or g(E(x)) with --eval_head. [bs, out]."""
+        h = self.model(x)
+        return self.head(h) if self.cfg.eval_head else h
+
+    @property
+    def embed_size(self) -> int:
+        return self.cfg.emb if self.cfg.eval_head else self.out_size
+
+    def step(self, progress: float) -> None:
+        """Called after every optimiser step with progress = epoch / total epochs."""

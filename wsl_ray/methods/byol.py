@@ -1,0 +1,49 @@
+"""BYOL: predict an EMA target network's projection (Grill et al., 2020)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from .base import BaseMethod
+from .losses import byol_loss
+
+
+def target_tau(progress: float, tau0: float = 0.99) -> float:
+    """EMA rate tau = 1 - (1 - tau0) (cos(pi progress) + 1) / 2: tau0 at 0, 1 at the end."""
+    return 1 - (1 - tau0) * (math.cos(math.pi * progress) + 1) / 2
+
+
+class BYOL(BaseMethod):
+    """Owns the predictor q and the target encoder and head, updated by EMA in `step`."""
+
+    def __init__(self, cfg: Config, image_size: int):
+        super().__init__(cfg, image_size)
+        self.pred = nn.Sequential(
+            nn.Linear(cfg.emb, cfg.head_size),
+            nn.BatchNorm1d(cfg.head_size),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.head_size, cfg.emb),
+        )
+        self.model_t = copy.deepcopy(self.model).requires_grad_(False)
+        self.head_t = copy.deepcopy(self.head).requires_grad_(False)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        p = self.pred(self.project(views).flatten(0, 1)).view(len(views), len(views[0]), -1)
+        with torch.no_grad():
+            t = torch.stack([self.head_t(self.model_t(x)) for x in views])
+        return byol_loss(p, t, self.cfg.norm)
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """target <- tau target + (1 - tau) online, for the encoder's and head's parameters."""
+        online = [*self.model.parameters(), *self.head.parameters()]
+        target = [*self.model_t.parameters(), *self.head_t.parameters()]
+        torch._foreach_lerp_(target, online, 1 - tau)
+
+    def step(self, progress: float) -> None:
+        self.update_target(target_tau(progress, self.cfg.byol_tau))

@@ -1,0 +1,23 @@
+"""Contrastive: SimCLR's NT-Xent loss (Chen et al., 2020), as in the W-MSE paper's baseline."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from .base import BaseMethod
+from .losses import contrastive_loss
+
+
+class Contrastive(BaseMethod):
+    """Adds a BatchNorm after the head, as the reference code does."""
+
+    def __init__(self, cfg: Config, image_size: int):
+        super().__init__(cfg, image_size)
+        self.bn_last = nn.BatchNorm1d(cfg.emb)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        z = self.project(views)
+        z = self.bn_last(z.flatten(0, 1)).view_as(z)
+        return contrastive_loss(z, self.cfg.tau, self.cfg.norm)

@@ -1,0 +1,97 @@
+"""Encoders (ResNets with the small-image stem) and the projection head."""
+
+from __future__ import annotations
+
+import re
+
+import torch.nn as nn
+from torchvision import models
+from torchvision.models.resnet import BasicBlock
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+# Narrow ResNets for CPU tests and the embedded demo: "resnet18_w16" is a ResNet-18 whose
+# stages have 16, 32, 64, 128 channels instead of 64, 128, 256, 512.
+NARROW = re.compile(r"^resnet(18|34)_w(\d+)$")
+BLOCKS = {"18": [2, 2, 2, 2], "34": [3, 4, 6, 3]}
+
+
+def check_arch(arch: str) -> None:
+    """Raises ValueError with the accepted names when `arch` is not one."""
+    if arch not in ARCHS and not NARROW.match(arch):
+        raise ValueError(
+            f"unknown --arch {arch!r}: use one of {', '.join(ARCHS)}, or resnet18_wN / "
+            "resnet34_wN for a narrow ResNet of base width N (e.g. resnet18_w16)"
+        )
+
+
+class NarrowResNet(models.ResNet):
+    """torchvision's ResNet with base width `width` (64 in the standard nets)."""
+
+    def __init__(self, layers: list[int], width: int, zero_init_residual: bool = False):
+        super().__init__(BasicBlock, layers, zero_init_residual=zero_init_residual)
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._make_layer(BasicBlock, width, layers[0])
+        self.layer2 = self._make_layer(BasicBlock, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(BasicBlock, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(BasicBlock, 8 * width, layers[3], stride=2)
+        self.fc = nn.Linear(8 * width, 1000)
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        """The same initialisation as torchvision's ResNet, for the rebuilt layers."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+
+def get_encoder(
+    arch: str, image_size: int, zero_init_residual: bool = False
+) -> tuple[nn.Module, int]:
+    """A ResNet encoder without its classifier, adapted to the image size as the reference is.
+
+    image_size <= 32 (CIFAR): 3x3 stride-1 conv1 and no maxpool;
+    image_size <= 96 (STL-10 and Tiny ImageNet at 64): 3x3 stride-1 conv1, maxpool kept;
+    larger (ImageNet-100 at 224): the standard 7x7 stride-2 stem.
+    Returns (encoder mapping [B, 3, H, W] -> [B, out_size], out_size).
+    """
+    check_arch(arch)
+    narrow = NARROW.match(arch)
+    if narrow:
+        depth, width = narrow.groups()
+        model = NarrowResNet(BLOCKS[depth], int(width), zero_init_residual)
+    else:
+        model = getattr(models, arch)(weights=None, zero_init_residual=zero_init_residual)
+    if image_size <= 96:
+        model.conv1 = nn.Conv2d(
+            3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False
+        )
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    if image_size <= 32:
+        model.maxpool = nn.Identity()
+    out_size = model.fc.in_features
+    model.fc = nn.Identity()
+    return model, out_size
+
+
+def get_head(
+    in_size: int, emb: int, head_layers: int = 2, head_size: int = 1024, add_bn: bool = True
+) -> nn.Sequential:
+    """Projection head: (head_layers - 1) x [Linear -> BN -> ReLU], then Linear(emb)."""
+    layers: list[nn.Module] = []
+    for _ in range(head_layers - 1):
+        layers.append(nn.Linear(in_size, head_size))
+        if add_bn:
+            layers.append(nn.BatchNorm1d(head_size))
+        layers.append(nn.ReLU(inplace=True))
+        in_size = head_size
+    layers.append(nn.Linear(in_size, emb))
+    return nn.Sequential(*layers)
