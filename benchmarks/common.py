@@ -1,0 +1,36 @@
+"""Shared by the benchmark scripts: the hardware line and appending results to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def append_results(title: str, device: torch.device, body: str, command: str) -> None:
+    """Prints the results and appends them, dated and with the hardware, to BENCHMARKS.md."""
+    stamp = datetime.date.today().isoformat()
+    text = (
+        f"\n## {title}, {stamp}\n\nHardware: {hardware(device)}; torch {torch.__version__}.\n"
+        f"Command: `{command}`\n\n{body}\n"
+    )
+    print(text)
+    with open(BENCHMARKS_MD, "a") as f:
+        f.write(text)

@@ -1,0 +1,172 @@
+"""Batched augmentation against torchvision's own transforms."""
+
+import math
+
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.v2.functional as TF
+
+from wsl_ray.config import Config
+from wsl_ray.data.augment import (
+    Augment,
+    adjust_hue,
+    color_jitter,
+    gaussian_blur,
+    resized_crop_flip,
+)
+
+N = 20_000
+
+
+@pytest.fixture(scope="module")
+def params():
+    aug = Augment(32, (0.5,) * 3, (0.25,) * 3, generator=torch.Generator().manual_seed(0))
+    return aug, aug.sample(N, 32, 32, torch.device("cpu"))
+
+
+def torchvision_crops(n, height=32, width=32):
+    """(area fraction, aspect ratio) of n RandomResizedCrop draws by torchvision."""
+    torch.manual_seed(1)
+    rrc = T.RandomResizedCrop(32, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
+    boxes = torch.tensor(
+        [rrc.get_params(torch.empty(3, height, width), rrc.scale, rrc.ratio) for _ in range(n)],
+        dtype=torch.float32,
+    )
+    return boxes[:, 2] * boxes[:, 3] / (height * width), boxes[:, 3] / boxes[:, 2]
+
+
+def test_crop_area_and_ratio_distributions_match_torchvision(params):
+    _, p = params
+    area = p.crop[:, 2] * p.crop[:, 3] / 32**2
+    ratio = p.crop[:, 3] / p.crop[:, 2]
+    ref_area, ref_ratio = torchvision_crops(N)
+    for ours, ref in ((area, ref_area), (ratio, ref_ratio)):
+        for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+            assert ours.quantile(q).item() == pytest.approx(ref.quantile(q).item(), abs=0.03)
+    top, left, h, w = p.crop.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= 32).all() and (left + w <= 32).all()
+
+
+def test_crop_positions_are_uniform(params):
+    _, p = params
+    top, _, h, _ = p.crop.unbind(1)
+    full = h == 32
+    assert (top[full] == 0).all()
+    rel = top[~full] / (32 - h[~full])  # uniform on {0, ..., 32 - h}: mean 1/2
+    assert rel.mean().item() == pytest.approx(0.5, abs=0.02)
+
+
+def test_crop_falls_back_to_the_central_crop_like_torchvision():
+    aug = Augment(32, (0.5,) * 3, (0.25,) * 3, crop_scale=(1.0, 1.0), crop_ratio=(2.0, 3.0))
+    p = aug.sample(5, 32, 32, torch.device("cpu"))
+    ref = T.RandomResizedCrop.get_params(torch.empty(3, 32, 32), (1.0, 1.0), (2.0, 3.0))
+    assert p.crop.tolist() == [list(map(float, ref))] * 5
+
+
+def test_jitter_factor_ranges_and_rates(params):
+    _, p = params
+    applied = (p.jitter != torch.tensor([1.0, 1.0, 1.0, 0.0])).any(1)
+    assert applied.float().mean().item() == pytest.approx(0.8, abs=0.015)
+    j = p.jitter[applied]
+    for col, (lo, hi) in enumerate([(0.6, 1.4)] * 3 + [(-0.1, 0.1)]):
+        assert j[:, col].min() >= lo and j[:, col].max() <= hi
+        assert j[:, col].min() < lo + 0.01 and j[:, col].max() > hi - 0.01
+        assert j[:, col].mean().item() == pytest.approx((lo + hi) / 2, abs=0.01)
+    assert p.gray.float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert p.flip.float().mean().item() == pytest.approx(0.5, abs=0.015)
+    orders = {tuple(o) for o in p.jitter_order[:2000].tolist()}
+    assert len(orders) == 24  # every order of the four ops occurs
+
+
+@pytest.fixture
+def images():
+    return torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("shift", [-0.5, -0.2, 0.0, 0.05, 0.5])
+def test_hue_equals_torchvision(images, shift):
+    ref = torch.stack([TF.adjust_hue(im, shift) for im in images])
+    assert torch.allclose(adjust_hue(images, torch.full((6,), shift)), ref, atol=1e-5)
+
+
+def test_color_jitter_in_a_fixed_order_equals_torchvision(images):
+    jitter = torch.tensor([[1.3, 0.7, 1.5, 0.1]] * 6)
+    order = torch.tensor([[2, 3, 0, 1]] * 6)  # saturation, hue, brightness, contrast
+    ref = TF.adjust_saturation(images, 1.5)
+    ref = TF.adjust_contrast(TF.adjust_brightness(TF.adjust_hue(ref, 0.1), 1.3), 0.7)
+    assert torch.allclose(color_jitter(images, jitter, order), ref, atol=1e-5)
+
+
+def test_color_jitter_uses_each_images_own_order(images):
+    jitter = torch.tensor([[1.4, 0.6, 0.0, -0.1]] * 6)
+    order = torch.stack(
+        [torch.randperm(4, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    )
+    ops = [
+        lambda im: TF.adjust_brightness(im, 1.4),
+        lambda im: TF.adjust_contrast(im, 0.6),
+        lambda im: TF.adjust_saturation(im, 0.0),
+        lambda im: TF.adjust_hue(im, -0.1),
+    ]
+    got = color_jitter(images, jitter, order)
+    for i, im in enumerate(images):
+        for op in order[i].tolist():
+            im = ops[op](im)
+        assert torch.allclose(got[i], im, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize(
+    "box, size", [((0, 0, 32, 32), 32), ((4, 6, 20, 16), 32), ((2, 1, 28, 30), 16)]
+)
+@pytest.mark.parametrize("flip", [False, True])
+def test_resized_crop_and_flip_equal_torchvision(images, mode, box, size, flip):
+    interp = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+    ref = TF.resized_crop(images, *box, [size, size], interpolation=interp[mode], antialias=True)
+    ref = TF.horizontal_flip(ref) if flip else ref
+    crop = torch.tensor([box] * 6, dtype=torch.float32)
+    got = resized_crop_flip(images, crop, torch.full((6,), flip), size, mode)
+    assert torch.allclose(got, ref.clamp(0, 1), atol=1e-5)
+
+
+def test_blur_matches_a_gaussian_and_zero_sigma_is_identity(images):
+    sigma = torch.tensor([0.0, 1.0, 2.0, 0.0, 0.5, 1.5])
+    got = gaussian_blur(images, sigma)
+    assert torch.equal(got[0], images[0])
+    ref = TF.gaussian_blur(images[1], kernel_size=[13, 13], sigma=[1.0, 1.0])
+    assert torch.allclose(got[1], ref, atol=1e-5)
+
+
+def test_views_have_the_right_dtype_shape_range_and_differ():
+    x = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    views = Augment(32, mean, std, num_samples=4, generator=torch.Generator().manual_seed(0))(x)
+    assert len(views) == 4
+    for v in views:
+        assert v.dtype == torch.float32 and v.shape == (16, 3, 32, 32)
+        lo = (0 - torch.tensor(mean)) / torch.tensor(std)
+        hi = (1 - torch.tensor(mean)) / torch.tensor(std)
+        assert (v >= lo[:, None, None] - 1e-5).all() and (v <= hi[:, None, None] + 1e-5).all()
+    assert not torch.allclose(views[0], views[1])
+
+
+def test_augment_is_seedable_and_built_from_the_reference_flags():
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    cfg = Config(num_samples=3, cj0=0.8, gs_p=0.2)
+
+    def run(seed):
+        aug = Augment.from_config(
+            cfg, 32, (0.5,) * 3, (0.5,) * 3, generator=torch.Generator().manual_seed(seed)
+        )
+        return aug(x)
+
+    assert aug_equal(run(0), run(0)) and not aug_equal(run(0), run(1))
+    aug = Augment.from_config(cfg, 32, (0.5,) * 3, (0.5,) * 3)
+    assert (aug.num_samples, aug.cj[0], aug.gs_p, aug.blur_p) == (3, 0.8, 0.2, 0.0)
+    assert aug.crop_ratio == (0.75, pytest.approx(4 / 3)) and not math.isnan(aug.hf_p)
+
+
+def aug_equal(a, b):
+    return all(torch.equal(u, v) for u, v in zip(a, b, strict=True))

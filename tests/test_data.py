@@ -1,0 +1,152 @@
+"""Each source reads small fixture files written here in the real formats."""
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import write_png
+
+from wsl_ray.data import iterate_batches, load_dataset, shapes
+from wsl_ray.data.sources import IMAGENET100_CLASSES, ImageFiles
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSL_RAY_CACHE", str(tmp_path / "cache"))
+
+
+def rng_images(n, c=3, h=32, w=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, c, h, w), dtype=np.uint8)
+
+
+def write_cifar(root, num_classes):
+    folder = root / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
+    folder.mkdir(parents=True)
+    key = "labels" if num_classes == 10 else "fine_labels"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    if num_classes == 100:
+        names = ["train", "test"]
+    written = {}
+    for i, name in enumerate(names):
+        x = rng_images(4, seed=i)
+        y = [(i + j) % num_classes for j in range(4)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": x.reshape(4, -1), key: y}, f)
+        written[name] = (x, y)
+    return written
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_cifar_pickles(tmp_path, num_classes):
+    written = write_cifar(tmp_path, num_classes)
+    data = load_dataset(f"cifar{num_classes}", data_dir=tmp_path)
+    n_train = 20 if num_classes == 10 else 4
+    assert data.train_x.shape == (n_train, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.test_x.shape == (4, 3, 32, 32) and data.test_y.dtype == torch.int64
+    test_name = "test_batch" if num_classes == 10 else "test"
+    np.testing.assert_array_equal(data.test_x.numpy(), written[test_name][0])
+    assert data.test_y.tolist() == written[test_name][1]
+    assert torch.equal(data.clf_x, data.train_x) and data.num_classes == num_classes
+
+
+def test_stl10_binaries(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    images = {}
+    for name, n in (("train", 3), ("test", 2), ("unlabeled", 4)):
+        x = rng_images(n, h=96, w=96, seed=n)
+        images[name] = x
+        x.transpose(0, 1, 3, 2).tofile(folder / f"{name}_X.bin")  # stored column-major
+        if name != "unlabeled":
+            np.arange(1, n + 1, dtype=np.uint8).tofile(folder / f"{name}_y.bin")
+    data = load_dataset("stl10", data_dir=tmp_path)
+    assert data.train_x.shape == (7, 3, 96, 96)  # train + unlabeled for SSL
+    np.testing.assert_array_equal(data.train_x[:3].numpy(), images["train"])
+    assert data.clf_x.shape == (3, 3, 64, 64) and data.test_x.shape == (2, 3, 64, 64)
+    assert data.clf_y.tolist() == [0, 1, 2] and data.crop_size == 64
+
+
+def test_tiny_imagenet_folders(tmp_path):
+    base = tmp_path / "tiny-imagenet-200"
+    wnids = ["n001", "n002"]
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids))
+    for i, wnid in enumerate(wnids):
+        (base / "train" / wnid / "images").mkdir(parents=True)
+        for j in range(2):
+            img = torch.full((3, 64, 64), 40 * i + j, dtype=torch.uint8)
+            write_png(img, str(base / "train" / wnid / "images" / f"{wnid}_{j}.png"))
+    write_png(torch.zeros(3, 64, 64, dtype=torch.uint8), str(base / "val/images/val_0.png"))
+    (base / "val" / "val_annotations.txt").write_text("val_0.png\tn002\t0\t0\t64\t64\n")
+    data = load_dataset("tiny_in", data_dir=tmp_path)
+    assert data.train_x.shape == (4, 3, 64, 64) and data.train_y.tolist() == [0, 0, 1, 1]
+    assert data.train_x[2, 0, 0, 0] == 40 and data.test_y.tolist() == [1]
+    again = load_dataset("tiny_in", data_dir=tmp_path)  # from the cache
+    assert torch.equal(again.train_x, data.train_x)
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_files(tmp_path):
+    x = rng_images(5, c=1, h=28, w=28)[:, 0]
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", x)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(5))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", x[:2])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(2))
+    data = load_dataset("fashion_mnist", data_dir=tmp_path)
+    assert data.train_x.shape == (5, 3, 28, 28)
+    np.testing.assert_array_equal(data.train_x[:, 1].numpy(), x)
+    assert data.train_y.tolist() == [0, 1, 2, 3, 4] and len(data.mean) == 3
+
+
+def test_imagenet100_streams_the_100_classes(tmp_path):
+    for split in ("train", "val"):
+        for wnid in [*IMAGENET100_CLASSES, "n99999999"]:  # an extra class is ignored
+            (tmp_path / split / wnid).mkdir(parents=True)
+            img = torch.zeros(3, 300, 260, dtype=torch.uint8)
+            write_png(img, str(tmp_path / split / wnid / "a.png"))
+    data = load_dataset("imagenet100", data_dir=tmp_path)
+    assert isinstance(data.train_x, ImageFiles) and len(data.train_x) == 100
+    x, y = next(iterate_batches(data.train_x, data.train_y, 8, num_workers=0))
+    assert x.shape == (8, 3, 256, 256) and x.dtype == torch.uint8 and y.shape == (8,)
+    assert data.test_x[0][0].shape == (3, 224, 224) and data.blur
+
+
+@pytest.mark.parametrize("name", ["cifar10", "stl10", "tiny_in", "fashion_mnist", "imagenet100"])
+def test_missing_files_name_the_path(tmp_path, name):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_dataset(name, data_dir=tmp_path)
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(ValueError, match="shapes"):
+        load_dataset("mnist")
+
+
+def test_shapes_is_deterministic_balanced_and_cached():
+    a = shapes.generate(num_train=200, num_test=50, seed=3)
+    b = shapes.generate(num_train=200, num_test=50, seed=3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["train_x"], shapes.generate(200, 50, seed=4)["train_x"])
+    assert torch.bincount(a["train_y"]).tolist() == [20] * 10
+    assert a["train_x"].shape == (200, 3, 32, 32) and a["train_x"].dtype == torch.uint8
+    data = load_dataset("shapes", num_train=200, num_test=50, seed=3)
+    assert torch.equal(data.train_x, a["train_x"]) and data.num_classes == 10
+
+
+def test_iterate_batches_shuffles_and_drops_the_last_partial_batch():
+    x = torch.arange(10).view(10, 1, 1, 1).to(torch.uint8)
+    y = torch.arange(10)
+    batches = list(iterate_batches(x, y, 4, generator=torch.Generator().manual_seed(0)))
+    assert [len(b[0]) for b in batches] == [4, 4]
+    seen = torch.cat([b[1] for b in batches])
+    assert len(set(seen.tolist())) == 8 and seen.tolist() != list(range(8))
+    assert all(torch.equal(bx.flatten().long(), by) for bx, by in batches)
+    ordered = list(iterate_batches(x, y, 4, shuffle=False, drop_last=False))
+    assert [b[1].tolist() for b in ordered] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -1,0 +1,207 @@
+"""Datasets as uint8 tensors for the three roles of the reference code.
+
+`load_dataset(name)` returns an ImageData with
+    train_x, train_y   self-supervised training (labels only for bookkeeping)
+    clf_x, clf_y       classifier training for evaluation
+    test_x, test_y     testing
+as uint8 [N, C, H, W] and int64 [N], plus the normalisation constants, the number of
+classes and the crop size of the augmented views. ImageNet-100 is streamed: its image
+fields are `ImageFiles` datasets that decode on access.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import shapes, sources
+from .augment import Augment
+from .loader import iterate_batches
+from .sources import ImageFiles
+
+Images = torch.Tensor | ImageFiles
+
+
+@dataclass
+class ImageData:
+    name: str
+    train_x: Images
+    train_y: torch.Tensor
+    clf_x: Images
+    clf_y: torch.Tensor
+    test_x: Images
+    test_y: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int
+    crop_size: int  # side of the training views and evaluation images the encoder sees
+    blur: bool = False  # the reference adds Gaussian blur for ImageNet-100
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        size = "x".join(str(s) for s in self.train_x.shape[1:])
+        return (
+            f"{self.name}: {len(self.train_x)} train / {len(self.clf_x)} clf / "
+            f"{len(self.test_x)} test images of {size}, {self.num_classes} classes"
+        )
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    read: Callable[..., dict]
+    default_dir: str
+    mean: tuple[float, float, float] | None  # None: computed from the training images
+    std: tuple[float, float, float] | None
+    num_classes: int
+    crop_size: int
+    download: Callable[[Path], None] | None = None
+    cache: bool = False  # decoded tensors are cached (folders of JPEGs, generated data)
+
+
+def _torchvision_download(cls_name: str, **kwargs) -> Callable[[Path], None]:
+    def download(root: Path) -> None:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, cls_name)(root=str(root), download=True, **kwargs)
+
+    return download
+
+
+def _read_stl10(root: Path) -> dict:
+    """SSL on train + unlabeled; evaluation images resized to 70 and centre-cropped to 64."""
+    raw = sources.read_stl10(root)
+    return dict(
+        train_x=torch.cat([raw["train_x"], raw["unlabeled_x"]]),
+        train_y=torch.cat([raw["train_y"], torch.full((len(raw["unlabeled_x"]),), -1)]),
+        clf_x=sources.resize_center_crop(raw["train_x"], 70, 64),
+        clf_y=raw["train_y"],
+        test_x=sources.resize_center_crop(raw["test_x"], 70, 64),
+        test_y=raw["test_y"],
+    )
+
+
+def _read_shapes(root: Path, num_train: int = 10_000, num_test: int = 2_000, seed: int = 0):
+    return shapes.generate(num_train, num_test, seed)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        lambda root: sources.read_cifar(root, 10),
+        "data",
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
+        10,
+        32,
+        _torchvision_download("CIFAR10"),
+    ),
+    "cifar100": DatasetSpec(
+        lambda root: sources.read_cifar(root, 100),
+        "data",
+        (0.5071, 0.4867, 0.4408),
+        (0.2675, 0.2565, 0.2761),
+        100,
+        32,
+        _torchvision_download("CIFAR100"),
+    ),
+    "stl10": DatasetSpec(
+        _read_stl10,
+        "data",
+        (0.43, 0.42, 0.39),
+        (0.27, 0.26, 0.27),
+        10,
+        64,
+        _torchvision_download("STL10", split="train"),
+    ),
+    "tiny_in": DatasetSpec(
+        sources.read_tiny_imagenet,
+        "data",
+        (0.480, 0.448, 0.398),
+        (0.277, 0.269, 0.282),
+        200,
+        64,
+        cache=True,
+    ),
+    "imagenet100": DatasetSpec(
+        sources.read_imagenet100,
+        "data/imagenet",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        100,
+        224,
+    ),
+    "fashion_mnist": DatasetSpec(
+        sources.read_fashion_mnist,
+        "/usr/share/datasets/fashion-mnist",
+        None,
+        None,
+        10,
+        28,
+        _torchvision_download("FashionMNIST"),
+    ),
+    "shapes": DatasetSpec(_read_shapes, "", None, None, 10, 32, cache=True),
+}
+
+
+def cache_dir() -> Path:
+    """Where decoded and generated datasets are cached: $WSL_RAY_CACHE or ~/.cache/wsl_ray."""
+    return Path(os.environ.get("WSL_RAY_CACHE", Path.home() / ".cache" / "wsl_ray"))
+
+
+def _cached(key: str, build: Callable[[], dict]) -> dict:
+    path = cache_dir() / f"{key}.pt"
+    if path.exists():
+        return torch.load(path)
+    data = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(data, tmp)
+    tmp.replace(path)  # atomic: concurrent trials never read a half-written file
+    return data
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    sample = x[:10_000].float() / 255
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3))
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, download: bool = False, **options
+) -> ImageData:
+    """Reads (or generates) a dataset. `options` go to the reader (shapes: num_train,
+    num_test, seed). Raises ValueError for an unknown name and FileNotFoundError, naming
+    the path and how to get the data, for missing files."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+    root = Path(data_dir if data_dir is not None else spec.default_dir).expanduser()
+    if download:
+        if spec.download is None:
+            raise ValueError(f"--download is not supported for {name}; get its files by hand")
+        spec.download(root)
+    if spec.cache:
+        opts = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
+        where = str(root.resolve()).strip("/").replace("/", "_") if name != "shapes" else ""
+        raw = _cached(f"{name}-{where}-{opts}".strip("-"), lambda: spec.read(root, **options))
+    else:
+        raw = spec.read(root, **options)
+    raw.setdefault("clf_x", raw["train_x"])
+    raw.setdefault("clf_y", raw["train_y"])
+    mean, std = (spec.mean, spec.std) if spec.mean else _channel_stats(raw["train_x"])
+    return ImageData(
+        name=name,
+        **{k: raw[k] for k in ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y")},
+        mean=mean,
+        std=std,
+        num_classes=spec.num_classes,
+        crop_size=spec.crop_size,
+        blur=name == "imagenet100",
+    )
+
+
+__all__ = ["Augment", "DATASETS", "ImageData", "ImageFiles", "iterate_batches", "load_dataset"]

@@ -1,0 +1,62 @@
+"""Batches of uint8 images: index a resident tensor, or stream files through workers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+
+from .sources import ImageFiles
+
+
+def iterate_batches(
+    images: torch.Tensor | ImageFiles,
+    labels: torch.Tensor,
+    batch_size: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    num_workers: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields (uint8 [b, C, H, W], int64 [b]) on `device`, one epoch.
+
+    A tensor (on the GPU when it fits, else pinned CPU memory) is indexed with one
+    shuffled permutation per epoch: no per-image Python. ImageFiles are decoded by
+    DataLoader workers. `generator` makes the order reproducible (a CPU generator).
+    """
+    device = torch.device(device) if device is not None else None
+    if isinstance(images, ImageFiles):
+        yield from _stream(images, batch_size, shuffle, drop_last, generator, device, num_workers)
+        return
+    n = len(images)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order.to(images.device)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        x, y = images[idx], labels.to(images.device)[idx]
+        if device is not None and device != x.device:
+            x = (
+                x.pin_memory().to(device, non_blocking=True)
+                if device.type == "cuda"
+                else x.to(device)
+            )
+            y = y.to(device, non_blocking=True)
+        yield x, y
+
+
+def _stream(images, batch_size, shuffle, drop_last, generator, device, num_workers):
+    loader = torch.utils.data.DataLoader(
+        images,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        generator=generator,
+        num_workers=os.cpu_count() if num_workers is None else num_workers,
+        pin_memory=device is not None and device.type == "cuda",
+        persistent_workers=False,
+    )
+    for x, y in loader:
+        yield (x.to(device, non_blocking=True), y.to(device)) if device is not None else (x, y)

@@ -1,0 +1,118 @@
+"""`shapes`: the embedded default dataset, generated in seconds and needing no files.
+
+Ten classes, each a distinct shape (circle, square, triangle, plus, ring, star, crescent,
+bar, dumbbell, half-disc), drawn at 32x32 with random position, scale and rotation.
+Colours come from a small palette shared by every class, so two views cannot be matched by
+colour alone (a shortcut the augmentations would not destroy); each image also gets a
+striped texture on the shape, a random background gradient, noise and a few small clutter
+blobs. Raw pixels are a poor feature for k-NN; an encoder must learn shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+CLASSES = (
+    "circle", "square", "triangle", "plus", "ring",
+    "star", "crescent", "bar", "dumbbell", "half_disc",
+)  # fmt: skip
+PALETTE = torch.tensor(
+    [
+        [0.90, 0.20, 0.20],
+        [0.20, 0.70, 0.25],
+        [0.20, 0.35, 0.90],
+        [0.95, 0.85, 0.20],
+        [0.85, 0.85, 0.85],
+        [0.15, 0.15, 0.15],
+    ]
+)
+
+
+def _star(u, v, r):
+    return r < 0.55 + 0.45 * torch.cos(5 * torch.atan2(v, u)).clamp(min=0) ** 2
+
+
+# Membership of shape-local points (u, v), r = |(u, v)|, in each class's shape.
+SHAPES = (
+    lambda u, v, r: r < 0.9,
+    lambda u, v, r: torch.maximum(u.abs(), v.abs()) < 0.75,
+    lambda u, v, r: (v > -0.5) & (v < 0.9 - 1.6 * u.abs()),
+    lambda u, v, r: ((u.abs() < 0.28) & (v.abs() < 0.95)) | ((v.abs() < 0.28) & (u.abs() < 0.95)),
+    lambda u, v, r: (r < 0.95) & (r > 0.55),
+    _star,
+    lambda u, v, r: (r < 0.9) & ((u - 0.45) ** 2 + v**2 > 0.55**2),
+    lambda u, v, r: (u.abs() < 0.95) & (v.abs() < 0.3),
+    lambda u, v, r: ((u - 0.55) ** 2 + v**2 < 0.16) | ((u + 0.55) ** 2 + v**2 < 0.16),
+    lambda u, v, r: (r < 0.95) & (v > 0),
+)
+assert len(SHAPES) == len(CLASSES)
+
+
+def _inside(labels: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Whether the points (u, v) [N, S, S] lie in the shape of each image's class."""
+    mask = torch.zeros(u.shape, dtype=torch.bool)
+    for cls, shape in enumerate(SHAPES):
+        idx = labels == cls
+        ui, vi = u[idx], v[idx]
+        mask[idx] = shape(ui, vi, torch.sqrt(ui**2 + vi**2))
+    return mask
+
+
+def render(labels: torch.Tensor, generator: torch.Generator, size: int = 32) -> torch.Tensor:
+    """Draws one image per label: uint8 [N, 3, size, size], anti-aliased by 2x supersampling."""
+    n, s = len(labels), 2 * size
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator)
+
+    scale = 0.35 + 0.3 * rand(n)  # shape radius, as a fraction of the half-width
+    centre = (rand(n, 2) * 2 - 1) * (1 - scale[:, None])  # the shape stays inside the image
+    angle = rand(n) * 2 * math.pi
+    grid = (torch.arange(s) + 0.5) / s * 2 - 1
+    gy, gx = torch.meshgrid(grid, grid, indexing="ij")
+    dx = gx[None] - centre[:, 0, None, None]
+    dy = gy[None] - centre[:, 1, None, None]
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    sc = scale[:, None, None]
+    u, v = (cos * dx + sin * dy) / sc, (-sin * dx + cos * dy) / sc
+    mask = _inside(labels, u, v).float()[:, None]  # [N, 1, s, s]
+
+    fg_idx = torch.randint(len(PALETTE), (n,), generator=generator)
+    bg_idx = (fg_idx + torch.randint(1, len(PALETTE), (n,), generator=generator)) % len(PALETTE)
+    fg, bg = PALETTE[fg_idx][:, :, None, None], PALETTE[bg_idx][:, :, None, None]
+    freq = 2 + 6 * rand(n, 1, 1)
+    phase = rand(n, 1, 1) * 2 * math.pi
+    stripe_angle = rand(n, 1, 1) * math.pi
+    stripes = torch.sin(
+        freq * (torch.cos(stripe_angle) * gx + torch.sin(stripe_angle) * gy) * math.pi + phase
+    )
+    fg = fg * (0.8 + 0.2 * stripes[:, None])
+    gradient = (rand(n, 2, 1, 1) - 0.5) * 0.5
+    bg = bg * (1 + gradient[:, :1] * gx + gradient[:, 1:] * gy)  # [N, 3, s, s]
+    image = mask * fg + (1 - mask) * bg
+
+    for _ in range(3):  # small blobs in random palette colours
+        pos = rand(n, 2, 1, 1) * 2 - 1
+        radius = 0.05 + 0.08 * rand(n, 1, 1)
+        blob = ((gx - pos[:, 0]) ** 2 + (gy - pos[:, 1]) ** 2 < radius**2).float()[:, None]
+        colour = PALETTE[torch.randint(len(PALETTE), (n,), generator=generator)]
+        image = blob * colour[:, :, None, None] + (1 - blob) * image
+    image = image + 0.06 * torch.randn(image.shape, generator=generator)
+    image = torch.nn.functional.avg_pool2d(image, 2)
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def generate(
+    num_train: int = 10_000, num_test: int = 2_000, seed: int = 0, size: int = 32
+) -> dict[str, torch.Tensor]:
+    """Balanced classes (label = index % 10), deterministic for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for role, count in (("train", num_train), ("test", num_test)):
+        labels = torch.arange(count) % len(CLASSES)
+        labels = labels[torch.randperm(count, generator=generator)]
+        images = torch.cat([render(chunk, generator, size) for chunk in labels.split(2_000)])
+        out[f"{role}_x"], out[f"{role}_y"] = images, labels
+    return out
