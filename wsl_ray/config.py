@@ -82,6 +82,7 @@ class Config:
     dataset: str = _f("cifar10", "dataset name")
     data_dir: str | None = _f(None, "where the dataset's files are", type=str)
     download: bool = _f(False, "download the dataset (needs a network)")
+    subset: int | None = _f(None, "keep at most this many images per role (quick runs)", type=int)
     out: str = _f("runs", "output directory for checkpoints and metrics")
     seed: int = _f(0, "random seed")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")

@@ -11,6 +11,7 @@ fields are `ImageFiles` datasets that decode on access.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,13 @@ class ImageData:
     crop_size: int  # side of the training views and evaluation images the encoder sees
     blur: bool = False  # the reference adds Gaussian blur for ImageNet-100
     extra: dict = field(default_factory=dict)
+
+    def subset(self, n: int | None) -> ImageData:
+        """The first n images of each role (all of them for n=None); in-memory data only."""
+        if n is None:
+            return self
+        roles = ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y")
+        return dataclasses.replace(self, **{r: getattr(self, r)[:n] for r in roles})
 
     def summary(self) -> str:
         size = "x".join(str(s) for s in self.train_x.shape[1:])

@@ -19,20 +19,26 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     num_workers: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yields (uint8 [b, C, H, W], int64 [b]) on `device`, one epoch.
 
-    A tensor (on the GPU when it fits, else pinned CPU memory) is indexed with one
-    shuffled permutation per epoch: no per-image Python. ImageFiles are decoded by
-    DataLoader workers. `generator` makes the order reproducible (a CPU generator).
+    A tensor (on the GPU when it fits, else in CPU memory) is indexed with one shuffled
+    permutation per epoch: no per-image Python. Under data parallelism every rank draws the
+    same permutation (same generator state) and takes every world_size-th index from
+    `rank` on, so the ranks' batches are disjoint. ImageFiles are decoded by DataLoader
+    workers (sharded by a DistributedSampler-like slice of the same permutation).
     """
     device = torch.device(device) if device is not None else None
-    if isinstance(images, ImageFiles):
-        yield from _stream(images, batch_size, shuffle, drop_last, generator, device, num_workers)
-        return
     n = len(images)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order[rank::world_size]
+    if isinstance(images, ImageFiles):
+        yield from _stream(images, order, batch_size, drop_last, device, num_workers)
+        return
     order = order.to(images.device)
+    n = len(order)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
@@ -47,13 +53,12 @@ def iterate_batches(
         yield x, y
 
 
-def _stream(images, batch_size, shuffle, drop_last, generator, device, num_workers):
+def _stream(images, order, batch_size, drop_last, device, num_workers):
     loader = torch.utils.data.DataLoader(
         images,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=order.tolist(),
         drop_last=drop_last,
-        generator=generator,
         num_workers=os.cpu_count() if num_workers is None else num_workers,
         pin_memory=device is not None and device.type == "cuda",
         persistent_workers=False,

@@ -1,0 +1,150 @@
+"""The training loop: schedules, exact resume, divergence handling."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from wsl_ray.config import Config
+from wsl_ray.data import load_dataset
+from wsl_ray.trainer import (
+    CHECKPOINT_FILE,
+    LocalReporter,
+    NonFiniteLossError,
+    eval_epochs,
+    learning_rate,
+    train,
+)
+
+
+def reference_lrs(cfg, iters_per_epoch, scheduler):
+    """The lr each iteration of the reference train.py loop would use."""
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = scheduler(opt)
+    warmup, lrs = 0 if cfg.lr_warmup else 500, []
+    for ep in range(cfg.epoch):
+        for n in range(iters_per_epoch):
+            if warmup < 500:
+                for pg in opt.param_groups:
+                    pg["lr"] = cfg.lr * (warmup + 1) / 500
+                warmup += 1
+            lrs.append(opt.param_groups[0]["lr"])
+            if cfg.lr_step == "cos" and warmup >= 500:
+                sched.step(ep + n / iters_per_epoch)  # sets the next iteration's lr
+        if cfg.lr_step == "step":
+            sched.step()
+    return lrs
+
+
+def our_lrs(cfg, iters):
+    return [
+        learning_rate(cfg, e + n / iters, e * iters + n)
+        for e in range(cfg.epoch)
+        for n in range(iters)
+    ]
+
+
+def test_warmup_and_step_schedule_equal_the_reference():
+    cfg = Config(epoch=30, lr=2e-3, drop=[10, 4], drop_gamma=0.2)
+    milestones = [cfg.epoch - d for d in cfg.drop]
+    ref = reference_lrs(cfg, 40, lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones, 0.2))
+    ours = our_lrs(cfg, 40)
+    assert ours[0] == pytest.approx(2e-3 / 500) and ours[249] == pytest.approx(1e-3)
+    assert ours == pytest.approx(ref, rel=1e-9)
+    assert ours[-1] == pytest.approx(2e-3 * 0.04)
+
+
+@pytest.mark.parametrize("tmult", [1, 2])
+def test_cosine_schedule_equals_the_reference(tmult):
+    cfg = Config(epoch=40, lr=1e-3, lr_step="cos", T0=10, Tmult=tmult, eta_min=1e-5)
+    sched = lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 10, tmult, 1e-5)  # noqa: E731
+    ref, ours = reference_lrs(cfg, 50, sched), our_lrs(cfg, 50)
+    assert ours[:500] == pytest.approx(ref[:500], rel=1e-9)  # warm-up
+    # afterwards the reference sets, after each step, the lr of the next iteration from
+    # the current fractional epoch: its lr lags ours by one iteration
+    for i in range(501, len(ours) - 1):
+        assert ours[i] == pytest.approx(ref[i + 1], rel=1e-6, abs=1e-12)
+
+
+def test_no_schedule_and_no_warmup_keep_the_lr():
+    cfg = Config(epoch=3, lr=5e-3, lr_step="none", lr_warmup=False)
+    assert set(our_lrs(cfg, 10)) == {5e-3}
+
+
+def test_eval_epochs_follow_the_reference():
+    cfg = Config(epoch=200, eval_every=20, eval_every_drop=5, drop=[50, 25])
+    epochs = sorted(eval_epochs(cfg))
+    assert epochs[:7] == [20, 40, 60, 80, 100, 120, 140]
+    assert epochs[7:10] == [155, 160, 165] and epochs[-1] == 200
+    assert sorted(eval_epochs(Config(epoch=7, eval_every=3, drop=[]))) == [3, 6, 7]
+    assert sorted(eval_epochs(Config(epoch=7, eval_every=3))) == [3, 6, 7]  # drop beyond the run
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    import os
+
+    os.environ["WSL_RAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    return load_dataset("shapes", num_train=256, num_test=64)
+
+
+def tiny_config(out, **overrides):
+    values = dict(
+        dataset="shapes", arch="resnet18_w8", bs=64, emb=8, w_size=32, head_size=32,
+        epoch=3, lr=3e-3, lr_warmup=False, eval_every=100, ckpt_every=1, w_eps=0.01,
+        out=str(out),
+    )  # fmt: skip
+    return Config(**(values | overrides))
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingReporter(LocalReporter):
+    """Dies right after reporting `at_epoch`, as a killed process would."""
+
+    def __init__(self, out, at_epoch):
+        super().__init__(out)
+        self.at_epoch = at_epoch
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if metrics["epoch"] == self.at_epoch:
+            raise Crash
+
+
+@pytest.mark.parametrize("method", ["w_mse", "byol"])
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_data, method):
+    straight = train(tiny_config(tmp_path / "a", method=method), data=tiny_data, progress=False)
+    cfg = tiny_config(tmp_path / "b", method=method)
+    with pytest.raises(Crash):
+        train(cfg, CrashingReporter(cfg.out, at_epoch=2), data=tiny_data, progress=False)
+    resumed = train(cfg, resume_from=tmp_path / "b", data=tiny_data, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]  # epoch 3 only, after the resume
+    expected = [
+        json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["loss"] for m in lines] == expected
+    assert resumed["loss"] == straight["loss"] and resumed["acc_knn"] == straight["acc_knn"]
+
+
+def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+    tmp_path, tiny_data
+):
+    cfg = tiny_config(tmp_path, lr_step="step", drop=[2], drop_gamma=1e30, epoch=3)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2.*lower --lr"):
+        train(cfg, data=tiny_data, progress=False)
+    saved = torch.load(tmp_path / CHECKPOINT_FILE)
+    assert saved["epoch"] == 1
+    assert all(math.isfinite(m["loss"]) for m in saved["history"])
+
+
+def test_final_epoch_is_evaluated_and_summarised(tmp_path, tiny_data):
+    summary = train(tiny_config(tmp_path, epoch=1), data=tiny_data, progress=False)
+    assert summary["epochs"] == 1
+    assert 0 <= summary["acc_knn"] <= 1 and summary["best_acc"] == summary["acc"]
+    assert (tmp_path / CHECKPOINT_FILE).exists()

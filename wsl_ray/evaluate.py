@@ -1,0 +1,151 @@
+"""The reference's fast evaluation: frozen features, k-NN and a linear probe.
+
+Everything stays on the evaluation device as whole tensors; no Python runs per sample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data import ImageData, iterate_batches
+from .methods import BaseMethod
+
+
+@torch.no_grad()
+def embed(
+    model: BaseMethod,
+    images,
+    labels: torch.Tensor,
+    mean,
+    std,
+    device: torch.device,
+    batch_size: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of every image with the frozen encoder (or head): float32 [N, d], labels [N]."""
+    was_training = model.training
+    model.eval()
+    mean_t = torch.tensor(mean, device=device)[:, None, None]
+    scale = 1 / torch.tensor(std, device=device)[:, None, None]
+    feats, ys = [], []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for x, y in iterate_batches(
+        images, labels, batch_size, shuffle=False, drop_last=False, device=device
+    ):
+        x = (x.float().mul_(1 / 255) - mean_t) * scale
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            feats.append(model.embed(x).float())
+        ys.append(y)
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(ys)
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 5,
+    metric: str = "euclidean",
+    chunk: int = 1024,
+) -> float:
+    """k-NN accuracy by majority vote of the k nearest training features.
+
+    Distances are Euclidean (the reference) or cosine; ties in the vote go to the smallest
+    label, as the reference's `unique(...).argmax()` does. Test points are processed in
+    chunks, so memory is chunk x N_train whatever the set sizes.
+    """
+    if metric == "cosine":
+        train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    correct = 0
+    for start in range(0, len(test_f), chunk):
+        q = test_f[start : start + chunk]
+        if metric == "cosine":
+            nearest = (q @ train_f.T).topk(k, dim=1).indices
+        else:
+            nearest = torch.cdist(q, train_f).topk(k, dim=1, largest=False).indices
+        votes = F.one_hot(train_y[nearest], num_classes).sum(dim=1)
+        correct += (votes.argmax(dim=1) == test_y[start : start + chunk]).sum().item()
+    return correct / len(test_f)
+
+
+def fit_linear(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    epochs: int = 500,
+    batch_size: int = 1000,
+    lr: tuple[float, float] = (1e-2, 1e-6),
+    weight_decay: float = 5e-6,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The reference's linear classifier: Adam with coupled L2, lr decaying exponentially
+    from lr[0] to lr[1] over `epochs`, shuffled mini-batches (the last partial one dropped).
+
+    The step is written out (softmax cross-entropy gradient and Adam's update on W and b
+    together) so one step is a handful of kernels. Returns [W | b]: [classes, d + 1].
+    """
+    n, d = train_f.shape
+    device = train_f.device
+    layer = torch.nn.Linear(d, int(train_y.max()) + 1).to(device)  # PyTorch's default init
+    params = torch.cat([layer.weight.detach(), layer.bias.detach()[:, None]], dim=1)
+    x = torch.cat([train_f, torch.ones(n, 1, device=device)], dim=1)
+    m, v = torch.zeros_like(params), torch.zeros_like(params)
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
+    gamma = (lr[1] / lr[0]) ** (1 / epochs)
+    bs = min(batch_size, n)
+    rows = torch.arange(bs, device=device)
+    step = 0
+    for epoch in range(epochs):
+        lr_epoch = lr[0] * gamma**epoch
+        perm = torch.randperm(n, generator=generator).to(device)[: n - n % bs].view(-1, bs)
+        for idx in perm:
+            step += 1
+            xb = x[idx]
+            grad_logits = torch.softmax(xb @ params.T, dim=1)
+            grad_logits[rows, train_y[idx]] -= 1
+            grad = grad_logits.T @ xb / bs + weight_decay * params
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v / (1 - beta2**step)).sqrt_().add_(adam_eps)
+            params.addcdiv_(m, denom, value=-lr_epoch / (1 - beta1**step))
+    return params
+
+
+def linear_probe(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int = 500,
+    topk: tuple[int, ...] = (1, 5),
+    generator: torch.Generator | None = None,
+    **fit_options,
+) -> dict[int, float]:
+    """Top-k test accuracies of `fit_linear`'s classifier: {k: accuracy}."""
+    params = fit_linear(train_f, train_y, epochs, generator=generator, **fit_options)
+    logits = torch.cat([test_f, torch.ones(len(test_f), 1, device=test_f.device)], 1) @ params.T
+    top = logits.topk(min(max(topk), params.shape[0]), dim=1).indices
+    hits = top == test_y[:, None]
+    return {k: hits[:, :k].any(dim=1).float().mean().item() for k in topk}
+
+
+def evaluate(
+    model: BaseMethod,
+    data: ImageData,
+    device: torch.device,
+    knn: int = 5,
+    knn_metric: str = "euclidean",
+    probe_epochs: int = 500,
+    seed: int = 0,
+) -> dict[str, float]:
+    """acc (linear top-1), acc_5 (linear top-5) and acc_knn on the test set."""
+    train_f, train_y = embed(model, data.clf_x, data.clf_y, data.mean, data.std, device)
+    test_f, test_y = embed(model, data.test_x, data.test_y, data.mean, data.std, device)
+    acc_knn = knn_accuracy(train_f, train_y, test_f, test_y, knn, knn_metric)
+    generator = torch.Generator().manual_seed(seed)
+    probe = linear_probe(train_f, train_y, test_f, test_y, probe_epochs, generator=generator)
+    return {"acc": probe[1], "acc_5": probe[5], "acc_knn": acc_knn}

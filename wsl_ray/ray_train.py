@@ -1,0 +1,94 @@
+"""The training loop on Ray Train workers: one TorchTrainer, DDP across its workers."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from .config import Config
+from .trainer import WorkerContext, train
+
+
+class RayTrainReporter:
+    """Reports each epoch to Ray Train; rank 0's checkpoint folder is uploaded to storage."""
+
+    location = "the Ray Train run's storage"
+
+    def checkpoint_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="wsl_ray_ckpt_"))
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker: resumes from the run's latest checkpoint if any."""
+    cfg = Config.from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    world = ctx.get_world_size()
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    context = WorkerContext(
+        device=ray.train.torch.get_device(),
+        rank=ctx.get_world_rank(),
+        world_size=world,
+        wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
+    )
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+        train(
+            cfg,
+            RayTrainReporter(),
+            resume_from=Path(resume_dir) if resume_dir else None,
+            context=context,
+            progress=config.get("progress", False),
+        )
+
+
+def make_trainer(
+    cfg: Config,
+    workers: int = 1,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float = 1,
+    storage_path: str | None = None,
+    name: str | None = None,
+    callbacks: list | None = None,
+    max_failures: int = 0,
+    progress: bool = False,
+) -> TorchTrainer:
+    """A TorchTrainer running `cfg` on `workers` DDP ranks (gloo on CPU, nccl on GPU).
+
+    A run with the same (storage_path, name) restores itself from its last checkpoint.
+    """
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
+    return TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "progress": progress,
+            "threads": max(1, int(cpus_per_worker)),
+        },
+        torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=callbacks or [],
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )

@@ -1,0 +1,69 @@
+"""`python -m wsl_ray.test --fname CKPT`: evaluate a checkpoint's frozen encoder.
+
+The configuration comes from the checkpoint; flags given on the command line override it
+(for example `--data_dir`, `--knn`, `--eval_head`). Without --fname a randomly
+initialised encoder is evaluated, as in the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import Config, add_config_flags
+from .data import load_dataset
+from .evaluate import embed, knn_accuracy, linear_probe
+from .methods import get_method
+from .trainer import CHECKPOINT_FILE, load_weights, resolve_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wsl_ray.test", description=__doc__)
+    add_config_flags(parser)
+    parser.add_argument("--clf", choices=("sgd", "knn", "both"), default="both")
+    parser.set_defaults(**{k: argparse.SUPPRESS for k in Config().to_dict() if k != "fname"})
+    return parser
+
+
+def checkpoint_config(fname: str | None, overrides: dict) -> Config:
+    """The run's config from its checkpoint, with command-line overrides."""
+    values = {}
+    if fname:
+        path = Path(fname)
+        payload = torch.load(path / CHECKPOINT_FILE if path.is_dir() else path, map_location="cpu")
+        values = payload.get("config", {})
+    return Config.from_dict(values | overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if k != "clf"}  # flags on the command line
+    cfg = checkpoint_config(args.fname, given)
+    device = resolve_device(cfg.device)
+    try:
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = get_method(cfg.method)(cfg, data.crop_size).to(device)
+    if args.fname:
+        model.load_state_dict(load_weights(args.fname))
+    else:
+        print("evaluating a randomly initialised encoder")
+    train_f, train_y = embed(model, data.clf_x, data.clf_y, data.mean, data.std, device)
+    test_f, test_y = embed(model, data.test_x, data.test_y, data.mean, data.std, device)
+    print(f"{data.summary()}; features of size {train_f.shape[1]}")
+    if args.clf in ("knn", "both"):
+        acc = knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn, cfg.knn_metric)
+        print(f"{cfg.knn}-NN ({cfg.knn_metric}): {acc:.2%}")
+    if args.clf in ("sgd", "both"):
+        probe = linear_probe(train_f, train_y, test_f, test_y)
+        print(f"linear: top-1 {probe[1]:.2%}, top-5 {probe[5]:.2%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
