@@ -56,6 +56,14 @@ def test_warmup_and_step_schedule_equal_the_reference():
     assert ours[-1] == pytest.approx(2e-3 * 0.04)
 
 
+@pytest.mark.parametrize("drop", [[50, 25], [8, 2], [10]])
+def test_step_schedule_with_drops_before_the_start_equals_the_reference(drop):
+    cfg = Config(epoch=8, lr=1e-3, drop=drop, lr_warmup=False)
+    milestones = [cfg.epoch - d for d in drop]
+    sched = lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones, 0.2)  # noqa: E731
+    assert our_lrs(cfg, 5) == pytest.approx(reference_lrs(cfg, 5, sched), rel=1e-9)
+
+
 @pytest.mark.parametrize("tmult", [1, 2])
 def test_cosine_schedule_equals_the_reference(tmult):
     cfg = Config(epoch=40, lr=1e-3, lr_step="cos", T0=10, Tmult=tmult, eta_min=1e-5)

@@ -57,8 +57,9 @@ def learning_rate(cfg: Config, epoch: float, iteration: int) -> float:
     """
     if cfg.lr_warmup and iteration < WARMUP_ITERS:
         return cfg.lr * (iteration + 1) / WARMUP_ITERS
-    if cfg.lr_step == "step":
-        return cfg.lr * cfg.drop_gamma ** sum(int(epoch) >= cfg.epoch - d for d in cfg.drop)
+    if cfg.lr_step == "step":  # milestones before epoch 0 never fire, as in MultiStepLR
+        milestones = [cfg.epoch - d for d in cfg.drop if cfg.epoch - d >= 0]
+        return cfg.lr * cfg.drop_gamma ** sum(int(epoch) >= m for m in milestones)
     if cfg.lr_step == "cos":
         return _cosine_warm_restarts(cfg, epoch)
     return cfg.lr

@@ -1,0 +1,235 @@
+"""Search spaces as data: `search_spaces/NAME.yaml`, checked before Ray starts.
+
+A space file has four sections:
+
+    config:   fixed Config values for every trial        {bs: 512, method: w_mse, ...}
+    params:   searched parameters and their distributions
+              lr:     {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
+              w_iter: {distribution: int, low: 1, high: 4}
+              emb:    {distribution: categorical, choices: [32, 64, 128]}
+              also uniform (float) and int with step / log
+    derived:  Config values computed from searched ones, as a product of names and numbers
+              w_size: emb * w_ratio
+    first:    the point evaluated first (the paper's defaults), one value per searched name
+
+Constraints between parameters hold by construction: coupled values are derived from ratios
+(w_size = emb * w_ratio), and `check` runs the trainer's own validation on every
+combination of the discrete choices, so no sampled trial can be invalid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, ConfigError, validate_config
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DISTRIBUTIONS = {
+    "loguniform": ("low", "high"),
+    "uniform": ("low", "high"),
+    "int": ("low", "high"),
+    "categorical": ("choices",),
+}
+CONFIG_KEYS = {f.name for f in fields(Config)}
+TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*|[0-9.]+)\s*$")
+
+
+class SpaceError(ValueError):
+    """An invalid search space file; the message says which entry and what to change."""
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    config: dict[str, Any]
+    params: dict[str, dict[str, Any]]
+    derived: dict[str, str]
+    first: dict[str, Any]
+
+    def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """Config values of a trial: fixed, then searched (minus helper ratios), then derived."""
+        values = {**self.config, **sampled}
+        for key, expression in self.derived.items():
+            values[key] = _evaluate(expression, values)
+        return {k: v for k, v in values.items() if k in CONFIG_KEYS}
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Optuna define-by-run: samples `params` on `trial` and returns the fixed and derived
+        values, which Tune adds to the trial's config: a trial's config is then its whole
+        training configuration (plus helper ratios)."""
+        sampled = {}
+        for name, spec in self.params.items():
+            kind = spec["distribution"]
+            if kind == "categorical":
+                sampled[name] = trial.suggest_categorical(name, spec["choices"])
+            elif kind == "int":
+                sampled[name] = trial.suggest_int(
+                    name,
+                    spec["low"],
+                    spec["high"],
+                    step=spec.get("step", 1),
+                    log=spec.get("log", False),
+                )
+            else:
+                sampled[name] = trial.suggest_float(
+                    name, spec["low"], spec["high"], log=kind == "loguniform"
+                )
+        values = {**self.config, **sampled}
+        return self.config | {key: _evaluate(expr, values) for key, expr in self.derived.items()}
+
+    def to_yaml(self) -> str:
+        """The space as run (command-line overrides included), for the experiment folder."""
+        sections = {"config": self.config, "params": self.params, "derived": self.derived}
+        return yaml.safe_dump(sections | {"first": self.first}, sort_keys=False)
+
+    def check(self, workers: int = 1) -> None:
+        """Raises SpaceError unless every combination of discrete choices is a valid Config."""
+        discrete = {
+            name: spec["choices"]
+            if spec["distribution"] == "categorical"
+            else sorted({spec["low"], spec["high"]})
+            for name, spec in self.params.items()
+            if spec["distribution"] in ("categorical", "int")
+        }
+        continuous = {n: s["low"] for n, s in self.params.items() if n not in discrete}
+        bad = []
+        for combo in itertools.product(*discrete.values()):
+            sampled = dict(zip(discrete, combo, strict=True)) | continuous
+            try:
+                validate_config(Config(**self.resolve(sampled)), workers)
+            except ConfigError as err:
+                bad.append(f"{sampled}: {str(err).splitlines()[1].strip(' -')}")
+            except (TypeError, ValueError) as err:
+                bad.append(f"{sampled}: {err}")
+        for name, value in self.first.items():
+            spec = self.params[name]
+            inside = (
+                value in spec["choices"]
+                if spec["distribution"] == "categorical"
+                else spec["low"] <= value <= spec["high"]
+            )
+            if not inside:
+                bad.append(f"first point: {name}={value} is outside its distribution {spec}")
+        if self.first:
+            try:
+                validate_config(Config(**self.resolve(self.first)), workers)
+            except ConfigError as err:
+                bad.append(f"first point {self.first}: {str(err).splitlines()[1].strip(' -')}")
+        if bad:
+            shown = "\n  ".join(bad[:5]) + (
+                f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+            )
+            raise SpaceError(
+                f"search space {self.name!r} can produce invalid trials; narrow the choices or "
+                f"change `config` so that every combination is valid:\n  {shown}"
+            )
+
+
+def _evaluate(expression: str | int | float, values: dict[str, Any]) -> int | float:
+    """A product of parameter names and numbers, e.g. 'emb * w_ratio'."""
+    if isinstance(expression, (int, float)):
+        return expression
+    product = 1
+    for term in str(expression).split("*"):
+        match = TERM.match(term)
+        if not match:
+            raise SpaceError(
+                f"derived expression {expression!r}: use names and numbers joined by *"
+            )
+        token = match.group(1)
+        if token[0].isdigit() or token[0] == ".":
+            product *= float(token) if "." in token else int(token)
+        elif token in values:
+            product *= values[token]
+        else:
+            raise SpaceError(f"derived expression {expression!r}: unknown name {token!r}")
+    return product
+
+
+def space_path(space: str) -> Path:
+    """`wmse` -> search_spaces/wmse.yaml; a path to a .yaml file is taken as it is."""
+    path = Path(space)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return SPACES_DIR / f"{space}.yaml"
+
+
+def load_space(space: str, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """Reads and checks a space; `overrides` replace fixed config values (e.g. dataset)."""
+    path = space_path(space)
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+        raise SpaceError(f"no search space {space!r} (looked for {path}); known: {known}")
+    return parse_space(path.read_text(), path, overrides)
+
+
+def parse_space(text: str, path: Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """A space from YAML text; `path` names it in messages (its stem is the space's name)."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{path}: not valid YAML: {err}") from err
+    unknown_sections = set(raw) - {"config", "params", "derived", "first", "description"}
+    if unknown_sections:
+        raise SpaceError(f"{path}: unknown section(s) {sorted(unknown_sections)}")
+    config = {**(raw.get("config") or {}), **(overrides or {})}
+    params = raw.get("params") or {}
+    derived = raw.get("derived") or {}
+    first = raw.get("first") or {}
+    for expression in derived.values():  # unknown names fail now, not in a trial
+        _evaluate(expression, {**config, **{n: 1 for n in params}})
+    _check_names(path, config, params, derived, first)
+    for name, spec in params.items():
+        _check_distribution(path, name, spec)
+    return SearchSpace(path.stem, config, params, derived, first)
+
+
+def _check_names(path, config, params, derived, first) -> None:
+    for key in config:
+        if key not in CONFIG_KEYS:
+            raise SpaceError(f"{path}: config key {key!r} is not a training flag")
+    helpers = {name for name in params if name not in CONFIG_KEYS}
+    used = " ".join(str(e) for e in derived.values())
+    for name in helpers:
+        if not re.search(rf"\b{name}\b", used):
+            raise SpaceError(
+                f"{path}: parameter {name!r} is neither a training flag nor used in `derived`"
+            )
+    for key in derived:
+        if key not in CONFIG_KEYS:
+            raise SpaceError(f"{path}: derived key {key!r} is not a training flag")
+    if first and set(first) != set(params):
+        raise SpaceError(
+            f"{path}: `first` must give every searched parameter: missing "
+            f"{sorted(set(params) - set(first))}, unknown {sorted(set(first) - set(params))}"
+        )
+
+
+def _check_distribution(path, name: str, spec: Any) -> None:
+    where = f"{path}: parameter {name!r}"
+    if not isinstance(spec, dict) or spec.get("distribution") not in DISTRIBUTIONS:
+        raise SpaceError(f"{where}: give `distribution:` one of {', '.join(DISTRIBUTIONS)}")
+    kind = spec["distribution"]
+    missing = [k for k in DISTRIBUTIONS[kind] if k not in spec]
+    if missing:
+        raise SpaceError(f"{where}: a {kind} distribution needs {missing}")
+    if kind == "categorical":
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise SpaceError(f"{where}: `choices` must be a non-empty list")
+        return
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, (int, float)) for v in (low, high)) or not low < high:
+        raise SpaceError(f"{where}: need numbers low < high, got low={low}, high={high}")
+    if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
+        raise SpaceError(f"{where}: an int distribution needs integer bounds")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(f"{where}: a loguniform distribution needs low > 0, got {low}")
+    if math.isnan(low) or math.isnan(high):
+        raise SpaceError(f"{where}: bounds must be numbers")

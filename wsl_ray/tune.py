@@ -1,0 +1,228 @@
+"""`python -m wsl_ray.tune --space wmse`: a hyperparameter sweep on Ray Tune.
+
+Optuna's TPE proposes trials (the space's `first` point first), behind a concurrency limit;
+ASHA stops weak trials early on the k-NN accuracy evaluated every `--eval_every` epochs.
+Each trial is a Ray Train TorchTrainer run named `train-<trial_id>` on the sweep's storage,
+so a restarted trial resumes from its last checkpoint. At the end: a summary table of the
+best trials and `results.parquet` with every trial's config and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from .config import Config, ConfigError
+from .data import load_dataset
+from .ray_train import make_trainer
+from .results import read_text, summarize_sweep, write_text
+from .search_space import CONFIG_KEYS, SearchSpace, SpaceError, load_space, parse_space
+
+DEFAULT_STORAGE = "~/wsl_ray_results"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m wsl_ray.tune",
+        description="Hyperparameter sweep of self-supervised training on Ray Tune + Optuna.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--space", default="wmse", help="search_spaces/NAME.yaml, or a path")
+    p.add_argument("--num_trials", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (space default)")
+    p.add_argument("--eval_every", type=int, default=None, help="evaluate every N epochs")
+    p.add_argument("--dataset", default=None, help="dataset (space default)")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--metric", default="acc_knn", choices=("acc_knn", "acc", "acc_5"))
+    p.add_argument("--scheduler", default="asha", choices=("asha", "fifo"))
+    p.add_argument("--grace", type=int, default=None, help="ASHA grace period in epochs")
+    p.add_argument("--name", default=None, help="experiment name (default: the space's)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="local path or URI (s3://...)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial")
+    p.add_argument("--concurrency", type=int, default=None, help="trials at once (default: fit)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="DDP workers per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="may be fractional")
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (and trials)")
+    p.add_argument("--wandb", default=None, help="log every trial to this wandb project")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="fix more training flags"
+    )
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Training flags fixed on the command line, on top of the space's `config`."""
+    fixed: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SpaceError(f"--set {item!r}: write KEY=VALUE, e.g. --set arch=resnet18_w16")
+        fixed[key] = yaml.safe_load(value)
+    named = {
+        "epoch": args.epochs, "eval_every": args.eval_every, "dataset": args.dataset,
+        "data_dir": args.data_dir, "wandb": args.wandb, "seed": args.seed,
+    }  # fmt: skip
+    return fixed | {k: v for k, v in named.items() if v is not None}
+
+
+def storage_uri(storage: str) -> str:
+    """A URI as given; a local path made absolute (Ray needs one)."""
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+class EvaluationReportCallback(TuneReportCallback):
+    """Forwards to Tune only the epochs that were evaluated, so that every Tune result
+    carries the metric that ASHA and Optuna read (Tune checks this strictly)."""
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if "acc_knn" in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def make_trial(workers: int, gpus: float, cpus: float, storage: str):
+    """The Tune trainable: builds the trial's TorchTrainer and runs it to completion.
+
+    The trial's config is its whole training configuration (see SearchSpace.suggest),
+    plus helper ratios that are not training flags.
+    """
+
+    def trial(trial_config: dict[str, Any]) -> None:
+        cfg = Config.from_dict({k: v for k, v in trial_config.items() if k in CONFIG_KEYS})
+        trial_id = tune.get_context().get_trial_id()
+        trainer = make_trainer(
+            cfg,
+            workers=workers,
+            gpus_per_worker=gpus,
+            cpus_per_worker=cpus,
+            storage_path=storage,
+            name=f"train-{trial_id}",
+            callbacks=[EvaluationReportCallback()],
+        )
+        trainer.fit()
+
+    return trial
+
+
+def run_sweep(args: argparse.Namespace, space: SearchSpace) -> Any:
+    """Runs (or resumes) the sweep and returns Tune's ResultGrid."""
+    storage = storage_uri(args.storage)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpus()
+    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, storage)
+    # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
+    trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
+    path = experiment_path(args)
+    if args.resume:
+        if not tune.Tuner.can_restore(path):
+            raise SpaceError(f"--resume: no experiment to resume at {path}")
+        return tune.Tuner.restore(path, trainable, resume_errored=True).fit()
+    write_text(f"{path}/search_space.yaml", space.to_yaml())  # for the analysis package
+    sampler = optuna.samplers.TPESampler(seed=args.seed, multivariate=True, constant_liar=True)
+    searcher = OptunaSearch(
+        space.suggest,
+        metric=args.metric,
+        mode="max",
+        sampler=sampler,
+        points_to_evaluate=[space.first] if space.first else None,
+    )
+    concurrency = args.concurrency or _fitting_trials(args, gpus)
+    epochs = space.config.get("epoch", Config().epoch)
+    eval_every = space.config.get("eval_every", Config().eval_every)
+    if args.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=epochs,
+            grace_period=args.grace or eval_every,
+            reduction_factor=2,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=args.metric,
+            mode="max",
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            scheduler=scheduler,
+            num_samples=args.num_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=path.rsplit("/", 1)[-1],
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        ),
+    )
+    return tuner.fit()
+
+
+def _default_gpus() -> float:
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _fitting_trials(args: argparse.Namespace, gpus: float) -> int:
+    """How many trials the cluster fits at once, from its CPUs (and GPUs)."""
+    resources = ray.cluster_resources()
+    per_trial_cpus = args.workers_per_trial * args.cpus_per_trial
+    fit = int(resources.get("CPU", 1) // max(per_trial_cpus, 1e-9))
+    if gpus:
+        fit = min(fit, int(resources.get("GPU", 0) // (gpus * args.workers_per_trial)))
+    return max(1, fit)
+
+
+def experiment_path(args: argparse.Namespace) -> str:
+    name = args.name or Path(args.space).stem
+    return f"{storage_uri(args.storage).rstrip('/')}/{name}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        if args.resume:  # the space as the sweep ran it, from the experiment folder
+            saved = f"{experiment_path(args)}/search_space.yaml"
+            space = parse_space(read_text(saved), Path(experiment_path(args)))
+        else:
+            space = load_space(args.space, overrides_from_args(args))
+        space.check(workers=args.workers_per_trial)
+        _check_data(space)
+    except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    try:
+        grid = run_sweep(args, space)
+    except SpaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summarize_sweep(grid, args.metric, space, experiment_path(args))
+    return 0
+
+
+def _check_data(space: SearchSpace) -> None:
+    """Loads the dataset once before Ray starts: missing files fail here, with the fix."""
+    cfg = Config.from_dict(space.resolve(space.first or {}))
+    try:
+        load_dataset(cfg.dataset, cfg.data_dir)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{err}\nOr sweep the embedded data: python -m wsl_ray.tune --space {space.name} "
+            "--dataset shapes"
+        ) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
