@@ -1,0 +1,1 @@
+"""Sweep results into tables, importances and plots: `python -m analysis --help`."""

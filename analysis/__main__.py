@@ -1,0 +1,88 @@
+"""`python -m analysis {collect,tables,importance,plots} ...`: sweep results for papers.
+
+    python -m analysis collect ~/wsl_ray_results/wmse [more experiments] --out all.parquet
+    python -m analysis tables all.parquet --kind paper|top|seeds [--format markdown|latex|csv]
+    python -m analysis importance ~/wsl_ray_results/wmse [--metric acc_knn]
+    python -m analysis plots ~/wsl_ray_results/wmse --out plots/
+
+Sources are experiment folders (local paths or URIs such as s3://bucket/wmse) or a
+Parquet file written by `collect`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import plots, tables
+from .collect import CollectError, load, read_space, write
+from .importance import importances
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="experiment folders -> one Parquet table")
+    c.add_argument("experiments", nargs="+")
+    c.add_argument("--out", default="trials.parquet")
+    t = sub.add_parser("tables", help="paper-style tables")
+    t.add_argument("sources", nargs="+")
+    t.add_argument("--kind", choices=("paper", "top", "seeds"), default="paper")
+    t.add_argument("--metric", default=None, help="ranking metric (paper: acc, top: acc_knn)")
+    t.add_argument("--top", type=int, default=10)
+    t.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    i = sub.add_parser("importance", help="hyperparameter importances of one experiment")
+    i.add_argument("experiment")
+    i.add_argument("--metric", default="acc_knn")
+    i.add_argument("--evaluator", choices=("ped-anova", "fanova"), default="ped-anova")
+    i.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    p = sub.add_parser("plots", help="PNG plots of one experiment")
+    p.add_argument("experiment")
+    p.add_argument("--metric", default="acc_knn")
+    p.add_argument("--out", default="plots")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "collect":
+            table = load(args.experiments)
+            write(table, args.out)
+            print(
+                f"{table.num_rows} trials from {len(args.experiments)} experiment(s) -> {args.out}"
+            )
+        elif args.command == "tables":
+            table = load(args.sources)
+            if args.kind == "paper":
+                rows = tables.paper_table(table, args.metric or "acc")
+                print("best trial per method and dataset: linear top-1 / 5-NN (%)")
+            elif args.kind == "top":
+                rows = tables.top_trials(table, args.metric or "acc_knn", args.top)
+            else:
+                rows = tables.seed_table(table)
+            print(tables.render(rows, args.format))
+        elif args.command == "importance":
+            rows = importances(
+                load(args.experiment), read_space(args.experiment), args.metric, args.evaluator
+            )
+            print(f"importance of each searched parameter for {args.metric} ({args.evaluator})")
+            print(tables.render(rows, args.format))
+        else:
+            table, space = load(args.experiment), read_space(args.experiment)
+            out = Path(args.out)
+            written = [
+                plots.metric_vs_params(table, space["params"], args.metric, out),
+                plots.learning_curves(table, args.metric, out),
+                plots.parallel_coordinates(table, space["params"], args.metric, out),
+            ]
+            print("\n".join(str(p) for p in written))
+    except (CollectError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The analysis package on a real sweep's experiment folder (tests/fixtures/sweep_wmse,
+6 W-MSE trials on shapes, 3 stopped early by ASHA), plus copies edited to other methods
+and seeds."""
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.__main__ import main
+from analysis.collect import CollectError, collect, load
+from analysis.tables import paper_table, render, seed_table, top_trials
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sweep_wmse"
+
+
+def edited_copy(dest: Path, **config_changes) -> Path:
+    """The fixture experiment with every trial's config changed (e.g. another method)."""
+    shutil.copytree(FIXTURE, dest)
+    for params in dest.glob("*/params.json"):
+        params.write_text(json.dumps(json.loads(params.read_text()) | config_changes))
+    return dest
+
+
+def test_collect_reads_every_trial_with_config_status_and_history():
+    table = collect([str(FIXTURE)])
+    assert table.num_rows == 6
+    rows = {r["trial_id"]: r for r in table.to_pylist()}
+    first = rows["b08f1cd8"]
+    assert (first["method"], first["dataset"], first["status"], first["epochs"]) == (
+        "w_mse", "shapes", "TERMINATED", 4,
+    )  # fmt: skip
+    assert first["config/lr"] == 3e-3 and first["config/w_size"] == 64
+    assert [h["epoch"] for h in first["history"]] == [1, 2, 3, 4]
+    assert first["best_acc_knn"] == max(h["acc_knn"] for h in first["history"])
+    assert sorted(r["status"] for r in rows.values()).count("STOPPED") == 3
+
+
+def test_parquet_round_trips(tmp_path):
+    out = tmp_path / "trials.parquet"
+    assert main(["collect", str(FIXTURE), "--out", str(out)]) == 0
+    again = pq.read_table(out)
+    assert again.equals(collect([str(FIXTURE)]))
+    assert load(str(out)).to_pylist() == again.to_pylist()
+
+
+def test_the_paper_table_names_the_best_trial_per_method(tmp_path):
+    byol = edited_copy(tmp_path / "byol", method="byol")
+    table = collect([str(FIXTURE), str(byol)])
+    rows = paper_table(table, "acc")
+    assert [r["method"] for r in rows] == ["BYOL", "W-MSE 2"]
+    best = max(collect([str(FIXTURE)]).to_pylist(), key=lambda r: r["acc"])
+    assert rows[1]["shapes"] == f"{100 * best['acc']:.2f} / {100 * best['acc_knn']:.2f}"
+
+
+def test_top_trials_are_ranked_by_the_metric():
+    rows = top_trials(collect([str(FIXTURE)]), "acc_knn", k=3)
+    knn = [float(r["acc_knn"]) for r in rows]
+    assert len(rows) == 3 and knn == sorted(knn, reverse=True)
+    assert {"lr", "emb", "w_size"} <= set(rows[0])
+
+
+def test_mean_and_std_over_seeds(tmp_path):
+    seed1 = edited_copy(tmp_path / "s1", seed=1)
+    (result,) = seed1.glob("trial_b08f1cd8*/result.json")
+    lines = [json.loads(x) for x in result.read_text().splitlines()]
+    lines[-1]["acc"] = 0.5  # the repeat of the first config ends at 50% linear accuracy
+    result.write_text("\n".join(json.dumps(x) for x in lines))
+    rows = seed_table(collect([str(FIXTURE), str(seed1)]))
+    assert len(rows) == 6 and all(r["runs"] == 2 for r in rows)
+    original = {r["trial_id"]: r for r in collect([str(FIXTURE)]).to_pylist()}["b08f1cd8"]["acc"]
+    first = next(r for r in rows if r["lr"] == pytest.approx(3e-3))
+    mean, std = statistics.fmean([original, 0.5]), statistics.stdev([original, 0.5])
+    assert first["acc"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    other = next(r for r in rows if r["lr"] != pytest.approx(3e-3))
+    assert other["acc"].endswith("± 0.00")  # identical repeats
+
+
+def test_render_formats():
+    rows = [{"method": "W-MSE 2", "cifar10": "91.5 / 89.1", "lr": 0.0031234}]
+    assert render(rows, "markdown").splitlines()[2] == "| W-MSE 2 | 91.5 / 89.1 | 0.00312 |"
+    assert render(rows, "csv").splitlines()[1] == "W-MSE 2,91.5 / 89.1,0.00312"
+    latex = render(rows, "latex")
+    assert (
+        latex.startswith(r"\begin{tabular}{lcc}") and r"W-MSE 2 & 91.5 / 89.1 & 0.00312 \\" in latex
+    )
+
+
+def test_importance_and_plots(tmp_path, capsys):
+    assert main(["importance", str(FIXTURE)]) == 0
+    out = capsys.readouterr().out
+    assert {"lr", "emb", "w_ratio"} <= {line.split("|")[1].strip() for line in out.splitlines()[3:]}
+    assert main(["plots", str(FIXTURE), "--out", str(tmp_path)]) == 0
+    for name in ("metric_vs_params", "learning_curves", "parallel_coordinates"):
+        png = tmp_path / f"{name}.png"
+        assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_empty_or_missing_folders_say_so(tmp_path, capsys):
+    with pytest.raises(CollectError, match="no trials found"):
+        collect([str(tmp_path)])
+    assert main(["tables", str(tmp_path / "nope")]) == 2
+    assert "no such experiment folder" in capsys.readouterr().err
