@@ -10,12 +10,13 @@ as a nested list column.
 from __future__ import annotations
 
 import json
-from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
+
+from wsl_ray.results import filesystem, read_text
 
 METRICS = ("acc", "acc_5", "acc_knn")
 HISTORY_KEYS = ("epoch", "loss", "lr", "acc", "acc_5", "acc_knn", "time_total_s")
@@ -23,12 +24,6 @@ HISTORY_KEYS = ("epoch", "loss", "lr", "acc", "acc_5", "acc_knn", "time_total_s"
 
 class CollectError(ValueError):
     """An experiment folder that is missing, empty or unreadable."""
-
-
-def _fs(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if "://" in uri:
-        return pyarrow.fs.FileSystem.from_uri(uri)
-    return pyarrow.fs.LocalFileSystem(), str(PurePosixPath(uri))
 
 
 def _read(fs: pyarrow.fs.FileSystem, path: str) -> str:
@@ -69,7 +64,7 @@ def collect(experiments: list[str]) -> pa.Table:
     experiments are null there)."""
     rows = []
     for uri in experiments:
-        fs, root = _fs(uri.rstrip("/"))
+        fs, root = filesystem(uri.rstrip("/"))
         info = fs.get_file_info(root)
         if info.type != pyarrow.fs.FileType.Directory:
             raise CollectError(f"{uri}: no such experiment folder")
@@ -102,13 +97,13 @@ def load(source: str | list[str]) -> pa.Table:
     """A collected table: from a Parquet file, or collected from experiment folders."""
     sources = [source] if isinstance(source, str) else list(source)
     if len(sources) == 1 and sources[0].endswith(".parquet"):
-        fs, path = _fs(sources[0])
+        fs, path = filesystem(sources[0])
         return pq.read_table(path, filesystem=fs)
     return collect(sources)
 
 
 def write(table: pa.Table, uri: str) -> None:
-    fs, path = _fs(uri)
+    fs, path = filesystem(uri)
     pq.write_table(table, path, filesystem=fs)
 
 
@@ -116,8 +111,7 @@ def read_space(experiment: str) -> dict[str, Any]:
     """The experiment's search space as the sweep ran it (written by wsl_ray.tune)."""
     import yaml
 
-    fs, root = _fs(experiment.rstrip("/"))
     try:
-        return yaml.safe_load(_read(fs, f"{root}/search_space.yaml"))
+        return yaml.safe_load(read_text(f"{experiment.rstrip('/')}/search_space.yaml"))
     except FileNotFoundError as err:
         raise CollectError(f"{experiment}: no search_space.yaml (not a wsl_ray.tune run?)") from err

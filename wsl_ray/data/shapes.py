@@ -66,9 +66,9 @@ def render(labels: torch.Tensor, generator: torch.Generator, size: int = 32) -> 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator)
 
-    scale = 0.45 + 0.3 * rand(n)  # shape radius, as a fraction of the half-width
+    scale = 0.4 + 0.3 * rand(n)  # shape radius, as a fraction of the half-width
     centre = (rand(n, 2) * 2 - 1) * (1 - scale[:, None])  # the shape stays inside the image
-    angle = rand(n) * 2 * math.pi
+    angle = torch.randint(4, (n,), generator=generator) * (math.pi / 2)  # right angles only
     grid = (torch.arange(s) + 0.5) / s * 2 - 1
     gy, gx = torch.meshgrid(grid, grid, indexing="ij")
     dx = gx[None] - centre[:, 0, None, None]
@@ -85,6 +85,11 @@ def render(labels: torch.Tensor, generator: torch.Generator, size: int = 32) -> 
     phase = rand(n, 1, 1, 1) * 2 * math.pi  # stripes of one frequency and angle
     texture = 1 + 0.2 * torch.sin(6 * math.pi * (gx + gy) + phase)
     image = mask * fg * texture + (1 - mask) * bg
+    for _ in range(2):  # small grey clutter blobs, moved around by random crops
+        pos = rand(n, 2, 1, 1) * 2 - 1
+        radius = 0.06 + 0.06 * rand(n, 1, 1)
+        blob = ((gx - pos[:, 0]) ** 2 + (gy - pos[:, 1]) ** 2 < radius**2).float()[:, None]
+        image = blob * 0.5 + (1 - blob) * image
     image = torch.nn.functional.avg_pool2d(image, 2)
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
