@@ -15,10 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-demo: install
-	$(PY) -m wsl_ray.train --dataset shapes --arch resnet18_w16 --epoch 8 --bs 128 \
-		--emb 16 --w_size 64 --w_eps 0.01 --lr 3e-3 --lr_step none --eval_every 4 \
-		--head_size 256 --out runs/demo
+demo: install  # a small W-MSE sweep on the embedded shapes data, a few minutes on 2 cores
+	rm -rf runs/sweeps/demo
+	$(PY) -m wsl_ray.tune --space wmse --dataset shapes --num_trials 4 --epochs 2 \
+		--eval_every 1 --grace 1 --storage runs/sweeps --name demo \
+		--set arch=resnet18_w16 subset=3072 head_size=256 lr_warmup=false
 
 lint: install
 	$(PY) -m ruff check .

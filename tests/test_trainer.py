@@ -31,6 +31,7 @@ def reference_lrs(cfg, iters_per_epoch, scheduler):
                     pg["lr"] = cfg.lr * (warmup + 1) / 500
                 warmup += 1
             lrs.append(opt.param_groups[0]["lr"])
+            opt.step()  # no gradients: changes nothing, keeps the scheduler's order check quiet
             if cfg.lr_step == "cos" and warmup >= 500:
                 sched.step(ep + n / iters_per_epoch)  # sets the next iteration's lr
         if cfg.lr_step == "step":

@@ -68,6 +68,7 @@ class DatasetSpec:
     crop_size: int
     download: Callable[[Path], None] | None = None
     cache: bool = False  # decoded tensors are cached (folders of JPEGs, generated data)
+    version: int = 1  # part of the cache key: bump when the reader or generator changes
 
 
 def _torchvision_download(cls_name: str, **kwargs) -> Callable[[Path], None]:
@@ -150,7 +151,7 @@ DATASETS: dict[str, DatasetSpec] = {
         28,
         _torchvision_download("FashionMNIST"),
     ),
-    "shapes": DatasetSpec(_read_shapes, "", None, None, 10, 32, cache=True),
+    "shapes": DatasetSpec(_read_shapes, "", None, None, 10, 32, cache=True, version=5),
 }
 
 
@@ -195,7 +196,8 @@ def load_dataset(
     if spec.cache:
         opts = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
         where = str(root.resolve()).strip("/").replace("/", "_") if name != "shapes" else ""
-        raw = _cached(f"{name}-{where}-{opts}".strip("-"), lambda: spec.read(root, **options))
+        key = f"{name}-v{spec.version}-{where}-{opts}".strip("-")
+        raw = _cached(key, lambda: spec.read(root, **options))
     else:
         raw = spec.read(root, **options)
     raw.setdefault("clf_x", raw["train_x"])
