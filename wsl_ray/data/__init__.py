@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,7 +41,6 @@ class ImageData:
     num_classes: int
     crop_size: int  # side of the training views and evaluation images the encoder sees
     blur: bool = False  # the reference adds Gaussian blur for ImageNet-100
-    extra: dict = field(default_factory=dict)
 
     def subset(self, n: int | None) -> ImageData:
         """The first n images of each role (all of them for n=None); in-memory data only."""
