@@ -157,3 +157,12 @@ def test_final_epoch_is_evaluated_and_summarised(tmp_path, tiny_data):
     assert summary["epochs"] == 1
     assert 0 <= summary["acc_knn"] <= 1 and summary["best_acc"] == summary["acc"]
     assert (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def test_the_test_entry_point_evaluates_a_checkpoint_with_its_config(tmp_path, tiny_data, capsys):
+    from wsl_ray.test import main
+
+    train(tiny_config(tmp_path, epoch=1, subset=256), data=tiny_data, progress=False)
+    assert main(["--fname", str(tmp_path), "--clf", "knn", "--knn", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "256 train" in out and "features of size 64" in out and "3-NN" in out

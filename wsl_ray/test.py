@@ -9,48 +9,38 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-import torch
 
 from .config import Config, add_config_flags
 from .data import load_dataset
 from .evaluate import embed, knn_accuracy, linear_probe
 from .methods import get_method
-from .trainer import CHECKPOINT_FILE, load_weights, resolve_device
+from .trainer import read_checkpoint, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wsl_ray.test", description=__doc__)
     add_config_flags(parser)
     parser.add_argument("--clf", choices=("sgd", "knn", "both"), default="both")
-    parser.set_defaults(**{k: argparse.SUPPRESS for k in Config().to_dict() if k != "fname"})
+    for action in parser._actions:  # only flags given on the command line override the run's
+        if action.dest in Config().to_dict() and action.dest != "fname":
+            action.default = argparse.SUPPRESS
     return parser
-
-
-def checkpoint_config(fname: str | None, overrides: dict) -> Config:
-    """The run's config from its checkpoint, with command-line overrides."""
-    values = {}
-    if fname:
-        path = Path(fname)
-        payload = torch.load(path / CHECKPOINT_FILE if path.is_dir() else path, map_location="cpu")
-        values = payload.get("config", {})
-    return Config.from_dict(values | overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k != "clf"}  # flags on the command line
-    cfg = checkpoint_config(args.fname, given)
+    payload = read_checkpoint(args.fname) if args.fname else {}
+    cfg = Config.from_dict(payload.get("config", {}) | given)
     device = resolve_device(cfg.device)
     try:
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download).subset(cfg.subset)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model = get_method(cfg.method)(cfg, data.crop_size).to(device)
     if args.fname:
-        model.load_state_dict(load_weights(args.fname))
+        model.load_state_dict(payload.get("model", payload))
     else:
         print("evaluating a randomly initialised encoder")
     train_f, train_y = embed(model, data.clf_x, data.clf_y, data.mean, data.std, device)

@@ -46,7 +46,7 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
     import torch
 
     from .ray_train import make_trainer
-    from .trainer import CHECKPOINT_FILE, summarize
+    from .trainer import read_checkpoint, summarize
 
     gpus = args.gpus_per_worker
     if gpus is None:
@@ -58,7 +58,7 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
-        history = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu")["history"]
+        history = read_checkpoint(folder)["history"]
     return summarize(history)
 
 

@@ -158,8 +158,14 @@ def save_checkpoint(
     tmp.replace(path / CHECKPOINT_FILE)
 
 
+def read_checkpoint(fname: str | Path) -> dict[str, Any]:
+    """A checkpoint's payload, from its file or from the folder holding checkpoint.pt."""
+    path = Path(fname)
+    return torch.load(path / CHECKPOINT_FILE if path.is_dir() else path, map_location="cpu")
+
+
 def load_checkpoint(path: Path, model: BaseMethod, optimizer, gens: dict) -> TrainState:
-    payload = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu")
+    payload = read_checkpoint(path)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"]["torch"])
@@ -172,8 +178,7 @@ def load_checkpoint(path: Path, model: BaseMethod, optimizer, gens: dict) -> Tra
 
 def load_weights(fname: str | Path) -> dict[str, torch.Tensor]:
     """Model weights from one of our checkpoints (a file or its folder) or a bare state dict."""
-    path = Path(fname)
-    payload = torch.load(path / CHECKPOINT_FILE if path.is_dir() else path, map_location="cpu")
+    payload = read_checkpoint(fname)
     return payload.get("model", payload)
 
 
