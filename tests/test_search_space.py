@@ -114,3 +114,17 @@ def test_command_line_overrides_are_checked_too():
     space = load_space("wmse", {"bs": 96})
     with pytest.raises(SpaceError, match="can produce invalid trials"):
         space.check()
+
+
+def test_set_pins_a_searched_parameter_to_one_value():
+    space = load_space("wmse", {"bs": 128, "emb": 32})  # emb 128 would need bs % 512 == 0
+    space.check()
+    assert space.params["emb"] == {"distribution": "categorical", "choices": [32]}
+    first = Config(**space.resolve(space.first))
+    assert (first.emb, first.w_size, first.lr) == (32, 64, 3e-3)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        derived = space.suggest(trial)
+        assert Config(**space.resolve(trial.params | derived)).emb == 32
+        study.tell(trial, 0.0)

@@ -162,7 +162,8 @@ def space_path(space: str) -> Path:
 
 
 def load_space(space: str, overrides: dict[str, Any] | None = None) -> SearchSpace:
-    """Reads and checks a space; `overrides` replace fixed config values (e.g. dataset)."""
+    """Reads and checks a space; `overrides` fix config values (e.g. dataset) or pin searched
+    parameters to one value."""
     path = space_path(space)
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
@@ -179,10 +180,13 @@ def parse_space(text: str, path: Path, overrides: dict[str, Any] | None = None) 
     unknown_sections = set(raw) - {"config", "params", "derived", "first", "description"}
     if unknown_sections:
         raise SpaceError(f"{path}: unknown section(s) {sorted(unknown_sections)}")
-    config = {**(raw.get("config") or {}), **(overrides or {})}
+    overrides = overrides or {}
     params = raw.get("params") or {}
+    pinned = {k: v for k, v in overrides.items() if k in params}
+    config = (raw.get("config") or {}) | {k: v for k, v in overrides.items() if k not in pinned}
+    params |= {k: {"distribution": "categorical", "choices": [v]} for k, v in pinned.items()}
     derived = raw.get("derived") or {}
-    first = raw.get("first") or {}
+    first = (raw.get("first") or {}) | (pinned if raw.get("first") else {})
     for expression in derived.values():  # unknown names fail now, not in a trial
         _evaluate(expression, {**config, **{n: 1 for n in params}})
     _check_names(path, config, params, derived, first)

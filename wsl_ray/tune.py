@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and trials)")
     p.add_argument("--wandb", default=None, help="log every trial to this wandb project")
     p.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="fix more training flags"
-    )
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="fix training flags, or pin searched parameters to one value",
+    )  # fmt: skip
     return p
 
 

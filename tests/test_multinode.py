@@ -1,0 +1,111 @@
+"""A sweep submitted as a Ray Job to a 3-node cluster on loopback survives losing a node.
+
+The cluster is three `ray start` processes on 127.0.0.1: a head with no CPUs (it runs the
+job's driver, so trials can only train on the workers) and two 1-CPU worker nodes. Trials run
+one at a time; mid-sweep the raylet of the node where the running trial trains is SIGKILLed,
+which takes every process of that node with it. Tune must retry the lost trial from its
+checkpoint on the other node, and keep every finished result.
+"""
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_tune import RAY, RAY_ENV, SPACE, trial_epochs, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD, DASHBOARD = "127.0.0.1:6392", "http://127.0.0.1:8272"
+EPOCHS, TRIALS = 6, 3
+
+
+def ray_start(*args: str) -> None:
+    env = dict(os.environ, **RAY_ENV)
+    cmd = [RAY, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *args]
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def three_nodes():
+    port, dashboard_port = HEAD.rsplit(":")[-1], DASHBOARD.rsplit(":")[-1]
+    ray_start("--head", "--port", port, "--num-cpus", "0",
+              "--include-dashboard", "true", "--dashboard-port", dashboard_port)  # fmt: skip
+    for _ in range(2):
+        ray_start("--address", HEAD, "--num-cpus", "1")
+    yield
+    subprocess.run([RAY, "stop", "--force"], env=dict(os.environ, **RAY_ENV), capture_output=True)
+
+
+def parent(pid: int) -> tuple[int, str]:
+    """The parent's pid and name of a live process (Linux /proc)."""
+    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return ppid, Path(f"/proc/{ppid}/comm").read_text().strip()
+
+
+def train_worker_raylet(client_address: str) -> int | None:
+    """The pid of the raylet of a node running a live Train worker (a worker's parent)."""
+    import ray
+    from ray.util.state import list_actors
+
+    ray.init(address=client_address)
+    try:
+        alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        workers = list_actors(filters=alive)
+    finally:
+        ray.shutdown()
+    for actor in workers:
+        try:
+            raylet, name = parent(actor.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it has just exited
+        if name == "raylet":
+            return raylet
+    return None
+
+
+@pytest.mark.timeout(900)
+def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "sweeps"
+    client = JobSubmissionClient(DASHBOARD)
+    job = client.submit_job(
+        entrypoint=(
+            f"python {ROOT / 'cluster' / 'sweep.py'} --space {space} --storage {storage} "
+            f"--name t --num_trials {TRIALS} --epochs {EPOCHS} --eval_every 1 "
+            "--scheduler fifo --concurrency 1 --max-failures 3"
+        ),
+        runtime_env={"env_vars": RAY_ENV},
+    )
+
+    # Once a trial has finished, kill the node of the (only) trial training, mid-way.
+    def running() -> list[str]:
+        return [t for t, e in trial_epochs(storage).items() if 1 <= len(e) < EPOCHS - 1]
+
+    def finished() -> dict[str, str]:
+        return {t: (storage / "t" / t / "result.json").read_text()
+                for t, e in trial_epochs(storage).items() if e[-1:] == [EPOCHS]}  # fmt: skip
+
+    wait_for(lambda: finished() and running(), timeout=500)
+    (victim,), before = running(), finished()
+    raylet = train_worker_raylet(HEAD)
+    assert raylet is not None, "the running trial has no live Train worker"
+    os.kill(raylet, signal.SIGKILL)
+
+    wait_for(lambda: client.get_job_status(job).is_terminal(), timeout=400)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    rows = pq.read_table(storage / "t" / "results.parquet").to_pylist()
+    assert len(rows) == TRIALS, rows
+    assert all(r["status"] == "TERMINATED" and r["epoch"] == EPOCHS for r in rows), rows
+    for trial, text in before.items():  # finished results are kept as they were
+        assert (storage / "t" / trial / "result.json").read_text() == text
+    assert list((storage / "t" / victim).glob("error.*")), "the killed trial did not fail"
+    epochs = [json.loads(x)["epoch"] for x in (storage / "t" / victim / "result.json")
+              .read_text().splitlines()]  # fmt: skip
+    assert epochs == list(range(1, EPOCHS + 1)), epochs  # resumed from its checkpoint
