@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install  # a small W-MSE sweep on the embedded shapes data, a few minutes on 2 cores
 	rm -rf runs/sweeps/demo
-	$(PY) -m wsl_ray.tune --space wmse --dataset shapes --num_trials 4 --epochs 2 \
-		--eval_every 1 --grace 1 --storage runs/sweeps --name demo \
-		--set arch=resnet18_w16 subset=3072 head_size=256 lr_warmup=false
+	$(PY) -m wsl_ray.tune --space wmse --dataset shapes --num_trials 4 --epochs 4 \
+		--eval_every 2 --grace 2 --baseline --storage runs/sweeps --name demo \
+		--set arch=resnet18_w16 subset=3000 bs=128 emb=32 head_size=256 crop_s0=0.5 \
+		lr_warmup=false
 
 lint: install
 	$(PY) -m ruff check .

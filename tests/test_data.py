@@ -140,6 +140,15 @@ def test_shapes_is_deterministic_balanced_and_cached():
     assert torch.equal(data.train_x, a["train_x"]) and data.num_classes == 10
 
 
+def test_raw_pixels_are_a_poor_feature_for_shapes():
+    from wsl_ray.evaluate import knn_accuracy
+
+    data = shapes.generate(num_train=4000, num_test=1000, seed=1)
+    flat = {k: data[k].flatten(1).float() / 255 for k in ("train_x", "test_x")}
+    raw = knn_accuracy(flat["train_x"], data["train_y"], flat["test_x"], data["test_y"], k=5)
+    assert 0.1 < raw < 0.4  # 10 classes; 32% with the full 10k training images
+
+
 def test_iterate_batches_shuffles_and_drops_the_last_partial_batch():
     x = torch.arange(10).view(10, 1, 1, 1).to(torch.uint8)
     y = torch.arange(10)

@@ -159,6 +159,18 @@ def test_final_epoch_is_evaluated_and_summarised(tmp_path, tiny_data):
     assert (tmp_path / CHECKPOINT_FILE).exists()
 
 
+def test_eval_init_reports_the_untrained_encoder_the_run_starts_from(tmp_path, tiny_data):
+    from wsl_ray.evaluate import evaluate
+    from wsl_ray.methods import get_method
+
+    cfg = tiny_config(tmp_path, epoch=1, eval_init=True, seed=3)
+    summary = train(cfg, data=tiny_data, progress=False)
+    torch.manual_seed(3)
+    untrained = evaluate(get_method("w_mse")(cfg, 32), tiny_data, torch.device("cpu"), seed=3)
+    assert {k: summary[f"init_{k}"] for k in untrained} == untrained
+    assert torch.load(tmp_path / CHECKPOINT_FILE)["init_metrics"] == untrained
+
+
 def test_the_test_entry_point_evaluates_a_checkpoint_with_its_config(tmp_path, tiny_data, capsys):
     from wsl_ray.test import main
 

@@ -100,7 +100,7 @@ def wait_for(condition, timeout=400):
 def test_asha_sweep_finishes_and_stops_weak_trials_early(cluster, space_file, tmp_path):
     out = sweep(
         cluster, space_file, tmp_path, "--num_trials", "6", "--epochs", "4",
-        "--eval_every", "1", "--grace", "1", "--scheduler", "asha",
+        "--eval_every", "1", "--grace", "1", "--scheduler", "asha", "--baseline",
     )  # fmt: skip
     rows = results(tmp_path)
     assert len(rows) == 6 and not any(r["status"] == "ERROR" for r in rows)
@@ -113,6 +113,7 @@ def test_asha_sweep_finishes_and_stops_weak_trials_early(cluster, space_file, tm
     first = rows[0]
     assert (first["config/lr"], first["config/emb"], first["config/w_size"]) == (3e-3, 16, 64)
     assert "default config" in out and "results.parquet" in out
+    assert "untrained encoder (default config): acc_knn" in out
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, space_file, tmp_path):

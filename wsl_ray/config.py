@@ -78,6 +78,7 @@ class Config:
     eval_every: int = _f(20, "evaluate every this many epochs")
     eval_every_drop: int = _f(5, "evaluate every this many epochs after the first lr drop")
     eval_head: bool = _f(False, "evaluate the head's output instead of the encoder's")
+    eval_init: bool = _f(False, "also evaluate the untrained encoder: the baseline to beat")
     # data and run
     dataset: str = _f("cifar10", "dataset name")
     data_dir: str | None = _f(None, "where the dataset's files are", type=str)
@@ -94,6 +95,11 @@ class Config:
     @property
     def num_pairs(self) -> int:
         return self.num_samples * (self.num_samples - 1) // 2
+
+    @property
+    def eval_options(self) -> dict[str, Any]:
+        """The keyword arguments of `evaluate.evaluate` that the flags set."""
+        return {"knn": self.knn, "knn_metric": self.knn_metric, "seed": self.seed}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

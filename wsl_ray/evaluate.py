@@ -137,6 +137,7 @@ def evaluate(
     model: BaseMethod,
     data: ImageData,
     device: torch.device,
+    *,
     knn: int = 5,
     knn_metric: str = "euclidean",
     probe_epochs: int = 500,

@@ -90,8 +90,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def summarize_sweep(grid, metric: str, space, experiment: str) -> list[dict[str, Any]]:
-    """Prints the best trials and how the first (default) point did; writes results.parquet."""
+def summarize_sweep(
+    grid, metric: str, space, experiment: str, baseline: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Prints the best trials, how the first (default) point and, if given, the untrained
+    encoder did; writes results.parquet."""
     rows = trial_rows(grid, space)
     searched = [k for k in space.derived] + [k for k in space.params if k not in space.derived]
     searched = [k for k in searched if f"config/{k}" in (rows[0] if rows else {})]
@@ -110,5 +113,13 @@ def summarize_sweep(grid, metric: str, space, experiment: str) -> list[dict[str,
             f"best ({best['trial_id']}): {best[metric]:.2%} "
             f"({(best[metric] - first[metric]) * 100:+.1f} points)"
         )
+    if baseline and scored:
+        best = max(scored, key=lambda r: r[metric])
+        gains = ", ".join(
+            f"{key} {baseline[key]:.2%} (best {(best[key] - baseline[key]) * 100:+.1f} points)"
+            for key in dict.fromkeys((metric, "acc_knn", "acc"))
+            if best.get(key) is not None
+        )
+        print(f"untrained encoder (default config): {gains}")
     print(f"all trials: {uri}")
     return rows

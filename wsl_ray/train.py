@@ -36,7 +36,11 @@ def print_summary(summary: dict[str, Any], out: str) -> None:
     print(f"epochs {summary.get('epochs', 0)}, time {summary.get('time_total_s', 0):.1f} s")
     if "acc_knn" in summary:
         for key, name in (("acc_knn", "k-NN"), ("acc", "linear top-1"), ("acc_5", "linear top-5")):
-            print(f"{name:>13}: final {summary[key]:.2%}, best {summary['best_' + key]:.2%}")
+            line = f"{name:>13}: final {summary[key]:.2%}, best {summary['best_' + key]:.2%}"
+            if f"init_{key}" in summary:
+                gain = (summary[key] - summary[f"init_{key}"]) * 100
+                line += f", untrained {summary[f'init_{key}']:.2%} ({gain:+.1f} points)"
+            print(line)
     print(f"checkpoint and metrics: {out}")
 
 
@@ -58,8 +62,8 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
-        history = read_checkpoint(folder)["history"]
-    return summarize(history)
+        payload = read_checkpoint(folder)
+    return summarize(payload["history"], payload["init_metrics"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,6 +133,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     iteration: int = 0  # optimiser steps taken
     history: list[dict] = field(default_factory=list)
+    init_metrics: dict = field(default_factory=dict)  # the untrained encoder's (--eval_init)
 
 
 def save_checkpoint(
@@ -145,6 +146,7 @@ def save_checkpoint(
         "epoch": state.epoch,
         "iteration": state.iteration,
         "history": state.history,
+        "init_metrics": state.init_metrics,
         "config": cfg.to_dict(),
         "rng": {
             "torch": torch.get_rng_state(),
@@ -173,7 +175,9 @@ def load_checkpoint(path: Path, model: BaseMethod, optimizer, gens: dict) -> Tra
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
     for name, g in gens.items():
         g.set_state(payload["rng"][name])
-    return TrainState(payload["epoch"], payload["iteration"], payload["history"])
+    return TrainState(
+        payload["epoch"], payload["iteration"], payload["history"], payload["init_metrics"]
+    )
 
 
 def load_weights(fname: str | Path) -> dict[str, torch.Tensor]:
@@ -238,6 +242,10 @@ def train(
     wandb_run = _wandb_run(cfg, rank)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     evals = eval_epochs(cfg)
+    if cfg.eval_init and state.epoch == 0 and rank == 0:
+        state.init_metrics = evaluate(model, data, device, **cfg.eval_options)
+        if progress:
+            tqdm.write(f"untrained encoder: {_accuracies(state.init_metrics, cfg.knn)}")
     start = time.perf_counter()
 
     for epoch in range(state.epoch, cfg.epoch):
@@ -284,7 +292,7 @@ def train(
         _check_finite(metrics["loss"], epoch, iters - 1, reporter)
         if state.epoch in evals and rank == 0:
             t_eval = time.perf_counter()
-            metrics |= evaluate(model, data, device, cfg.knn, cfg.knn_metric, seed=cfg.seed)
+            metrics |= evaluate(model, data, device, **cfg.eval_options)
             metrics["eval_time_s"] = time.perf_counter() - t_eval
         metrics["time_total_s"] = time.perf_counter() - start
         state.history.append(metrics)
@@ -300,7 +308,7 @@ def train(
             tqdm.write(_epoch_line(metrics, cfg.knn))
     if wandb_run is not None:
         wandb_run.finish()
-    return summarize(state.history)
+    return summarize(state.history, state.init_metrics)
 
 
 def _check_finite(loss: float, epoch: int, n: int, reporter: Reporter) -> None:
@@ -316,14 +324,19 @@ def _epoch_line(m: dict[str, Any], k: int) -> str:
     line = f"epoch {m['epoch']:>4}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
     line += f"{m['images_per_s']:,.0f} img/s"
     if "acc_knn" in m:
-        line += f"  | {k}-NN {m['acc_knn']:.2%}  linear {m['acc']:.2%}  top-5 {m['acc_5']:.2%}"
+        line += f"  | {_accuracies(m, k)}"
     if m.get("whiten_retries"):
         line += f"  ({m['whiten_retries']} whitening retries)"
     return line
 
 
-def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best metrics of a run, from its per-epoch history."""
+def _accuracies(m: dict[str, Any], k: int) -> str:
+    return f"{k}-NN {m['acc_knn']:.2%}  linear {m['acc']:.2%}  top-5 {m['acc_5']:.2%}"
+
+
+def summarize(history: list[dict[str, Any]], init_metrics: dict | None = None) -> dict[str, Any]:
+    """Final and best metrics of a run, from its per-epoch history; `init_acc_knn` etc. for
+    the untrained encoder when it was evaluated (--eval_init)."""
     evaluated = [m for m in history if "acc_knn" in m]
     summary: dict[str, Any] = {"epochs": len(history)}
     if history:
@@ -332,4 +345,6 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
         if evaluated:
             summary[key] = evaluated[-1][key]
             summary[f"best_{key}"] = max(m[key] for m in evaluated)
+        if init_metrics:
+            summary[f"init_{key}"] = init_metrics[key]
     return summary

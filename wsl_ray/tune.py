@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import ray
+import torch
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -25,10 +26,13 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config, ConfigError
-from .data import load_dataset
+from .data import ImageData, load_dataset
+from .evaluate import evaluate
+from .methods import get_method
 from .ray_train import make_trainer
 from .results import read_text, summarize_sweep, write_text
 from .search_space import CONFIG_KEYS, SearchSpace, SpaceError, load_space, parse_space
+from .trainer import resolve_device
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 
@@ -59,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and trials)")
     p.add_argument("--wandb", default=None, help="log every trial to this wandb project")
     p.add_argument(
+        "--baseline", action="store_true",
+        help="evaluate the default config's untrained encoder first, to show what SSL adds",
+    )  # fmt: skip
+    p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="fix training flags, or pin searched parameters to one value",
     )  # fmt: skip
@@ -87,11 +95,13 @@ def storage_uri(storage: str) -> str:
 
 class EvaluationReportCallback(TuneReportCallback):
     """Forwards to Tune only the epochs that were evaluated, so that every Tune result
-    carries the metric that ASHA and Optuna read (Tune checks this strictly)."""
+    carries the metric that ASHA and Optuna read (Tune checks this strictly). The live
+    table shows a result's first four metrics: epoch, k-NN, linear accuracy and loss."""
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if "acc_knn" in metrics[0]:
-            super().after_report(run_context, metrics, checkpoint)
+            shown_first = {k: metrics[0][k] for k in ("epoch", "acc_knn", "acc", "loss")}
+            super().after_report(run_context, [shown_first | metrics[0]], checkpoint)
 
 
 def make_trial(workers: int, gpus: float, cpus: float, storage: str):
@@ -199,25 +209,38 @@ def main(argv: list[str] | None = None) -> int:
         else:
             space = load_space(args.space, overrides_from_args(args))
         space.check(workers=args.workers_per_trial)
-        _check_data(space)
+        data = _check_data(space)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    baseline = untrained_baseline(space, data) if args.baseline else None
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     try:
         grid = run_sweep(args, space)
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summarize_sweep(grid, args.metric, space, experiment_path(args))
+    finally:
+        ray.shutdown()  # before the summary, so that no late worker log interleaves with it
+    summarize_sweep(grid, args.metric, space, experiment_path(args), baseline)
     return 0
 
 
-def _check_data(space: SearchSpace) -> None:
+def untrained_baseline(space: SearchSpace, data: ImageData) -> dict[str, float]:
+    """k-NN and linear accuracy of the default config's encoder as initialised for training."""
+    cfg = Config.from_dict(space.resolve(space.first or {}))
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the initialisation the trainer gives this config
+    model = get_method(cfg.method)(cfg, data.crop_size).to(device)
+    print("evaluating the untrained encoder (--baseline) ...", flush=True)
+    return evaluate(model, data.subset(cfg.subset), device, **cfg.eval_options)
+
+
+def _check_data(space: SearchSpace) -> ImageData:
     """Loads the dataset once before Ray starts: missing files fail here, with the fix."""
     cfg = Config.from_dict(space.resolve(space.first or {}))
     try:
-        load_dataset(cfg.dataset, cfg.data_dir)
+        return load_dataset(cfg.dataset, cfg.data_dir)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"{err}\nOr sweep the embedded data: python -m wsl_ray.tune --space {space.name} "

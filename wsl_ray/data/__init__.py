@@ -150,7 +150,7 @@ DATASETS: dict[str, DatasetSpec] = {
         28,
         _torchvision_download("FashionMNIST"),
     ),
-    "shapes": DatasetSpec(_read_shapes, "", None, None, 10, 32, cache=True, version=5),
+    "shapes": DatasetSpec(_read_shapes, "", None, None, 10, 32, cache=True, version=8),
 }
 
 

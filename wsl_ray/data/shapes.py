@@ -1,23 +1,24 @@
 """`shapes`: the embedded default dataset, generated in seconds and needing no files.
 
 Ten classes, each a distinct shape (circle, square, triangle, plus, ring, star, crescent,
-bar, dumbbell, half-disc), drawn at 32x32 with random position, scale and rotation (by a
-right angle), a random noise texture on the shape, two small grey clutter blobs and pixel
-noise.
-Raw pixels are a poor feature for k-NN; an encoder must learn shape.
+bar, dumbbell, half-disc), drawn at 32x32 with random position and scale (radius 25-50% of
+the half-width), in a random grey level with a faint random tint on a background of another
+(at least 0.3 apart), with a fine noise texture.
+Raw pixels are a poor feature (5-NN on raw pixels: 37%) and so is a randomly initialised
+ResNet (5-NN about 15%); W-MSE learns shape within a few epochs (BENCHMARKS.md).
 
-Every nuisance is either low in entropy or destroyed by the augmentations: what two views
+Every nuisance is either low in entropy or changed by the augmentations: what two views
 of one image share beyond their class is what self-supervised learning learns. With
-colours drawn freely, or stripes of random frequency and angle, or clutter in random
-colours, or any rotation angle, an encoder matches views by that instance identity instead
-of shape (k-NN accuracy does not rise while the loss falls to 0.1). So the colours come
-from 3 shape colours x 3 backgrounds shared by every class, rotations are right angles,
-and the texture is fine noise that random crops resample away.
+saturated colours drawn freely, stripes of random frequency and angle, or clutter, an
+encoder matches views by that instance identity instead of shape (k-NN accuracy does not rise
+while the loss falls). Rotation is left out for the same reason: the reference augmentations
+do not rotate, so two views share their angle, and even rotations of up to 20 degrees kept
+W-MSE's k-NN accuracy at the random-init level after 4 epochs, where unrotated shapes reach
+40%. Colour jitter changes grey levels and their faint tints, random crops move and rescale
+the shape and resample the noise.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -25,8 +26,9 @@ CLASSES = (
     "circle", "square", "triangle", "plus", "ring",
     "star", "crescent", "bar", "dumbbell", "half_disc",
 )  # fmt: skip
-SHAPE_COLOURS = torch.tensor([[0.85, 0.2, 0.2], [0.2, 0.65, 0.25], [0.2, 0.35, 0.9]])
-BACKGROUNDS = torch.tensor([[0.15, 0.15, 0.15], [0.8, 0.8, 0.8], [0.9, 0.8, 0.35]])
+MIN_CONTRAST = 0.3  # least difference of shape and background grey levels
+TINT = 0.15  # each channel of a colour is its grey level times 1 +- TINT / 2
+NOISE = 0.03  # standard deviation of the per-pixel noise texture
 
 
 def _star(u, v, r):
@@ -66,31 +68,26 @@ def render(labels: torch.Tensor, generator: torch.Generator, size: int = 32) -> 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator)
 
-    scale = 0.4 + 0.3 * rand(n)  # shape radius, as a fraction of the half-width
+    scale = 0.25 + 0.25 * rand(n)  # shape radius, as a fraction of the half-width
     centre = (rand(n, 2) * 2 - 1) * (1 - scale[:, None])  # the shape stays inside the image
-    angle = torch.randint(4, (n,), generator=generator) * (math.pi / 2)  # right angles only
     grid = (torch.arange(s) + 0.5) / s * 2 - 1
     gy, gx = torch.meshgrid(grid, grid, indexing="ij")
     dx = gx[None] - centre[:, 0, None, None]
     dy = gy[None] - centre[:, 1, None, None]
-    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
-    sc = scale[:, None, None]
-    u, v = (cos * dx + sin * dy) / sc, (-sin * dx + cos * dy) / sc
+    u, v = dx / scale[:, None, None], dy / scale[:, None, None]
     mask = _inside(labels, u, v).float()[:, None]  # [N, 1, s, s]
 
-    def pick(colours: torch.Tensor) -> torch.Tensor:
-        return colours[torch.randint(len(colours), (n,), generator=generator)][:, :, None, None]
+    fg_grey, bg_grey = rand(n), rand(n)
+    too_close = (fg_grey - bg_grey).abs() < MIN_CONTRAST
+    bg_grey = torch.where(too_close, (fg_grey + 0.5) % 1, bg_grey)  # then exactly 0.5 apart
 
-    fg, bg = pick(SHAPE_COLOURS), pick(BACKGROUNDS)
-    phase = rand(n, 1, 1, 1) * 2 * math.pi  # stripes of one frequency and angle
-    texture = 1 + 0.2 * torch.sin(6 * math.pi * (gx + gy) + phase)
-    image = mask * fg * texture + (1 - mask) * bg
-    for _ in range(2):  # small grey clutter blobs, moved around by random crops
-        pos = rand(n, 2, 1, 1) * 2 - 1
-        radius = 0.06 + 0.06 * rand(n, 1, 1)
-        blob = ((gx - pos[:, 0]) ** 2 + (gy - pos[:, 1]) ** 2 < radius**2).float()[:, None]
-        image = blob * 0.5 + (1 - blob) * image
+    def colour(grey: torch.Tensor) -> torch.Tensor:  # [N, 3, 1, 1]
+        tint = 1 + TINT * (rand(n, 3) - 0.5)
+        return (grey[:, None] * tint).clamp(0, 1)[:, :, None, None]
+
+    image = mask * colour(fg_grey) + (1 - mask) * colour(bg_grey)
     image = torch.nn.functional.avg_pool2d(image, 2)
+    image = image + NOISE * torch.randn(image.shape, generator=generator)
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
