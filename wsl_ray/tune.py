@@ -101,7 +101,7 @@ class EvaluationReportCallback(TuneReportCallback):
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if "acc_knn" in metrics[0]:
             shown_first = {k: metrics[0][k] for k in ("epoch", "acc_knn", "acc", "loss")}
-            super().after_report(run_context, [shown_first | metrics[0]], checkpoint)
+            super().after_report(run_context, [shown_first | metrics[0], *metrics[1:]], checkpoint)
 
 
 def make_trial(workers: int, gpus: float, cpus: float, storage: str):
