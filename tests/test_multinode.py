@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -76,7 +77,7 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
     client = JobSubmissionClient(DASHBOARD)
     job = client.submit_job(
         entrypoint=(
-            f"python {ROOT / 'cluster' / 'sweep.py'} --space {space} --storage {storage} "
+            f"{sys.executable} {ROOT / 'cluster' / 'sweep.py'} --space {space} --storage {storage} "
             f"--name t --num_trials {TRIALS} --epochs {EPOCHS} --eval_every 1 "
             "--scheduler fifo --concurrency 1 --max-failures 3"
         ),
@@ -91,13 +92,17 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
         return {t: (storage / "t" / t / "result.json").read_text()
                 for t, e in trial_epochs(storage).items() if e[-1:] == [EPOCHS]}  # fmt: skip
 
-    wait_for(lambda: finished() and running(), timeout=500)
+    def job_ended() -> bool:
+        return client.get_job_status(job).is_terminal()
+
+    wait_for(lambda: (finished() and running()) or job_ended(), timeout=500)
+    assert not job_ended(), client.get_job_logs(job)[-3000:]
     (victim,), before = running(), finished()
     raylet = train_worker_raylet(HEAD)
     assert raylet is not None, "the running trial has no live Train worker"
     os.kill(raylet, signal.SIGKILL)
 
-    wait_for(lambda: client.get_job_status(job).is_terminal(), timeout=400)
+    wait_for(job_ended, timeout=400)
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
     rows = pq.read_table(storage / "t" / "results.parquet").to_pylist()
