@@ -106,15 +106,15 @@ def summarize_sweep(
     print(", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
     print(format_table(rows, metric, searched))
     scored = [r for r in rows if r.get(metric) is not None]
-    if space.first and scored and rows[0].get(metric) is not None:
-        first, best = rows[0], max(scored, key=lambda r: r[metric])
+    best = max(scored, key=lambda r: r[metric]) if scored else None
+    if space.first and best and rows[0].get(metric) is not None:
+        first = rows[0]
         print(
             f"\ndefault config ({first['trial_id']}): {metric} {first[metric]:.2%}; "
             f"best ({best['trial_id']}): {best[metric]:.2%} "
             f"({(best[metric] - first[metric]) * 100:+.1f} points)"
         )
-    if baseline and scored:
-        best = max(scored, key=lambda r: r[metric])
+    if baseline and best:
         gains = ", ".join(
             f"{key} {baseline[key]:.2%} (best {(best[key] - baseline[key]) * 100:+.1f} points)"
             for key in dict.fromkeys((metric, "acc_knn", "acc"))

@@ -180,10 +180,16 @@ def load_checkpoint(path: Path, model: BaseMethod, optimizer, gens: dict) -> Tra
     )
 
 
-def load_weights(fname: str | Path) -> dict[str, torch.Tensor]:
-    """Model weights from one of our checkpoints (a file or its folder) or a bare state dict."""
-    payload = read_checkpoint(fname)
+def model_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Model weights from a read checkpoint: ours (with optimiser, RNGs...) or a bare state dict."""
     return payload.get("model", payload)
+
+
+def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int = 0) -> BaseMethod:
+    """The model a run of `cfg` starts from on `rank`: torch is seeded with cfg.seed + rank
+    first, so a config always starts from the same weights (and --baseline sees them)."""
+    torch.manual_seed(cfg.seed + rank)
+    return get_method(cfg.method)(cfg, crop_size).to(device)
 
 
 def _wandb_run(cfg: Config, rank: int):
@@ -212,11 +218,10 @@ def train(
     validate_config(cfg, workers=context.world_size)
     reporter = reporter or LocalReporter(cfg.out)
     device, rank = context.device, context.rank
-    torch.manual_seed(cfg.seed + rank)
     data = (data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)).subset(cfg.subset)
     _place_data(data, device)
 
-    model = get_method(cfg.method)(cfg, data.crop_size).to(device)
+    model = initial_model(cfg, data.crop_size, device, rank)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -230,7 +235,7 @@ def train(
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
         state = load_checkpoint(resume_from, model, optimizer, gens)
     elif cfg.fname:
-        model.load_state_dict(load_weights(cfg.fname))
+        model.load_state_dict(model_weights(read_checkpoint(cfg.fname)))
     net = context.wrap_model(model)
     augment = Augment.from_config(
         cfg, data.crop_size, data.mean, data.std, data.blur, gens["augment"]

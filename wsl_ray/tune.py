@@ -17,7 +17,6 @@ from typing import Any
 
 import optuna
 import ray
-import torch
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -28,11 +27,10 @@ from ray.tune.search.optuna import OptunaSearch
 from .config import Config, ConfigError
 from .data import ImageData, load_dataset
 from .evaluate import evaluate
-from .methods import get_method
 from .ray_train import make_trainer
 from .results import read_text, summarize_sweep, write_text
 from .search_space import CONFIG_KEYS, SearchSpace, SpaceError, load_space, parse_space
-from .trainer import resolve_device
+from .trainer import initial_model, resolve_device
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 
@@ -209,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             space = load_space(args.space, overrides_from_args(args))
         space.check(workers=args.workers_per_trial)
-        data = _check_data(space)
+        default = Config.from_dict(space.resolve(space.first or {}))
+        data = _check_data(default, space.name)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    baseline = untrained_baseline(space, data) if args.baseline else None
+    baseline = untrained_baseline(default, data) if args.baseline else None
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     try:
         grid = run_sweep(args, space)
@@ -226,24 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def untrained_baseline(space: SearchSpace, data: ImageData) -> dict[str, float]:
-    """k-NN and linear accuracy of the default config's encoder as initialised for training."""
-    cfg = Config.from_dict(space.resolve(space.first or {}))
+def untrained_baseline(cfg: Config, data: ImageData) -> dict[str, float]:
+    """k-NN and linear accuracy of the encoder a run of `cfg` starts from."""
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # the initialisation the trainer gives this config
-    model = get_method(cfg.method)(cfg, data.crop_size).to(device)
+    model = initial_model(cfg, data.crop_size, device)
     print("evaluating the untrained encoder (--baseline) ...", flush=True)
     return evaluate(model, data.subset(cfg.subset), device, **cfg.eval_options)
 
 
-def _check_data(space: SearchSpace) -> ImageData:
+def _check_data(cfg: Config, space_name: str) -> ImageData:
     """Loads the dataset once before Ray starts: missing files fail here, with the fix."""
-    cfg = Config.from_dict(space.resolve(space.first or {}))
     try:
         return load_dataset(cfg.dataset, cfg.data_dir)
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"{err}\nOr sweep the embedded data: python -m wsl_ray.tune --space {space.name} "
+            f"{err}\nOr sweep the embedded data: python -m wsl_ray.tune --space {space_name} "
             "--dataset shapes"
         ) from None
 
