@@ -13,9 +13,9 @@ saturated colours drawn freely, stripes of random frequency and angle, or clutte
 encoder matches views by that instance identity instead of shape (k-NN accuracy does not rise
 while the loss falls). Rotation is left out for the same reason: the reference augmentations
 do not rotate, so two views share their angle, and even rotations of up to 20 degrees kept
-W-MSE's k-NN accuracy at the random-init level after 4 epochs, where unrotated shapes reach
-40%. Colour jitter changes grey levels and their faint tints, random crops move and rescale
-the shape and resample the noise.
+W-MSE's k-NN accuracy at the random-init level after 4 epochs, where the same run without
+rotation reached 40%. Colour jitter changes grey levels and their faint tints, random crops
+move and rescale the shape and resample the noise.
 """
 
 from __future__ import annotations
