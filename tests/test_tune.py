@@ -12,10 +12,17 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pyarrow.parquet as pq
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
+from analysis.__main__ import main as analysis_main
 from wsl_ray.config import Config, validate_config
+from wsl_ray.search_space import SpaceError, load_space
+from wsl_ray.tune import asha_limits, build_parser, diverged, overrides_from_args, sweep_epochs
 
 RAY = str(Path(sys.executable).parent / "ray")
 # a throwaway test cluster on loopback: no usage stats, no token (a fresh `ray.init()` on this
@@ -97,23 +104,82 @@ def wait_for(condition, timeout=400):
         time.sleep(1)
 
 
-def test_asha_sweep_finishes_and_stops_weak_trials_early(cluster, space_file, tmp_path):
+def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, space_file, tmp_path):
+    """One small ASHA sweep on validation k-NN, trials one at a time (so the run is
+    reproducible: ASHA's cutoff depends on the order trials reach a rung), then a
+    confirmation of the best and the default over 2 new seeds; analysis on its output."""
     out = sweep(
-        cluster, space_file, tmp_path, "--num_trials", "6", "--epochs", "4",
-        "--eval_every", "1", "--grace", "1", "--scheduler", "asha", "--baseline",
+        cluster, space_file, tmp_path, "--num_trials", "4", "--epochs", "2",
+        "--eval_every", "1", "--grace", "1", "--scheduler", "asha", "--concurrency", "1",
+        "--baseline", "--confirm", "1", "--seeds", "2",
     )  # fmt: skip
     rows = results(tmp_path)
-    assert len(rows) == 6 and not any(r["status"] == "ERROR" for r in rows)
-    assert any(r["status"] == "STOPPED" and r["epoch"] < 4 for r in rows), rows
-    assert any(r["epoch"] == 4 for r in rows)
-    for r in rows:  # every sampled config satisfies the constraints
-        cfg = Config(**{k[7:]: v for k, v in r.items() if k.startswith("config/")} | {"drop": []})
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED", "STOPPED"}, rows
+    assert {"val_acc_knn", "val_acc", "rankme", "test_acc_knn", "test_acc"} <= set(rows[0])
+    for r in rows:  # test metrics exactly for the trials that ran their whole budget
+        assert r["val_acc_knn"] is not None and r["rankme"] >= 1
+        assert (
+            (r["test_acc_knn"] is not None) == (r["status"] == "TERMINATED") == (r["epochs"] == 2)
+        )
+        cfg = Config(
+            **{k[7:]: v for k, v in r.items() if k.startswith("config/") and k != "config/w_ratio"}
+            | {"drop": []}
+        )
         validate_config(cfg)
-        assert cfg.w_size in (16, 32, 64) and cfg.bs % cfg.w_size == 0 and cfg.w_size > cfg.emb
+        assert cfg.eval_on == "val" and cfg.w_size in (16, 32, 64) and cfg.w_size > cfg.emb
     first = rows[0]
     assert (first["config/lr"], first["config/emb"], first["config/w_size"]) == (3e-3, 16, 64)
-    assert "default config" in out and "results.parquet" in out
-    assert "untrained encoder (default config): acc_knn" in out
+    # no test metric reached Tune: not in any result it logged, nor in what the searcher saw
+    for result_file in (tmp_path / "t").glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            assert not [k for k in json.loads(line) if k.startswith("test_")]
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "t" / "optuna.journal")))
+    study = optuna.load_study(study_name="t", storage=storage)
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and TrialState.PRUNED in states and TrialState.COMPLETE in states
+    for t in study.trials:
+        keys = t.user_attrs["result_keys"]
+        assert "val_acc_knn" in keys and not [k for k in keys if k.startswith("test_")]
+        assert set(t.intermediate_values) <= {1, 2}  # step = epoch
+    assert "validation-selected best" in out and "default config" in out
+    assert "untrained encoder (default config): val_acc_knn" in out
+    # the confirmation: the default and the best, 2 new seeds each, test mean ± std
+    confirmed = pq.read_table(tmp_path / "t-confirm" / "results.parquet").to_pylist()
+    labels = sorted(r["config/confirm_label"] for r in confirmed)
+    assert labels in (["default"] * 2, ["default", "default", "top1", "top1"]), labels
+    assert {r["config/seed"] for r in confirmed} == {1000, 1001}
+    assert all(r["status"] == "TERMINATED" and r["test_acc_knn"] is not None for r in confirmed)
+    assert "test_acc_knn mean ± std" in out and "beyond noise" in out
+    # every analysis subcommand reads the sweep's own output, Parquet file or folder
+    parquet = str(tmp_path / "t" / "results.parquet")
+    for source in (parquet, str(tmp_path / "t")):
+        assert analysis_main(["tables", source, "--kind", "paper"]) == 0
+        assert analysis_main(["plots", source, "--out", str(tmp_path / "plots")]) == 0
+        assert analysis_main(["rankme", source]) == 0
+    assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_small_epochs_never_reach_rays_grace_assertion():
+    assert asha_limits(epochs=2, eval_every=10, grace=None) == (2, 2)
+    assert asha_limits(epochs=8, eval_every=10, grace=3) == (8, 3)
+    with pytest.raises(SpaceError, match="--grace"):
+        asha_limits(epochs=8, eval_every=10, grace=-1)
+    args = build_parser().parse_args(
+        ["--space", "wmse", "--dataset", "shapes", "--num_trials", "3", "--epochs", "2"]
+    )
+    space = load_space(args.space, overrides_from_args(args))
+    assert sweep_epochs(args, space) == (2, 2)  # the space's eval_every is 10
+
+
+def test_divergence_is_recognised_through_rays_wrapping():
+    from ray.train import WorkerGroupError
+
+    from wsl_ray.trainer import NonFiniteLossError
+
+    cause = NonFiniteLossError("the loss became nan in epoch 3, iteration 7; the last good ...")
+    err = WorkerGroupError("rank 0 failed", {0: cause})
+    assert diverged(err).startswith("the loss became nan in epoch 3")
+    assert diverged(WorkerGroupError("rank 0 failed", {0: RuntimeError("node died")})) is None
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, space_file, tmp_path):
@@ -128,6 +194,12 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, space_
     sweep(cluster, space_file, tmp_path, "--resume", "--scheduler", "fifo")
     rows = results(tmp_path)
     assert len(rows) == 3 and all(r["status"] == "TERMINATED" for r in rows), rows
+    stored = optuna.load_study(
+        study_name="t",
+        storage=JournalStorage(JournalFileBackend(str(tmp_path / "t" / "optuna.journal"))),
+    )
+    states = [t.state for t in stored.trials]  # the killed trial's RUNNING record was closed
+    assert TrialState.RUNNING not in states and states.count(TrialState.COMPLETE) == 3, states
     after = trial_epochs(tmp_path)
     for trial, epochs in finished.items():
         assert after[trial] == epochs  # not run again

@@ -79,6 +79,11 @@ class Config:
     eval_every_drop: int = _f(5, "evaluate every this many epochs after the first lr drop")
     eval_head: bool = _f(False, "evaluate the head's output instead of the encoder's")
     eval_init: bool = _f(False, "also evaluate the untrained encoder: the baseline to beat")
+    eval_on: str = _f(
+        "test", "val: fit on clf minus val, score val (test once at the end); test: as the "
+        "papers", choices=("val", "test"),
+    )  # fmt: skip
+    val_size: float = _f(0.1, "validation part of the classifier set: a fraction, or a count")
     # data and run
     dataset: str = _f("cifar10", "dataset name")
     data_dir: str | None = _f(None, "where the dataset's files are", type=str)
@@ -152,6 +157,10 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
     check(cfg.num_samples >= 2, f"--num_samples {cfg.num_samples}: need 2 or more views")
     check(cfg.bs >= workers, f"--bs {cfg.bs} is smaller than the {workers} workers")
     check(cfg.emb >= 1 and cfg.bs >= 2, "--emb and --bs must be positive (--bs at least 2)")
+    check(
+        0 < cfg.val_size < 1 or (cfg.val_size >= 1 and float(cfg.val_size).is_integer()),
+        f"--val_size {cfg.val_size}: give a fraction in (0, 1) or a whole number of images",
+    )
     try:
         check_arch(cfg.arch)
     except ValueError as err:
