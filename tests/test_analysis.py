@@ -1,6 +1,6 @@
-"""The analysis package on a real sweep's experiment folder (tests/fixtures/sweep_wmse,
-6 W-MSE trials on shapes, 3 stopped early by ASHA), plus copies edited to other methods
-and seeds."""
+"""The analysis package on real sweeps' experiment folders: tests/fixtures/sweep_wmse (6 W-MSE
+trials on shapes, 3 stopped early by ASHA, from before the validation split: its metrics are
+test metrics, read into the test_* columns), plus copies edited to other methods and seeds."""
 
 import json
 import shutil
@@ -35,7 +35,8 @@ def test_collect_reads_every_trial_with_config_status_and_history():
     )  # fmt: skip
     assert first["config/lr"] == 3e-3 and first["config/w_size"] == 64
     assert [h["epoch"] for h in first["history"]] == [1, 2, 3, 4]
-    assert first["best_acc_knn"] == max(h["acc_knn"] for h in first["history"])
+    assert first["test_acc_knn"] == first["history"][-1]["test_acc_knn"] is not None
+    assert first["val_acc_knn"] is None and first["epoch_budget"] == 4
     assert sorted(r["status"] for r in rows.values()).count("STOPPED") == 3
 
 
@@ -50,15 +51,15 @@ def test_parquet_round_trips(tmp_path):
 def test_the_paper_table_names_the_best_trial_per_method(tmp_path):
     byol = edited_copy(tmp_path / "byol", method="byol")
     table = collect([str(FIXTURE), str(byol)])
-    rows = paper_table(table, "acc")
+    rows = paper_table(table, "test_acc")  # the legacy sweep has no validation metric
     assert [r["method"] for r in rows] == ["BYOL", "W-MSE 2"]
-    best = max(collect([str(FIXTURE)]).to_pylist(), key=lambda r: r["acc"])
-    assert rows[1]["shapes"] == f"{100 * best['acc']:.2f} / {100 * best['acc_knn']:.2f}"
+    best = max(collect([str(FIXTURE)]).to_pylist(), key=lambda r: r["test_acc"] or 0)
+    assert rows[1]["shapes"] == f"{100 * best['test_acc']:.2f} / {100 * best['test_acc_knn']:.2f}"
 
 
 def test_top_trials_are_ranked_by_the_metric():
-    rows = top_trials(collect([str(FIXTURE)]), "acc_knn", k=3)
-    knn = [float(r["acc_knn"]) for r in rows]
+    rows = top_trials(collect([str(FIXTURE)]), "test_acc_knn", k=3)
+    knn = [float(r["test_acc_knn"]) for r in rows]
     assert len(rows) == 3 and knn == sorted(knn, reverse=True)
     assert {"lr", "emb", "w_size"} <= set(rows[0])
 
@@ -67,16 +68,17 @@ def test_mean_and_std_over_seeds(tmp_path):
     seed1 = edited_copy(tmp_path / "s1", seed=1)
     (result,) = seed1.glob("trial_b08f1cd8*/result.json")
     lines = [json.loads(x) for x in result.read_text().splitlines()]
-    lines[-1]["acc"] = 0.5  # the repeat of the first config ends at 50% linear accuracy
+    lines[-1]["acc"] = 0.5  # the repeat of the first config ends at 50% linear test accuracy
     result.write_text("\n".join(json.dumps(x) for x in lines))
     rows = seed_table(collect([str(FIXTURE), str(seed1)]))
     assert len(rows) == 6 and all(r["runs"] == 2 for r in rows)
-    original = {r["trial_id"]: r for r in collect([str(FIXTURE)]).to_pylist()}["b08f1cd8"]["acc"]
+    trials = {r["trial_id"]: r for r in collect([str(FIXTURE)]).to_pylist()}
+    original = trials["b08f1cd8"]["test_acc"]
     first = next(r for r in rows if r["lr"] == pytest.approx(3e-3))
     mean, std = statistics.fmean([original, 0.5]), statistics.stdev([original, 0.5])
-    assert first["acc"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
-    other = next(r for r in rows if r["lr"] != pytest.approx(3e-3))
-    assert other["acc"].endswith("± 0.00")  # identical repeats
+    assert first["test_acc"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    other = next(r for r in rows if r["lr"] != pytest.approx(3e-3) and r["test_acc"] != "-")
+    assert other["test_acc"].endswith("± 0.00")  # identical repeats
 
 
 def test_render_formats():
@@ -90,10 +92,10 @@ def test_render_formats():
 
 
 def test_importance_and_plots(tmp_path, capsys):
-    assert main(["importance", str(FIXTURE)]) == 0
+    assert main(["importance", str(FIXTURE), "--metric", "test_acc_knn"]) == 0
     out = capsys.readouterr().out
     assert {"lr", "emb", "w_ratio"} <= {line.split("|")[1].strip() for line in out.splitlines()[3:]}
-    assert main(["plots", str(FIXTURE), "--out", str(tmp_path)]) == 0
+    assert main(["plots", str(FIXTURE), "--out", str(tmp_path), "--metric", "test_acc_knn"]) == 0
     for name in ("metric_vs_params", "learning_curves", "parallel_coordinates"):
         png = tmp_path / f"{name}.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"

@@ -22,7 +22,16 @@ from optuna.trial import TrialState
 from analysis.__main__ import main as analysis_main
 from wsl_ray.config import Config, validate_config
 from wsl_ray.search_space import SpaceError, load_space
-from wsl_ray.tune import asha_limits, build_parser, diverged, overrides_from_args, sweep_epochs
+from wsl_ray.tune import (
+    EpochOptunaSearch,
+    asha_limits,
+    build_parser,
+    diverged,
+    fail_stale_trials,
+    overrides_from_args,
+    study_storage,
+    sweep_epochs,
+)  # fmt: skip
 
 RAY = str(Path(sys.executable).parent / "ray")
 # a throwaway test cluster on loopback: no usage stats, no token (a fresh `ray.init()` on this
@@ -237,3 +246,37 @@ def test_missing_data_says_how_to_point_at_it(tmp_path):
     )  # fmt: skip
     assert out.returncode == 2
     assert str(tmp_path) in out.stderr and "--dataset shapes" in out.stderr
+
+
+def test_the_searcher_tells_the_study_complete_pruned_and_fail(tmp_path):
+    storage, _ = study_storage(None, str(tmp_path), "s")
+    searcher = EpochOptunaSearch(
+        lambda t: {"lr": t.suggest_float("lr", 1e-4, 1e-2, log=True)},
+        metric="val_acc_knn", mode="max", study_name="s", storage=storage, epochs=4,
+    )  # fmt: skip
+    ids = ["done", "stopped", "failed", "diverged"]
+    for trial_id in ids:
+        searcher.suggest(trial_id)
+    for epoch in (2, 4):
+        searcher.on_trial_result("done", {"epoch": epoch, "val_acc_knn": 0.1 * epoch})
+    searcher.on_trial_complete("done", {"epoch": 4, "val_acc_knn": 0.4, "config": {"epoch": 4}})
+    searcher.on_trial_result("stopped", {"epoch": 2, "val_acc_knn": 0.3})
+    searcher.on_trial_complete("stopped", {"epoch": 2, "val_acc_knn": 0.3})
+    searcher.on_trial_complete("failed", {"epoch": 2, "val_acc_knn": 0.3}, error=True)
+    searcher.on_trial_complete(
+        "diverged", {"epoch": 3, "val_acc_knn": float("nan"), "diverged": True}
+    )
+    stored = optuna.load_study(study_name="s", storage=study_storage(None, str(tmp_path), "s")[0])
+    done, stopped, failed, div = stored.trials
+    assert (done.state, done.value, done.intermediate_values) == (
+        TrialState.COMPLETE, 0.4, {2: 0.2, 4: 0.4},
+    )  # fmt: skip
+    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {2: 0.3}
+    assert failed.state == div.state == TrialState.FAIL
+    assert done.user_attrs["result_keys"] == ["epoch", "val_acc_knn"]
+    # a crash leaves a trial RUNNING: --resume closes it, and its late result is added anew
+    searcher.suggest("stale")
+    assert fail_stale_trials(storage, "s") == 1
+    searcher.on_trial_complete("stale", {"epoch": 4, "val_acc_knn": 0.5})
+    states = [t.state for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert states[-2:] == [TrialState.FAIL, TrialState.COMPLETE]

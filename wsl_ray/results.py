@@ -35,7 +35,6 @@ TEST_METRICS = ("test_acc", "test_acc_5", "test_acc_knn")
 LEGACY = {"acc": "test_acc", "acc_5": "test_acc_5", "acc_knn": "test_acc_knn"}
 HISTORY_KEYS = ("epoch", "loss", "lr", *VAL_METRICS, *TEST_METRICS, "time_total_s")
 TEST_FILE = "test_metrics.json"
-STATUS_FILE = "diverged.json"
 SPACES_KEY = b"wsl_ray.spaces"
 RANKED = ("TERMINATED", "STOPPED")  # statuses whose metrics may be ranked
 

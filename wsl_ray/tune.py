@@ -41,7 +41,6 @@ from .data import ImageData, load_dataset
 from .evaluate import evaluate_run
 from .ray_train import make_trainer
 from .results import (
-    STATUS_FILE,
     TEST_FILE,
     filesystem,
     read_text,
@@ -162,9 +161,9 @@ def make_trial(workers: int, gpus: float, cpus: float, storage: str, metric: str
 
     The trial's config is its whole training configuration (see SearchSpace.suggest),
     plus helper ratios that are not training flags. A run whose loss diverges ends the
-    trial at once with one last result {diverged: True, metric: nan} (and diverged.json in
-    the trial folder): the trial function returns, so Tune does not retry it, while other
-    failures raise and are retried from the last checkpoint (--max-failures).
+    trial at once with one last result {diverged: True, metric: nan, message}: the trial
+    function returns, so Tune does not retry it, while other failures raise and are
+    retried from the last checkpoint (--max-failures).
     """
 
     def trial(trial_config: dict[str, Any]) -> None:
@@ -190,7 +189,6 @@ def make_trial(workers: int, gpus: float, cpus: float, storage: str, metric: str
                 raise
             found = re.search(r"in epoch (\d+)", message)
             epoch = int(found.group(1)) if found else 0
-            write_text(f"{folder}/{STATUS_FILE}", json.dumps({"message": message}))
             tune.report({"epoch": epoch, metric: math.nan, "diverged": True, "message": message})
 
     return trial
