@@ -63,7 +63,11 @@ def stored_study(experiment: str) -> tuple[optuna.Study | None, str | None]:
         metric = json.loads(read_text(f"{root}/sweep.json"))["metric"]
     except FileNotFoundError:
         metric = None
-    return optuna.load_study(study_name=root.rsplit("/", 1)[-1], storage=storage), metric
+    names = optuna.get_all_study_names(storage)
+    name = root.rsplit("/", 1)[-1]
+    if name not in names and len(names) == 1:  # an experiment folder renamed after the sweep
+        name = names[0]
+    return optuna.load_study(study_name=name, storage=storage), metric
 
 
 def study_importances(study: optuna.Study, evaluator: str = "ped-anova") -> list[dict[str, Any]]:

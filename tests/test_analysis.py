@@ -1,8 +1,10 @@
 """The analysis package on real sweeps' experiment folders: tests/fixtures/sweep_wmse (6 W-MSE
 trials on shapes, 3 stopped early by ASHA, from before the validation split: its metrics are
-test metrics, read into the test_* columns), plus copies edited to other methods and seeds."""
+test metrics, read into the test_* columns), plus copies edited to other methods and seeds,
+and tests/fixtures/sweep_val (a sweep that selected on validation)."""
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -11,10 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.__main__ import main
-from analysis.collect import CollectError, collect, load
-from analysis.tables import paper_table, render, seed_table, top_trials
+from analysis.collect import CollectError, collect, load, read_space
+from analysis.tables import paper_table, rankme_report, render, seed_table, spearman, top_trials
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_wmse"
+# the output of test_tune's sweep (trial folders without checkpoints): validation and test
+# metrics, rankme, the stored Optuna study and the sweep's own results.parquet
+SWEEP = Path(__file__).parent / "fixtures" / "sweep_val"
 
 
 def edited_copy(dest: Path, **config_changes) -> Path:
@@ -106,3 +111,41 @@ def test_empty_or_missing_folders_say_so(tmp_path, capsys):
         collect([str(tmp_path)])
     assert main(["tables", str(tmp_path / "nope")]) == 2
     assert "no such experiment folder" in capsys.readouterr().err
+
+
+def test_spearman_with_and_without_ties():
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 - 6 * 2 / (4 * 15))
+    # ties share their average rank: ranks (1.5, 1.5, 3) against (1, 2, 3)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(1.5 / math.sqrt(1.5 * 2))
+    assert spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1)
+
+
+def test_a_sweeps_results_parquet_and_collect_share_one_schema():
+    own = pq.read_table(SWEEP / "results.parquet")
+    collected = collect([str(SWEEP)])
+    assert own.column_names == collected.column_names
+    assert own.drop(["path"]).to_pylist() == collected.drop(["path"]).to_pylist()
+    assert read_space(str(SWEEP / "results.parquet")) == read_space(str(SWEEP))
+    assert {"val_acc_knn", "rankme", "test_acc_knn", "history"} <= set(own.column_names)
+
+
+def test_rankme_report_gives_spearman_and_the_test_gap_of_the_rankme_choice(capsys):
+    rows = [
+        r for r in collect([str(SWEEP)]).to_pylist() if r["status"] in ("TERMINATED", "STOPPED")
+    ]
+    report = rankme_report(collect([str(SWEEP)]))
+    rho = spearman([r["rankme"] for r in rows], [r["val_acc_knn"] for r in rows])
+    assert report[0]["value"] == f"{rho:.3f}" and report[0]["trials"] == len(rows)
+    done = [r for r in rows if r["status"] == "TERMINATED"]
+    by_rankme = max(done, key=lambda r: r["rankme"])["test_acc_knn"]
+    by_val = max(done, key=lambda r: r["val_acc_knn"])["test_acc_knn"]
+    assert report[-1]["value"] == f"{100 * (by_rankme - by_val):+.2f}"
+    assert main(["rankme", str(SWEEP / "results.parquet")]) == 0
+    assert "Spearman" in capsys.readouterr().out
+
+
+def test_importance_reads_the_stored_study(capsys):
+    assert main(["importance", str(SWEEP)]) == 0
+    out = capsys.readouterr().out
+    assert "the stored Optuna study" in out
+    assert {"lr", "emb", "w_ratio"} <= {line.split("|")[1].strip() for line in out.splitlines()[3:]}

@@ -138,3 +138,15 @@ def test_evaluate_on_val_uses_disjoint_validation_images():
     assert set(out) == {"acc", "acc_5", "acc_knn", "rankme"} and 1 <= out["rankme"] <= 512
     fit_x, _, val_x, _ = data.val_split()
     assert len(fit_x) + len(val_x) == 200 and len(val_x) == 20
+
+
+def test_streamed_images_split_by_file_list(tmp_path):
+    from wsl_ray.data import ImageFiles, take
+
+    labels = [0] * 10 + [1] * 10
+    files = ImageFiles([tmp_path / f"{i}.jpg" for i in range(20)], labels, resize=8, crop=8)
+    fit, val = stratified_split(torch.tensor(labels), 0.2)
+    held_out = take(files, val)  # nothing is decoded: the files need not exist
+    assert isinstance(held_out, ImageFiles) and len(held_out) == 4
+    assert held_out.paths == [tmp_path / f"{i}.jpg" for i in val.tolist()]
+    assert held_out.labels.tolist() == [0, 0, 1, 1] and len(take(files, fit)) == 16

@@ -77,7 +77,7 @@ def space_file(tmp_path):
     return path
 
 
-def sweep(cluster, space_file, storage, *args, wait=True):
+def sweep(cluster, space_file, storage, *args, wait=True, timeout=600):
     cmd = [
         sys.executable, "-m", "wsl_ray.tune", "--space", str(space_file),
         "--storage", str(storage), "--name", "t", *args,
@@ -88,7 +88,7 @@ def sweep(cluster, space_file, storage, *args, wait=True):
     )
     if not wait:
         return proc
-    out, _ = proc.communicate(timeout=600)
+    out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
     return out
 
@@ -113,6 +113,7 @@ def wait_for(condition, timeout=400):
         time.sleep(1)
 
 
+@pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
 def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, space_file, tmp_path):
     """One small ASHA sweep on validation k-NN, trials one at a time (so the run is
     reproducible: ASHA's cutoff depends on the order trials reach a rung), then a
@@ -120,7 +121,7 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, spa
     out = sweep(
         cluster, space_file, tmp_path, "--num_trials", "4", "--epochs", "2",
         "--eval_every", "1", "--grace", "1", "--scheduler", "asha", "--concurrency", "1",
-        "--baseline", "--confirm", "1", "--seeds", "2",
+        "--baseline", "--confirm", "1", "--seeds", "2", timeout=1100,
     )  # fmt: skip
     rows = results(tmp_path)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED", "STOPPED"}, rows
@@ -149,7 +150,7 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, spa
     for t in study.trials:
         keys = t.user_attrs["result_keys"]
         assert "val_acc_knn" in keys and not [k for k in keys if k.startswith("test_")]
-        assert set(t.intermediate_values) <= {1, 2}  # step = epoch
+        assert set(t.intermediate_values) == ({1, 2} if t.state == TrialState.COMPLETE else {1})
     assert "validation-selected best" in out and "default config" in out
     assert "untrained encoder (default config): val_acc_knn" in out
     # the confirmation: the default and the best, 2 new seeds each, test mean ± std
@@ -257,10 +258,8 @@ def test_the_searcher_tells_the_study_complete_pruned_and_fail(tmp_path):
     ids = ["done", "stopped", "failed", "diverged"]
     for trial_id in ids:
         searcher.suggest(trial_id)
-    for epoch in (2, 4):
-        searcher.on_trial_result("done", {"epoch": epoch, "val_acc_knn": 0.1 * epoch})
-    searcher.on_trial_complete("done", {"epoch": 4, "val_acc_knn": 0.4, "config": {"epoch": 4}})
-    searcher.on_trial_result("stopped", {"epoch": 2, "val_acc_knn": 0.3})
+    searcher.on_trial_result("done", {"epoch": 2, "val_acc_knn": 0.2})
+    searcher.on_trial_complete("done", {"epoch": 4, "val_acc_knn": 0.4, "config/epoch": 4})
     searcher.on_trial_complete("stopped", {"epoch": 2, "val_acc_knn": 0.3})
     searcher.on_trial_complete("failed", {"epoch": 2, "val_acc_knn": 0.3}, error=True)
     searcher.on_trial_complete(

@@ -206,6 +206,7 @@ def run_confirmation(
     )  # fmt: skip
     tuner = tune.Tuner(
         tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20}),
+        param_space=dict(configs[0]),  # the keys the points fill (Tune asks for them)
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(
                 points_to_evaluate=configs, max_concurrent=resources.get("concurrency", 0)

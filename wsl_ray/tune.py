@@ -222,16 +222,18 @@ class EpochOptunaSearch(OptunaSearch):
             return
         result = result or {}
         value = result.get(self.metric)
-        budget = (result.get("config") or {}).get("epoch", self._epochs)
+        budget = result.get("config/epoch", (result.get("config") or {}).get("epoch"))
         if error or result.get("diverged") or value is None or not math.isfinite(value):
             state, value = TrialState.FAIL, None
-        elif result.get("epoch", 0) < budget:
+        elif result.get("epoch", 0) < (budget or self._epochs):
             state, value = TrialState.PRUNED, None
         else:
             state = TrialState.COMPLETE
         ot_trial = self._ot_trials[trial_id]
-        keys = sorted(k for k in result if k != "config")
+        keys = sorted(k for k in result if k != "config" and not k.startswith("config/"))
         try:
+            if state != TrialState.FAIL:  # Tune hands the last result only to this method
+                self.on_trial_result(trial_id, result)
             ot_trial.set_user_attr("result_keys", keys)
             self._ot_study.tell(ot_trial, value, state=state)
         except RuntimeError:  # closed as FAIL by --resume: record the finished run anew

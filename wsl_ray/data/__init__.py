@@ -287,4 +287,5 @@ __all__ = [
     "iterate_batches",
     "load_dataset",
     "stratified_split",
+    "take",
 ]
