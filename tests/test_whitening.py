@@ -8,12 +8,17 @@ import torch
 
 from wsl_ray.methods.whitening import (
     MATRICES,
+    NS_KAPPA,
+    NS_TOL,
     channel_whiten,
     cholesky_factor,
     cholesky_whiten,
+    newton_schulz,
     random_channel_permutations,
     stats,
     whiten,
+    zca_exact,
+    zca_matrix,
 )
 
 
@@ -296,3 +301,67 @@ def test_cholesky_factor_retries_each_slice_at_its_first_working_shrinkage(eps, 
     with pytest.warns(RuntimeWarning, match="1 slice"):
         assert stats.take() == {"whiten_retries": retries, "whiten_fallbacks": 1}
     assert stats.take() == {"whiten_retries": 0, "whiten_fallbacks": 0}
+
+
+# ---- Newton-Schulz ZCA against the exact float64 eigh path ----
+
+
+def spd_with_condition(gen, p, kappa, spectrum, batch=2):
+    """Random rotations of a spectrum with condition number kappa (largest eigenvalue 1)."""
+    q = torch.linalg.qr(torch.randn(batch, p, p, generator=gen, dtype=torch.float64))[0]
+    if spectrum == "one_small":  # the slowest case for trace normalisation
+        lam = torch.linspace(0.5, 1, p, dtype=torch.float64)
+        lam[0] = 1 / kappa
+    else:
+        lam = torch.logspace(0, -np.log10(kappa), p, dtype=torch.float64)
+    return (q * lam) @ q.mT
+
+
+def value_and_gradient(f, S, G):
+    S = S.detach().requires_grad_()
+    W = f(S)
+    (W * G.to(W.dtype)).sum().backward()
+    grad = S.grad.double()
+    return W.detach().double(), (grad + grad.mT) / 2
+
+
+def relative(a, b):
+    return (torch.linalg.matrix_norm(a - b, ord=2) / torch.linalg.matrix_norm(b, ord=2)).max()
+
+
+@pytest.mark.parametrize("spectrum", ["one_small", "log"])
+@pytest.mark.parametrize("kappa", [1e1, 1e2, 1e3, 1e4])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_newton_schulz_matches_exact_zca_up_to_kappa_1e4(gen, dtype, kappa, spectrum):
+    """The stated range: for p = 64 and condition numbers up to NS_KAPPA = 1e4, the values and
+    gradients of the iteration match the exact float64 path (relative, spectral norm) within
+    1e-9 / 1e-7 in float64, and within max(1e-5, 2e-7 kappa) / max(1e-5, 6e-7 kappa) in float32
+    (the float32 error is rounding, proportional to kappa; the iteration itself has converged)."""
+    assert NS_KAPPA == 1e4
+    S = spd_with_condition(gen, 64, kappa, spectrum).to(dtype)
+    G = torch.randn(S.shape, generator=gen, dtype=torch.float64)
+    W_ns, g_ns = value_and_gradient(lambda s: newton_schulz(s)[0], S, G)
+    W_ex, g_ex = value_and_gradient(lambda s: zca_exact(s.double()), S, G)
+    if dtype == torch.float64:
+        tol_val, tol_grad = 1e-9, 1e-7
+    else:
+        tol_val, tol_grad = max(1e-5, 2e-7 * kappa), max(1e-5, 6e-7 * kappa)
+    assert relative(W_ns, W_ex) <= tol_val
+    assert relative(g_ns, g_ex) <= tol_grad
+    residual, kappa_hat = newton_schulz(S)[1:]
+    assert (residual <= NS_TOL[dtype]).all() and (kappa_hat >= kappa * (1 - 1e-3)).all()
+
+
+def test_zca_matrix_uses_newton_schulz_inside_the_range_and_eigh_outside(gen):
+    S = torch.cat(
+        [spd_with_condition(gen, 32, 10.0, "log"), spd_with_condition(gen, 32, 1e6, "log")]
+    ).float()
+    W = zca_matrix(S)
+    assert torch.equal(W[:2], newton_schulz(S[:2])[0])  # in range: the iteration itself
+    assert torch.equal(W[2:], zca_exact(S[2:]))  # kappa 1e6: the exact path
+    singular = torch.zeros(2, 8, 8)
+    singular[:, 0, 0] = 1.0
+    assert torch.isfinite(zca_matrix(singular)).all()
+    assert torch.equal(zca_matrix(singular), zca_exact(singular))
+    nan = torch.full((1, 8, 8), float("nan"))
+    assert torch.isnan(zca_matrix(nan)).all()  # NaN out, never an eigh error

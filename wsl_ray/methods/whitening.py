@@ -24,6 +24,10 @@ MATRICES = ("cholesky", "zca", "pca", "bn", "none")
 AXES = ("batch", "channel")
 # Exact ZCA and PCA floor the eigenvalues of each matrix at this fraction of the largest.
 EIG_FLOOR = 1e-6
+# Newton-Schulz ZCA: steps, and the residual under which a slice counts as converged.
+NS_ITERS = 24
+NS_TOL = {torch.float32: 2e-4, torch.float64: 1e-10}
+NS_KAPPA = 1e4
 
 Matrix = Literal["cholesky", "zca", "pca", "bn", "none"]
 Axis = Literal["batch", "channel"]
@@ -305,9 +309,64 @@ def zca_exact(S: torch.Tensor) -> torch.Tensor:
     return W.to(S.dtype)
 
 
+def _norm1(A: torch.Tensor) -> torch.Tensor:
+    """Largest absolute column sum of A: [..., p, p]; bounds the spectral norm of symmetric A."""
+    return A.abs().sum(dim=-2).amax(dim=-1)
+
+
+def newton_schulz(
+    S: torch.Tensor, iters: int = NS_ITERS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Coupled Newton-Schulz iteration for S^-1/2, batched over S: [..., p, p].
+
+    With t = tr(S), Y_0 = S / t (eigenvalues in (0, 1]), Z_0 = I and, `iters` times,
+        T = (3 I - Z Y) / 2,   Y <- Y T,   Z <- T Z,
+    Z converges to (S / t)^-1/2 and W = Z / sqrt(t). Every iterate is a polynomial in S, so
+    Y Z = q(S / t) with q(x) -> 1 on (0, 1]; each eigen-component of W has relative error
+    1 - sqrt(q(lambda / t)) <= 1 - q, at most the returned residual max|I - Y Z| [...].
+    A small eigenvalue converges after about log(t / lambda) / log(2.25) + 5 steps. Also
+    returns kappa_hat = |Y_0|_1 |Z|_1^2 [...], an upper bound of the condition number of S
+    once converged (|A|_2 <= |A|_1 for symmetric A). Only matrix products: one batched
+    kernel per product on any device, and differentiable.
+    """
+    eye = _eye(S.shape[-1], S)
+    trace = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(S.dtype).tiny)
+    Y, Z = S / trace[..., None, None], eye.expand_as(S)
+    kappa_hat = _norm1(Y)
+    for _ in range(iters):
+        T = 1.5 * eye - 0.5 * (Z @ Y)
+        Y, Z = Y @ T, T @ Z
+    residual = (eye - Y @ Z).abs().amax(dim=(-2, -1))
+    kappa_hat = kappa_hat * _norm1(Z) ** 2
+    return Z * trace.rsqrt()[..., None, None], residual, kappa_hat
+
+
 def zca_matrix(S: torch.Tensor) -> torch.Tensor:
     """S^-1/2 for every slice of S: [..., p, p] (symmetric positive semi-definite).
 
-    Exact float64 eigh for now (eigenvalues floored at EIG_FLOOR x the largest).
+    Newton-Schulz (`newton_schulz`, NS_ITERS steps, in S's dtype: float32 in training) where
+    it has converged, else the exact float64 eigh path (`zca_exact`, eigenvalues floored at
+    EIG_FLOOR x the largest). A slice counts as converged when its residual is at most
+    NS_TOL[dtype]. Measured range (tests/test_whitening.py, benchmarks in BENCHMARKS.md):
+    for p = 64 and condition numbers up to NS_KAPPA, values and gradients of the iteration
+    match the exact path within the tolerances stated at NS_KAPPA; beyond it, or for a
+    singular or non-finite S, the residual is large and the slice takes the exact path.
+
+    The choice costs one host read per call in eager mode (`bool` of a device flag): computing
+    eigh unconditionally for a `where` would cost what the iteration saves, and no criterion
+    known without the data can tell whether a group's spectrum is in range. Under
+    torch.compile the choice is a `torch.cond`, so the step compiles as one graph; its
+    predicate is still read on the host when the compiled step runs.
     """
-    return zca_exact(S)
+    W, residual, kappa_hat = newton_schulz(S)
+    converged = (residual <= NS_TOL[S.dtype]) & (kappa_hat <= NS_KAPPA)
+
+    def fallback(W: torch.Tensor, S: torch.Tensor, converged: torch.Tensor) -> torch.Tensor:
+        finite = torch.isfinite(S).all(dim=-1).all(dim=-1)[..., None, None]
+        exact = zca_exact(torch.where(finite, S, _eye(S.shape[-1], S)))  # eigh never sees NaN
+        exact = torch.where(finite, exact, torch.nan)
+        return torch.where(converged[..., None, None], W, exact)
+
+    if torch.compiler.is_compiling():
+        return torch.cond(converged.all(), lambda W, S, c: W.clone(), fallback, (W, S, converged))
+    return W if bool(converged.all()) else fallback(W, S, converged)
