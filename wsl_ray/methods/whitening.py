@@ -28,6 +28,10 @@ EIG_FLOOR = 1e-6
 NS_ITERS = 24
 NS_TOL = {torch.float32: 2e-4, torch.float64: 1e-10}
 NS_KAPPA = 1e4
+# Device types whose ZCA uses the iteration. Not the CPU: there LAPACK's eigh of CW-RGP's
+# 64 x 64 groups costs less than the iteration's 72 products and their backward
+# (BENCHMARKS.md, "Whitening losses").
+NS_DEVICES = ("cuda",)
 
 Matrix = Literal["cholesky", "zca", "pca", "bn", "none"]
 Axis = Literal["batch", "channel"]
@@ -303,10 +307,14 @@ def pca_matrix(S: torch.Tensor) -> torch.Tensor:
 
 
 def zca_exact(S: torch.Tensor) -> torch.Tensor:
-    """S^-1/2 by float64 eigh, eigenvalues floored at EIG_FLOOR x the largest: [..., p, p]."""
-    eigvals, eigvecs = _eigh_floored(S)
+    """S^-1/2 by float64 eigh, eigenvalues floored at EIG_FLOOR x the largest: [..., p, p].
+
+    A slice with a non-finite entry gives NaN (eigh is not called on it: it would raise).
+    """
+    finite = torch.isfinite(S).all(dim=-1).all(dim=-1)[..., None, None]
+    eigvals, eigvecs = _eigh_floored(torch.where(finite, S, _eye(S.shape[-1], S)))
     W = (eigvecs * eigvals.rsqrt()[..., None, :]) @ eigvecs.transpose(-1, -2)
-    return W.to(S.dtype)
+    return torch.where(finite, W.to(S.dtype), torch.nan)
 
 
 def _norm1(A: torch.Tensor) -> torch.Tensor:
@@ -344,28 +352,32 @@ def newton_schulz(
 def zca_matrix(S: torch.Tensor) -> torch.Tensor:
     """S^-1/2 for every slice of S: [..., p, p] (symmetric positive semi-definite).
 
-    Newton-Schulz (`newton_schulz`, NS_ITERS steps, in S's dtype: float32 in training) where
-    it has converged, else the exact float64 eigh path (`zca_exact`, eigenvalues floored at
-    EIG_FLOOR x the largest). A slice counts as converged when its residual is at most
-    NS_TOL[dtype]. Measured range (tests/test_whitening.py, benchmarks in BENCHMARKS.md):
-    for p = 64 and condition numbers up to NS_KAPPA, values and gradients of the iteration
-    match the exact path within the tolerances stated at NS_KAPPA; beyond it, or for a
-    singular or non-finite S, the residual is large and the slice takes the exact path.
+    On the device types in NS_DEVICES (CUDA, where batched eigh loops per matrix above
+    p = 32): Newton-Schulz (`newton_schulz`, NS_ITERS steps, in S's dtype: float32 in training)
+    for the slices where it has converged and is in range, the exact float64 eigh path
+    (`zca_exact`, eigenvalues floored at EIG_FLOOR x the largest) for the others. Elsewhere
+    the exact path. A slice is in range when its residual is at most NS_TOL[dtype] and its
+    condition-number bound kappa_hat is at most NS_KAPPA = 1e4, which guarantees kappa <= 1e4.
+    Over that range (tests/test_whitening.py, p = 64) values and gradients of the iteration
+    match the exact path, relative in the spectral norm, within 1e-9 / 1e-7 in float64 and
+    within max(1e-5, 2e-7 kappa) / max(1e-5, 6e-7 kappa) in float32, whose rounding of S
+    limits both paths alike. Singular and non-finite slices take the exact path.
 
     The choice costs one host read per call in eager mode (`bool` of a device flag): computing
     eigh unconditionally for a `where` would cost what the iteration saves, and no criterion
-    known without the data can tell whether a group's spectrum is in range. Under
+    known without the data can tell whether a group's spectrum is in range. After the read
+    the GPU still has the loss and the whole backward queued, so the CPU regains its lead
+    (expected cost: one launch latency per call; not measured, no GPU was lent). Under
     torch.compile the choice is a `torch.cond`, so the step compiles as one graph; its
     predicate is still read on the host when the compiled step runs.
     """
+    if S.device.type not in NS_DEVICES:
+        return zca_exact(S)
     W, residual, kappa_hat = newton_schulz(S)
     converged = (residual <= NS_TOL[S.dtype]) & (kappa_hat <= NS_KAPPA)
 
     def fallback(W: torch.Tensor, S: torch.Tensor, converged: torch.Tensor) -> torch.Tensor:
-        finite = torch.isfinite(S).all(dim=-1).all(dim=-1)[..., None, None]
-        exact = zca_exact(torch.where(finite, S, _eye(S.shape[-1], S)))  # eigh never sees NaN
-        exact = torch.where(finite, exact, torch.nan)
-        return torch.where(converged[..., None, None], W, exact)
+        return torch.where(converged[..., None, None], W, zca_exact(S))
 
     if torch.compiler.is_compiling():
         return torch.cond(converged.all(), lambda W, S, c: W.clone(), fallback, (W, S, converged))
