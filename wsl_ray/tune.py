@@ -26,11 +26,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config, ConfigError
 from .data import ImageData, load_dataset
+from .device import resolve_device
 from .evaluate import evaluate
 from .ray_train import make_trainer
 from .results import read_text, summarize_sweep, write_text
 from .search_space import CONFIG_KEYS, SearchSpace, SpaceError, load_space, parse_space
-from .trainer import initial_model, resolve_device
+from .trainer import initial_model
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 
