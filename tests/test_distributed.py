@@ -18,13 +18,18 @@ from torch.nn.parallel import DistributedDataParallel
 from wsl_ray.config import Config
 from wsl_ray.methods import get_method
 
-WORLD, BS, IMAGE = 2, 48, 8
+WORLD, BS, IMAGE = 2, 64, 8
 SMALL = dict(arch="resnet18_w8", head_size=16, bs=BS)
 CASES = {
     "w_mse": dict(method="w_mse", emb=8, w_size=16, w_iter=2, whiten_global=True),
     "cw_rgp": dict(method="cw_rgp", emb=32, w_size=8, groups=2, whiten_global=True),
     "whitened_mse": dict(
-        method="whitened_mse", emb=8, w_size=48, w_matrix="zca", groups=2, w_random_groups=True,
+        method="whitened_mse",
+        emb=8,
+        w_size=64,
+        w_matrix="zca",
+        groups=2,
+        w_random_groups=True,
         whiten_global=True,
     ),  # fmt: skip
     "contrastive": dict(method="contrastive", emb=8, global_negatives=True),

@@ -3,9 +3,12 @@
 import argparse
 import re
 
+import pyarrow as pa
 import pytest
 import torch
 
+from analysis.tables import paper_table
+from wsl_ray import family
 from wsl_ray.config import (
     METHODS,
     TWO_VIEW_METHODS,
@@ -17,7 +20,7 @@ from wsl_ray.config import (
     validate_config,
 )
 from wsl_ray.family import Family, family_of
-from wsl_ray.methods import get_method
+from wsl_ray.methods import get_method, whitening
 from wsl_ray.models import get_encoder, get_head
 
 SMALL = dict(arch="resnet18_w8", bs=32, emb=8, w_size=16, head_size=32, groups=2)
@@ -148,6 +151,7 @@ def small(cfg: Config) -> Config:
         (dict(method="whitened_mse", w_matrix="bn", groups=2), "--w_matrix bn takes no groups"),
         (dict(method="whitened_mse", w_matrix="svd"), "--w_matrix svd: choose one of cholesky"),
         (dict(method="vicreg", num_samples=4), "--method vicreg takes exactly 2 views"),
+        (dict(method="cw_rgp", emb=512, w_size=64, w_eps=1.0), "--w_eps 1.0: the covariance"),
         (dict(method="byol", whiten_global=True), "--whiten_global is for --method w_mse or"),
         (dict(method="w_mse", global_negatives=True), "--global_negatives is for --method "
          "contrastive"),
@@ -209,3 +213,30 @@ def test_two_view_methods_project_each_view_with_its_own_batch_statistics():
     a, b = torch.randn(8, 3, 16, 16), 5 + 3 * torch.randn(8, 3, 16, 16)
     z = model.project([a, b])
     assert torch.allclose(z[1], model.project([b, a])[0])  # per view: the order does not matter
+
+
+def test_the_paper_table_groups_the_whitening_family_by_its_settings():
+    def row(acc, method="whitened_mse", **config):
+        cells = {f"config/{k}": v for k, v in config.items()}
+        return {"method": method, "dataset": "cifar10", "acc": acc, "acc_knn": acc} | cells
+
+    zca = dict(w_matrix="zca", w_axis="channel", groups=4, w_random_groups=True)
+    table = pa.Table.from_pylist([
+        row(0.50, **zca, w_size=64), row(0.60, **zca, w_size=32),  # one setting, best is kept
+        row(0.40, **zca | dict(w_random_groups=False), w_size=64),
+        row(0.30, w_matrix="pca", w_axis="batch", groups=2, w_size=128),
+        row(0.20, w_size=128),  # flags left unset: W-MSE's whitening
+        row(0.55, method="w_mse", w_size=128),
+    ])  # fmt: skip
+    rows = {r["method"]: r["cifar10"] for r in paper_table(table)}
+    assert rows == {
+        "Whitened MSE (ZCA channel, 4 random groups) 2": "60.00 / 60.00",
+        "Whitened MSE (ZCA channel, 4 groups) 2": "40.00 / 40.00",
+        "Whitened MSE (PCA batch, 2 groups) 2": "30.00 / 30.00",
+        "Whitened MSE (Cholesky batch) 2": "20.00 / 20.00",
+        "W-MSE 2": "55.00 / 55.00",
+    }
+
+
+def test_the_family_names_match_the_whitening_operators():
+    assert (family.MATRICES, family.AXES) == (whitening.MATRICES, whitening.AXES)

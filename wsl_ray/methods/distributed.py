@@ -11,7 +11,7 @@ like this on each of W workers:
      single-process gradient on the global batch. (Each L_r is W times its share of L.)
   4. `with_global_value` makes the returned value L itself on every rank (so rank 0 reports
      the global loss), without changing the gradient.
-The gather is a functional collective, so it also traces under torch.compile.
+Both collectives are functional ones, so they also trace under torch.compile.
 """
 
 from __future__ import annotations
@@ -40,6 +40,5 @@ def gather_batch(h: torch.Tensor) -> torch.Tensor:
 
 def with_global_value(loss: torch.Tensor) -> torch.Tensor:
     """`loss` (this rank's L_r) with the value mean_r L_r and the gradient of L_r."""
-    total = loss.detach().clone()
-    dist.all_reduce(total)
+    total = fc.all_reduce(loss.detach(), "sum", dist.group.WORLD)
     return loss + (total / dist.get_world_size() - loss).detach()

@@ -18,8 +18,7 @@ from itertools import combinations
 import torch
 import torch.nn.functional as F
 
-from . import whitening
-from .whitening import channel_whiten, cholesky_whiten
+from .whitening import whiten
 
 
 def norm_mse(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -43,23 +42,31 @@ def _check_views(views: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(views))  # [k, bs, emb]
 
 
-def _whitened_mse(
+def whitened_mse_loss(
     views: Sequence[torch.Tensor],
     w_size: int,
-    w_iter: int,
-    whiten: Callable[[torch.Tensor], torch.Tensor],
-    normalize: bool,
-    generator: torch.Generator | None,
+    matrix: str = "cholesky",
+    axis: str = "batch",
+    groups: int = 1,
+    random_groups: bool = False,
+    minus: int = 1,
+    w_iter: int = 1,
+    eps: float = 0.0,
+    normalize: bool = True,
+    generator: torch.Generator | None = None,
     share: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """W-MSE's scheme, shared by the whitening family.
+    """The whitening family's loss (the CW-RGP study): W-MSE's scheme with any whitening.
 
     For each of w_iter iterations a random permutation splits the batch into bs / w_size
-    sub-batches (the same split for every view); `whiten` is applied to each view's
-    sub-batch; the loss is the mean over iterations and view pairs of the (normalised) MSE
-    between whitened views. All iterations, sub-batches and views are whitened in one call.
-    With `share`, every sub-batch is still whitened (the same random draws as without it),
-    and the mean runs over the rows of the worker's own samples.
+    sub-batches (the same split for every view); each view's sub-batch is whitened by
+    `whiten(x, matrix, axis, groups, random_groups, minus, eps, generator)`; the loss is the
+    mean over iterations, view pairs (i, j) and samples of 2 - 2 cos(z_i, z_j) (with
+    normalize=False the plain MSE ||z_i - z_j||^2 / emb). All iterations, sub-batches and
+    views are whitened in one call. With `share`, every sub-batch is still whitened (the
+    same random draws as without it) and the mean runs over the worker's own samples.
+    W-MSE is matrix="cholesky", axis="batch"; CW-RGP matrix="zca", axis="channel",
+    random_groups=True. Returns a scalar.
     """
     h = _check_views(views)
     k, bs, emb = h.shape
@@ -69,7 +76,8 @@ def _whitened_mse(
     perm = torch.rand(w_iter, bs, generator=generator, device=device).argsort(dim=-1)
     perm = perm.to(h.device)
     sub = h[:, perm.view(w_iter, bs // w_size, w_size)]  # [k, it, m, w, emb]
-    z = whiten(sub).reshape(k, w_iter, bs, emb)
+    z = whiten(sub, matrix, axis, groups, random_groups, minus, eps, generator)
+    z = z.reshape(k, w_iter, bs, emb)
     if share is not None:
         rank, world = share
         own = torch.arange(rank * bs // world, (rank + 1) * bs // world, device=h.device)
@@ -88,13 +96,12 @@ def wmse_loss(
 ) -> torch.Tensor:
     """W-MSE (Ermolov et al., ICML 2021): MSE between Cholesky-whitened views.
 
-    L = mean over iterations, view pairs (i, j) and samples of 2 - 2 cos(z_i, z_j), where
-    z = cholesky_whiten of each view's sub-batch of `w_size`; with normalize=False the
-    plain MSE ||z_i - z_j||^2 / emb. Returns a scalar.
+    `whitened_mse_loss` with z = cholesky_whiten of each view's sub-batch of `w_size`.
     """
-    return _whitened_mse(
-        views, w_size, w_iter, lambda x: cholesky_whiten(x, eps), normalize, generator
-    )
+    return whitened_mse_loss(
+        views, w_size, "cholesky", "batch", w_iter=w_iter, eps=eps, normalize=normalize,
+        generator=generator,
+    )  # fmt: skip
 
 
 def cwrgp_loss(
@@ -108,44 +115,13 @@ def cwrgp_loss(
 ) -> torch.Tensor:
     """CW-RGP (Weng et al., NeurIPS 2022): W-MSE's loss with channel whitening.
 
-    As `wmse_loss`, but each view's sub-batch is whitened by `channel_whiten` (ZCA of the
+    `whitened_mse_loss` with each view's sub-batch whitened by `channel_whiten` (ZCA of the
     w_size x w_size sample covariance within each of `groups` random channel groups).
     """
-    return _whitened_mse(
-        views,
-        w_size,
-        w_iter,
-        lambda x: channel_whiten(x, groups, eps, generator),
-        normalize,
-        generator,
-    )
-
-
-def whitened_mse_loss(
-    views: Sequence[torch.Tensor],
-    w_size: int,
-    matrix: str = "cholesky",
-    axis: str = "batch",
-    groups: int = 1,
-    random_groups: bool = False,
-    minus: int = 1,
-    w_iter: int = 1,
-    eps: float = 0.0,
-    normalize: bool = True,
-    generator: torch.Generator | None = None,
-    share: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """The whitening family's loss (the CW-RGP study): W-MSE's scheme with any whitening.
-
-    As `wmse_loss`, with each view's sub-batch of `w_size` whitened by
-    `whiten(x, matrix, axis, groups, random_groups, minus, eps, generator)`. W-MSE is
-    matrix="cholesky", axis="batch"; CW-RGP matrix="zca", axis="channel", random_groups.
-    """
-
-    def whiten(x: torch.Tensor) -> torch.Tensor:
-        return whitening.whiten(x, matrix, axis, groups, random_groups, minus, eps, generator)
-
-    return _whitened_mse(views, w_size, w_iter, whiten, normalize, generator, share)
+    return whitened_mse_loss(
+        views, w_size, "zca", "channel", groups, True, w_iter=w_iter, eps=eps,
+        normalize=normalize, generator=generator,
+    )  # fmt: skip
 
 
 def _nt_xent(
@@ -277,7 +253,8 @@ def simsiam_loss(
     z) over rows and no gradient into the projections z (stop-gradient)."""
     p1, p2 = _two_views(predictions)
     z1, z2 = (z.detach() for z in _two_views(projections))
-    return -(F.cosine_similarity(p1, z2, dim=-1).mean() + F.cosine_similarity(p2, z1, dim=-1).mean()) / 2
+    cos = F.cosine_similarity
+    return -(cos(p1, z2, dim=-1).mean() + cos(p2, z1, dim=-1).mean()) / 2
 
 
 def _zero_icl_whitening(z: torch.Tensor) -> torch.Tensor:
