@@ -14,7 +14,7 @@
 # Needs only torch, torchvision, numpy and pytest (no Ray, Optuna or wandb): it runs from
 # the checkout with PYTHONPATH=. The CIFAR-10 JPEG copy travels in the git-ignored folder
 # gpu_data/ (cifar10_jpeg.npz and to_batches.py from shared/datasets/cifar10-jpeg/) and is
-# decoded into data/ first.
+# decoded into data/ first. PYTHON names the interpreter (default: python).
 set -uo pipefail
 usage="usage: benchmarks/gpu_check.sh OUT_DIR [--budget SECONDS] [--quick] [--extra ARGS]"
 OUT=${1:?$usage}
@@ -32,11 +32,12 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export PYTHONPATH=$PWD WSL_RAY_BENCHMARKS_MD=$OUT/results.md WSL_RAY_CACHE=${WSL_RAY_CACHE:-/tmp/wsl_ray_cache}
+PY=${PYTHON:-python}
 START=$(date +%s)
 {
     echo "# gpu_check $(date -u +%FT%TZ), budget ${BUDGET} s${EXTRA:+, extra: $EXTRA}"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
-    python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } >> "$OUT/results.md"
 
 # stage NAME ESTIMATE_S COMMAND...: runs COMMAND if ESTIMATE_S fits in what is left.
@@ -56,17 +57,17 @@ stage() {
 }
 
 if [ ! -d data/cifar-10-batches-py ] && [ -f gpu_data/cifar10_jpeg.npz ]; then
-    stage "decode CIFAR-10 (JPEG copy)" 60 python gpu_data/to_batches.py data
+    stage "decode CIFAR-10 (JPEG copy)" 60 "$PY" gpu_data/to_batches.py data
 fi
 # shellcheck disable=SC2086  # EXTRA is a list of arguments
-stage "GPU tests" 120 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device.py
-stage "W-MSE 2 compiled epoch" 100 python -m benchmarks.bench_train --settings "W-MSE 2" \
+stage "GPU tests" 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device.py
+stage "W-MSE 2 compiled epoch" 100 "$PY" -m benchmarks.bench_train --settings "W-MSE 2" \
     --compile on --epochs 1 $EXTRA
 [ "$QUICK" -eq 1 ] && exit 0
-stage "other settings, compiled" 240 python -m benchmarks.bench_train \
+stage "other settings, compiled" 240 "$PY" -m benchmarks.bench_train \
     --settings "W-MSE 4" "CW-RGP 2" BYOL --compile on --epochs 3 $EXTRA
-stage "every setting, eager" 150 python -m benchmarks.bench_train --compile off --epochs 2 $EXTRA
-stage "4 packed W-MSE 2 trials" 180 python -m benchmarks.bench_train --settings "W-MSE 2" \
+stage "every setting, eager" 150 "$PY" -m benchmarks.bench_train --compile off --epochs 2 $EXTRA
+stage "4 packed W-MSE 2 trials" 180 "$PY" -m benchmarks.bench_train --settings "W-MSE 2" \
     --compile on --epochs 2 --trials-per-gpu 4 $EXTRA
-stage "25-epoch W-MSE 2 run" 200 python -m benchmarks.bench_accuracy --epochs 25 --compile $EXTRA
+stage "25-epoch W-MSE 2 run" 200 "$PY" -m benchmarks.bench_accuracy --epochs 25 --compile $EXTRA
 echo "done in $(($(date +%s) - START)) s" >> "$OUT/results.md"

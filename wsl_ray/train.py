@@ -12,13 +12,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, add_config_flags, config_from_args, validate_config
+from .config import (
+    ConfigError,
+    add_config_flags,
+    config_from_args,
+    given_config_keys,
+    validate_config,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wsl_ray.train",
-        description="Self-supervised training with W-MSE, CW-RGP, Contrastive or BYOL.",
+        description="Self-supervised training: W-MSE, CW-RGP and the whitening family, "
+        "Contrastive, BYOL, Barlow Twins, VICReg, SimSiam, zero-ICL.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_flags(parser)
@@ -69,7 +76,7 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, given_config_keys(sys.argv[1:] if argv is None else argv))
     try:
         validate_config(cfg, workers=max(args.workers, 1))
     except ConfigError as err:

@@ -218,6 +218,7 @@ def train(
     gens = {
         "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
         "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
+        **model.generators(),  # e.g. --whiten_global's, the same on every rank
     }
     state = TrainState()
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():

@@ -14,8 +14,12 @@ class BaseMethod(nn.Module):
 
     forward(views) takes k views (each [bs, 3, H, W]) of the same bs images and returns the
     scalar loss. As in the reference code, the encoder sees each view as its own batch
-    (its BatchNorm statistics are per view) and the head sees all views together.
+    (its BatchNorm statistics are per view) and the head sees all views together, or each
+    view on its own when `head_per_view` (the CW-RGP code's Barlow Twins, VICReg, SimSiam
+    and zero-ICL).
     """
+
+    head_per_view = False
 
     def __init__(self, cfg: Config, image_size: int):
         super().__init__()
@@ -35,6 +39,8 @@ class BaseMethod(nn.Module):
     def project(self, views: list[torch.Tensor]) -> torch.Tensor:
         """g(E(x)) for every view: [k, bs, emb], float32 (the head's last layer runs in
         float32 even under autocast, see `models.Float32Linear`)."""
+        if self.head_per_view:
+            return torch.stack([self.head(self.encode(x)) for x in views])
         h = torch.cat([self.encode(x) for x in views])
         return self.head(h).view(len(views), views[0].shape[0], -1)
 
@@ -50,6 +56,10 @@ class BaseMethod(nn.Module):
     @property
     def embed_size(self) -> int:
         return self.cfg.emb if self.cfg.eval_head else self.out_size
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """Random generators the method owns, by name, for the trainer to checkpoint."""
+        return {}
 
     def step(self, progress: float) -> None:
         """Called after every optimiser step with progress = epoch / total epochs."""
