@@ -80,6 +80,17 @@ def check_run_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--cpus-per-worker {args.cpus_per_worker}: must be more than 0")
 
 
+def check_checkpoints(cfg: Config, resume: bool) -> None:
+    """Reads the checkpoints the run will load (--fname, --resume's), so that a missing,
+    corrupt or refused file fails now, before the data is loaded (CheckpointError)."""
+    from .trainer import CHECKPOINT_FILE, read_checkpoint
+
+    if resume and (Path(cfg.out) / CHECKPOINT_FILE).exists():
+        read_checkpoint(cfg.out, flag="--resume")
+    elif cfg.fname:
+        read_checkpoint(cfg.fname)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         validate_config(cfg, workers=max(args.workers, 1))
         cfg = Config.from_dict(absolute_paths(cfg.to_dict()))  # Ray workers run elsewhere
         writable_folder(cfg.out, "--out")
+        check_checkpoints(cfg, args.resume)
     except ValueError as err:  # ConfigError, or a folder that cannot be written
         parser.error(str(err))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`s, stop our Ray

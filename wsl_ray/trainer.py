@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,10 +191,12 @@ def read_checkpoint(fname: str | Path, flag: str = "--fname") -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1].strip()[:200]
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if not refused:
+            raise CheckpointError(f"{flag} {path} is not a readable PyTorch checkpoint") from None
         raise CheckpointError(
             f"{flag} {path}: refused, it holds objects other than tensors, numbers, strings "
-            f"and containers (weights_only=True loads no code; {first})"
+            f"and containers ({refused.group(1)}; weights_only=True loads no code)"
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
         raise CheckpointError(

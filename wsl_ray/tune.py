@@ -253,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:  # the space as the sweep ran it, from the experiment folder
             saved = f"{experiment_path(args)}/search_space.yaml"
-            space = parse_space(read_text(saved), Path(experiment_path(args)))
+            try:
+                text = read_text(saved)
+            except FileNotFoundError:
+                raise SpaceError(f"--resume: no experiment to resume ({saved} is missing); "
+                                 "give its --name and --storage") from None  # fmt: skip
+            space = parse_space(text, Path(experiment_path(args)))
         else:
             space = load_space(args.space, overrides_from_args(args))
         space.check(workers=args.workers_per_trial)
