@@ -1,7 +1,7 @@
 """Fills a cluster config's settings from the environment, for `ray up` and friends.
 
     export WSL_RAY_AMI=ami-0123456789abcdef0 WSL_RAY_DATA=s3://my-bucket/datasets
-    ray up "$(python cluster/render.py cluster/cluster.yaml)"
+    python cluster/render.py cluster/cluster.yaml && ray up cluster/rendered/cluster.yaml
 
 Ray's launcher reads YAML as it is, so settings that differ per user (the AMI of your region,
 where the datasets are) are written `${WSL_RAY_NAME}` or `${WSL_RAY_NAME:-default}` in

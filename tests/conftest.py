@@ -32,13 +32,16 @@ def own_ray_cluster(head_cpus: int, worker_cpus: tuple[int, ...] = ()):
 
     temp = tempfile.mkdtemp(prefix="wr", dir="/tmp")
     node = dict(node_ip_address="127.0.0.1", object_store_memory=256 * 2**20)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args=dict(
-            node, num_cpus=head_cpus, temp_dir=temp, include_dashboard=True,
-            dashboard_host="127.0.0.1", dashboard_port=_free_port(),
-        ),  # fmt: skip
-    )
+    head = dict(node, num_cpus=head_cpus, temp_dir=temp, include_dashboard=True,
+                dashboard_host="127.0.0.1")  # fmt: skip
+    for attempt in range(3):  # Ray gives a node 30 s to register: a loaded machine may miss it
+        try:
+            head["dashboard_port"] = _free_port()
+            cluster = Cluster(initialize_head=True, head_node_args=head)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     try:
         for cpus in worker_cpus:
             cluster.add_node(**node, num_cpus=cpus)

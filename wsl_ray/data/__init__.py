@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_save
+from ..atomic import atomic_save, remove_stale_tmp
 from . import shapes, sources
 from .augment import Augment
 from .loader import iterate_batches
@@ -162,6 +162,8 @@ def cache_dir() -> Path:
 
 def _cached(key: str, build: Callable[[], dict]) -> dict:
     path = cache_dir() / f"{key}.pt"
+    if path.parent.is_dir():
+        remove_stale_tmp(path.parent)  # of writers that were killed; live ones are kept
     if path.exists():
         return torch.load(path, weights_only=True)
     data = build()
