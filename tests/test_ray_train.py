@@ -35,5 +35,5 @@ def test_two_worker_cpu_run_completes_and_reports(local_ray, tmp_path):
     assert result.error is None
     assert result.metrics["epoch"] == 1 and 0 <= result.metrics["acc_knn"] <= 1
     with result.checkpoint.as_directory() as folder:
-        saved = torch.load(os.path.join(folder, CHECKPOINT_FILE))
+        saved = torch.load(os.path.join(folder, CHECKPOINT_FILE), weights_only=True)
     assert saved["epoch"] == 1 and saved["config"]["bs"] == 64
