@@ -6,8 +6,8 @@ slice of x: [..., n, d] (n samples of d features). Its two named settings are W-
 random groups). Everything computes in float32 (float64 input stays float64), also under bf16
 autocast, and one call factorises every slice and group at once.
 
-Nothing here reads a device value on the host, with one exception: the ZCA matrix is computed
-by a Newton-Schulz iteration whose validity is checked per call (see `zca_matrix`).
+Nothing here reads a device value on the host, with one exception: on CUDA the ZCA matrix
+comes from a Newton-Schulz iteration whose range is checked once per call (`zca_matrix`).
 Factorisation failures are counted on the device and read once per epoch by `stats.take()`.
 """
 
@@ -24,7 +24,8 @@ MATRICES = ("cholesky", "zca", "pca", "bn", "none")
 AXES = ("batch", "channel")
 # Exact ZCA and PCA floor the eigenvalues of each matrix at this fraction of the largest.
 EIG_FLOOR = 1e-6
-# Newton-Schulz ZCA: steps, and the residual under which a slice counts as converged.
+# Newton-Schulz ZCA: steps, the residual under which a slice counts as converged, and the
+# largest condition-number bound (kappa_hat >= kappa) for which it is used.
 NS_ITERS = 24
 NS_TOL = {torch.float32: 2e-4, torch.float64: 1e-10}
 NS_KAPPA = 1e4
@@ -331,11 +332,12 @@ def newton_schulz(
         T = (3 I - Z Y) / 2,   Y <- Y T,   Z <- T Z,
     Z converges to (S / t)^-1/2 and W = Z / sqrt(t). Every iterate is a polynomial in S, so
     Y Z = q(S / t) with q(x) -> 1 on (0, 1]; each eigen-component of W has relative error
-    1 - sqrt(q(lambda / t)) <= 1 - q, at most the returned residual max|I - Y Z| [...].
-    A small eigenvalue converges after about log(t / lambda) / log(2.25) + 5 steps. Also
-    returns kappa_hat = |Y_0|_1 |Z|_1^2 [...], an upper bound of the condition number of S
-    once converged (|A|_2 <= |A|_1 for symmetric A). Only matrix products: one batched
-    kernel per product on any device, and differentiable.
+    1 - sqrt(q(lambda / t)) <= 1 - q. The returned residual, the largest entry of |I - Y Z|
+    per slice, is at least max(1 - q) / p, and vanishes with it. A small eigenvalue converges
+    after about log(t / lambda) / log(2.25) + 5 steps. Also returns, per slice,
+    kappa_hat = |Y_0|_1 |Z|_1^2, an upper bound of the condition number of S once converged
+    (|A|_2 <= |A|_1 for symmetric A). Only matrix products: one batched kernel per product on
+    any device, and differentiable.
     """
     eye = _eye(S.shape[-1], S)
     trace = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(S.dtype).tiny)
