@@ -57,19 +57,6 @@ first: {lr: 3.0e-3, emb: 16, w_ratio: 4}
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A Ray head on 127.0.0.1 with the dashboard (ASHA's stopped trials need it)."""
-    env = dict(os.environ, **RAY_ENV)
-    subprocess.run(
-        [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6391",
-         "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-port", "8271"],
-        check=True, env=env, capture_output=True,
-    )  # fmt: skip
-    yield "127.0.0.1:6391"
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
-
-
 @pytest.fixture
 def space_file(tmp_path):
     path = tmp_path / "tiny.yaml"
@@ -190,29 +177,6 @@ def test_divergence_is_recognised_through_rays_wrapping():
     err = WorkerGroupError("rank 0 failed", {0: cause})
     assert diverged(err).startswith("the loss became nan in epoch 3")
     assert diverged(WorkerGroupError("rank 0 failed", {0: RuntimeError("node died")})) is None
-
-
-def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, space_file, tmp_path):
-    proc = sweep(
-        cluster, space_file, tmp_path, "--num_trials", "3", "--epochs", "3",
-        "--eval_every", "1", "--scheduler", "fifo", "--concurrency", "1", wait=False,
-    )  # fmt: skip
-    wait_for(lambda: any(e[-1:] == [3] for e in trial_epochs(tmp_path).values()))
-    os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep
-    proc.wait()
-    finished = {t: e for t, e in trial_epochs(tmp_path).items() if e[-1:] == [3]}
-    sweep(cluster, space_file, tmp_path, "--resume", "--scheduler", "fifo")
-    rows = results(tmp_path)
-    assert len(rows) == 3 and all(r["status"] == "TERMINATED" for r in rows), rows
-    stored = optuna.load_study(
-        study_name="t",
-        storage=JournalStorage(JournalFileBackend(str(tmp_path / "t" / "optuna.journal"))),
-    )
-    states = [t.state for t in stored.trials]  # the killed trial's RUNNING record was closed
-    assert TrialState.RUNNING not in states and states.count(TrialState.COMPLETE) == 3, states
-    after = trial_epochs(tmp_path)
-    for trial, epochs in finished.items():
-        assert after[trial] == epochs  # not run again
 
 
 def test_a_failed_trial_is_retried_from_its_checkpoint(cluster, space_file, tmp_path):

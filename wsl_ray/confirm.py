@@ -87,15 +87,14 @@ def confirm_configs(
     configurations by `metric` (a top config equal to the default is run once, labelled
     default), each with `seeds` new seeds; `confirm_label` names the configuration."""
     chosen: list[tuple[str, dict]] = []
-    if space.first:
-        chosen.append((DEFAULT_LABEL, space.resolve(space.first)))
+    chosen.append((DEFAULT_LABEL, space.resolve(space.default_point())))
     for row in ranked([r for r in rows if r["status"] == "TERMINATED"], metric):
-        if len(chosen) - bool(space.first) >= k:
+        if len(chosen) - 1 >= k:
             break
         config = space.resolve({n: _value(row[f"config/{n}"]) for n in space.params})
         if any(_same(config, c) for _, c in chosen):
             continue
-        chosen.append((f"top{len(chosen) + (not space.first)}", config))
+        chosen.append((f"top{len(chosen)}", config))
     return [
         config | {"seed": seed + SEED_OFFSET + i, "confirm_label": label}
         for label, config in chosen
@@ -202,7 +201,7 @@ def run_confirmation(
     print(f"\nconfirming {len(configs) // seeds} configuration(s) over {seeds} new seeds ...")
     trial = make_trial(
         resources.get("workers", 1), resources.get("gpus", 0.0), resources.get("cpus", 1),
-        storage, metric,
+        f"{storage}/{name}-confirm", metric,
     )  # fmt: skip
     tuner = tune.Tuner(
         tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20}),

@@ -249,6 +249,10 @@ def summarize_sweep(
     print(format_table(rows, metric, searched))
     best = next(iter(ranked(rows, metric)), None)
     first = rows[0] if rows else None
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    if failed:
+        print(f"{len(failed)} trial(s) failed; their errors:")
+        print("\n".join(f"  {r['path']}/error.txt" for r in failed))
     test = test_metric_for(metric)
     if best:
         line = f"\nvalidation-selected best ({best['trial_id']}): {metric} "

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ from typing import Any
 import optuna
 import pyarrow.fs
 import ray
-import yaml
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -38,17 +38,20 @@ from ray.tune.search.optuna import OptunaSearch
 from .config import Config, ConfigError
 from .confirm import check_counts, report, run_confirmation, sweep_metric
 from .data import ImageData, load_dataset
+from .device import resolve_device
 from .evaluate import evaluate_run
+from .paths import absolute, absolute_paths
 from .ray_train import make_trainer
-from .results import (
-    TEST_FILE,
-    filesystem,
-    read_text,
-    summarize_sweep,
-    write_text,
-)  # fmt: skip
-from .search_space import CONFIG_KEYS, SearchSpace, SpaceError, load_space, parse_space
-from .trainer import initial_model, resolve_device
+from .results import TEST_FILE, filesystem, ranked, read_text, summarize_sweep, write_text
+from .search_space import (
+    CONFIG_KEYS,
+    SearchSpace,
+    SpaceError,
+    load_space,
+    parse_setting,
+    parse_space,
+)
+from .trainer import initial_model
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 METRICS = ("val_acc_knn", "val_acc", "val_acc_5", "rankme")
@@ -109,7 +112,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SpaceError(f"--set {item!r}: write KEY=VALUE, e.g. --set arch=resnet18_w16")
-        fixed[key] = yaml.safe_load(value)
+        fixed[key] = parse_setting(key, value)
     named = {
         "epoch": args.epochs, "eval_every": args.eval_every, "dataset": args.dataset,
         "data_dir": args.data_dir, "wandb": args.wandb, "seed": args.seed,
@@ -120,7 +123,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def storage_uri(storage: str) -> str:
     """A URI as given; a local path made absolute (Ray needs one)."""
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    return absolute(storage)
 
 
 class EvaluationReportCallback(TuneReportCallback):
@@ -156,8 +159,10 @@ def diverged(err: BaseException) -> str | None:
     return None
 
 
-def make_trial(workers: int, gpus: float, cpus: float, storage: str, metric: str):
+def make_trial(workers: int, gpus: float, cpus: float, experiment: str, metric: str):
     """The Tune trainable: builds the trial's TorchTrainer and runs it to completion.
+    Its Train run is `experiment/train-<trial_id>`; test metrics go to its trial folder.
+    Its Train run is `storage/train-<trial_id>` (storage: the experiment's folder).
 
     The trial's config is its whole training configuration (see SearchSpace.suggest),
     plus helper ratios that are not training flags. A run whose loss diverges ends the
@@ -170,14 +175,13 @@ def make_trial(workers: int, gpus: float, cpus: float, storage: str, metric: str
         cfg = Config.from_dict({k: v for k, v in trial_config.items() if k in CONFIG_KEYS})
         context = tune.get_context()
         trial_id = context.get_trial_id()
-        experiment = f"{storage.rstrip('/')}/{context.get_experiment_name()}"
         folder = f"{experiment}/{Path(context.get_trial_dir()).name}"
         trainer = make_trainer(
             cfg,
             workers=workers,
             gpus_per_worker=gpus,
             cpus_per_worker=cpus,
-            storage_path=storage,
+            storage_path=experiment,
             name=f"train-{trial_id}",
             callbacks=[EvaluationReportCallback(f"{folder}/{TEST_FILE}")],
         )
@@ -313,10 +317,10 @@ def run_sweep(args: argparse.Namespace, space: SearchSpace) -> Any:
     """Runs (or resumes) the sweep and returns Tune's ResultGrid."""
     storage = storage_uri(args.storage)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpus()
-    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, storage, args.metric)
+    path = experiment_path(args)
+    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, path, args.metric)
     # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
-    path = experiment_path(args)
     name = path.rsplit("/", 1)[-1]
     study, local_study = study_storage(args.optuna_storage, path, name)
     if args.resume:
@@ -362,6 +366,7 @@ def run_sweep(args: argparse.Namespace, space: SearchSpace) -> Any:
             name=path.rsplit("/", 1)[-1],
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            callbacks=exit_hooks(),
         ),
     )
     grid = tuner.fit()
@@ -374,6 +379,27 @@ def sweep_epochs(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int
     epochs = space.config.get("epoch", Config().epoch)
     eval_every = space.config.get("eval_every", Config().eval_every)
     return asha_limits(epochs, eval_every, args.grace)
+
+
+EXIT_HOOK = "WSL_RAY_TEST_EXIT_AFTER_FINAL"
+
+
+class _ExitAfterFinalResult(tune.Callback):
+    """Test hook: with WSL_RAY_TEST_EXIT_AFTER_FINAL=N the driver dies (exit code 99) right
+    after trial N's final result, whose checkpoint is on storage by then, and before Tune
+    records the trial as finished: the moment that a kill of the driver can hit."""
+
+    def __init__(self, number: str):
+        self.number = number
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        final = result.get("epoch") == trial.config.get("epoch", Config().epoch)
+        if final and str(trial.experiment_tag).split("_")[0] == self.number:
+            os._exit(99)
+
+
+def exit_hooks() -> list[tune.Callback]:
+    return [_ExitAfterFinalResult(os.environ[EXIT_HOOK])] if os.environ.get(EXIT_HOOK) else []
 
 
 def _default_gpus() -> float:
@@ -395,26 +421,53 @@ def experiment_path(args: argparse.Namespace) -> str:
     return f"{storage_uri(args.storage).rstrip('/')}/{name}"
 
 
+def check_sweep_flags(args: argparse.Namespace) -> str | None:
+    """The first problem with the sweep's own flags, or None."""
+    positive = {"--num_trials": args.num_trials, "--concurrency": args.concurrency,
+                "--workers-per-trial": args.workers_per_trial, "--grace": args.grace}  # fmt: skip
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            return f"{flag} {value}: must be 1 or more"
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        return f"--gpus-per-trial {args.gpus_per_trial}: must be 0 or more"
+    if args.cpus_per_trial < 0:
+        return f"--cpus-per-trial {args.cpus_per_trial}: must be 0 or more"
+    if args.max_failures < -1:
+        return f"--max-failures {args.max_failures}: must be 0 or more (-1: retry forever)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if problem := check_sweep_flags(args):
+        parser.error(problem)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
     path = experiment_path(args)
     try:
         check_counts(args.confirm, args.seeds)
         if args.resume:  # the space and metric as the sweep ran them, from the experiment folder
-            space = parse_space(read_text(f"{path}/search_space.yaml"), Path(path))
+            saved = f"{path}/search_space.yaml"
+            try:
+                text = read_text(saved)
+            except FileNotFoundError:
+                raise SpaceError(f"--resume: no experiment to resume ({saved} is missing); "
+                                 "give its --name and --storage") from None  # fmt: skip
+            space = parse_space(text, Path(path))
             args.metric = sweep_metric(path)
         else:
             space = load_space(args.space, overrides_from_args(args))
         space.check(workers=args.workers_per_trial)
         sweep_epochs(args, space)  # Ray asserts grace_period <= max_t: settle it here
-        default = Config.from_dict(space.resolve(space.first or {}))
+        space.config = absolute_paths(space.config)  # trials run in folders of their own
+        default = Config.from_dict(space.resolve(space.default_point()))
         data = _check_data(default, space.name)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     baseline = untrained_baseline(default, data) if args.baseline else None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop our Ray
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     confirmed = None
     try:
@@ -436,9 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
-    summarize_sweep(path, args.metric, space, baseline)
+    rows = summarize_sweep(path, args.metric, space, baseline)
     if confirmed:
         report(confirmed, args.metric, space)
+    if not ranked(rows, args.metric):
+        print(f"error: no trial finished with a {args.metric}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -459,8 +515,9 @@ def _check_data(cfg: Config, space_name: str) -> ImageData:
         return data
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"{err}\nOr sweep the embedded data: python -m wsl_ray.tune --space {space_name} "
-            "--dataset shapes"
+            f"{err}\nEvery node that runs trials needs the data at this same path (a shared "
+            "file system, or a copy on each node). Or sweep the embedded data: "
+            f"python -m wsl_ray.tune --space {space_name} --dataset shapes"
         ) from None
 
 
