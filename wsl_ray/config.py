@@ -11,13 +11,24 @@ import dataclasses
 import math
 import re
 import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .family import AXES, GENERIC_DEFAULTS, MATRICES, family_problems
 from .models import check_arch
 
-METHODS = ("w_mse", "cw_rgp", "contrastive", "byol")
-WHITENING_METHODS = ("w_mse", "cw_rgp")
+METHODS = ("w_mse", "cw_rgp", "contrastive", "byol", "whitened_mse", "barlow_twins", "vicreg",
+           "simsiam", "zero_icl")  # fmt: skip
+WHITENING_METHODS = ("w_mse", "cw_rgp", "whitened_mse")
+TWO_VIEW_METHODS = ("barlow_twins", "vicreg", "simsiam", "zero_icl")
+# Defaults that depend on the method: they fill the flags the user did not set (on the command
+# line, see `given_config_keys`, or in a dict given to Config.from_dict); Config(...) itself
+# takes the field defaults. The methods of the CW-RGP study take its base/cfg.py settings.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "whitened_mse": {"groups": GENERIC_DEFAULTS["groups"]},
+    **{m: {"bs": 512, "lr": 1e-3, "emb": 512} for m in TWO_VIEW_METHODS},
+}
 
 
 class ConfigError(ValueError):
@@ -49,6 +60,29 @@ class Config:
     tau: float = _f(0.5, "contrastive loss temperature")
     byol_tau: float = _f(0.99, "starting EMA rate of BYOL's target network")
     norm: bool = _f(True, "normalise latents before the MSE")
+    # the whitening family (whitened_mse; the presets w_mse and cw_rgp fix these) and others
+    w_matrix: str | None = _f(
+        None, "whitening matrix (whitened_mse; default cholesky)", type=str, choices=MATRICES
+    )
+    w_axis: str | None = _f(
+        None, "whiten over the batch (W-MSE) or the channels (CW-RGP) (whitened_mse; default "
+        "batch)", type=str, choices=AXES,
+    )  # fmt: skip
+    w_random_groups: bool = _f(False, "redraw the channel groups at every call (whitened_mse)")
+    minus: int = _f(1, "the covariance divisor is count - minus (whitened_mse)")
+    whiten_global: bool = _f(
+        False, "with --workers N, whiten sub-batches of all workers' embeddings together"
+    )
+    global_negatives: bool = _f(False, "with --workers N, Contrastive negatives of all workers")
+    barlow_lambda: float = _f(0.008, "Barlow Twins: weight of the off-diagonal terms")
+    barlow_scale: str = _f(
+        "emb", "Barlow Twins: divide the cross-correlation by the embedding size (the CW-RGP "
+        "code, affine BN) or by the batch size (the paper, BN without affine)",
+        choices=("emb", "batch"),
+    )  # fmt: skip
+    vicreg_sim: float = _f(25.0, "VICReg: weight of the invariance term")
+    vicreg_var: float = _f(25.0, "VICReg: weight of the variance term")
+    vicreg_cov: float = _f(1.0, "VICReg: weight of the covariance term")
     # encoder and head
     arch: str = _f("resnet18", "encoder: resnet18|34|50, or resnet18_wN for base width N")
     head_layers: int = _f(2, "number of FC layers in the head")
@@ -118,7 +152,25 @@ class Config:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
-        return cls(**values)
+        return cls(**with_method_defaults(values))
+
+
+def with_method_defaults(
+    values: dict[str, Any], given: Collection[str] | None = None
+) -> dict[str, Any]:
+    """`values` with its method's METHOD_DEFAULTS for the keys not in `given` (by default, the
+    keys of `values`)."""
+    given = set(values) if given is None else set(given)
+    defaults = METHOD_DEFAULTS.get(values.get("method", Config().method), {})
+    return values | {k: v for k, v in defaults.items() if k not in given}
+
+
+def given_config_keys(argv: Sequence[str]) -> set[str]:
+    """The Config fields that the command line `argv` sets, to any value (defaults included)."""
+    probe = add_config_flags(argparse.ArgumentParser(add_help=False))
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_known_args(list(argv))[0]))
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -143,9 +195,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The Config part of parsed arguments (other flags of the command are ignored)."""
-    return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
+def config_from_args(args: argparse.Namespace, given: Collection[str] | None = None) -> Config:
+    """The Config part of parsed arguments (other flags of the command are ignored). With
+    `given` (the flags the user set, see `given_config_keys`), the others take the method's
+    METHOD_DEFAULTS."""
+    values = {f.name: getattr(args, f.name) for f in fields(Config)}
+    return Config(**(values if given is None else with_method_defaults(values, given)))
 
 
 def validate_config(cfg: Config, workers: int = 1) -> None:
@@ -197,13 +252,15 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
     except ValueError as err:
         check(False, str(err))
     local_bs = cfg.bs // max(workers, 1)
+    w_batch = cfg.bs if cfg.whiten_global else local_bs  # the batch split into sub-batches
     if cfg.method in WHITENING_METHODS:
         above = cfg.emb if cfg.method == "w_mse" else 1
+        where = "the batch" if cfg.whiten_global else "the per-worker batch"
         check(
-            cfg.bs % workers == 0 and local_bs % cfg.w_size == 0,
-            f"--w_size {cfg.w_size} must divide the per-worker batch {local_bs} (--bs "
+            cfg.bs % workers == 0 and w_batch % cfg.w_size == 0,
+            f"--w_size {cfg.w_size} must divide {where} {w_batch} (--bs "
             f"{cfg.bs} / {workers} worker(s)); e.g. --w_size "
-            f"{_nearest_divisor(local_bs, cfg.w_size, above)}",
+            f"{_nearest_divisor(w_batch, cfg.w_size, above)}",
         )
     if cfg.method == "w_mse":
         check(
@@ -233,7 +290,29 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
             f"CW-RGP needs more channels per group than --w_size: --emb {cfg.emb} / --groups "
             f"{cfg.groups} = {per_group} <= --w_size {cfg.w_size}; e.g. {hint}",
         )
+    for problem in _method_problems(cfg, workers):
+        check(False, problem)
     check.raise_if_any()
+
+
+def _method_problems(cfg: Config, workers: int) -> list[str]:
+    """Checks of the whitening family and the methods of the CW-RGP study."""
+    problems = family_problems(cfg.to_dict())
+    if cfg.method in WHITENING_METHODS and not 0 <= cfg.w_eps < 1:
+        problems.append(f"--w_eps {cfg.w_eps}: the covariance shrinkage must be in [0, 1)")
+    if cfg.method in TWO_VIEW_METHODS and cfg.num_samples != 2:
+        problems.append(f"--method {cfg.method} takes exactly 2 views: use --num_samples 2")
+    for flag, methods in (
+        ("whiten_global", WHITENING_METHODS),
+        ("global_negatives", ("contrastive",)),
+    ):
+        if getattr(cfg, flag) and cfg.method not in methods:
+            problems.append(f"--{flag} is for --method {' or '.join(methods)}")
+    if cfg.global_negatives and cfg.bs % workers:
+        problems.append(f"--global_negatives needs --bs {cfg.bs} divisible by {workers} workers")
+    if cfg.barlow_scale not in ("emb", "batch"):
+        problems.append(f"--barlow_scale {cfg.barlow_scale}: choose emb or batch")
+    return problems
 
 
 def _nearest_divisor(n: int, target: int, above: int = 0) -> int:

@@ -47,6 +47,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         device=ray.train.torch.get_device(),
         rank=ctx.get_world_rank(),
         world_size=world,
+        gpu_share=config.get("gpu_share", 1.0),
         wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
     )
     checkpoint = ray.train.get_checkpoint()
@@ -96,6 +97,7 @@ def make_trainer(
             "cfg": cfg.to_dict(),
             "progress": progress,
             "threads": max(1, int(cpus_per_worker)),
+            "gpu_share": gpus_per_worker or 1.0,
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(

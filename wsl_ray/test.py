@@ -12,9 +12,10 @@ import sys
 
 from .config import Config, ConfigError, add_config_flags, validate_config
 from .data import load_dataset
+from .device import resolve_device
 from .evaluate import embed, knn_accuracy, linear_probe
 from .methods import get_method
-from .trainer import CheckpointError, model_weights, read_checkpoint, resolve_device
+from .trainer import CheckpointError, model_weights, read_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:

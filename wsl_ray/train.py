@@ -13,14 +13,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, add_config_flags, config_from_args, validate_config
+from .config import (
+    Config,
+    ConfigError,
+    add_config_flags,
+    config_from_args,
+    given_config_keys,
+    validate_config,
+)
 from .paths import absolute_paths, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wsl_ray.train",
-        description="Self-supervised training with W-MSE, CW-RGP, Contrastive or BYOL.",
+        description="Self-supervised training: W-MSE, CW-RGP and the whitening family, "
+        "Contrastive, BYOL, Barlow Twins, VICReg, SimSiam, zero-ICL.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_flags(parser)
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_run_flags(args)
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, given_config_keys(sys.argv[1:] if argv is None else argv))
         validate_config(cfg, workers=max(args.workers, 1))
         cfg = Config.from_dict(absolute_paths(cfg.to_dict()))  # Ray workers run elsewhere
         writable_folder(cfg.out, "--out")

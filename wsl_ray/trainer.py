@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .atomic import atomic_save
 from .config import Config, validate_config
 from .data import Augment, ImageData, iterate_batches, load_dataset
+from .device import HostScalar, place_data, resolve_device, setup_device
 from .evaluate import evaluate
 from .methods import BaseMethod, get_method
 from .methods.whitening import stats as whitening_stats
@@ -117,29 +118,11 @@ class LocalReporter:
 class WorkerContext:
     """This process's place in a (possibly distributed) run."""
 
-    device: torch.device
+    device: torch.device | str  # resolved by `train` (cuda -> cuda:N)
     rank: int = 0
     world_size: int = 1
+    gpu_share: float = 1.0  # the fraction of its GPU this process holds (packed trials)
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = field(default=lambda m: m)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this machine has no CUDA GPU; use --device cpu")
-    return torch.device(name)
-
-
-def _place_data(data: ImageData, device: torch.device) -> None:
-    """Moves the image tensors to the GPU when they take under a third of its free memory."""
-    if device.type != "cuda" or not isinstance(data.train_x, torch.Tensor):
-        return
-    names = ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y")
-    total = sum(getattr(data, n).nbytes for n in names)
-    if total < torch.cuda.mem_get_info(device)[0] / 3:
-        for n in names:
-            setattr(data, n, getattr(data, n).to(device))
 
 
 @dataclass
@@ -259,22 +242,26 @@ def train(
     Returns a summary: final and best metrics, epochs, time. Raises ConfigError before
     any work for an invalid configuration, NonFiniteLossError if the loss diverges.
     """
-    context = context or WorkerContext(resolve_device(cfg.device))
+    context = context or WorkerContext(cfg.device)
     validate_config(cfg, workers=context.world_size)
     reporter = reporter or LocalReporter(cfg.out)
-    device, rank = context.device, context.rank
+    device, rank = resolve_device(context.device), context.rank
+    setup_device(device)
     data = (data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)).subset(cfg.subset)
-    _place_data(data, device)
+    place_data(data, device, context.gpu_share)
 
     model = initial_model(cfg, data.crop_size, device, rank)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
-        model.model.compile()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.adam_l2)
+        model.compile_encoder()
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.adam_l2, fused=device.type == "cuda"
+    )  # fused: one kernel for all parameters instead of ~600 per-parameter ops
     gens = {
         "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
         "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
+        **model.generators(),  # e.g. --whiten_global's, the same on every rank
     }
     state = TrainState()
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
@@ -302,6 +289,7 @@ def train(
 
     for epoch in range(state.epoch, cfg.epoch):
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
+        running_loss = HostScalar(device)  # the bar's loss: never waits for the GPU
         batches = iterate_batches(
             data.train_x, data.train_y, local_bs, generator=gens["data"], device=device,
             rank=rank, world_size=context.world_size,
@@ -325,17 +313,21 @@ def train(
             model.step(epoch / cfg.epoch)
             loss_sum += loss.detach()
             state.iteration += 1
-            if n % 20 == 19 or n == iters - 1:
-                mean_loss = loss_sum.item() / (n + 1)
-                _check_finite(mean_loss, epoch, n, reporter, saved_epoch)
+            if n % 20 == 19:
+                running_loss.push(loss_sum / (n + 1))
+                shown = running_loss.latest()
+                if shown is not None:  # an early, lagged look: stop a diverged run soon
+                    _check_finite(shown, epoch, n, reporter, saved_epoch)
                 seen = (n + 1) * cfg.bs / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{seen:.0f}")
+                shown = "…" if shown is None else f"{shown:.4f}"
+                bar.set_postfix(loss=shown, lr=f"{lr:.2e}", img_s=f"{seen:.0f}")
         bar.close()
         state.epoch = epoch + 1
+        mean_loss = loss_sum.item() / iters  # the epoch's one host sync: its time is complete
         epoch_time = time.perf_counter() - t0
         metrics = {
             "epoch": state.epoch,
-            "loss": loss_sum.item() / iters,
+            "loss": mean_loss,
             "lr": lr,
             "images_per_s": iters * cfg.bs / epoch_time,
             "epoch_time_s": epoch_time,

@@ -26,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config, ConfigError
 from .data import ImageData, load_dataset
+from .device import resolve_device
 from .evaluate import evaluate
 from .paths import absolute, absolute_paths
 from .ray_train import make_trainer
@@ -38,7 +39,7 @@ from .search_space import (
     parse_setting,
     parse_space,
 )
-from .trainer import initial_model, resolve_device
+from .trainer import initial_model
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 
