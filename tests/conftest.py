@@ -42,7 +42,8 @@ def own_ray_cluster(head_cpus: int, worker_cpus: tuple[int, ...] = ()):
     """
     temp = tempfile.mkdtemp(prefix="wr", dir="/tmp")
     port, dashboard = _free_port(), _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               RAY_raylet_start_wait_time_s="120")  # fmt: skip
     start = [RAY, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     try:
         for attempt in range(3):  # a loaded machine can miss Ray's 30 s start-up window

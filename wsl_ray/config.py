@@ -240,7 +240,8 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
           f"--drop {cfg.drop}: epochs must be integers, 0 or more")  # fmt: skip
     for f in fields(cfg):
         value, choices = getattr(cfg, f.name), f.metadata.get("choices") or ()
-        check(not choices or value in choices, f"--{f.name} {value!r}: one of {', '.join(choices)}")
+        ok = not choices or value in choices or value is None  # None: the type allows it
+        check(ok, f"--{f.name} {value!r}: one of {', '.join(choices)}")
     check(cfg.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", cfg.device) is not None,
           f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")  # fmt: skip
     check.raise_if_any()
