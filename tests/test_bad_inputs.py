@@ -218,3 +218,17 @@ def test_genuine_cifar_pickles_still_load(tmp_path, core):
     data = read_cifar(tmp_path, 10)
     assert data["train_x"].shape == (10, 3, 32, 32) and data["test_y"].tolist() == [3, 7]
     assert data["train_x"][1, 2, 31, 31].item() == (2 * 3072 - 1) % 256
+
+
+def test_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
+    """Ray workers run in folders of their own: a trial gets absolute paths, and an unset
+    --data_dir becomes the dataset's default folder under the directory of the command."""
+    from wsl_ray.paths import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_paths({"dataset": "cifar10"})["data_dir"] == str(tmp_path / "data")
+    assert absolute_paths({})["data_dir"] == str(tmp_path / "data")  # cifar10 by default
+    assert "data_dir" not in absolute_paths({"dataset": "shapes"})  # generated: no folder
+    got = absolute_paths({"fname": "w.pt", "out": "runs", "data_dir": "s3://bucket/d"})
+    assert got == {"fname": str(tmp_path / "w.pt"), "out": str(tmp_path / "runs"),
+                   "data_dir": "s3://bucket/d"}  # fmt: skip

@@ -32,8 +32,8 @@ def test_driver_dead_after_a_final_checkpoint_resumes_every_trial(cluster, tmp_p
     proc = sweep(cluster, space, tmp_path, *flags, wait=False)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 99, out[-3000:]
-    before = trial_epochs(tmp_path)  # trial 2's last line may not be logged: it died first
-    assert sorted(before.values()) in ([[1], [1, 2]], [[1, 2], [1, 2]]), before
+    before = trial_epochs(tmp_path)  # trial 2's lines may not be flushed: the driver died
+    assert len(before) == 2 and [1, 2] in before.values(), before
     monkeypatch.delenv(EXIT_HOOK)
 
     sweep(cluster, space, tmp_path, "--resume", "--scheduler", "fifo")
@@ -43,8 +43,10 @@ def test_driver_dead_after_a_final_checkpoint_resumes_every_trial(cluster, tmp_p
         assert r["status"] == "TERMINATED" and r["epochs"] == 2, r
         assert r["val_acc_knn"] is not None and r["test_acc_knn"] is not None, r
     after = trial_epochs(tmp_path)
-    for trial, epochs in before.items():  # not trained again: trial 2 only reports epoch 2
-        assert after[trial] in (epochs, epochs + [2]) and after[trial][-1] == 2, after
+    for trial, epochs in before.items():  # finished trial 1 kept; trial 2 not trained again
+        number = trial.split("_")[2]  # trial_<id>_<number>_<params>
+        assert after[trial] == epochs if number == "1" else after[trial][-1] == 2, after
+        assert after[trial].count(1) <= 1, after
     experiment = tmp_path / "t"
     study = optuna.load_study(
         study_name="t",

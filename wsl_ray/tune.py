@@ -389,17 +389,17 @@ class _ExitAfterFinalResult(tune.Callback):
     after trial N's final result, whose checkpoint is on storage by then, and before Tune
     records the trial as finished: the moment that a kill of the driver can hit."""
 
-    def __init__(self, number: str):
-        self.number = number
-
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        # read now, not when built: Tuner.restore brings the callback back from the pickled
+        # experiment, and the resumed sweep must run to its end
+        number = os.environ.get(EXIT_HOOK)
         final = result.get("epoch") == trial.config.get("epoch", Config().epoch)
-        if final and str(trial.experiment_tag).split("_")[0] == self.number:
+        if final and number and str(trial.experiment_tag).split("_")[0] == number:
             os._exit(99)
 
 
 def exit_hooks() -> list[tune.Callback]:
-    return [_ExitAfterFinalResult(os.environ[EXIT_HOOK])] if os.environ.get(EXIT_HOOK) else []
+    return [_ExitAfterFinalResult()] if os.environ.get(EXIT_HOOK) else []
 
 
 def _default_gpus() -> float:
