@@ -26,12 +26,22 @@ class BaseMethod(nn.Module):
         self.cfg = cfg
         self.model, self.out_size = get_encoder(cfg.arch, image_size, cfg.zero_init_residual)
         self.head = get_head(self.out_size, cfg.emb, cfg.head_layers, cfg.head_size, cfg.add_bn)
+        # what training steps call (see compile_encoder); an alias, not a second submodule
+        object.__setattr__(self, "encode", self.model)
+
+    def compile_encoder(self) -> None:
+        """Trains through a torch.compile'd encoder. Evaluation (`embed`) keeps calling the
+        eager `self.model`, so its eval mode, no_grad and batch size never recompile (or
+        evict) the training graph. The compiled wrapper is kept out of the module tree, so
+        the state dict's keys do not change."""
+        object.__setattr__(self, "encode", torch.compile(self.model))
 
     def project(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """g(E(x)) for every view: [k, bs, emb]."""
+        """g(E(x)) for every view: [k, bs, emb], float32 (the head's last layer runs in
+        float32 even under autocast, see `models.Float32Linear`)."""
         if self.head_per_view:
-            return torch.stack([self.head(self.model(x)) for x in views])
-        h = torch.cat([self.model(x) for x in views])
+            return torch.stack([self.head(self.encode(x)) for x in views])
+        h = torch.cat([self.encode(x) for x in views])
         return self.head(h).view(len(views), views[0].shape[0], -1)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
