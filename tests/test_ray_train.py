@@ -5,6 +5,7 @@ import os
 import pytest
 import ray
 import torch
+from test_logging_sinks import offline_runs
 
 from wsl_ray.config import Config
 from wsl_ray.ray_train import make_trainer
@@ -26,13 +27,19 @@ def local_ray(tmp_path_factory):
 def test_two_worker_cpu_run_completes_and_reports(local_ray, tmp_path):
     cfg = Config(
         dataset="shapes", arch="resnet18_w8", bs=64, emb=8, w_size=32, head_size=32,
-        epoch=1, lr_warmup=False, w_eps=0.01, eval_every=1, subset=512,
+        epoch=1, lr_warmup=False, w_eps=0.01, eval_every=1, subset=512, wandb="proj",
     )  # fmt: skip
     # per-worker batch 32 is a multiple of w_size; 2 x 1 CPU fits the 2-CPU local Ray
-    trainer = make_trainer(cfg, workers=2, storage_path=str(tmp_path), name="train-test")
+    wandb = {"run_id": "trial_7", "group": "sweep", "log_dir": str(tmp_path / "logs")}
+    trainer = make_trainer(
+        cfg, workers=2, storage_path=str(tmp_path), name="train-test", wandb=wandb
+    )
     result = trainer.fit()
     assert result.error is None
     assert result.metrics["epoch"] == 1 and 0 <= result.metrics["acc_knn"] <= 1
     with result.checkpoint.as_directory() as folder:
         saved = torch.load(os.path.join(folder, CHECKPOINT_FILE))
     assert saved["epoch"] == 1 and saved["config"]["bs"] == 64
+    # one wandb run, from rank 0 only, with the trial's id and the sweep's group
+    (run,) = offline_runs(tmp_path / "logs")
+    assert (run["id"], run["group"], run["steps"]) == ("trial_7", "sweep", [1])

@@ -15,6 +15,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from .config import Config
+from .logging_sinks import open_sinks
 from .trainer import WorkerContext, train
 
 
@@ -46,6 +47,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         world_size=world,
         wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
     )
+    sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         train(
@@ -54,6 +56,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             resume_from=Path(resume_dir) if resume_dir else None,
             context=context,
             progress=config.get("progress", False),
+            sinks=sinks,
         )
 
 
@@ -67,10 +70,13 @@ def make_trainer(
     callbacks: list | None = None,
     max_failures: int = 0,
     progress: bool = False,
+    wandb: dict[str, str] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running `cfg` on `workers` DDP ranks (gloo on CPU, nccl on GPU).
 
     A run with the same (storage_path, name) restores itself from its last checkpoint.
+    `wandb` holds rank 0's wandb run: {"run_id", "group", "log_dir" (absolute)}; without
+    it a run logging to wandb keeps a stable id in cfg.out.
     """
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
     return TorchTrainer(
@@ -79,6 +85,7 @@ def make_trainer(
             "cfg": cfg.to_dict(),
             "progress": progress,
             "threads": max(1, int(cpus_per_worker)),
+            "wandb": wandb or {},
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(

@@ -1,6 +1,8 @@
 """`python -m wsl_ray.train`: one self-supervised training run.
 
-Flags are a superset of the reference `train.py`'s, with the same names and defaults.
+Flags are a superset of the reference `train.py`'s, with the same names and defaults;
+`--config run.yaml` reads them from a file (flags on the command line win). A direct run
+writes TensorBoard events beside metrics.jsonl unless --no_tensorboard.
 With `--workers N` the same loop runs as a Ray Train TorchTrainer with N DDP workers.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, add_config_flags, config_from_args, validate_config
+from .config_file import add_config_file_flags, parse_args_with_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 if CUDA")
     parser.add_argument("--cpus-per-worker", type=float, default=1)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    parser.add_argument(
+        "--no_tensorboard", dest="tensorboard", action="store_false",
+        help="write no TensorBoard events into --out (direct runs write them by default)",
+    )  # fmt: skip
+    add_config_file_flags(parser)
     return parser
 
 
@@ -68,20 +76,22 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args_with_config(parser, argv)
     cfg = config_from_args(args)
     try:
         validate_config(cfg, workers=max(args.workers, 1))
     except ConfigError as err:
         parser.error(str(err))
     os.environ.setdefault("WANDB_MODE", "offline")
+    from .logging_sinks import open_sinks
     from .trainer import train
 
     try:
         if args.workers:
             summary = run_with_ray(cfg, args)
         else:
-            summary = train(cfg, resume_from=Path(cfg.out) if args.resume else None)
+            sinks = open_sinks(cfg, tensorboard=args.tensorboard)
+            summary = train(cfg, resume_from=Path(cfg.out) if args.resume else None, sinks=sinks)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

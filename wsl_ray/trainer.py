@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .config import Config, validate_config
 from .data import Augment, ImageData, iterate_batches, load_dataset
 from .evaluate import evaluate
+from .logging_sinks import MetricSinks, open_sinks
 from .methods import BaseMethod, get_method
 from .methods.whitening import stats as whitening_stats
 
@@ -192,15 +193,6 @@ def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int =
     return get_method(cfg.method)(cfg, crop_size).to(device)
 
 
-def _wandb_run(cfg: Config, rank: int):
-    if not cfg.wandb or rank != 0:
-        return None
-    import wandb
-
-    os.environ.setdefault("WANDB_MODE", "offline")
-    return wandb.init(project=cfg.wandb, config=cfg.to_dict(), dir=cfg.out)
-
-
 def train(
     cfg: Config,
     reporter: Reporter | None = None,
@@ -208,8 +200,10 @@ def train(
     context: WorkerContext | None = None,
     data: ImageData | None = None,
     progress: bool = True,
+    sinks: MetricSinks | None = None,
 ) -> dict[str, Any]:
-    """Trains `cfg` to its last epoch (from a checkpoint folder if given).
+    """Trains `cfg` to its last epoch (from a checkpoint folder if given), logging each
+    epoch to `sinks` (default: wandb on rank 0 when --wandb names a project).
 
     Returns a summary: final and best metrics, epochs, time. Raises ConfigError before
     any work for an invalid configuration, NonFiniteLossError if the loss diverges.
@@ -244,7 +238,7 @@ def train(
     iters = len(data.train_x) // cfg.bs
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
-    wandb_run = _wandb_run(cfg, rank)
+    sinks = sinks or open_sinks(cfg, rank)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
@@ -301,18 +295,16 @@ def train(
             metrics["eval_time_s"] = time.perf_counter() - t_eval
         metrics["time_total_s"] = time.perf_counter() - start
         state.history.append(metrics)
+        sinks.log(metrics, step=state.epoch)  # before the report: a retry never leaves a gap
         ckpt_dir = None
         if state.epoch % cfg.ckpt_every == 0 or state.epoch == cfg.epoch:
             if rank == 0:
                 ckpt_dir = reporter.checkpoint_dir()
                 save_checkpoint(ckpt_dir, model, optimizer, state, cfg, gens)
         reporter.report(metrics, ckpt_dir)
-        if wandb_run is not None:
-            wandb_run.log(metrics, step=state.epoch)
         if progress and rank == 0:
             tqdm.write(_epoch_line(metrics, cfg.knn))
-    if wandb_run is not None:
-        wandb_run.finish()
+    sinks.close()
     return summarize(state.history, state.init_metrics)
 
 

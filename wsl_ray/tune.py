@@ -102,12 +102,16 @@ class EvaluationReportCallback(TuneReportCallback):
             super().after_report(run_context, [shown_first | metrics[0], *metrics[1:]], checkpoint)
 
 
-def make_trial(workers: int, gpus: float, cpus: float, storage: str):
+def make_trial(workers: int, gpus: float, cpus: float, storage: str, experiment: str):
     """The Tune trainable: builds the trial's TorchTrainer and runs it to completion.
 
     The trial's config is its whole training configuration (see SearchSpace.suggest),
-    plus helper ratios that are not training flags.
+    plus helper ratios that are not training flags. Its wandb run (with --wandb) has
+    id = the trial id and group = the sweep's name, its files in the experiment folder
+    (or, for remote storage, the driver's working directory).
     """
+    name = experiment.rstrip("/").rsplit("/", 1)[-1]
+    log_dir = experiment if "://" not in experiment else os.getcwd()
 
     def trial(trial_config: dict[str, Any]) -> None:
         cfg = Config.from_dict({k: v for k, v in trial_config.items() if k in CONFIG_KEYS})
@@ -120,6 +124,7 @@ def make_trial(workers: int, gpus: float, cpus: float, storage: str):
             storage_path=storage,
             name=f"train-{trial_id}",
             callbacks=[EvaluationReportCallback()],
+            wandb={"run_id": trial_id, "group": name, "log_dir": log_dir},
         )
         trainer.fit()
 
@@ -130,10 +135,10 @@ def run_sweep(args: argparse.Namespace, space: SearchSpace) -> Any:
     """Runs (or resumes) the sweep and returns Tune's ResultGrid."""
     storage = storage_uri(args.storage)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpus()
-    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, storage)
+    path = experiment_path(args)
+    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, storage, path)
     # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
-    path = experiment_path(args)
     if args.resume:
         if not tune.Tuner.can_restore(path):
             raise SpaceError(f"--resume: no experiment to resume at {path}")
