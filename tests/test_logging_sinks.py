@@ -16,7 +16,8 @@ from wsl_ray.trainer import train
 
 BLOCK = 32768  # wandb's transaction log: LevelDB-style 32 KiB blocks of checksummed records
 HEADER = 7  # ":W&B", 2 magic bytes, a version byte
-RECORD_HEADER = 7  # crc32 (4), length (2, little-endian), type (1: full, 2-4: first/mid/last)
+RECORD_HEADER = 7  # crc32 (4), length (2, little-endian), type (1: full, 2-4: first/mid/last;
+# 0: the rest of the block is zero padding)
 
 
 def read_records(path: Path) -> list:
@@ -28,8 +29,9 @@ def read_records(path: Path) -> list:
             pos += left
             continue
         _, length, kind = struct.unpack("<IHB", raw[pos : pos + RECORD_HEADER])
-        if kind == 0:
-            break
+        if kind == 0:  # zero padding up to the end of the block
+            pos += left
+            continue
         pending += raw[pos + RECORD_HEADER : pos + RECORD_HEADER + length]
         pos += RECORD_HEADER + length
         if kind in (1, 4):

@@ -8,7 +8,9 @@ import torch
 from test_logging_sinks import offline_runs
 
 from wsl_ray.config import Config
+from wsl_ray.data import load_dataset
 from wsl_ray.ray_train import make_trainer
+from wsl_ray.shared_data import share_dataset, shared_dataset
 from wsl_ray.trainer import CHECKPOINT_FILE
 
 
@@ -31,9 +33,11 @@ def test_two_worker_cpu_run_completes_and_reports(local_ray, tmp_path):
     )  # fmt: skip
     # per-worker batch 32 is a multiple of w_size; 2 x 1 CPU fits the 2-CPU local Ray
     wandb = {"run_id": "trial_7", "group": "sweep", "log_dir": str(tmp_path / "logs")}
+    shared = share_dataset(load_dataset("shapes"), cfg)  # the workers map it, load nothing
     trainer = make_trainer(
-        cfg, workers=2, storage_path=str(tmp_path), name="train-test", wandb=wandb
-    )
+        cfg, workers=2, storage_path=str(tmp_path), name="train-test", wandb=wandb,
+        shared_data=shared,
+    )  # fmt: skip
     result = trainer.fit()
     assert result.error is None
     assert result.metrics["epoch"] == 1 and 0 <= result.metrics["acc_knn"] <= 1
@@ -43,3 +47,16 @@ def test_two_worker_cpu_run_completes_and_reports(local_ray, tmp_path):
     # one wandb run, from rank 0 only, with the trial's id and the sweep's group
     (run,) = offline_runs(tmp_path / "logs")
     assert (run["id"], run["group"], run["steps"]) == ("trial_7", "sweep", [1])
+
+
+def test_the_shared_dataset_is_mapped_read_only_from_the_object_store(local_ray):
+    data = load_dataset("shapes")
+    cfg = Config(dataset="shapes")
+    shared = share_dataset(data, cfg)
+    mapped = shared_dataset(shared, cfg)
+    for role in ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y"):
+        assert torch.equal(getattr(mapped, role), getattr(data, role))
+    assert not mapped.train_x.numpy().flags.writeable  # a view of the store, not a copy
+    assert mapped.clf_x is mapped.train_x  # the default classifier set is not stored twice
+    assert (mapped.mean, mapped.crop_size, mapped.num_classes) == (data.mean, 32, 10)
+    assert shared_dataset(shared, Config(dataset="cifar10")) is None  # another dataset: load it

@@ -16,6 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from .config import Config
 from .logging_sinks import open_sinks
+from .shared_data import shared_dataset
 from .trainer import WorkerContext, train
 
 
@@ -48,6 +49,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
     )
     sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
+    data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         train(
@@ -57,6 +59,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             context=context,
             progress=config.get("progress", False),
             sinks=sinks,
+            data=data,
         )
 
 
@@ -71,12 +74,14 @@ def make_trainer(
     max_failures: int = 0,
     progress: bool = False,
     wandb: dict[str, str] | None = None,
+    shared_data: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running `cfg` on `workers` DDP ranks (gloo on CPU, nccl on GPU).
 
     A run with the same (storage_path, name) restores itself from its last checkpoint.
     `wandb` holds rank 0's wandb run: {"run_id", "group", "log_dir" (absolute)}; without
-    it a run logging to wandb keeps a stable id in cfg.out.
+    it a run logging to wandb keeps a stable id in cfg.out. `shared_data` is the node-shared
+    dataset of shared_data.share_dataset.
     """
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
     return TorchTrainer(
@@ -86,6 +91,7 @@ def make_trainer(
             "progress": progress,
             "threads": max(1, int(cpus_per_worker)),
             "wandb": wandb or {},
+            "shared_data": shared_data,
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(

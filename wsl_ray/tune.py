@@ -30,6 +30,7 @@ from .evaluate import evaluate
 from .ray_train import make_trainer
 from .results import read_text, summarize_sweep, write_text
 from .search_space import CONFIG_KEYS, SearchSpace, SpaceError, load_space, parse_space
+from .shared_data import share_dataset
 from .trainer import initial_model, resolve_device
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
@@ -102,13 +103,21 @@ class EvaluationReportCallback(TuneReportCallback):
             super().after_report(run_context, [shown_first | metrics[0], *metrics[1:]], checkpoint)
 
 
-def make_trial(workers: int, gpus: float, cpus: float, storage: str, experiment: str):
+def make_trial(
+    workers: int,
+    gpus: float,
+    cpus: float,
+    storage: str,
+    experiment: str,
+    shared_data: dict[str, Any] | None = None,
+):
     """The Tune trainable: builds the trial's TorchTrainer and runs it to completion.
 
     The trial's config is its whole training configuration (see SearchSpace.suggest),
     plus helper ratios that are not training flags. Its wandb run (with --wandb) has
     id = the trial id and group = the sweep's name, its files in the experiment folder
-    (or, for remote storage, the driver's working directory).
+    (or, for remote storage, the driver's working directory). `shared_data` is the
+    dataset the driver put in the object store, mapped by the trials instead of loaded.
     """
     name = experiment.rstrip("/").rsplit("/", 1)[-1]
     log_dir = experiment if "://" not in experiment else os.getcwd()
@@ -125,18 +134,23 @@ def make_trial(workers: int, gpus: float, cpus: float, storage: str, experiment:
             name=f"train-{trial_id}",
             callbacks=[EvaluationReportCallback()],
             wandb={"run_id": trial_id, "group": name, "log_dir": log_dir},
+            shared_data=shared_data,
         )
         trainer.fit()
 
     return trial
 
 
-def run_sweep(args: argparse.Namespace, space: SearchSpace) -> Any:
+def run_sweep(
+    args: argparse.Namespace, space: SearchSpace, shared_data: dict[str, Any] | None = None
+) -> Any:
     """Runs (or resumes) the sweep and returns Tune's ResultGrid."""
     storage = storage_uri(args.storage)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpus()
     path = experiment_path(args)
-    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, storage, path)
+    trial = make_trial(
+        args.workers_per_trial, gpus, args.cpus_per_trial, storage, path, shared_data
+    )
     # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
     if args.resume:
@@ -220,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = untrained_baseline(default, data) if args.baseline else None
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     try:
-        grid = run_sweep(args, space)
+        # one copy per node, owned by this driver: a resumed sweep puts it again
+        grid = run_sweep(args, space, share_dataset(data, default))
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
