@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 
-import psutil
-
 MIB = 2**20
 
 
@@ -36,15 +34,35 @@ def rollup(pid: int) -> dict[str, int] | None:
     return {"pss": kb["Pss"] * 1024, "uss": (kb["Private_Clean"] + kb["Private_Dirty"]) * 1024}
 
 
-def sample(root: psutil.Process) -> dict[str, float]:
-    """Sums over root's descendants: all of them, and the `ray::` trial processes."""
-    totals = {"pss": 0, "uss": 0, "trial_pss": 0, "trial_uss": 0, "trainers": 0}
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            cmd = " ".join(proc.cmdline())
-        except psutil.Error:
+def descendants(root: int) -> dict[int, str]:
+    """root and every process below it, with their command lines (from /proc)."""
+    parents, commands = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
-        mem = rollup(proc.pid)
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        commands[int(entry)] = cmd.decode(errors="replace").strip()
+    found, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid and p not in found]
+        found.update(children)
+        frontier.extend(children)
+    return {pid: commands.get(pid, "") for pid in found}
+
+
+def sample(root: int) -> tuple[dict[str, float], str | None]:
+    """Sums over root's descendants (all of them, and the `ray::` trial processes), and the
+    address of their GCS for `ray memory`."""
+    totals = {"pss": 0, "uss": 0, "trial_pss": 0, "trial_uss": 0, "trainers": 0}
+    address = None
+    for pid, cmd in descendants(root).items():
+        mem = rollup(pid)
         if mem is None:
             continue
         totals["pss"] += mem["pss"]
@@ -53,20 +71,11 @@ def sample(root: psutil.Process) -> dict[str, float]:
             totals["trial_pss"] += mem["pss"]
             totals["trial_uss"] += mem["uss"]
             totals["trainers"] += cmd.startswith("ray::RayTrainWorker")
-    return totals
-
-
-def gcs_address(root: psutil.Process) -> str | None:
-    for proc in root.children(recursive=True):
-        try:
-            cmd = " ".join(proc.cmdline())
-        except psutil.Error:
-            continue
         port = re.search(r"--gcs_server_port=(\d+)", cmd)
         ip = re.search(r"--node-ip-address=([\d.]+)", cmd)
         if "gcs_server" in cmd and port and ip:
-            return f"{ip.group(1)}:{port.group(1)}"
-    return None
+            address = f"{ip.group(1)}:{port.group(1)}"
+    return totals, address
 
 
 def main() -> int:
@@ -78,7 +87,7 @@ def main() -> int:
     storage = tempfile.mkdtemp(prefix="bench_memory_")
     env = dict(os.environ, WSL_RAY_SHARE_DATA="0" if args.no_share else "1",
                RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="offline")  # fmt: skip
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = "local"  # a fresh Ray of its own, not one found on the machine
     cmd = [
         sys.executable, "-m", "wsl_ray.tune", "--space", "wmse", "--dataset", "shapes",
         "--num_trials", str(args.trials), "--concurrency", str(args.trials),
@@ -88,13 +97,11 @@ def main() -> int:
         "bs=128", "emb=16", "head_size=64", "lr_warmup=false", "w_eps=0.01",
     ]  # fmt: skip
     sweep = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    root = psutil.Process(sweep.pid)
     peak: dict[str, float] = {}
     stats = ""
     while sweep.poll() is None:
-        now = sample(root)
+        now, address = sample(sweep.pid)
         if now["trainers"] == args.trials and not stats:
-            address = gcs_address(root)
             if address:
                 stats = subprocess.run(
                     [os.path.join(os.path.dirname(sys.executable), "ray"), "memory",

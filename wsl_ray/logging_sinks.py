@@ -73,7 +73,10 @@ class WandbSink:
         self.run.log(metrics, step=step)
 
     def close(self) -> None:
+        # finished, and let go: in one process, a later run's history was lost (wandb 0.31,
+        # offline) while the finished Run object was still referenced
         self.run.finish()
+        self.run = None
 
 
 class TensorBoardSink:
