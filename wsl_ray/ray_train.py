@@ -17,7 +17,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from .config import Config
 from .logging_sinks import open_sinks
 from .shared_data import shared_dataset
-from .trainer import WorkerContext, train
+from .trainer import WorkerContext, read_checkpoint, train
 
 
 class RayTrainReporter:
@@ -48,10 +48,12 @@ def worker_loop(config: dict[str, Any]) -> None:
         world_size=world,
         wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
     )
-    sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
-    data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+        if resume_dir and _report_if_finished(resume_dir, cfg):
+            return
+        sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
+        data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
         train(
             cfg,
             RayTrainReporter(),
@@ -61,6 +63,17 @@ def worker_loop(config: dict[str, Any]) -> None:
             sinks=sinks,
             data=data,
         )
+
+
+def _report_if_finished(resume_dir: str, cfg: Config) -> bool:
+    """A run whose checkpoint is already at the last epoch (it finished after a sweep driver
+    stopped listening, e.g. at a Slurm wall time) reports its last epoch again, so that the
+    resumed Tune trial ends with its final metrics instead of those it last saw."""
+    payload = read_checkpoint(resume_dir)
+    if payload["epoch"] < cfg.epoch:
+        return False
+    ray.train.report(payload["history"][-1])
+    return True
 
 
 def make_trainer(
