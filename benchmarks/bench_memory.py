@@ -4,11 +4,12 @@ the node-shared dataset (wsl_ray/shared_data.py).
     python -m benchmarks.bench_memory [--trials 4] [--no-share]
 
 Runs a small packed shapes sweep (`--trials` trials at once, 0.5 CPU each) on a fresh local
-Ray, samples /proc/PID/smaps_rollup of every process the sweep started every 2 s, and prints
-the peak sums: over the trial processes (`ray::` workers) and over all of them (raylet, GCS,
-driver too), plus `ray memory --stats-only` taken while every trial runs. RSS would count
-the shared object-store pages once per process and cannot show the saving; PSS splits them
-between the processes that map them, USS counts only private pages.
+Ray and samples /proc/PID/smaps_rollup of every process the sweep started, every 2 s. Once
+every trial runs it takes `ray memory --stats-only`, keeps the peak sums over the trial
+processes (`ray::` workers) and over all of them (raylet, GCS, driver too) for `--samples`
+samples, then stops the sweep. RSS would count the shared object-store pages once per
+process and cannot show the saving; PSS splits them between the processes that map them,
+USS counts only private pages.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,6 +85,9 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--no-share", action="store_true", help="every trial loads its own copy")
+    parser.add_argument(
+        "--samples", type=int, default=10, help="samples (2 s apart) with every trial running"
+    )
     args = parser.parse_args()
     storage = tempfile.mkdtemp(prefix="bench_memory_")
     env = dict(os.environ, WSL_RAY_SHARE_DATA="0" if args.no_share else "1",
@@ -98,21 +103,26 @@ def main() -> int:
     ]  # fmt: skip
     sweep = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     peak: dict[str, float] = {}
-    stats = ""
+    stats, full = "", 0
     while sweep.poll() is None:
         now, address = sample(sweep.pid)
-        if now["trainers"] == args.trials and not stats:
-            if address:
+        if now["trainers"] == args.trials:
+            full += 1
+            if now["trial_pss"] > peak.get("trial_pss", 0):
+                peak = now
+            if not stats and address:
                 stats = subprocess.run(
                     [os.path.join(os.path.dirname(sys.executable), "ray"), "memory",
                      "--stats-only", "--address", address],
-                    capture_output=True, text=True, env=env, timeout=120,
+                    capture_output=True, text=True, env=env, timeout=300,
                 ).stdout  # fmt: skip
-        if now["trainers"] == args.trials and now["trial_pss"] > peak.get("trial_pss", 0):
-            peak = now
+        if full >= args.samples and stats:  # enough: stop the sweep (Tune stops on SIGINT)
+            sweep.send_signal(signal.SIGINT)
+            break
         time.sleep(2)
+    sweep.wait(timeout=600)
     out = sweep.stdout.read().decode()
-    if sweep.returncode != 0 or not peak:
+    if not peak:
         print(out[-3000:])
         print(f"sweep exited with {sweep.returncode}; peak sample with all trials: {peak}")
         return 1
