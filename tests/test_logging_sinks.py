@@ -1,12 +1,14 @@
 """wandb and TensorBoard sinks: one wandb run per training run, resumed, step = epoch."""
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-import wandb
 from test_trainer import Crash, CrashingReporter, tiny_config, tiny_data  # noqa: F401 (fixture)
 from wandb.proto import wandb_internal_pb2
 
@@ -88,18 +90,29 @@ def test_a_retried_attempt_continues_its_wandb_run_after_the_checkpoint(tmp_path
     assert [r["steps"] for r in runs] == [[1, 2], [3]]  # the retry logs only epoch 3
 
 
-def test_a_direct_run_keeps_one_wandb_id_and_resumes_it(tmp_path, tiny_data):  # noqa: F811
-    cfg = tiny_config(tmp_path, wandb="proj", epoch=2)
-    crash(cfg, 1, tiny_data)
-    wandb.finish()
-    time.sleep(1.1)
-    train(cfg, resume_from=tmp_path, data=tiny_data, progress=False)
+def test_a_direct_run_keeps_one_wandb_id_and_resumes_it(tmp_path):
+    """Two processes, as a user runs them: 1 epoch, then --resume to 2 epochs."""
+    flags = [
+        "--dataset", "shapes", "--subset", "256", "--arch", "resnet18_w8", "--bs", "64",
+        "--emb", "8", "--w_size", "32", "--head_size", "32", "--lr_step", "none",
+        "--no_lr_warmup", "--w_eps", "0.01", "--eval_every", "100", "--out", str(tmp_path),
+        "--wandb", "proj",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "WSL_RAY_CACHE"} | {
+        "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+    for extra in (["--epoch", "1"], ["--epoch", "2", "--resume"]):
+        done = subprocess.run([sys.executable, "-m", "wsl_ray.train", *flags, *extra], env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        time.sleep(1.1)  # offline folders are named by the second they start
     run_id = (tmp_path / WANDB_ID_FILE).read_text().strip()
     runs = offline_runs(tmp_path)
     assert [r["id"] for r in runs] == [run_id] * 2 and runs[0]["group"] == ""
     assert [r["steps"] for r in runs] == [[1], [2]]
     config = {item.key: json.loads(item.value_json) for item in runs[0]["config"].update}
-    assert config["lr"] == {"value": cfg.lr} and config["arch"] == {"value": cfg.arch}
+    assert config["lr"] == {"value": 1e-3} and config["arch"] == {"value": "resnet18_w8"}
+    # and TensorBoard events, on by default for direct runs, one file per process
+    assert [step for step, _ in tensorboard_scalars(tmp_path)["train/loss"]] == [1, 2]
 
 
 def test_the_trial_function_passes_its_id_and_the_sweep_name_to_wandb(monkeypatch, tmp_path):
