@@ -110,7 +110,7 @@ def test_a_direct_run_keeps_one_wandb_id_and_resumes_it(tmp_path):
     assert [r["id"] for r in runs] == [run_id] * 2 and runs[0]["group"] == ""
     assert [r["steps"] for r in runs] == [[1], [2]]
     config = {item.key: json.loads(item.value_json) for item in runs[0]["config"].update}
-    assert config["lr"] == {"value": 1e-3} and config["arch"] == {"value": "resnet18_w8"}
+    assert config["lr"] == 1e-3 and config["arch"] == "resnet18_w8"  # the whole config
     # and TensorBoard events, on by default for direct runs, one file per process
     assert [step for step, _ in tensorboard_scalars(tmp_path)["train/loss"]] == [1, 2]
 
