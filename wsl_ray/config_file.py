@@ -88,25 +88,29 @@ def read_config_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[
         raise ValueError(f"--config {path}: {err}") from None
 
 
+def config_file_keys(parser: argparse.ArgumentParser, path: str | Path | None) -> set[str]:
+    """The dests the --config file sets (empty without one): they count as given flags."""
+    return set(read_config_file(parser, path)) if path else set()
+
+
 def parse_args_with_config(
     parser: argparse.ArgumentParser, argv: list[str] | None = None
 ) -> argparse.Namespace:
     """Parses argv with the --config file's values as defaults; exits via parser.error on
-    a bad file. With --print_config, prints the resolved flags as YAML and exits 0."""
+    a bad file."""
     first, _ = parser.parse_known_args(argv)
     if first.config:
         try:
             parser.set_defaults(**read_config_file(parser, first.config))
         except ValueError as err:
             parser.error(str(err))
-    args = parser.parse_args(argv)
-    if args.print_config:
-        print(resolved_yaml(args), end="")
-        parser.exit(0)
-    return args
+    return parser.parse_args(argv)
 
 
-def resolved_yaml(args: argparse.Namespace) -> str:
-    """Every flag's resolved value as YAML keyed by dest: a valid --config file itself."""
+def resolved_yaml(args: argparse.Namespace, cfg: Any = None) -> str:
+    """Every flag's resolved value as YAML keyed by dest (a valid --config file itself);
+    with `cfg` (a Config), its values win: they include the method's defaults."""
     values = {k: v for k, v in vars(args).items() if k not in SKIP}
+    if cfg is not None:
+        values |= cfg.to_dict()
     return yaml.safe_dump(values, sort_keys=False, default_flow_style=None)

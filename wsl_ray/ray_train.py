@@ -28,6 +28,9 @@ class RayTrainReporter:
     def checkpoint_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="wsl_ray_ckpt_"))
 
+    def start(self, epoch: int) -> None:
+        """Ray Train keeps the reported history itself."""
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
@@ -46,11 +49,12 @@ def worker_loop(config: dict[str, Any]) -> None:
         device=ray.train.torch.get_device(),
         rank=ctx.get_world_rank(),
         world_size=world,
+        gpu_share=config.get("gpu_share", 1.0),
         wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
     )
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        if resume_dir and _report_if_finished(resume_dir, cfg):
+        if resume_dir and _report_if_complete(Path(resume_dir), cfg):
             return
         sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
         data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
@@ -65,12 +69,13 @@ def worker_loop(config: dict[str, Any]) -> None:
         )
 
 
-def _report_if_finished(resume_dir: str, cfg: Config) -> bool:
-    """A run whose checkpoint is already at the last epoch (it finished after a sweep driver
-    stopped listening, e.g. at a Slurm wall time) reports its last epoch again, so that the
-    resumed Tune trial ends with its final metrics instead of those it last saw."""
-    payload = read_checkpoint(resume_dir)
-    if payload["epoch"] < cfg.epoch:
+def _report_if_complete(resume_dir: Path, cfg: Config) -> bool:
+    """A run restored from its final checkpoint has no epoch left to train, yet Tune needs a
+    result (the driver may have died after the checkpoint and before recording the trial):
+    report the last epoch's metrics again, from the checkpoint's history. Every rank calls
+    this, as ray.train.report is collective under Train V2."""
+    payload = read_checkpoint(resume_dir, flag="--resume")
+    if payload.get("epoch", 0) < cfg.epoch or not payload.get("history"):
         return False
     ray.train.report(payload["history"][-1])
     return True
@@ -105,6 +110,7 @@ def make_trainer(
             "threads": max(1, int(cpus_per_worker)),
             "wandb": wandb or {},
             "shared_data": shared_data,
+            "gpu_share": gpus_per_worker or 1.0,
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
