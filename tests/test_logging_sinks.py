@@ -134,7 +134,7 @@ def test_the_trial_function_passes_its_id_and_the_sweep_name_to_wandb(monkeypatc
     monkeypatch.setattr(wsl_tune, "EvaluationReportCallback", lambda: None)  # needs a session
     monkeypatch.setattr(wsl_tune.tune, "get_context", lambda: Context())
     experiment = str(tmp_path / "sweeps" / "wmse")
-    wsl_tune.make_trial(1, 0, 1, str(tmp_path / "sweeps"), experiment)({"lr": 1e-3})
+    wsl_tune.make_trial(1, 0, 1, experiment)({"lr": 1e-3})  # storage: the experiment folder
     assert seen["name"] == "train-ab12cd34_7"
     assert seen["wandb"] == {"run_id": "ab12cd34_7", "group": "wmse", "log_dir": experiment}
 

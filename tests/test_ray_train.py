@@ -57,7 +57,8 @@ def test_the_shared_dataset_is_mapped_read_only_from_the_object_store(local_ray)
     mapped = shared_dataset(shared, cfg)
     for role in ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y"):
         assert torch.equal(getattr(mapped, role), getattr(data, role))
-    assert not mapped.train_x.numpy().flags.writeable  # a view of the store, not a copy
+    stored = ray.get(shared["ref"])["arrays"]["train_x"]
+    assert not stored.flags.writeable and not stored.flags.owndata  # mapped from the store
     assert mapped.clf_x is mapped.train_x  # the default classifier set is not stored twice
     assert (mapped.mean, mapped.crop_size, mapped.num_classes) == (data.mean, 32, 10)
     assert shared_dataset(shared, Config(dataset="cifar10")) is None  # another dataset: load it
