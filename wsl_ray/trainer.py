@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
 import time
@@ -28,6 +27,7 @@ from .config import Config, validate_config
 from .data import Augment, ImageData, iterate_batches, load_dataset
 from .device import HostScalar, place_data, resolve_device, setup_device
 from .evaluate import evaluate_run
+from .logging_sinks import MetricSinks, open_sinks
 from .methods import BaseMethod, get_method
 from .methods.whitening import stats as whitening_stats
 
@@ -220,15 +220,6 @@ def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int =
     return get_method(cfg.method)(cfg, crop_size).to(device)
 
 
-def _wandb_run(cfg: Config, rank: int):
-    if not cfg.wandb or rank != 0:
-        return None
-    import wandb
-
-    os.environ.setdefault("WANDB_MODE", "offline")
-    return wandb.init(project=cfg.wandb, config=cfg.to_dict(), dir=cfg.out)
-
-
 def train(
     cfg: Config,
     reporter: Reporter | None = None,
@@ -236,8 +227,10 @@ def train(
     context: WorkerContext | None = None,
     data: ImageData | None = None,
     progress: bool = True,
+    sinks: MetricSinks | None = None,
 ) -> dict[str, Any]:
-    """Trains `cfg` to its last epoch (from a checkpoint folder if given).
+    """Trains `cfg` to its last epoch (from a checkpoint folder if given), logging each
+    epoch to `sinks` (default: wandb on rank 0 when --wandb names a project).
 
     Returns a summary: final and best metrics, epochs, time. Raises ConfigError before
     any work for an invalid configuration, NonFiniteLossError if the loss diverges.
@@ -277,7 +270,7 @@ def train(
     iters = len(data.train_x) // cfg.bs
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
-    wandb_run = _wandb_run(cfg, rank)
+    sinks = sinks or open_sinks(cfg, rank)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
@@ -340,6 +333,7 @@ def train(
             metrics["eval_time_s"] = time.perf_counter() - t_eval
         metrics["time_total_s"] = time.perf_counter() - start
         state.history.append(metrics)
+        sinks.log(metrics, step=state.epoch)  # before the report: a retry never leaves a gap
         ckpt_dir = None
         if state.epoch % cfg.ckpt_every == 0 or state.epoch == cfg.epoch:
             if rank == 0:
@@ -347,12 +341,9 @@ def train(
                 save_checkpoint(ckpt_dir, model, optimizer, state, cfg, gens)
             saved_epoch = state.epoch
         reporter.report(metrics, ckpt_dir)
-        if wandb_run is not None:
-            wandb_run.log(metrics, step=state.epoch)
         if progress and rank == 0:
             tqdm.write(_epoch_line(metrics, cfg.knn))
-    if wandb_run is not None:
-        wandb_run.finish()
+    sinks.close()
     return summarize(state.history, state.init_metrics)
 
 

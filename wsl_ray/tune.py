@@ -51,6 +51,7 @@ from .search_space import (
     parse_setting,
     parse_space,
 )
+from .shared_data import share_dataset
 from .trainer import initial_model
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
@@ -159,17 +160,28 @@ def diverged(err: BaseException) -> str | None:
     return None
 
 
-def make_trial(workers: int, gpus: float, cpus: float, experiment: str, metric: str):
+def make_trial(
+    workers: int,
+    gpus: float,
+    cpus: float,
+    experiment: str,
+    metric: str,
+    shared_data: dict[str, Any] | None = None,
+):
     """The Tune trainable: builds the trial's TorchTrainer and runs it to completion.
     Its Train run is `experiment/train-<trial_id>`; test metrics go to its trial folder.
-    Its Train run is `storage/train-<trial_id>` (storage: the experiment's folder).
 
     The trial's config is its whole training configuration (see SearchSpace.suggest),
     plus helper ratios that are not training flags. A run whose loss diverges ends the
     trial at once with one last result {diverged: True, metric: nan, message}: the trial
     function returns, so Tune does not retry it, while other failures raise and are
-    retried from the last checkpoint (--max-failures).
+    retried from the last checkpoint (--max-failures). Its wandb run (with --wandb) has
+    id = the trial id and group = the sweep's name, its files in the experiment folder
+    (or, for remote storage, the driver's working directory). `shared_data` is the
+    dataset the driver put in the object store, mapped by the trials instead of loaded.
     """
+    name = experiment.rstrip("/").rsplit("/", 1)[-1]
+    log_dir = experiment if "://" not in experiment else os.getcwd()
 
     def trial(trial_config: dict[str, Any]) -> None:
         cfg = Config.from_dict({k: v for k, v in trial_config.items() if k in CONFIG_KEYS})
@@ -184,6 +196,8 @@ def make_trial(workers: int, gpus: float, cpus: float, experiment: str, metric: 
             storage_path=experiment,
             name=f"train-{trial_id}",
             callbacks=[EvaluationReportCallback(f"{folder}/{TEST_FILE}")],
+            wandb={"run_id": trial_id, "group": name, "log_dir": log_dir},
+            shared_data=shared_data,
         )
         try:
             trainer.fit()
@@ -313,12 +327,16 @@ def asha_limits(epochs: int, eval_every: int, grace: int | None) -> tuple[int, i
     return epochs, min(grace, epochs)
 
 
-def run_sweep(args: argparse.Namespace, space: SearchSpace) -> Any:
+def run_sweep(
+    args: argparse.Namespace, space: SearchSpace, shared_data: dict[str, Any] | None = None
+) -> Any:
     """Runs (or resumes) the sweep and returns Tune's ResultGrid."""
     storage = storage_uri(args.storage)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpus()
     path = experiment_path(args)
-    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, path, args.metric)
+    trial = make_trial(
+        args.workers_per_trial, gpus, args.cpus_per_trial, path, args.metric, shared_data
+    )
     # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
     name = path.rsplit("/", 1)[-1]
@@ -471,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     confirmed = None
     try:
-        run_sweep(args, space)
+        # one copy per node, owned by this driver: a resumed sweep puts it again
+        run_sweep(args, space, share_dataset(data, default))
         if not args.resume:
             write_text(f"{path}/sweep.json", json.dumps({"metric": args.metric}))
         if args.confirm:
