@@ -14,7 +14,8 @@ from .config import Config, add_config_flags
 from .data import load_dataset
 from .evaluate import embed, knn_accuracy, linear_probe
 from .methods import get_method
-from .trainer import model_weights, read_checkpoint, resolve_device
+from .trainer import read_checkpoint, resolve_device
+from .weights import load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = get_method(cfg.method)(cfg, data.crop_size).to(device)
     if args.fname:
-        model.load_state_dict(model_weights(payload))
+        load_weights(model, payload)
     else:
         print("evaluating a randomly initialised encoder")
     train_f, train_y = embed(model, data.clf_x, data.clf_y, data.mean, data.std, device)

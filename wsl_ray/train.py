@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, add_config_flags, config_from_args, validate_config
+from .config import (
+    SYNC_BN_NEEDS_GPUS,
+    ConfigError,
+    add_config_flags,
+    config_from_args,
+    validate_config,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,17 +50,23 @@ def print_summary(summary: dict[str, Any], out: str) -> None:
     print(f"checkpoint and metrics: {out}")
 
 
+def _gpus_per_worker(args: argparse.Namespace) -> float:
+    """--gpus-per-worker, by default 1 where CUDA is available and 0 elsewhere."""
+    if args.gpus_per_worker is not None:
+        return args.gpus_per_worker
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
+
+
 def run_with_ray(cfg, args) -> dict[str, Any]:
     """Runs the loop as a Ray Train TorchTrainer; the summary comes from its last checkpoint."""
     import ray
-    import torch
 
     from .ray_train import make_trainer
     from .trainer import read_checkpoint, summarize
 
-    gpus = args.gpus_per_worker
-    if gpus is None:
-        gpus = 1 if torch.cuda.is_available() else 0
+    gpus = _gpus_per_worker(args)
     ray.init(ignore_reinit_error=True)
     storage = str(Path(cfg.out).resolve())
     trainer = make_trainer(
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         validate_config(cfg, workers=max(args.workers, 1))
     except ConfigError as err:
         parser.error(str(err))
+    if cfg.sync_bn and not (args.workers and _gpus_per_worker(args)):
+        parser.error(SYNC_BN_NEEDS_GPUS)
     os.environ.setdefault("WANDB_MODE", "offline")
     from .trainer import train
 

@@ -14,7 +14,8 @@ class BaseMethod(nn.Module):
 
     forward(views) takes k views (each [bs, 3, H, W]) of the same bs images and returns the
     scalar loss. As in the reference code, the encoder sees each view as its own batch
-    (its BatchNorm statistics are per view) and the head sees all views together.
+    (its BatchNorm statistics are per view) and the head sees all views together
+    (`project`), except in BYOL, whose head and predictor see each view on its own.
     """
 
     def __init__(self, cfg: Config, image_size: int):
