@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
+from test_trainer import our_lrs, reference_lrs
 
 from wsl_ray.config import Config
 from wsl_ray.optim import LARS, base_lr, build_optimizer, learning_rate
-
-from test_trainer import our_lrs, reference_lrs
 
 
 def multistep(cfg):
