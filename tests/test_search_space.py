@@ -15,7 +15,7 @@ def test_every_shipped_space_is_valid_and_starts_from_the_papers_defaults():
         space = load_space(name)
         space.check()
         first = Config(**space.resolve(space.first))
-        assert first.lr == 3e-3
+        assert first.lr == (0.05 if first.optimizer == "sgd" else 3e-3)  # the ImageNet recipe
         if first.method == "w_mse":
             assert (first.emb, first.w_size) == (64, 128)
 

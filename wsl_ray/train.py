@@ -34,7 +34,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 if CUDA")
     parser.add_argument("--cpus-per-worker", type=float, default=1)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="start from a paper's setting (wsl_ray/recipes.py, e.g. wmse4_cifar10); "
+        "flags given beside it override it",
+    )
     return parser
+
+
+def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parses argv; with --recipe, its values become the defaults and argv is parsed again."""
+    args = parser.parse_args(argv)
+    if args.recipe:
+        from .recipes import get_recipe
+
+        try:
+            recipe = get_recipe(args.recipe)
+        except ValueError as err:
+            parser.error(str(err))
+        print(f"recipe {recipe.name} ({recipe.source}): {recipe.line}", file=sys.stderr)
+        parser.set_defaults(**recipe.values())
+        args = parser.parse_args(argv)
+    return args
 
 
 def print_summary(summary: dict[str, Any], out: str) -> None:
@@ -80,7 +102,7 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_with_recipe(parser, argv)
     cfg = config_from_args(args)
     try:
         validate_config(cfg, workers=max(args.workers, 1))
