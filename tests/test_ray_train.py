@@ -36,3 +36,19 @@ def test_two_worker_cpu_run_completes_and_reports(local_ray, tmp_path):
     with result.checkpoint.as_directory() as folder:
         saved = torch.load(os.path.join(folder, CHECKPOINT_FILE))
     assert saved["epoch"] == 1 and saved["config"]["bs"] == 64
+
+
+def test_lincls_runs_as_a_two_worker_ray_train_job(local_ray, tmp_path):
+    from wsl_ray.lincls import build_parser, run_with_ray
+    from wsl_ray.trainer import initial_model
+
+    cfg = Config(dataset="shapes", arch="resnet18_w8", emb=8, w_size=32, head_size=32, bs=64)
+    ckpt = tmp_path / "ssl.pt"
+    torch.save({"model": initial_model(cfg, 32, torch.device("cpu")).state_dict(),
+                "config": cfg.to_dict()}, ckpt)  # fmt: skip
+    args = build_parser().parse_args(
+        ["--fname", str(ckpt), "--subset", "256", "--epochs", "1", "--bs", "64",
+         "--workers", "2", "--out", str(tmp_path / "lincls")]
+    )  # fmt: skip
+    summary = run_with_ray(args)  # 2 DDP ranks of 32 images a batch, over gloo
+    assert summary["epochs"] == 1 and 0 <= summary["acc1"] <= summary["acc5"] <= 1
