@@ -12,23 +12,23 @@ from wsl_ray.data import load_dataset
 from wsl_ray.lincls import CHECKPOINT_FILE, accuracy, cosine_lr, main
 from wsl_ray.trainer import initial_model
 
-ARGS = ["--subset", "1024", "--bs", "32", "--lr", "0.05", "--crop_s0", "0.5"]
+ARGS = ["--subset", "512", "--bs", "32", "--lr", "0.05", "--crop_s0", "0.5"]
 
 
 @pytest.fixture(scope="module")
 def encoder_checkpoint(tmp_path_factory):
-    """Our checkpoint format around an encoder given 3 quick supervised epochs on shapes:
-    frozen features that a linear layer can use (random ones are at chance on shapes)."""
+    """Our checkpoint format around a narrow encoder given 4 quick supervised epochs on
+    shapes: frozen features that a linear layer can use (random ones are at chance)."""
     os.environ["WSL_RAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    data = load_dataset("shapes").subset(1024)
-    cfg = Config(dataset="shapes", arch="resnet18_w8", emb=16, head_size=32, bs=64, w_size=32)
+    data = load_dataset("shapes").subset(512)
+    cfg = Config(dataset="shapes", arch="resnet18_w4", emb=16, head_size=32, bs=64, w_size=32)
     model = initial_model(cfg, 32, torch.device("cpu"))
     head = torch.nn.Linear(model.out_size, 10)
     opt = torch.optim.Adam([*model.model.parameters(), *head.parameters()], lr=3e-3)
     mean, std = torch.tensor(data.mean)[:, None, None], torch.tensor(data.std)[:, None, None]
     x = (data.train_x.float() / 255 - mean) / std
     gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
+    for _ in range(4):
         for idx in torch.randperm(len(x), generator=gen).split(32):
             loss = F.cross_entropy(head(model.model(x[idx])), data.train_y[idx])
             opt.zero_grad()
@@ -51,7 +51,7 @@ def two_epochs(encoder_checkpoint, tmp_path_factory):
 def test_a_few_epochs_beat_chance_by_a_margin(two_epochs):
     history = [json.loads(line) for line in (two_epochs / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in history] == [1, 2]
-    assert history[-1]["acc1"] > 0.25  # chance: 0.10
+    assert history[-1]["acc1"] > 0.2  # chance: 0.10
     assert history[-1]["acc5"] >= history[-1]["acc1"]
     assert history[0]["lr"] == pytest.approx(0.05 * 32 / 256)
 
