@@ -12,6 +12,7 @@ Parquet file written by `collect`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,9 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_out(out: str, folder: bool) -> None:
+    """Raises ValueError, before any work, when --out cannot be written: a local file needs
+    an existing writable folder, a folder is created (URIs are left to their filesystem)."""
+    if "://" in out:
+        return
+    path = Path(out).expanduser()
+    if folder:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"--out {out}: cannot create this folder ({err.strerror})") from None
+    parent = path if folder else path.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or path.is_dir() and not folder:
+        raise ValueError(f"--out {out}: cannot write a file there")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("collect", "plots"):
+            check_out(args.out, folder=args.command == "plots")
         if args.command == "collect":
             table = load(args.experiments)
             write(table, args.out)

@@ -13,16 +13,28 @@ from typing import Any
 
 import pyarrow as pa
 
-METHOD_NAMES = {"w_mse": "W-MSE", "cw_rgp": "CW-RGP", "contrastive": "Contrastive", "byol": "BYOL"}
+from wsl_ray.family import FAMILY_METHODS, family_of
+
+METHOD_NAMES = {
+    "w_mse": "W-MSE", "cw_rgp": "CW-RGP", "contrastive": "Contrastive", "byol": "BYOL",
+    "whitened_mse": "Whitened MSE", "barlow_twins": "Barlow Twins", "vicreg": "VICReg",
+    "simsiam": "SimSiam", "zero_icl": "zero-ICL",
+}  # fmt: skip
 # config columns that do not define a configuration: what repeats differ in
 NOT_CONFIG = {"config/seed", "config/out", "config/data_dir", "config/wandb", "config/device"}
 
 
 def method_label(row: dict[str, Any]) -> str:
-    """'W-MSE 4' for W-MSE with 4 views, as the papers name them."""
-    name = METHOD_NAMES.get(row.get("method"), str(row.get("method")))
+    """'W-MSE 4' for W-MSE with 4 views, as the papers name them; a whitened_mse row names
+    its whitening, e.g. 'Whitened MSE (ZCA channel, 4 random groups) 2', so that tables
+    group the whitening family's trials by matrix, axis and grouping."""
+    method = row.get("method")
+    name = METHOD_NAMES.get(method, str(method))
+    if method == "whitened_mse":
+        config = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+        name += f" ({family_of(config | {'method': method}).label})"
     views = row.get("config/num_samples") or 2  # the default when a sweep did not set it
-    return f"{name} {views}" if row.get("method") in ("w_mse", "cw_rgp") else name
+    return f"{name} {views}" if method in FAMILY_METHODS else name
 
 
 def _pct(value: float | None) -> str:

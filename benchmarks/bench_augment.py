@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import append_results, table
 from wsl_ray.data import Augment, load_dataset
+from wsl_ray.device import resolve_device
 
 
 class PILViews(Dataset):
@@ -59,7 +60,7 @@ def reference_views_per_s(x, size, mean, std, k, bs) -> float:
 
 
 def ours_views_per_s(x, size, mean, std, k, bs, device, compile) -> float:
-    aug = Augment(size, mean, std, num_samples=k, compile=compile)
+    aug = Augment(size, mean, std, num_samples=k, compile=compile, device=device)
     x = x.to(device)
     batches = x[: len(x) - len(x) % bs].split(bs)
     aug(batches[0])  # warm-up (and compilation)
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = load_dataset(args.dataset, args.data_dir)
     x, k, size = data.train_x[: args.images], args.num_samples, data.crop_size
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    gpu = [resolve_device("cuda")] if torch.cuda.is_available() else []
+    devices = [torch.device("cpu"), *gpu]
     ours = {  # measured before the reference, whose worker processes would compete
         (device.type, compile): ours_views_per_s(
             x, size, data.mean, data.std, k, args.bs, device, compile

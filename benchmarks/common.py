@@ -9,7 +9,12 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+# Results go to the repository's BENCHMARKS.md, or where WSL_RAY_BENCHMARKS_MD says (a GPU
+# session writes them under its output folder, the only thing that comes back).
+BENCHMARKS_MD = Path(
+    os.environ.get("WSL_RAY_BENCHMARKS_MD")
+    or Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+)
 
 
 def hardware(device: torch.device) -> str:

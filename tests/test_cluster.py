@@ -1,6 +1,11 @@
-"""Cluster configs against Ray's own validator, the KubeRay manifest, and the sweep entry."""
+"""Cluster configs against Ray's own validator, the KubeRay manifest, and the sweep entry.
+
+The configs take per-user settings (${WSL_RAY_...}) that cluster/render.py fills in from the
+environment; they are validated as rendered with example settings.
+"""
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +16,33 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
+sys.path.insert(0, str(CLUSTER))
+from fetch_data import main as fetch_data  # noqa: E402
+from render import main as render_main  # noqa: E402
+from render import render  # noqa: E402
+
+SETTINGS = {
+    "WSL_RAY_AMI": "ami-0123456789abcdef0", "WSL_RAY_GCP_PROJECT": "my-project",
+    "WSL_RAY_HEAD_IP": "10.0.0.10", "WSL_RAY_WORKER_IPS": "[10.0.0.11, 10.0.0.12]",
+    "WSL_RAY_SSH_USER": "researcher", "WSL_RAY_DATA": "s3://my-bucket/datasets",
+    "WSL_RAY_SOURCE": "https://example.org/wsl-ray.zip",
+}  # fmt: skip
+DOCKERFILE = (CLUSTER / "Dockerfile").read_text()
+RAY_VERSION = re.search(r"FROM rayproject/ray:(\d+\.\d+\.\d+)-", DOCKERFILE)[1]
+LAUNCHER = ["cluster.yaml", "cluster-gcp.yaml", "cluster-local.yaml"]
 
 
-@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-gcp.yaml", "cluster-local.yaml"])
+def rendered(name: str, **settings) -> dict:
+    return yaml.safe_load(render((CLUSTER / name).read_text(), SETTINGS | settings))
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
 def test_launcher_configs_pass_rays_validator(name):
-    config = yaml.safe_load((CLUSTER / name).read_text())
+    config = rendered(name)
     validate_config(prepare_config(copy.deepcopy(config)))
-    assert any("pip install" in c and "wsl-ray" in c for c in config["setup_commands"])
+    setup = config["setup_commands"]
+    assert any("pip install" in c and "wsl-ray" in c for c in setup)
+    assert any("fetch_data.py" in c and "s3://my-bucket/datasets" in c for c in setup)
     assert config["file_mounts"]
     if config["provider"]["type"] != "local":
         workers = [
@@ -26,19 +51,63 @@ def test_launcher_configs_pass_rays_validator(name):
         assert any(t["resources"].get("GPU") == 1 and t["min_workers"] == 0 for t in workers)
         for node_type in config["available_node_types"].values():
             assert all(isinstance(v, int) for v in node_type["resources"].values())
+        # a public image at the pinned Ray version, with the project installed by setup
+        assert config["docker"]["image"] == f"rayproject/ray:{RAY_VERSION}-py311-gpu"
 
 
-def test_aws_config_has_a_docker_option():
-    config = yaml.safe_load((CLUSTER / "cluster.yaml").read_text())
-    assert config["docker"]["image"] and config["docker"]["container_name"]
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_dashboard_stays_on_localhost_with_token_auth(name):
+    config = rendered(name)
+    (head,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in head
+    starts = [c for k in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in config[k] if "ray start" in c]  # fmt: skip
+    assert all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert any(target.endswith(".ray/auth_token") for target in config["file_mounts"])
+    assert "0.0.0.0" not in (CLUSTER / name).read_text()
 
 
-def test_kuberay_job_runs_the_sweep_entry():
-    job = yaml.safe_load((CLUSTER / "kuberay.yaml").read_text())
+def test_aws_config_reads_the_ami_from_the_environment(monkeypatch, capsys):
+    assert rendered("cluster.yaml")["available_node_types"]["head"]["node_config"]["ImageId"] == (
+        SETTINGS["WSL_RAY_AMI"]
+    )
+    monkeypatch.delenv("WSL_RAY_AMI", raising=False)
+    assert render_main([str(CLUSTER / "cluster.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "export WSL_RAY_AMI=" in err and "Ubuntu 22.04" in err
+    no_data = rendered("cluster.yaml", WSL_RAY_DATA="")  # data is optional: shapes needs none
+    assert any('fetch_data.py "" ' in c for c in no_data["setup_commands"])
+
+
+def test_data_copy_fails_loudly_and_copies_a_folder(tmp_path, capsys):
+    assert fetch_data([str(tmp_path / "missing"), str(tmp_path / "data")]) == 1
+    assert "copying the datasets from" in capsys.readouterr().err
+    (tmp_path / "src" / "cifar-10-batches-py").mkdir(parents=True)
+    (tmp_path / "src" / "cifar-10-batches-py" / "test_batch").write_text("x")
+    assert fetch_data([str(tmp_path / "src"), str(tmp_path / "data")]) == 0
+    assert (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").read_text() == "x"
+    assert fetch_data(["", str(tmp_path / "none")]) == 0
+
+
+def test_kuberay_job_runs_the_sweep_on_public_images_with_data_on_the_head():
+    job = rendered("kuberay.yaml")
     assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
-    assert job["spec"]["entrypoint"].startswith("python cluster/sweep.py --space wmse")
-    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert job["spec"]["entrypoint"].startswith("python -m wsl_ray.tune --space wmse")
+    assert "--data_dir /data" in job["spec"]["entrypoint"]
+    runtime = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert runtime["working_dir"] == SETTINGS["WSL_RAY_SOURCE"] and runtime["pip"]
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == RAY_VERSION
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    workers = cluster["workerGroupSpecs"][0]["template"]["spec"]
+    assert workers["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    for pod in (head, workers):
+        (container,) = pod["containers"]
+        assert container["image"].startswith(f"rayproject/ray:{RAY_VERSION}-py311")
+        assert {"name": "data", "mountPath": "/data", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+        assert pod["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
 
 
 def test_sweep_entry_takes_the_tune_flags():

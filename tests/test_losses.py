@@ -1,4 +1,4 @@
-"""The losses against float64 recomputations of the reference code's formulas."""
+"""The losses against float64 recomputations of the reference code's and papers' formulas."""
 
 import math
 from itertools import combinations
@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from wsl_ray.methods.byol import target_tau
-from wsl_ray.methods.losses import byol_loss, contrastive_loss, cwrgp_loss, wmse_loss
+from wsl_ray.methods.losses import (
+    barlow_twins_loss,
+    byol_loss,
+    contrastive_loss,
+    cwrgp_loss,
+    simsiam_loss,
+    vicreg_loss,
+    whitened_mse_loss,
+    wmse_loss,
+    zero_icl_loss,
+)
 
 
 def views(gen, k=2, bs=64, emb=8):
@@ -131,3 +141,155 @@ def test_byol_target_tau_schedule():
     assert target_tau(0.5, 0.99) == pytest.approx(0.995)
     assert target_tau(1.0, 0.99) == pytest.approx(1.0)
     assert target_tau(0.5, 0.9) == pytest.approx(0.95)
+
+
+# --- the whitening family, worker shares, and the methods of the CW-RGP study ---------------
+
+
+def np_whiten(x, matrix, axis, minus=1):
+    """One slice [n, d] whitened by the family's definitions, in float64 numpy."""
+    if matrix == "none":
+        return x
+    if axis == "channel":  # centre each sample over its channels, whiten the n x n covariance
+        return np_whiten(x.T - x.mean(1), matrix, "batch", minus).T
+    xc = x - x.mean(0)
+    cov = xc.T @ xc / (len(x) - minus)
+    if matrix == "bn":
+        return xc / np.sqrt(np.diag(cov))
+    if matrix == "cholesky":
+        return (np.linalg.inv(np.linalg.cholesky(cov)) @ xc.T).T
+    s, u = np.linalg.eigh(cov)  # zca
+    return xc @ (u / np.sqrt(s) @ u.T)
+
+
+def norm_mse_np(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return 2 - 2 * (a * b).sum(1).mean()
+
+
+@pytest.mark.parametrize(
+    "matrix, axis, minus",
+    [("cholesky", "batch", 1), ("zca", "batch", 0), ("bn", "batch", 1), ("none", "batch", 1),
+     ("zca", "channel", 1), ("cholesky", "channel", 0)],
+)  # fmt: skip
+def test_whitened_mse_with_full_batch_equals_the_family_formula(gen, matrix, axis, minus):
+    emb = 8 if axis == "batch" else 48
+    vs = [v.double() for v in views(gen, k=3, bs=32, emb=emb)]
+    got = whitened_mse_loss(vs, 32, matrix, axis, minus=minus, generator=gen_at(2)).item()
+    perm = torch.rand(1, 32, generator=gen_at(2)).argsort(-1)[0]  # Cholesky is order-dependent
+    z = [np_whiten(v[perm].numpy(), matrix, axis, minus) for v in vs]
+    expected = np.mean([norm_mse_np(a, b) for a, b in combinations(z, 2)])
+    assert got == pytest.approx(expected, rel=1e-7, abs=1e-9)
+
+
+def test_w_mse_and_cw_rgp_losses_are_settings_of_the_family(gen):
+    vs = views(gen, bs=64, emb=32)
+    family = whitened_mse_loss(vs, 16, "cholesky", "batch", w_iter=2, generator=gen_at(3))
+    assert wmse_loss(vs, 16, w_iter=2, generator=gen_at(3)).item() == family.item()
+    family = whitened_mse_loss(vs, 4, "zca", "channel", 2, True, generator=gen_at(4))
+    assert cwrgp_loss(vs, 4, 2, generator=gen_at(4)).item() == pytest.approx(family.item())
+
+
+def gen_at(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("settings", [("cholesky", "batch", 2, False), ("zca", "channel", 2, True)])
+def test_worker_shares_of_the_whitened_mse_average_to_the_global_loss(gen, settings):
+    """Every share whitens the same sub-batches (same generator seed); the mean over the
+    workers' rows is the global loss, and each share's gradient is its rows' part."""
+    emb = 8 if settings[1] == "batch" else 32
+    h = torch.stack(views(gen, k=3, bs=48, emb=emb)).double().requires_grad_()
+    full = whitened_mse_loss(h, 16, *settings, w_iter=2, generator=gen_at(7))
+    shares = [
+        whitened_mse_loss(h, 16, *settings, w_iter=2, generator=gen_at(7), share=(r, 3))
+        for r in range(3)
+    ]
+    assert torch.stack(shares).mean().item() == pytest.approx(full.item(), rel=1e-12)
+    (g_full,) = torch.autograd.grad(full, h)
+    (g_shares,) = torch.autograd.grad(sum(shares) / 3, h)
+    assert torch.allclose(g_full, g_shares, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(shares[0], shares[1])  # each covers different rows
+
+
+def test_contrastive_shares_use_all_negatives_and_average_to_the_global_loss(gen):
+    vs = views(gen, k=3, bs=12)
+    full = contrastive_loss(vs, tau=0.3).item()
+    shares = [contrastive_loss(vs, tau=0.3, share=(r, 2)).item() for r in range(2)]
+    assert np.mean(shares) == pytest.approx(full, rel=1e-6)
+    # rank 1's share by definition: anchors 6..11 of both views, all 2N - 1 candidates
+    a, b = (torch.nn.functional.normalize(v.double(), dim=1) for v in vs[:2])
+
+    def logits(x, y, i):  # anchor x[i] against y (positive y[i]) and x without x[i]
+        self_masked = (x[i] @ x.T).index_fill(0, torch.tensor(i), -torch.inf)
+        return torch.cat([x[i] @ y.T, self_masked]) / 0.3
+
+    terms = [
+        -torch.log_softmax(logits(x, y, i), 0)[i] for i in range(6, 12) for x, y in ((a, b), (b, a))
+    ]
+    pair01 = contrastive_loss(vs[:2], tau=0.3, share=(1, 2)).item()
+    assert pair01 == pytest.approx(torch.stack(terms).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", ["emb", "batch"])
+def test_barlow_twins_equals_its_formula(gen, scale):
+    z1, z2 = views(gen, bs=32, emb=8)
+    a, b = z1.double().numpy(), z2.double().numpy()
+    c = a.T @ b / (8 if scale == "emb" else 32)
+    off = c - np.diag(np.diag(c))
+    expected = ((np.diag(c) - 1) ** 2).sum() + 0.008 * (off**2).sum()
+    got = barlow_twins_loss([z1.double(), z2.double()], 0.008, scale).item()
+    assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_vicreg_equals_its_formula(gen):
+    z1, z2 = (v.double() * 0.5 for v in views(gen, bs=32, emb=8))
+    a, b = z1.numpy(), z2.numpy()
+    inv = ((a - b) ** 2).mean()
+    var = sum(np.maximum(0, 1 - np.sqrt(z.var(0, ddof=1) + 1e-4)).mean() for z in (a, b))
+    cov = 0.0
+    for z in (a, b):
+        c = np.cov(z, rowvar=False)
+        cov += ((c - np.diag(np.diag(c))) ** 2).sum() / 8
+    expected = 25 * inv + 25 * var + 1 * cov
+    assert vicreg_loss([z1, z2]).item() == pytest.approx(expected, rel=1e-10)
+    assert vicreg_loss([z1, z2], 1.0, 2.0, 3.0).item() == pytest.approx(
+        inv + 2 * var + 3 * cov, rel=1e-10
+    )
+
+
+def test_simsiam_is_the_symmetric_negative_cosine_with_stop_gradient(gen):
+    p = [v.double().requires_grad_() for v in views(gen)]
+    z = [v.double().requires_grad_() for v in views(gen)]
+    cos = lambda x, y: (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))  # noqa: E731
+    expected = -(cos(p[0], z[1]).mean() + cos(p[1], z[0]).mean()) / 2
+    loss = simsiam_loss(p, z)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    loss.backward()
+    assert p[0].grad is not None and z[0].grad is None and z[1].grad is None
+
+
+def test_zero_icl_equals_the_reference_formula_with_a_detached_whitening(gen):
+    z1, z2 = (v.double().requires_grad_() for v in views(gen, bs=16, emb=32))
+
+    def whitening(z):  # per-sample standardisation, ZCA of 0.9 G + 0.1 I, G = z z^T / (d - 1)
+        z = (z - z.mean(1, keepdim=True)) / z.std(1, keepdim=True)
+        s, u = np.linalg.eigh(
+            0.9 * z.detach().numpy() @ z.detach().numpy().T / 31 + 0.1 * np.eye(16)
+        )
+        return z, torch.from_numpy(u @ np.diag(1 / np.sqrt(s + 1e-5)) @ u.T)
+
+    (s1, w1), (s2, w2) = whitening(z1), whitening(z2)
+    expected = (((w1 @ s1) * (w2 @ s2)).sum(1) / 32 - 1).pow(2).sum()  # W constant here
+    loss = zero_icl_loss([z1, z2])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    grads = torch.autograd.grad(loss, (z1, z2))
+    expected_grads = torch.autograd.grad(expected, (z1, z2))
+    assert all(torch.allclose(g, e, rtol=1e-8) for g, e in zip(grads, expected_grads, strict=True))
+
+
+@pytest.mark.parametrize("loss", [barlow_twins_loss, vicreg_loss, zero_icl_loss])
+def test_two_view_losses_refuse_other_numbers_of_views(gen, loss):
+    with pytest.raises(ValueError, match="exactly 2 views, got 3"):
+        loss(views(gen, k=3))

@@ -1,10 +1,26 @@
 """Every method trains: forward, backward, and a falling loss on a fixed batch."""
 
+import argparse
+import re
+
+import pyarrow as pa
 import pytest
 import torch
 
-from wsl_ray.config import METHODS, Config
-from wsl_ray.methods import get_method
+from analysis.tables import paper_table
+from wsl_ray import family
+from wsl_ray.config import (
+    METHODS,
+    TWO_VIEW_METHODS,
+    Config,
+    ConfigError,
+    add_config_flags,
+    config_from_args,
+    given_config_keys,
+    validate_config,
+)
+from wsl_ray.family import Family, family_of
+from wsl_ray.methods import get_method, whitening
 from wsl_ray.models import get_encoder, get_head
 
 SMALL = dict(arch="resnet18_w8", bs=32, emb=8, w_size=16, head_size=32, groups=2)
@@ -91,3 +107,136 @@ def test_head_layout():
     assert head(torch.randn(2, 512)).shape == (2, 64)
     kinds = [type(m).__name__ for m in get_head(512, 64)]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+
+
+# --- the whitening family and the methods of the CW-RGP study --------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, flags, family",
+    [
+        ("w_mse", {}, Family("cholesky", "batch", 1, False, 1)),
+        ("w_mse", dict(w_axis="batch", w_matrix="cholesky", groups=2),
+         Family("cholesky", "batch", 1, False, 1)),
+        ("cw_rgp", dict(groups=4), Family("zca", "channel", 4, True, 1)),
+        ("whitened_mse", {}, Family("cholesky", "batch", 4, False, 1)),
+        ("whitened_mse", dict(w_matrix="pca", w_axis="channel", w_random_groups=True, minus=0),
+         Family("pca", "channel", 4, True, 0)),
+    ],
+)  # fmt: skip
+def test_presets_and_flags_choose_the_whitening(method, flags, family):
+    cfg = Config(method=method, **flags)
+    assert family_of(cfg.to_dict()) == get_method(method)(small(cfg), 16).family == family
+
+
+def small(cfg: Config) -> Config:
+    cfg.arch, cfg.head_size = "resnet18_w8", 32
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(method="w_mse", w_axis="channel"), "--method w_mse is --method whitened_mse "
+         "--w_matrix cholesky --w_axis batch --groups 1; --w_axis channel contradicts it: use "
+         "--method whitened_mse"),
+        (dict(method="cw_rgp", emb=512, w_size=64, w_matrix="pca", minus=0),
+         "--w_matrix pca, --minus 0 contradicts"),
+        (dict(method="w_mse", w_random_groups=True), "--w_random_groups True contradicts"),
+        (dict(method="whitened_mse", groups=3), "--groups 3 must divide --emb 64"),
+        (dict(method="whitened_mse", groups=1, w_size=64), "batch whitening needs --w_size > "
+         "channels per group: --w_size 64 <= --emb 64 / --groups 1 = 64; e.g. --w_size 128"),
+        (dict(method="whitened_mse", w_axis="channel", groups=1), "channel whitening needs "
+         "channels per group > --w_size: --emb 64 / --groups 1 = 64 <= --w_size 128"),
+        (dict(method="whitened_mse", w_matrix="bn", groups=2), "--w_matrix bn takes no groups"),
+        (dict(method="whitened_mse", w_matrix="svd"), "--w_matrix svd: choose one of cholesky"),
+        (dict(method="vicreg", num_samples=4), "--method vicreg takes exactly 2 views"),
+        (dict(method="cw_rgp", emb=512, w_size=64, w_eps=1.0), "--w_eps 1.0: the covariance"),
+        (dict(method="byol", whiten_global=True), "--whiten_global is for --method w_mse or"),
+        (dict(method="w_mse", global_negatives=True), "--global_negatives is for --method "
+         "contrastive"),
+        (dict(method="barlow_twins", barlow_scale="dim"), "--barlow_scale dim: choose emb or"),
+    ],
+)  # fmt: skip
+def test_family_and_method_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(Config(**overrides))
+
+
+def test_whiten_global_splits_the_global_batch_not_the_workers_share():
+    cfg = Config(bs=256, emb=64, w_size=256)
+    with pytest.raises(ConfigError, match="must divide the per-worker batch 128"):
+        validate_config(cfg, workers=2)
+    cfg.whiten_global = True
+    validate_config(cfg, workers=2)
+    cfg.w_size = 192
+    with pytest.raises(ConfigError, match="must divide the batch 256 .*e.g. --w_size 128"):
+        validate_config(cfg, workers=2)
+
+
+def test_method_defaults_fill_only_the_flags_the_user_did_not_set():
+    parser = add_config_flags(argparse.ArgumentParser())
+
+    def from_argv(*argv):
+        return config_from_args(parser.parse_args(argv), given_config_keys(argv))
+
+    assert from_argv("--method", "vicreg").emb == 512  # the CW-RGP code's base/cfg.py
+    assert from_argv("--method", "vicreg", "--emb", "64").emb == 64  # the default, but given
+    assert from_argv("--method", "w_mse").emb == 64
+    assert from_argv("--method", "whitened_mse").groups == 1  # W-MSE's whitening by default
+    assert from_argv("--method", "whitened_mse", "--groups", "4").groups == 4
+    assert (
+        Config.from_dict({"method": "zero_icl", "lr": 3e-3}).to_dict()
+        == Config(method="zero_icl", lr=3e-3, emb=512).to_dict()
+    )
+    for method in TWO_VIEW_METHODS:  # their defaults are valid
+        validate_config(Config.from_dict({"method": method}))
+
+
+def test_barlow_twins_batch_norm_follows_the_scale_option():
+    cfg = small(Config(method="barlow_twins", emb=8))
+    assert get_method("barlow_twins")(cfg, 16).bn.affine
+    cfg.barlow_scale = "batch"
+    assert not get_method("barlow_twins")(cfg, 16).bn.affine
+
+
+def test_simsiam_projector_and_predictor_layout():
+    model = get_method("simsiam")(small(Config(method="simsiam", emb=16)), 16)
+    kinds = [type(m).__name__ for m in model.head]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear", "BatchNorm1d"]
+    assert not model.head[-1].affine and model.head[0].bias is None
+    assert model.pred[0].out_features == 512 and model.pred[-1].out_features == 16
+
+
+def test_two_view_methods_project_each_view_with_its_own_batch_statistics():
+    model = get_method("vicreg")(small(Config(method="vicreg", emb=8)), 16)
+    a, b = torch.randn(8, 3, 16, 16), 5 + 3 * torch.randn(8, 3, 16, 16)
+    z = model.project([a, b])
+    assert torch.allclose(z[1], model.project([b, a])[0])  # per view: the order does not matter
+
+
+def test_the_paper_table_groups_the_whitening_family_by_its_settings():
+    def row(acc, method="whitened_mse", **config):
+        cells = {f"config/{k}": v for k, v in config.items()}
+        return {"method": method, "dataset": "cifar10", "acc": acc, "acc_knn": acc} | cells
+
+    zca = dict(w_matrix="zca", w_axis="channel", groups=4, w_random_groups=True)
+    table = pa.Table.from_pylist([
+        row(0.50, **zca, w_size=64), row(0.60, **zca, w_size=32),  # one setting, best is kept
+        row(0.40, **zca | dict(w_random_groups=False), w_size=64),
+        row(0.30, w_matrix="pca", w_axis="batch", groups=2, w_size=128),
+        row(0.20, w_size=128),  # flags left unset: W-MSE's whitening
+        row(0.55, method="w_mse", w_size=128),
+    ])  # fmt: skip
+    rows = {r["method"]: r["cifar10"] for r in paper_table(table)}
+    assert rows == {
+        "Whitened MSE (ZCA channel, 4 random groups) 2": "60.00 / 60.00",
+        "Whitened MSE (ZCA channel, 4 groups) 2": "40.00 / 40.00",
+        "Whitened MSE (PCA batch, 2 groups) 2": "30.00 / 30.00",
+        "Whitened MSE (Cholesky batch) 2": "20.00 / 20.00",
+        "W-MSE 2": "55.00 / 55.00",
+    }
+
+
+def test_the_family_names_match_the_whitening_operators():
+    assert (family.MATRICES, family.AXES) == (whitening.MATRICES, whitening.AXES)

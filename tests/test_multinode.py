@@ -1,7 +1,8 @@
 """A sweep submitted as a Ray Job to a 3-node cluster on loopback survives losing a node.
 
-The cluster is three `ray start` processes on 127.0.0.1: a head with no CPUs (it runs the
-job's driver, so trials can only train on the workers) and two 1-CPU worker nodes. Trials run
+The cluster is this test's own three nodes on 127.0.0.1 (ray.cluster_utils.Cluster): a head
+with no CPUs (it runs the job's driver, so trials can only train on the workers) and two
+1-CPU worker nodes. Trials run
 one at a time; mid-sweep the raylet of the node where the running trial trains is SIGKILLed,
 which takes every process of that node with it. Tune must retry the lost trial from its
 checkpoint on the other node, and keep every finished result.
@@ -10,34 +11,22 @@ checkpoint on the other node, and keep every finished result.
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_tune import RAY, RAY_ENV, SPACE, trial_epochs, wait_for
+from conftest import own_ray_cluster
+from test_tune import RAY_ENV, SPACE, trial_epochs, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD, DASHBOARD = "127.0.0.1:6392", "http://127.0.0.1:8272"
 EPOCHS, TRIALS = 6, 3
-
-
-def ray_start(*args: str) -> None:
-    env = dict(os.environ, **RAY_ENV)
-    cmd = [RAY, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *args]
-    subprocess.run(cmd, check=True, env=env, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def three_nodes():
-    port, dashboard_port = HEAD.rsplit(":")[-1], DASHBOARD.rsplit(":")[-1]
-    ray_start("--head", "--port", port, "--num-cpus", "0",
-              "--include-dashboard", "true", "--dashboard-port", dashboard_port)  # fmt: skip
-    for _ in range(2):
-        ray_start("--address", HEAD, "--num-cpus", "1")
-    yield
-    subprocess.run([RAY, "stop", "--force"], env=dict(os.environ, **RAY_ENV), capture_output=True)
+    with own_ray_cluster(0, (1, 1)) as cluster:
+        yield cluster
 
 
 def parent(pid: int) -> tuple[int, str]:
@@ -69,12 +58,13 @@ def train_worker_raylet(client_address: str) -> int | None:
 
 @pytest.mark.timeout(900)
 def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
+    head, dashboard = three_nodes.address, f"http://{three_nodes.webui_url}"
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     space = tmp_path / "tiny.yaml"
     space.write_text(SPACE)
     storage = tmp_path / "sweeps"
-    client = JobSubmissionClient(DASHBOARD)
+    client = JobSubmissionClient(dashboard)
     job = client.submit_job(
         entrypoint=(
             f"{sys.executable} {ROOT / 'cluster' / 'sweep.py'} --space {space} --storage {storage} "
@@ -98,7 +88,7 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
     wait_for(lambda: (finished() and running()) or job_ended(), timeout=500)
     assert not job_ended(), client.get_job_logs(job)[-3000:]
     (victim,), before = running(), finished()
-    raylet = train_worker_raylet(HEAD)
+    raylet = train_worker_raylet(head)
     assert raylet is not None, "the running trial has no live Train worker"
     os.kill(raylet, signal.SIGKILL)
 

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from wsl_ray.config import Config, validate_config
-from wsl_ray.search_space import SPACES_DIR, SpaceError, load_space
+from wsl_ray.search_space import SPACES_DIR, SpaceError, load_space, parse_setting
 
 SPACES = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
@@ -128,3 +128,43 @@ def test_set_pins_a_searched_parameter_to_one_value():
         derived = space.suggest(trial)
         assert Config(**space.resolve(trial.params | derived)).emb == 32
         study.tell(trial, 0.0)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [  # inside a range: neither end breaks a constraint, a value between does
+        ("bs: {distribution: int, low: 256, high: 512, step: 64}",
+         "bs=320: --w_size 128 must divide the per-worker batch 320"),
+        ("lr: {distribution: uniform, low: -1.0e-4, high: 1.0e-2}",
+         "lr=-0.0001: --lr -0.0001: must be a number > 0"),
+    ],
+)  # fmt: skip
+def test_every_value_a_space_can_produce_is_checked(tmp_path, params, message):
+    text = f"""
+config: {{method: w_mse, bs: 512, lr: 1.0e-3}}
+params:
+  emb: {{distribution: categorical, choices: [64]}}
+  w_ratio: {{distribution: categorical, choices: [2]}}
+  {params}
+derived: {{w_size: emb * w_ratio}}
+"""
+    space = load_space(write(tmp_path, text))
+    with pytest.raises(SpaceError, match=message):
+        space.check()
+
+
+def test_a_space_without_first_point_has_a_default_one(tmp_path):
+    text = BASE.replace("first:", "# first:")
+    space = load_space(write(tmp_path, text))
+    point = space.default_point()  # lower bounds and first choices: derived keys resolve
+    assert Config(**space.resolve(point)).w_size == point["emb"] * point["w_ratio"]
+
+
+@pytest.mark.parametrize(
+    "key, text, value",
+    [("lr", "1e-3", 1e-3), ("lr", "3", 3), ("emb", "32", 32), ("emb", "abc", "abc"),
+     ("arch", "resnet18_w16", "resnet18_w16"), ("w_ratio", "2", 2), ("drop", "[]", [])],
+)  # fmt: skip
+def test_set_values_take_the_flags_type(key, text, value):
+    got = parse_setting(key, text)
+    assert got == value and type(got) is type(value)

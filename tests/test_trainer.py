@@ -147,7 +147,7 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_checkpoin
     cfg = tiny_config(tmp_path, lr_step="step", drop=[2], drop_gamma=1e30, epoch=3)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2.*lower --lr"):
         train(cfg, data=tiny_data, progress=False)
-    saved = torch.load(tmp_path / CHECKPOINT_FILE)
+    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
     assert saved["epoch"] == 1
     assert all(math.isfinite(m["loss"]) for m in saved["history"])
 
@@ -168,7 +168,7 @@ def test_eval_init_reports_the_untrained_encoder_the_run_starts_from(tmp_path, t
     torch.manual_seed(3)
     untrained = evaluate(get_method("w_mse")(cfg, 32), tiny_data, torch.device("cpu"), seed=3)
     assert {k: summary[f"init_{k}"] for k in untrained} == untrained
-    assert torch.load(tmp_path / CHECKPOINT_FILE)["init_metrics"] == untrained
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["init_metrics"] == untrained
 
 
 def test_the_test_entry_point_evaluates_a_checkpoint_with_its_config(tmp_path, tiny_data, capsys):

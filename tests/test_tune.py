@@ -41,19 +41,6 @@ first: {lr: 3.0e-3, emb: 16, w_ratio: 4}
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A Ray head on 127.0.0.1 with the dashboard (ASHA's stopped trials need it)."""
-    env = dict(os.environ, **RAY_ENV)
-    subprocess.run(
-        [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6391",
-         "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-port", "8271"],
-        check=True, env=env, capture_output=True,
-    )  # fmt: skip
-    yield "127.0.0.1:6391"
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
-
-
 @pytest.fixture
 def space_file(tmp_path):
     path = tmp_path / "tiny.yaml"
@@ -114,23 +101,6 @@ def test_asha_sweep_finishes_and_stops_weak_trials_early(cluster, space_file, tm
     assert (first["config/lr"], first["config/emb"], first["config/w_size"]) == (3e-3, 16, 64)
     assert "default config" in out and "results.parquet" in out
     assert "untrained encoder (default config): acc_knn" in out
-
-
-def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, space_file, tmp_path):
-    proc = sweep(
-        cluster, space_file, tmp_path, "--num_trials", "3", "--epochs", "3",
-        "--eval_every", "1", "--scheduler", "fifo", "--concurrency", "1", wait=False,
-    )  # fmt: skip
-    wait_for(lambda: any(e[-1:] == [3] for e in trial_epochs(tmp_path).values()))
-    os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep
-    proc.wait()
-    finished = {t: e for t, e in trial_epochs(tmp_path).items() if e[-1:] == [3]}
-    sweep(cluster, space_file, tmp_path, "--resume", "--scheduler", "fifo")
-    rows = results(tmp_path)
-    assert len(rows) == 3 and all(r["status"] == "TERMINATED" for r in rows), rows
-    after = trial_epochs(tmp_path)
-    for trial, epochs in finished.items():
-        assert after[trial] == epochs  # not run again
 
 
 def test_a_failed_trial_is_retried_from_its_checkpoint(cluster, space_file, tmp_path):

@@ -8,29 +8,42 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import sys
 import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .family import AXES, GENERIC_DEFAULTS, MATRICES, family_problems
 from .models import check_arch
 
-METHODS = ("w_mse", "cw_rgp", "contrastive", "byol")
+METHODS = ("w_mse", "cw_rgp", "contrastive", "byol", "whitened_mse", "barlow_twins", "vicreg",
+           "simsiam", "zero_icl")  # fmt: skip
+WHITENING_METHODS = ("w_mse", "cw_rgp", "whitened_mse")
+TWO_VIEW_METHODS = ("barlow_twins", "vicreg", "simsiam", "zero_icl")
+# Defaults that depend on the method: they fill the flags the user did not set (on the command
+# line, see `given_config_keys`, or in a dict given to Config.from_dict); Config(...) itself
+# takes the field defaults. The methods of the CW-RGP study take its base/cfg.py settings.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "whitened_mse": {"groups": GENERIC_DEFAULTS["groups"]},
+    **{m: {"bs": 512, "lr": 1e-3, "emb": 512} for m in TWO_VIEW_METHODS},
+}
 OPTIMIZERS = ("adam", "sgd", "lars")
-# Defaults that depend on the method, filled in wherever a field is left unset (None):
+# Defaults of the fields left unset (None), wherever a Config is built (Config(...) too):
 # CW-RGP's are those of its code's base/cfg.py (emb 512, group 1, w_size 128) and its
 # base/model.py (zero_init_residual=True).
 # The --aug cw_rgp preset (CW-RGP's ImageNet transform.py) greys with p 0.2.
-GENERAL_DEFAULTS: dict[str, Any] = {
+UNSET_DEFAULTS: dict[str, Any] = {
     "emb": 64, "groups": 1, "zero_init_residual": False, "gs_p": 0.1,
 }  # fmt: skip
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+UNSET_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cw_rgp": {"emb": 512, "groups": 1, "zero_init_residual": True},
 }  # (its w_size 128 is everyone's default)
 AUG_PRESETS = ("wmse", "cw_rgp")
-AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}}
+UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}}
 _notes_printed: set[str] = set()
-WHITENING_METHODS = ("w_mse", "cw_rgp")
 
 
 SYNC_BN_NEEDS_GPUS = (
@@ -40,7 +53,12 @@ SYNC_BN_NEEDS_GPUS = (
 
 
 class ConfigError(ValueError):
-    """An invalid configuration; the message names the flag and a value that works."""
+    """An invalid configuration; the message names the flag and a value that works.
+    `problems` lists each failed check (one line each)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 def _f(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -63,6 +81,29 @@ class Config:
     tau: float = _f(0.5, "contrastive loss temperature")
     byol_tau: float = _f(0.99, "starting EMA rate of BYOL's target network")
     norm: bool = _f(True, "don't normalise latents (for the Euclidean distance)")
+    # the whitening family (whitened_mse; the presets w_mse and cw_rgp fix these) and others
+    w_matrix: str | None = _f(
+        None, "whitening matrix (whitened_mse; default cholesky)", type=str, choices=MATRICES
+    )
+    w_axis: str | None = _f(
+        None, "whiten over the batch (W-MSE) or the channels (CW-RGP) (whitened_mse; default "
+        "batch)", type=str, choices=AXES,
+    )  # fmt: skip
+    w_random_groups: bool = _f(False, "redraw the channel groups at every call (whitened_mse)")
+    minus: int = _f(1, "the covariance divisor is count - minus (whitened_mse)")
+    whiten_global: bool = _f(
+        False, "with --workers N, whiten sub-batches of all workers' embeddings together"
+    )
+    global_negatives: bool = _f(False, "with --workers N, Contrastive negatives of all workers")
+    barlow_lambda: float = _f(0.008, "Barlow Twins: weight of the off-diagonal terms")
+    barlow_scale: str = _f(
+        "emb", "Barlow Twins: divide the cross-correlation by the embedding size (the CW-RGP "
+        "code, affine BN) or by the batch size (the paper, BN without affine)",
+        choices=("emb", "batch"),
+    )  # fmt: skip
+    vicreg_sim: float = _f(25.0, "VICReg: weight of the invariance term")
+    vicreg_var: float = _f(25.0, "VICReg: weight of the variance term")
+    vicreg_cov: float = _f(1.0, "VICReg: weight of the covariance term")
     # encoder and head
     arch: str = _f("resnet18", "encoder: resnet18|34|50, or resnet18_wN for base width N")
     head_layers: int = _f(2, "number of FC layers in the head")
@@ -131,9 +172,9 @@ class Config:
         """Fills the fields left unset (None) with the method's or the --aug preset's
         defaults, else the general ones, and prints once per process which method- or
         preset-specific defaults were applied."""
-        specific = METHOD_DEFAULTS.get(self.method, {}) | AUG_DEFAULTS.get(self.aug, {})
+        specific = UNSET_METHOD_DEFAULTS.get(self.method, {}) | UNSET_AUG_DEFAULTS.get(self.aug, {})
         applied = {}
-        for name, general in GENERAL_DEFAULTS.items():
+        for name, general in UNSET_DEFAULTS.items():
             if getattr(self, name) is None:
                 setattr(self, name, specific.get(name, general))
                 if name in specific:
@@ -164,7 +205,25 @@ class Config:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
-        return cls(**values)
+        return cls(**with_method_defaults(values))
+
+
+def with_method_defaults(
+    values: dict[str, Any], given: Collection[str] | None = None
+) -> dict[str, Any]:
+    """`values` with its method's METHOD_DEFAULTS for the keys not in `given` (by default, the
+    keys of `values`)."""
+    given = set(values) if given is None else set(given)
+    defaults = METHOD_DEFAULTS.get(values.get("method", Config().method), {})
+    return values | {k: v for k, v in defaults.items() if k not in given}
+
+
+def given_config_keys(argv: Sequence[str]) -> set[str]:
+    """The Config fields that the command line `argv` sets, to any value (defaults included)."""
+    probe = add_config_flags(argparse.ArgumentParser(add_help=False))
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_known_args(list(argv))[0]))
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -195,9 +254,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The Config part of parsed arguments (other flags of the command are ignored)."""
-    return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
+def config_from_args(args: argparse.Namespace, given: Collection[str] | None = None) -> Config:
+    """The Config part of parsed arguments (other flags of the command are ignored). With
+    `given` (the flags the user set, see `given_config_keys`), the others take the method's
+    METHOD_DEFAULTS."""
+    values = {f.name: getattr(args, f.name) for f in fields(Config)}
+    return Config(**(values if given is None else with_method_defaults(values, given)))
 
 
 def validate_config(cfg: Config, workers: int = 1) -> None:
@@ -206,8 +268,43 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
     Checks the batch split into whitening sub-batches (per worker under DDP), the
     W-MSE rank condition w_size > emb, CW-RGP's group sizes, and the number of views.
     Warns when w_size < 2 emb, below which the W-MSE authors saw unstable training.
+    First, every value must have its field's type and lie in its range (the ranges the
+    relations below divide by are checked before them).
     """
     check = _Checker()
+    for f in fields(cfg):
+        problem = _type_problem(f.type, getattr(cfg, f.name))
+        check(problem is None, f"--{f.name} {getattr(cfg, f.name)!r}: must be {problem}")
+    check.raise_if_any()
+    for name in ("epoch", "knn", "eval_every", "eval_every_drop", "ckpt_every", "w_size",
+                 "w_iter", "head_layers", "head_size", "Tmult"):  # fmt: skip
+        check(getattr(cfg, name) >= 1, f"--{name} {getattr(cfg, name)}: must be 1 or more")
+    for name in ("subset", "T0"):
+        value = getattr(cfg, name)
+        check(value is None or value >= 1, f"--{name} {value}: must be 1 or more (or unset)")
+    check(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: must be a number > 0")
+    for name in ("cj_p", "gs_p", "hf_p", "byol_tau"):
+        value = getattr(cfg, name)
+        check(0 <= value <= 1, f"--{name} {value}: must be in [0, 1]")
+    for name in ("cj0", "cj1", "cj2", "adam_l2", "eta_min", "drop_gamma"):
+        check(getattr(cfg, name) >= 0, f"--{name} {getattr(cfg, name)}: must be 0 or more")
+    check(0 <= cfg.cj3 <= 0.5, f"--cj3 {cfg.cj3}: hue jitter must be in [0, 0.5]")
+    check(0 < cfg.crop_s0 <= cfg.crop_s1 <= 1,
+          f"--crop_s0 {cfg.crop_s0} --crop_s1 {cfg.crop_s1}: need 0 < crop_s0 <= crop_s1 <= 1")
+    check(0 < cfg.crop_r0 <= cfg.crop_r1,
+          f"--crop_r0 {cfg.crop_r0} --crop_r1 {cfg.crop_r1}: need 0 < crop_r0 <= crop_r1")
+    check(0 <= cfg.w_eps < 1, f"--w_eps {cfg.w_eps}: must be in [0, 1)")
+    check(cfg.tau > 0, f"--tau {cfg.tau}: must be > 0")
+    check(all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in cfg.drop),
+          f"--drop {cfg.drop}: epochs must be integers, 0 or more")  # fmt: skip
+    for f in fields(cfg):
+        value, choices = getattr(cfg, f.name), f.metadata.get("choices") or ()
+        unset = value is None and f.default_factory() is None  # the method's preset decides
+        check(not choices or unset or value in choices,
+              f"--{f.name} {value!r}: one of {', '.join(choices)}")  # fmt: skip
+    check(cfg.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", cfg.device) is not None,
+          f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")  # fmt: skip
+    check.raise_if_any()
     check(cfg.num_samples >= 2, f"--num_samples {cfg.num_samples}: need 2 or more views")
     check(cfg.bs >= workers, f"--bs {cfg.bs} is smaller than the {workers} workers")
     check(cfg.emb >= 1 and cfg.bs >= 2, "--emb and --bs must be positive (--bs at least 2)")
@@ -216,13 +313,15 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
     except ValueError as err:
         check(False, str(err))
     local_bs = cfg.bs // max(workers, 1)
+    w_batch = cfg.bs if cfg.whiten_global else local_bs  # the batch split into sub-batches
     if cfg.method in WHITENING_METHODS:
         above = cfg.emb if cfg.method == "w_mse" else 1
+        where = "the batch" if cfg.whiten_global else "the per-worker batch"
         check(
-            cfg.bs % workers == 0 and local_bs % cfg.w_size == 0,
-            f"--w_size {cfg.w_size} must divide the per-worker batch {local_bs} (--bs "
+            cfg.bs % workers == 0 and w_batch % cfg.w_size == 0,
+            f"--w_size {cfg.w_size} must divide {where} {w_batch} (--bs "
             f"{cfg.bs} / {workers} worker(s)); e.g. --w_size "
-            f"{_nearest_divisor(local_bs, cfg.w_size, above)}",
+            f"{_nearest_divisor(w_batch, cfg.w_size, above)}",
         )
     if cfg.method == "w_mse":
         check(
@@ -252,13 +351,53 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
             f"CW-RGP needs more channels per group than --w_size: --emb {cfg.emb} / --groups "
             f"{cfg.groups} = {per_group} <= --w_size {cfg.w_size}; e.g. {hint}",
         )
+    for problem in _method_problems(cfg, workers):
+        check(False, problem)
     check.raise_if_any()
+
+
+def _method_problems(cfg: Config, workers: int) -> list[str]:
+    """Checks of the whitening family and the methods of the CW-RGP study."""
+    problems = family_problems(cfg.to_dict())
+    if cfg.method in WHITENING_METHODS and not 0 <= cfg.w_eps < 1:
+        problems.append(f"--w_eps {cfg.w_eps}: the covariance shrinkage must be in [0, 1)")
+    if cfg.method in TWO_VIEW_METHODS and cfg.num_samples != 2:
+        problems.append(f"--method {cfg.method} takes exactly 2 views: use --num_samples 2")
+    for flag, methods in (
+        ("whiten_global", WHITENING_METHODS),
+        ("global_negatives", ("contrastive",)),
+    ):
+        if getattr(cfg, flag) and cfg.method not in methods:
+            problems.append(f"--{flag} is for --method {' or '.join(methods)}")
+    if cfg.global_negatives and cfg.bs % workers:
+        problems.append(f"--global_negatives needs --bs {cfg.bs} divisible by {workers} workers")
+    if cfg.barlow_scale not in ("emb", "batch"):
+        problems.append(f"--barlow_scale {cfg.barlow_scale}: choose emb or batch")
+    return problems
 
 
 def _nearest_divisor(n: int, target: int, above: int = 0) -> int:
     """The divisor of n nearest to target among those > above (n itself if none)."""
     candidates = [d for d in range(above + 1, n + 1) if n % d == 0] or [n]
     return min(candidates, key=lambda d: (abs(d - target), d))
+
+
+_TYPES = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string"),
+          "bool": (bool, "true or false"), "list": (list, "a list")}  # fmt: skip
+
+
+def _type_problem(annotation: str, value: Any) -> str | None:
+    """None when `value` fits the field annotation ('int', 'float', 'str | None', ...);
+    otherwise what it must be. Booleans are not numbers here."""
+    names = [t.strip() for t in str(annotation).split("|")]
+    if value is None and "None" in names:
+        return None
+    wanted = [_TYPES[n] for n in names if n in _TYPES]
+    for types, _ in wanted:
+        if isinstance(value, types) and (types is bool or not isinstance(value, bool)):
+            if not (isinstance(value, float) and math.isnan(value)):
+                return None
+    return " or ".join(what for _, what in wanted) + (" (or unset)" if "None" in names else "")
 
 
 class _Checker:
@@ -272,5 +411,9 @@ class _Checker:
             self.problems.append(message)
 
     def raise_if_any(self) -> None:
+        if len(self.problems) == 1:
+            raise ConfigError(f"invalid configuration: {self.problems[0]}", self.problems)
         if self.problems:
-            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+            raise ConfigError(
+                "invalid configuration:\n  - " + "\n  - ".join(self.problems), self.problems
+            )

@@ -115,12 +115,17 @@ class LARS(torch.optim.SGD):
 
 
 def build_optimizer(
-    name: str, params: Iterable, lr: float, weight_decay: float, momentum: float = 0.9
+    name: str,
+    params: Iterable,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """adam: Adam with coupled L2 (the CIFAR reference); sgd: SGD with momentum (the CW-RGP
     ImageNet recipe); lars: LARS above (our addition for pre-training)."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":

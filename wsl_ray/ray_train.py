@@ -15,7 +15,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from .config import SYNC_BN_NEEDS_GPUS, Config, ConfigError
-from .trainer import WorkerContext, train
+from .trainer import WorkerContext, read_checkpoint, train
 
 
 class RayTrainReporter:
@@ -25,6 +25,9 @@ class RayTrainReporter:
 
     def checkpoint_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="wsl_ray_ckpt_"))
+
+    def start(self, epoch: int) -> None:
+        """Ray Train keeps the reported history itself."""
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -53,10 +56,13 @@ def worker_loop(config: dict[str, Any]) -> None:
         device=ray.train.torch.get_device(),
         rank=ctx.get_world_rank(),
         world_size=world,
+        gpu_share=config.get("gpu_share", 1.0),
         wrap_model=lambda model: wrap_model(model, world, cfg.sync_bn),
     )
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+        if resume_dir and _report_if_complete(Path(resume_dir), cfg):
+            return
         train(
             cfg,
             RayTrainReporter(),
@@ -64,6 +70,18 @@ def worker_loop(config: dict[str, Any]) -> None:
             context=context,
             progress=config.get("progress", False),
         )
+
+
+def _report_if_complete(resume_dir: Path, cfg: Config) -> bool:
+    """A run restored from its final checkpoint has no epoch left to train, yet Tune needs a
+    result (the driver may have died after the checkpoint and before recording the trial):
+    report the last epoch's metrics again, from the checkpoint's history. Every rank calls
+    this, as ray.train.report is collective under Train V2."""
+    payload = read_checkpoint(resume_dir, flag="--resume")
+    if payload.get("epoch", 0) < cfg.epoch or not payload.get("history"):
+        return False
+    ray.train.report(payload["history"][-1])
+    return True
 
 
 def make_trainer(
@@ -91,6 +109,7 @@ def make_trainer(
             "cfg": cfg.to_dict(),
             "progress": progress,
             "threads": max(1, int(cpus_per_worker)),
+            "gpu_share": gpus_per_worker or 1.0,
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(

@@ -21,11 +21,26 @@ SCRIPT_DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {},  # W-MSE's train.py: our own defaults
     "base/train.py": {"method": "cw_rgp", "eval_every": 10},  # emb 512, group 1: cw_rgp's
     "ImageNet/train.py": {  # CW-RGP ImageNet/cfg.py and train.py
-        "method": "cw_rgp", "dataset": "imagenet", "arch": "resnet50", "epoch": 100,
-        "bs": 512, "lr": 0.05, "lr_per_256": True, "optimizer": "sgd", "momentum": 0.9,
-        "adam_l2": 1e-4, "lr_step": "cos_epoch", "num_samples": 4, "head_layers": 3,
-        "head_size": 2048, "emb": 1024, "w_size": 128, "groups": 2, "aug": "cw_rgp",
-        "sync_bn": True, "zero_init_residual": True,
+        "method": "cw_rgp",
+        "dataset": "imagenet",
+        "arch": "resnet50",
+        "epoch": 100,
+        "bs": 512,
+        "lr": 0.05,
+        "lr_per_256": True,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "adam_l2": 1e-4,
+        "lr_step": "cos_epoch",
+        "num_samples": 4,
+        "head_layers": 3,
+        "head_size": 2048,
+        "emb": 1024,
+        "w_size": 128,
+        "groups": 2,
+        "aug": "cw_rgp",
+        "sync_bn": True,
+        "zero_init_residual": True,
     },  # fmt: skip
 }
 # The reference flags whose names differ from ours, and values that name our datasets.

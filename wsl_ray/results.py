@@ -71,10 +71,7 @@ def write_text(uri: str, text: str) -> None:
 
 def format_table(rows: list[dict[str, Any]], metric: str, searched: list[str], top: int = 5) -> str:
     """The best `top` trials by `metric`, with their searched values, as Markdown."""
-    ranked = sorted(
-        (r for r in rows if r.get(metric) is not None),
-        key=lambda r: -r[metric],
-    )[:top]
+    ranked = sorted(ranked_rows(rows, metric), key=lambda r: -r[metric])[:top]
     header = ["rank", "trial", "status", metric, "epochs", *searched]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(ranked, 1):
@@ -82,6 +79,11 @@ def format_table(rows: list[dict[str, Any]], metric: str, searched: list[str], t
         cells = [i, r["trial_id"], r["status"], f"{r[metric]:.2%}", r.get("epoch"), *values]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def ranked_rows(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The trials that may be ranked: they reported `metric` and did not fail."""
+    return [r for r in rows if r["status"] != "ERROR" and r.get(metric) is not None]
 
 
 def _fmt(value: Any) -> str:
@@ -105,9 +107,13 @@ def summarize_sweep(
     print(f"\n== sweep {name}: {len(rows)} trials ==")
     print(", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
     print(format_table(rows, metric, searched))
-    scored = [r for r in rows if r.get(metric) is not None]
+    scored = ranked_rows(rows, metric)
     best = max(scored, key=lambda r: r[metric]) if scored else None
-    if space.first and best and rows[0].get(metric) is not None:
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    if failed:
+        print(f"{len(failed)} trial(s) failed; their errors:")
+        print("\n".join(f"  {r['path']}/error.txt" for r in failed))
+    if space.first and best and rows[0] in scored:
         first = rows[0]
         print(
             f"\ndefault config ({first['trial_id']}): {metric} {first[metric]:.2%}; "

@@ -89,31 +89,36 @@ class SearchSpace:
         sections = {"config": self.config, "params": self.params, "derived": self.derived}
         return yaml.safe_dump(sections | {"first": self.first}, sort_keys=False)
 
+    def default_point(self) -> dict[str, Any]:
+        """The `first` point, or else each parameter's first choice or lower bound."""
+        return self.first or {n: _values(s)[0] for n, s in self.params.items()}
+
     def check(self, workers: int = 1) -> None:
-        """Raises SpaceError unless every combination of discrete choices is a valid Config."""
-        discrete = {
-            name: spec["choices"]
-            if spec["distribution"] == "categorical"
-            else sorted({spec["low"], spec["high"]})
-            for name, spec in self.params.items()
-            if spec["distribution"] in ("categorical", "int")
-        }
-        continuous = {n: s["low"] for n, s in self.params.items() if n not in discrete}
+        """Raises SpaceError unless every value the space can produce gives a valid Config.
+
+        Tries every combination of: each categorical choice, every integer an int range can
+        produce (with its step), and both ends of each continuous range. The trainer's
+        constraints on a continuous value are intervals (lr > 0, 0 <= p <= 1, ...), so
+        they hold over a range when they hold at its ends.
+        """
+        values = {name: _values(spec) for name, spec in self.params.items()}
         bad = []
-        for combo in itertools.product(*discrete.values()):
-            sampled = dict(zip(discrete, combo, strict=True)) | continuous
+        for combo in itertools.product(*values.values()):
+            sampled = dict(zip(values, combo, strict=True))
             try:
                 validate_config(Config(**self.resolve(sampled)), workers)
             except ConfigError as err:
-                bad.append(f"{sampled}: {str(err).splitlines()[1].strip(' -')}")
+                bad += [f"{_point(sampled)}: {problem}" for problem in err.problems]
             except (TypeError, ValueError) as err:
-                bad.append(f"{sampled}: {err}")
+                bad.append(f"{_point(sampled)}: {err}")
+            if len(bad) > 50:
+                break
         for name, value in self.first.items():
             spec = self.params[name]
             inside = (
                 value in spec["choices"]
                 if spec["distribution"] == "categorical"
-                else spec["low"] <= value <= spec["high"]
+                else isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]
             )
             if not inside:
                 bad.append(f"first point: {name}={value} is outside its distribution {spec}")
@@ -121,8 +126,9 @@ class SearchSpace:
             try:
                 validate_config(Config(**self.resolve(self.first)), workers)
             except ConfigError as err:
-                bad.append(f"first point {self.first}: {str(err).splitlines()[1].strip(' -')}")
+                bad += [f"first point {_point(self.first)}: {p}" for p in err.problems]
         if bad:
+            bad = list(dict.fromkeys(bad))
             shown = "\n  ".join(bad[:5]) + (
                 f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
             )
@@ -130,6 +136,37 @@ class SearchSpace:
                 f"search space {self.name!r} can produce invalid trials; narrow the choices or "
                 f"change `config` so that every combination is valid:\n  {shown}"
             )
+
+
+MAX_INT_VALUES = 10_000  # an int range checked value by value; a wider one is refused
+
+
+def _values(spec: dict[str, Any]) -> list[Any]:
+    """The values to check of one parameter: its choices, every integer of an int range
+    (low, low + step, ... <= high, as Optuna samples them), the ends of a float range."""
+    kind = spec["distribution"]
+    if kind == "categorical":
+        return list(spec["choices"])
+    if kind == "int":
+        return list(range(spec["low"], spec["high"] + 1, spec.get("step", 1)))
+    return [spec["low"], spec["high"]]
+
+
+def _point(sampled: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sampled.items())
+
+
+def parse_setting(key: str, text: str) -> Any:
+    """The value of `--set key=text`: YAML, except that a training flag of type float takes
+    any number Python reads (YAML 1.1 reads '1e-3' as a string)."""
+    value = yaml.safe_load(text)
+    field = {f.name: f for f in fields(Config)}.get(key)
+    if field is not None and "float" in str(field.type) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass  # the type check names the flag and what it must be
+    return value
 
 
 def _evaluate(expression: str | int | float, values: dict[str, Any]) -> int | float:
@@ -176,7 +213,13 @@ def parse_space(text: str, path: Path, overrides: dict[str, Any] | None = None) 
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: not valid YAML: {err}") from err
+        raise SpaceError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    sections = ("config", "params", "derived", "first")
+    if not isinstance(raw, dict) or any(not isinstance(raw.get(k) or {}, dict) for k in sections):
+        raise SpaceError(
+            f"{path}: a search space is a YAML mapping with the sections config, params, "
+            "derived and first, each itself a mapping (see search_spaces/wmse.yaml)"
+        )
     unknown_sections = set(raw) - {"config", "params", "derived", "first", "description"}
     if unknown_sections:
         raise SpaceError(f"{path}: unknown section(s) {sorted(unknown_sections)}")
@@ -233,6 +276,11 @@ def _check_distribution(path, name: str, spec: Any) -> None:
         raise SpaceError(f"{where}: need numbers low < high, got low={low}, high={high}")
     if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
         raise SpaceError(f"{where}: an int distribution needs integer bounds")
+    step = spec.get("step", 1)
+    if kind == "int" and (not isinstance(step, int) or step < 1 or spec.get("log") and step != 1):
+        raise SpaceError(f"{where}: step must be an integer >= 1 (and 1 with log: true)")
+    if kind == "int" and (high - low) // step >= MAX_INT_VALUES:
+        raise SpaceError(f"{where}: over {MAX_INT_VALUES} integers; narrow it or use a larger step")
     if kind == "loguniform" and low <= 0:
         raise SpaceError(f"{where}: a loguniform distribution needs low > 0, got {low}")
     if math.isnan(low) or math.isnan(high):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import Config, add_config_flags
+from .config import Config, ConfigError, add_config_flags, validate_config
 from .data import load_dataset
+from .device import resolve_device
 from .evaluate import embed, knn_accuracy, linear_probe
 from .methods import get_method
-from .trainer import read_checkpoint, resolve_device
+from .trainer import CheckpointError, read_checkpoint
 from .weights import load_weights
 
 
@@ -29,21 +30,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k != "clf"}  # flags on the command line
-    payload = read_checkpoint(args.fname) if args.fname else {}
-    cfg = Config.from_dict(payload.get("config", {}) | given)
-    device = resolve_device(cfg.device)
     try:
+        payload = read_checkpoint(args.fname) if args.fname else {}
+        cfg = Config.from_dict(payload.get("config", {}) | given)
+        validate_config(cfg)
+    except ConfigError as err:
+        parser.error(str(err))
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        device = resolve_device(cfg.device)
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download).subset(cfg.subset)
+        model = get_method(cfg.method)(cfg, data.crop_size).to(device)
+        if args.fname:
+            try:
+                load_weights(model, payload)
+            except (RuntimeError, TypeError, AttributeError) as err:
+                raise ValueError(
+                    f"--fname {args.fname}: its weights do not fit a {cfg.arch} {cfg.method} "
+                    f"model with --emb {cfg.emb} (override flags to match the checkpoint): "
+                    f"{str(err).splitlines()[0]}"
+                ) from None
+        else:
+            print("evaluating a randomly initialised encoder")
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    model = get_method(cfg.method)(cfg, data.crop_size).to(device)
-    if args.fname:
-        load_weights(model, payload)
-    else:
-        print("evaluating a randomly initialised encoder")
     train_f, train_y = embed(model, data.clf_x, data.clf_y, data.mean, data.std, device)
     test_f, test_y = embed(model, data.test_x, data.test_y, data.mean, data.std, device)
     print(f"{data.summary()}; features of size {train_f.shape[1]}")

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from .config import (
     SYNC_BN_NEEDS_GPUS,
+    Config,
     ConfigError,
     add_config_flags,
     config_from_args,
+    given_config_keys,
     validate_config,
 )
+from .paths import absolute_paths, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wsl_ray.train",
-        description="Self-supervised training with W-MSE, CW-RGP, Contrastive or BYOL.",
+        description="Self-supervised training: W-MSE, CW-RGP and the whitening family, "
+        "Contrastive, BYOL, Barlow Twins, VICReg, SimSiam, zero-ICL.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_flags(parser)
@@ -90,26 +95,54 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
 
     gpus = _gpus_per_worker(args)
     ray.init(ignore_reinit_error=True)
-    storage = str(Path(cfg.out).resolve())
-    trainer = make_trainer(
-        cfg, args.workers, gpus, args.cpus_per_worker, storage, name="train", progress=True
-    )
-    result = trainer.fit()
+    try:
+        trainer = make_trainer(
+            cfg, args.workers, gpus, args.cpus_per_worker, cfg.out, name="train", progress=True
+        )
+        result = trainer.fit()
+    finally:
+        ray.shutdown()  # the local Ray that ray.init started, on Ctrl-C too
     with result.checkpoint.as_directory() as folder:
         payload = read_checkpoint(folder)
     return summarize(payload["history"], payload["init_metrics"])
 
 
+def check_run_flags(args: argparse.Namespace) -> None:
+    """Raises ConfigError for the flags of this command that are not training config."""
+    if args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: must be 0 (this process) or more")
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker {args.gpus_per_worker}: must be 0 or more")
+    if args.cpus_per_worker <= 0:
+        raise ConfigError(f"--cpus-per-worker {args.cpus_per_worker}: must be more than 0")
+
+
+def check_checkpoints(cfg: Config, resume: bool) -> None:
+    """Reads the checkpoints the run will load (--fname, --resume's), so that a missing,
+    corrupt or refused file fails now, before the data is loaded (CheckpointError)."""
+    from .trainer import CHECKPOINT_FILE, read_checkpoint
+
+    if resume and (Path(cfg.out) / CHECKPOINT_FILE).exists():
+        read_checkpoint(cfg.out, flag="--resume")
+    elif cfg.fname:
+        read_checkpoint(cfg.fname)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_with_recipe(parser, argv)
-    cfg = config_from_args(args)
     try:
+        check_run_flags(args)
+        cfg = config_from_args(args, given_config_keys(sys.argv[1:] if argv is None else argv))
         validate_config(cfg, workers=max(args.workers, 1))
-    except ConfigError as err:
+        cfg = Config.from_dict(absolute_paths(cfg.to_dict()))  # Ray workers run elsewhere
+        writable_folder(cfg.out, "--out")
+        check_checkpoints(cfg, args.resume)
+    except ValueError as err:  # ConfigError, or a folder that cannot be written
         parser.error(str(err))
     if cfg.sync_bn and not (args.workers and _gpus_per_worker(args)):
         parser.error(SYNC_BN_NEEDS_GPUS)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`s, stop our Ray
     os.environ.setdefault("WANDB_MODE", "offline")
     from .trainer import train
 

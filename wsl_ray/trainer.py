@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +23,10 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
+from .atomic import atomic_save
 from .config import Config, validate_config
 from .data import Augment, ImageData, iterate_batches, load_dataset
+from .device import HostScalar, place_data, resolve_device, setup_device
 from .evaluate import evaluate
 from .methods import BaseMethod, get_method
 from .methods.whitening import stats as whitening_stats
@@ -51,6 +55,9 @@ class Reporter(Protocol):
 
     def checkpoint_dir(self) -> Path: ...
 
+    def start(self, epoch: int) -> None:
+        """Called before the first epoch, after any resume: `epoch` epochs are done."""
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
 
 
@@ -65,6 +72,14 @@ class LocalReporter:
     def checkpoint_dir(self) -> Path:
         return self.out
 
+    def start(self, epoch: int) -> None:
+        """Keeps metrics.jsonl's lines up to `epoch`: the epochs after the checkpoint being
+        resumed from (or all, for a fresh run) are trained again and would appear twice."""
+        path = self.out / "metrics.jsonl"
+        if path.exists():
+            lines = path.read_text().splitlines(keepends=True)
+            path.write_text("".join(x for x in lines if json.loads(x)["epoch"] <= epoch))
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -74,27 +89,11 @@ class LocalReporter:
 class WorkerContext:
     """This process's place in a (possibly distributed) run."""
 
-    device: torch.device
+    device: torch.device | str  # resolved by `train` (cuda -> cuda:N)
     rank: int = 0
     world_size: int = 1
+    gpu_share: float = 1.0  # the fraction of its GPU this process holds (packed trials)
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = field(default=lambda m: m)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _place_data(data: ImageData, device: torch.device) -> None:
-    """Moves the image tensors to the GPU when they take under a third of its free memory."""
-    if device.type != "cuda" or not isinstance(data.train_x, torch.Tensor):
-        return
-    names = ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y")
-    total = sum(getattr(data, n).nbytes for n in names)
-    if total < torch.cuda.mem_get_info(device)[0] / 3:
-        for n in names:
-            setattr(data, n, getattr(data, n).to(device))
 
 
 @dataclass
@@ -125,21 +124,49 @@ def save_checkpoint(
             **{name: g.get_state() for name, g in gens.items()},
         },
     }
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{CHECKPOINT_FILE}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
-    tmp.replace(path / CHECKPOINT_FILE)
+    atomic_save(payload, path / CHECKPOINT_FILE)
 
 
-def read_checkpoint(fname: str | Path) -> dict[str, Any]:
-    """A checkpoint's payload, from its file or from the folder holding checkpoint.pt."""
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupt, or holds more than weights and numbers."""
+
+
+def read_checkpoint(fname: str | Path, flag: str = "--fname") -> dict[str, Any]:
+    """A checkpoint's payload, from its file or from the folder holding checkpoint.pt.
+
+    Loads with weights_only=True (tensors, numbers, strings, containers, None): a file that
+    holds any other object is refused, since unpickling it could run code. Raises
+    CheckpointError, naming `flag` and the file, for a missing, corrupt or refused file.
+    """
     path = Path(fname)
-    file = path / CHECKPOINT_FILE if path.is_dir() else path
-    return torch.load(file, map_location="cpu", weights_only=True)
+    path = path / CHECKPOINT_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise CheckpointError(f"{flag} {path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if not refused:
+            raise CheckpointError(f"{flag} {path} is not a readable PyTorch checkpoint") from None
+        raise CheckpointError(
+            f"{flag} {path}: refused, it holds objects other than tensors, numbers, strings "
+            f"and containers ({refused.group(1)}; weights_only=True loads no code)"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"{flag} {path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
+            f"{type(err).__name__}: {str(err).splitlines()[0][:150] if str(err) else ''}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{flag} {path}: holds a {type(payload).__name__}, not a checkpoint")
+    return payload
 
 
 def load_checkpoint(path: Path, model: BaseMethod, optimizer, gens: dict) -> TrainState:
-    payload = read_checkpoint(path)
+    payload = read_checkpoint(path, flag="--resume")
+    missing = {"model", "optimizer", "rng", "epoch", "iteration", "history"} - set(payload)
+    if missing:
+        raise CheckpointError(f"--resume {path}: not a training checkpoint, no {sorted(missing)}")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"]["torch"])
@@ -181,30 +208,38 @@ def train(
     Returns a summary: final and best metrics, epochs, time. Raises ConfigError before
     any work for an invalid configuration, NonFiniteLossError if the loss diverges.
     """
-    context = context or WorkerContext(resolve_device(cfg.device))
+    context = context or WorkerContext(cfg.device)
     validate_config(cfg, workers=context.world_size)
     reporter = reporter or LocalReporter(cfg.out)
-    device, rank = context.device, context.rank
+    device, rank = resolve_device(context.device), context.rank
+    setup_device(device)
     data = (data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)).subset(cfg.subset)
-    _place_data(data, device)
+    place_data(data, device, context.gpu_share)
 
     model = initial_model(cfg, data.crop_size, device, rank)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
-        model.model.compile()
+        model.compile_encoder()
     optimizer = build_optimizer(
-        cfg.optimizer, model.parameters(), base_lr(cfg), cfg.adam_l2, cfg.momentum
-    )
+        cfg.optimizer,
+        model.parameters(),
+        base_lr(cfg),
+        cfg.adam_l2,
+        cfg.momentum,
+        fused=device.type == "cuda",
+    )  # fused Adam: one kernel for all parameters instead of ~600 per-parameter ops
     gens = {
         "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
         "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
+        **model.generators(),  # e.g. --whiten_global's, the same on every rank
     }
     state = TrainState()
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
         state = load_checkpoint(resume_from, model, optimizer, gens)
     elif cfg.fname:
         load_weights(model, read_checkpoint(cfg.fname), verbose=rank == 0)
+    saved_epoch = state.epoch  # of the newest checkpoint, 0 for none
     net = context.wrap_model(model)
     augment = Augment.from_config(
         cfg, data.crop_size, data.mean, data.std, data.blur, gens["augment"]
@@ -221,9 +256,11 @@ def train(
         if progress:
             tqdm.write(f"untrained encoder: {_accuracies(state.init_metrics, cfg.knn)}")
     start = time.perf_counter()
+    reporter.start(state.epoch)
 
     for epoch in range(state.epoch, cfg.epoch):
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
+        running_loss = HostScalar(device)  # the bar's loss: never waits for the GPU
         batches = iterate_batches(
             data.train_x, data.train_y, local_bs, generator=gens["data"], device=device,
             rank=rank, world_size=context.world_size,
@@ -247,23 +284,27 @@ def train(
             model.step(epoch / cfg.epoch)
             loss_sum += loss.detach()
             state.iteration += 1
-            if n % 20 == 19 or n == iters - 1:
-                mean_loss = loss_sum.item() / (n + 1)
-                _check_finite(mean_loss, epoch, n, reporter)
+            if n % 20 == 19:
+                running_loss.push(loss_sum / (n + 1))
+                shown = running_loss.latest()
+                if shown is not None:  # an early, lagged look: stop a diverged run soon
+                    _check_finite(shown, epoch, n, reporter, saved_epoch)
                 seen = (n + 1) * cfg.bs / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{seen:.0f}")
+                shown = "…" if shown is None else f"{shown:.4f}"
+                bar.set_postfix(loss=shown, lr=f"{lr:.2e}", img_s=f"{seen:.0f}")
         bar.close()
         state.epoch = epoch + 1
+        mean_loss = loss_sum.item() / iters  # the epoch's one host sync: its time is complete
         epoch_time = time.perf_counter() - t0
         metrics = {
             "epoch": state.epoch,
-            "loss": loss_sum.item() / iters,
+            "loss": mean_loss,
             "lr": lr,
             "images_per_s": iters * cfg.bs / epoch_time,
             "epoch_time_s": epoch_time,
             **whitening_stats.take(),
         }
-        _check_finite(metrics["loss"], epoch, iters - 1, reporter)
+        _check_finite(metrics["loss"], epoch, iters - 1, reporter, saved_epoch)
         if state.epoch in evals and rank == 0:
             t_eval = time.perf_counter()
             metrics |= evaluate(model, data, device, **cfg.eval_options)
@@ -275,6 +316,7 @@ def train(
             if rank == 0:
                 ckpt_dir = reporter.checkpoint_dir()
                 save_checkpoint(ckpt_dir, model, optimizer, state, cfg, gens)
+            saved_epoch = state.epoch
         reporter.report(metrics, ckpt_dir)
         if wandb_run is not None:
             wandb_run.log(metrics, step=state.epoch)
@@ -285,12 +327,18 @@ def train(
     return summarize(state.history, state.init_metrics)
 
 
-def _check_finite(loss: float, epoch: int, n: int, reporter: Reporter) -> None:
+def _check_finite(loss: float, epoch: int, n: int, reporter: Reporter, saved: int) -> None:
+    """Raises NonFiniteLossError for a NaN/inf loss, saying which checkpoint exists (`saved`
+    is the epoch of the newest one, 0 if none was written)."""
     if not math.isfinite(loss):
+        where = (
+            f"the last good checkpoint, of epoch {saved}, is in {reporter.location}"
+            if saved
+            else "no checkpoint was written before it"
+        )
         raise NonFiniteLossError(
-            f"the loss became {loss} in epoch {epoch + 1}, iteration {n + 1}; the last good "
-            f"checkpoint is in {reporter.location}. Try a lower --lr, a larger "
-            "--w_eps, or a larger --w_size."
+            f"the loss became {loss} in epoch {epoch + 1}, iteration {n + 1}; {where}. "
+            "Try a lower --lr, a larger --w_eps, or a larger --w_size."
         )
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
-import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -26,11 +26,20 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config, ConfigError
 from .data import ImageData, load_dataset
+from .device import resolve_device
 from .evaluate import evaluate
+from .paths import absolute, absolute_paths
 from .ray_train import make_trainer
-from .results import read_text, summarize_sweep, write_text
-from .search_space import CONFIG_KEYS, SearchSpace, SpaceError, load_space, parse_space
-from .trainer import initial_model, resolve_device
+from .results import ranked_rows, read_text, summarize_sweep, write_text
+from .search_space import (
+    CONFIG_KEYS,
+    SearchSpace,
+    SpaceError,
+    load_space,
+    parse_setting,
+    parse_space,
+)
+from .trainer import initial_model
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 
@@ -78,7 +87,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SpaceError(f"--set {item!r}: write KEY=VALUE, e.g. --set arch=resnet18_w16")
-        fixed[key] = yaml.safe_load(value)
+        fixed[key] = parse_setting(key, value)
     named = {
         "epoch": args.epochs, "eval_every": args.eval_every, "dataset": args.dataset,
         "data_dir": args.data_dir, "wandb": args.wandb, "seed": args.seed,
@@ -88,7 +97,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def storage_uri(storage: str) -> str:
     """A URI as given; a local path made absolute (Ray needs one)."""
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    return absolute(storage)
 
 
 class EvaluationReportCallback(TuneReportCallback):
@@ -104,6 +113,7 @@ class EvaluationReportCallback(TuneReportCallback):
 
 def make_trial(workers: int, gpus: float, cpus: float, storage: str):
     """The Tune trainable: builds the trial's TorchTrainer and runs it to completion.
+    Its Train run is `storage/train-<trial_id>` (storage: the experiment's folder).
 
     The trial's config is its whole training configuration (see SearchSpace.suggest),
     plus helper ratios that are not training flags.
@@ -130,10 +140,10 @@ def run_sweep(args: argparse.Namespace, space: SearchSpace) -> Any:
     """Runs (or resumes) the sweep and returns Tune's ResultGrid."""
     storage = storage_uri(args.storage)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpus()
-    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, storage)
+    path = experiment_path(args)
+    trial = make_trial(args.workers_per_trial, gpus, args.cpus_per_trial, path)
     # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
-    path = experiment_path(args)
     if args.resume:
         if not tune.Tuner.can_restore(path):
             raise SpaceError(f"--resume: no experiment to resume at {path}")
@@ -172,9 +182,31 @@ def run_sweep(args: argparse.Namespace, space: SearchSpace) -> Any:
             name=path.rsplit("/", 1)[-1],
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            callbacks=exit_hooks(),
         ),
     )
     return tuner.fit()
+
+
+EXIT_HOOK = "WSL_RAY_TEST_EXIT_AFTER_FINAL"
+
+
+class _ExitAfterFinalResult(tune.Callback):
+    """Test hook: with WSL_RAY_TEST_EXIT_AFTER_FINAL=N the driver dies (exit code 99) right
+    after trial N's final result, whose checkpoint is on storage by then, and before Tune
+    records the trial as finished: the moment that a kill of the driver can hit."""
+
+    def __init__(self, number: str):
+        self.number = number
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        final = result.get("epoch") == trial.config.get("epoch", Config().epoch)
+        if final and str(trial.experiment_tag).split("_")[0] == self.number:
+            os._exit(99)
+
+
+def exit_hooks() -> list[tune.Callback]:
+    return [_ExitAfterFinalResult(os.environ[EXIT_HOOK])] if os.environ.get(EXIT_HOOK) else []
 
 
 def _default_gpus() -> float:
@@ -196,23 +228,49 @@ def experiment_path(args: argparse.Namespace) -> str:
     return f"{storage_uri(args.storage).rstrip('/')}/{name}"
 
 
+def check_sweep_flags(args: argparse.Namespace) -> str | None:
+    """The first problem with the sweep's own flags, or None."""
+    positive = {"--num_trials": args.num_trials, "--concurrency": args.concurrency,
+                "--workers-per-trial": args.workers_per_trial, "--grace": args.grace}  # fmt: skip
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            return f"{flag} {value}: must be 1 or more"
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        return f"--gpus-per-trial {args.gpus_per_trial}: must be 0 or more"
+    if args.cpus_per_trial < 0:
+        return f"--cpus-per-trial {args.cpus_per_trial}: must be 0 or more"
+    if args.max_failures < -1:
+        return f"--max-failures {args.max_failures}: must be 0 or more (-1: retry forever)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if problem := check_sweep_flags(args):
+        parser.error(problem)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
         if args.resume:  # the space as the sweep ran it, from the experiment folder
             saved = f"{experiment_path(args)}/search_space.yaml"
-            space = parse_space(read_text(saved), Path(experiment_path(args)))
+            try:
+                text = read_text(saved)
+            except FileNotFoundError:
+                raise SpaceError(f"--resume: no experiment to resume ({saved} is missing); "
+                                 "give its --name and --storage") from None  # fmt: skip
+            space = parse_space(text, Path(experiment_path(args)))
         else:
             space = load_space(args.space, overrides_from_args(args))
         space.check(workers=args.workers_per_trial)
-        default = Config.from_dict(space.resolve(space.first or {}))
+        space.config = absolute_paths(space.config)  # trials run in folders of their own
+        default = Config.from_dict(space.resolve(space.default_point()))
         data = _check_data(default, space.name)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     baseline = untrained_baseline(default, data) if args.baseline else None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop our Ray
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     try:
         grid = run_sweep(args, space)
@@ -221,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
-    summarize_sweep(grid, args.metric, space, experiment_path(args), baseline)
+    rows = summarize_sweep(grid, args.metric, space, experiment_path(args), baseline)
+    if not ranked_rows(rows, args.metric):
+        print(f"error: no trial finished with a {args.metric}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -239,8 +300,9 @@ def _check_data(cfg: Config, space_name: str) -> ImageData:
         return load_dataset(cfg.dataset, cfg.data_dir)
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"{err}\nOr sweep the embedded data: python -m wsl_ray.tune --space {space_name} "
-            "--dataset shapes"
+            f"{err}\nEvery node that runs trials needs the data at this same path (a shared "
+            "file system, or a copy on each node). Or sweep the embedded data: "
+            f"python -m wsl_ray.tune --space {space_name} --dataset shapes"
         ) from None
 
 

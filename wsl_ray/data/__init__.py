@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_save, remove_stale_tmp
 from . import shapes, sources
 from .augment import Augment
 from .loader import iterate_batches
@@ -169,13 +170,12 @@ def cache_dir() -> Path:
 
 def _cached(key: str, build: Callable[[], dict]) -> dict:
     path = cache_dir() / f"{key}.pt"
+    if path.parent.is_dir():
+        remove_stale_tmp(path.parent)  # of writers that were killed; live ones are kept
     if path.exists():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     data = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(data, tmp)
-    tmp.replace(path)  # atomic: concurrent trials never read a half-written file
+    atomic_save(data, path)  # concurrent trials never read a half-written file
     return data
 
 

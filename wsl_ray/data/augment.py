@@ -10,6 +10,10 @@ It reproduces the reference pipeline, per view and image:
 with torchvision's semantics, as whole-batch tensor code on the data's device. Sampling
 (`sample`) and applying (`apply`) are separate, so each can be checked on its own. Crop,
 resize and flip are two batched matrix products with PIL's antialiased resampling weights.
+
+On a GPU nothing here waits for the device: the random parameters are drawn there (with the
+augmentation's generator, outside any compiled region), the constants are made there once,
+and every shape (including the blur's kernel) is fixed by the settings, not by the data.
 """
 
 from __future__ import annotations
@@ -67,11 +71,17 @@ class Augment:
         generator: torch.Generator | None = None,
         compile: bool = False,
         crop_first: bool = False,
+        device: torch.device | str | None = None,
     ):
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
         self.size, self.num_samples = size, num_samples
-        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        # constants live where the images are: the generator's device unless told otherwise
+        self.device = torch.device(device or (generator.device if generator else "cpu"))
+        self.mean = torch.tensor(mean, device=self.device)
+        self.std = torch.tensor(std, device=self.device)
+        self._no_jitter = torch.tensor([1.0, 1.0, 1.0, 0.0], device=self.device)
+        self._central_crops: dict[tuple[int, int], torch.Tensor] = {}
         self.cj, self.cj_p, self.gs_p, self.hf_p = cj, cj_p, gs_p, hf_p
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
         self.blur_p, self.blur_sigma = blur_p, blur_sigma
@@ -108,57 +118,67 @@ class Augment:
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: uint8 [B, C, H, W] -> num_samples normalised float32 views [B, C, size, size]."""
+        if x.device != self.device:
+            raise ValueError(
+                f"Augment was built for {self.device} but got images on {x.device}: pass "
+                "device= (or a generator on the images' device) when building it"
+            )
         k = self.num_samples
         xk = x.repeat(k, 1, 1, 1)
-        views = self._apply(xk, self.sample(len(xk), x.shape[-2], x.shape[-1], x.device))
+        views = self._apply(xk, self.sample(len(xk), x.shape[-2], x.shape[-1]))
         return list(views.chunk(k))
 
-    def _rand(self, *shape: int, device: torch.device) -> torch.Tensor:
-        draw_on = self.generator.device if self.generator is not None else device
-        return torch.rand(*shape, generator=self.generator, device=draw_on).to(device)
+    def _rand(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) numbers on self.device, from the generator (wherever it lives)."""
+        draw_on = self.generator.device if self.generator is not None else self.device
+        return torch.rand(*shape, generator=self.generator, device=draw_on).to(self.device)
 
-    def _uniform(self, lo: float, hi: float, n: int, device: torch.device) -> torch.Tensor:
-        return lo + (hi - lo) * self._rand(n, device=device)
+    def _uniform(self, lo: float, hi: float, n: int) -> torch.Tensor:
+        return lo + (hi - lo) * self._rand(n)
 
-    def sample(self, n: int, height: int, width: int, device: torch.device) -> AugmentParams:
+    def sample(self, n: int, height: int, width: int) -> AugmentParams:
         """Draws each image's parameters as torchvision's transforms would."""
-        applied = self._rand(n, device=device) < self.cj_p
-        factors = [self._uniform(max(0.0, 1 - v), 1 + v, n, device) for v in self.cj[:3]]
-        hue = self._uniform(-self.cj[3], self.cj[3], n, device)
-        identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)
-        jitter = torch.where(applied[:, None], torch.stack([*factors, hue], 1), identity)
-        blur = self._rand(n, device=device) < self.blur_p
-        sigma = self._uniform(*self.blur_sigma, n, device)
+        applied = self._rand(n) < self.cj_p
+        factors = [self._uniform(max(0.0, 1 - v), 1 + v, n) for v in self.cj[:3]]
+        hue = self._uniform(-self.cj[3], self.cj[3], n)
+        jitter = torch.where(applied[:, None], torch.stack([*factors, hue], 1), self._no_jitter)
+        blur = self._rand(n) < self.blur_p
+        sigma = self._uniform(*self.blur_sigma, n)
         return AugmentParams(
-            crop=self._sample_crops(n, height, width, device),
-            flip=self._rand(n, device=device) < self.hf_p,
+            crop=self._sample_crops(n, height, width),
+            flip=self._rand(n) < self.hf_p,
             jitter=jitter,
-            jitter_order=self._rand(n, 4, device=device).argsort(dim=1),
-            gray=self._rand(n, device=device) < self.gs_p,
+            jitter_order=self._rand(n, 4).argsort(dim=1),
+            gray=self._rand(n) < self.gs_p,
             blur_sigma=torch.where(blur, sigma, torch.zeros_like(sigma)),
         )
 
-    def _sample_crops(self, n: int, height: int, width: int, device) -> torch.Tensor:
+    def _sample_crops(self, n: int, height: int, width: int) -> torch.Tensor:
         """RandomResizedCrop.get_params for n images at once: 10 tries, else a central crop."""
         tries = 10
         area = height * width
         scale = self.crop_scale[0] + (self.crop_scale[1] - self.crop_scale[0]) * self._rand(
-            n, tries, device=device
+            n, tries
         )
         log_r = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
-        ratio = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * self._rand(n, tries, device=device))
+        ratio = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * self._rand(n, tries))
         w = torch.round(torch.sqrt(area * scale * ratio))
         h = torch.round(torch.sqrt(area * scale / ratio))
         ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
         first = ok.float().argmax(dim=1, keepdim=True)  # index of the first valid try
         w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
-        top = torch.floor(self._rand(n, device=device) * (height - h + 1))
-        left = torch.floor(self._rand(n, device=device) * (width - w + 1))
-        fallback = self._central_crop(height, width, device)
+        top = torch.floor(self._rand(n) * (height - h + 1))
+        left = torch.floor(self._rand(n) * (width - w + 1))
         crops = torch.stack([top, left, h, w], dim=1)
-        return torch.where(ok.any(dim=1, keepdim=True), crops, fallback)
+        return torch.where(ok.any(dim=1, keepdim=True), crops, self._central_crop(height, width))
 
-    def _central_crop(self, height: int, width: int, device) -> torch.Tensor:
+    def _central_crop(self, height: int, width: int) -> torch.Tensor:
+        """RandomResizedCrop's fallback box for an image size, made once per size."""
+        if (height, width) not in self._central_crops:
+            self._central_crops[height, width] = self._make_central_crop(height, width)
+        return self._central_crops[height, width]
+
+    def _make_central_crop(self, height: int, width: int) -> torch.Tensor:
         in_ratio = width / height
         w, h = width, height
         if in_ratio < self.crop_ratio[0]:
@@ -166,7 +186,7 @@ class Augment:
         elif in_ratio > self.crop_ratio[1]:
             w = round(h * self.crop_ratio[1])
         top, left = (height - h) // 2, (width - w) // 2
-        return torch.tensor([top, left, h, w], dtype=torch.float32, device=device)
+        return torch.tensor([top, left, h, w], dtype=torch.float32, device=self.device)
 
     def apply(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
         """Deterministic part: uint8 [B, C, H, W] and parameters -> float views."""
@@ -178,9 +198,9 @@ class Augment:
         if not self.crop_first:
             x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
         if self.blur_p > 0:
-            x = gaussian_blur(x, p.blur_sigma)
-        scale = (1 / self.std).to(x.device)[:, None, None]
-        return torch.addcmul(-self.mean.to(x.device)[:, None, None] * scale, x, scale)
+            x = gaussian_blur(x, p.blur_sigma, math.ceil(3 * self.blur_sigma[1]))
+        scale = (1 / self.std)[:, None, None]
+        return torch.addcmul(-self.mean[:, None, None] * scale, x, scale)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +260,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     )
     h6 = h6 / torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     h6 = (h6 + 6 * shift[:, None, None]) % 6
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None]
+    n = torch.arange(5, 0, -2, device=x.device, dtype=x.dtype)[None, :, None, None]  # 5, 3, 1
     k = (n + h6[:, None]) % 6
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
     return (vmax[:, None] - chroma[:, None] * ramp).clamp_(0, 1)
@@ -304,10 +324,13 @@ def resized_crop_flip(
     return out.clamp_(0, 1) if mode == "bicubic" else out
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-image sigma [B] (0: unchanged), reflect padding."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma [B] (0: unchanged), reflect padding.
+
+    The kernel has 2 radius + 1 taps for every image (3 x the largest sigma the settings
+    allow), so its shape never depends on the data.
+    """
     b, c, height, width = x.shape
-    radius = max(1, math.ceil(3 * float(sigma.max())))
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     s = sigma.clamp_min(1e-3)[:, None]
     kernel = torch.exp(-0.5 * (taps[None] / s) ** 2)

@@ -29,11 +29,14 @@ def iterate_batches(
     same permutation (same generator state) and takes every world_size-th index from
     `rank` on, so the ranks' batches are disjoint. ImageFiles are decoded by DataLoader
     workers (sharded by a DistributedSampler-like slice of the same permutation).
+
+    Every rank gets the same number of images, n // world_size (the permutation's tail is
+    dropped), hence the same number of batches: DDP's collectives need every rank to step.
     """
     device = torch.device(device) if device is not None else None
     n = len(images)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    order = order[rank::world_size]
+    order = order[: n - n % world_size][rank::world_size]
     if isinstance(images, ImageFiles):
         yield from _stream(images, order, batch_size, drop_last, device, num_workers)
         return
@@ -43,14 +46,18 @@ def iterate_batches(
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         x, y = images[idx], labels.to(images.device)[idx]
-        if device is not None and device != x.device:
-            x = (
-                x.pin_memory().to(device, non_blocking=True)
-                if device.type == "cuda"
-                else x.to(device)
-            )
-            y = y.to(device, non_blocking=True)
-        yield x, y
+        yield to_device(x, device), to_device(y, device)
+
+
+def to_device(x: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """x on `device` (unchanged when None or already there). A CPU tensor bound for a GPU
+    goes through pinned memory with a non-blocking copy; nothing else is ever pinned
+    (`pin_memory()` raises on a tensor that is not on the CPU)."""
+    if device is None or x.device == device:
+        return x
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def _stream(images, order, batch_size, drop_last, device, num_workers):
@@ -64,4 +71,4 @@ def _stream(images, order, batch_size, drop_last, device, num_workers):
         persistent_workers=False,
     )
     for x, y in loader:
-        yield (x.to(device, non_blocking=True), y.to(device)) if device is not None else (x, y)
+        yield to_device(x, device), to_device(y, device)

@@ -32,6 +32,37 @@ def _require(path: Path, what: str, how: str) -> Path:
     return path
 
 
+# The only globals that genuine CIFAR pickles name: numpy's array reconstructor (module
+# numpy.core in files written by numpy 1, numpy._core by numpy 2), the array and dtype types.
+PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An Unpickler that builds only numpy arrays and plain containers: a data file that
+    names any other global (os.system, builtins.eval, ...) is refused before it runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing global {module}.{name}: a dataset file may hold only numpy arrays"
+            )
+        if name == "_reconstruct":  # from this numpy's own module, without numpy.core's warning
+            core = getattr(np, "_core", None) or np.core
+            return core.multiarray._reconstruct
+        return getattr(np, name)
+
+
+def read_pickle(path: Path):
+    """A data pickle (latin1 strings, as Python 2 wrote CIFAR), through `_DataUnpickler`."""
+    with open(path, "rb") as f:
+        return _DataUnpickler(f, encoding="latin1").load()
+
+
 def read_cifar(root: Path, num_classes: int) -> dict[str, torch.Tensor]:
     """CIFAR-10/100 python pickles: `cifar-10-batches-py/` or `cifar-100-python/`."""
     if num_classes == 10:
@@ -54,10 +85,16 @@ def read_cifar(root: Path, num_classes: int) -> dict[str, torch.Tensor]:
     def load(files: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for name in files:
-            with open(_require(base / name, f"CIFAR-{num_classes} batch", how), "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
-            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[key], dtype=np.int64))
+            path = _require(base / name, f"CIFAR-{num_classes} batch", how)
+            try:
+                batch = read_pickle(path)
+                xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[key], dtype=np.int64))
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+                raise ValueError(
+                    f"{path} is not a CIFAR-{num_classes} batch ({type(err).__name__}: {err}). "
+                    f"{how}"
+                ) from None
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     train_x, train_y = load(train_files)
@@ -71,7 +108,13 @@ def read_stl10(root: Path) -> dict[str, torch.Tensor]:
     base = _require(root / "stl10_binary", "STL-10", how)
 
     def images(name: str) -> torch.Tensor:
-        raw = np.fromfile(_require(base / f"{name}_X.bin", "STL-10 images", how), np.uint8)
+        path = _require(base / f"{name}_X.bin", "STL-10 images", how)
+        raw = np.fromfile(path, np.uint8)
+        if raw.size == 0 or raw.size % (3 * 96 * 96):
+            raise ValueError(
+                f"{path} is not an STL-10 image file: {raw.size} bytes is not a whole number "
+                f"of 3x96x96 images. {how}"
+            )
         return torch.from_numpy(raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2).copy())
 
     def labels(name: str) -> torch.Tensor:
@@ -131,11 +174,14 @@ def read_tiny_imagenet(root: Path) -> dict[str, torch.Tensor]:
 def read_idx(path: Path) -> np.ndarray:
     """An idx-ubyte file (optionally .gz): magic (2 zero bytes, type, ndim), dims, data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        ndim = raw[3]
+        dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (OSError, EOFError, IndexError, ValueError) as err:
+        raise ValueError(f"{path} is not an idx-ubyte file ({err})") from None
 
 
 def read_fashion_mnist(root: Path) -> dict[str, torch.Tensor]:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from ..config import METHODS
+from .barlow_twins import BarlowTwins
 from .base import BaseMethod
 from .byol import BYOL
 from .contrastive import Contrastive
-from .cw_rgp import CWRGP
-from .w_mse import WMSE
+from .simsiam import SimSiam
+from .vicreg import VICReg
+from .whitened_mse import WhitenedMSE
+from .zero_icl import ZeroICL
 
 REGISTRY: dict[str, type[BaseMethod]] = {
-    "w_mse": WMSE,
-    "cw_rgp": CWRGP,
+    "w_mse": WhitenedMSE,  # presets of the whitening family (wsl_ray.family)
+    "cw_rgp": WhitenedMSE,
+    "whitened_mse": WhitenedMSE,
     "contrastive": Contrastive,
     "byol": BYOL,
+    "barlow_twins": BarlowTwins,
+    "vicreg": VICReg,
+    "simsiam": SimSiam,
+    "zero_icl": ZeroICL,
 }
 assert set(REGISTRY) == set(METHODS)
 

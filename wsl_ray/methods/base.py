@@ -14,19 +14,34 @@ class BaseMethod(nn.Module):
 
     forward(views) takes k views (each [bs, 3, H, W]) of the same bs images and returns the
     scalar loss. As in the reference code, the encoder sees each view as its own batch
-    (its BatchNorm statistics are per view) and the head sees all views together
-    (`project`), except in BYOL, whose head and predictor see each view on its own.
+    (its BatchNorm statistics are per view) and the head sees all views together, or each
+    view on its own when `head_per_view` (the CW-RGP code's Barlow Twins, VICReg, SimSiam
+    and zero-ICL) and in BYOL, whose head and predictor see each view on its own.
     """
+
+    head_per_view = False
 
     def __init__(self, cfg: Config, image_size: int):
         super().__init__()
         self.cfg = cfg
         self.model, self.out_size = get_encoder(cfg.arch, image_size, cfg.zero_init_residual)
         self.head = get_head(self.out_size, cfg.emb, cfg.head_layers, cfg.head_size, cfg.add_bn)
+        # what training steps call (see compile_encoder); an alias, not a second submodule
+        object.__setattr__(self, "encode", self.model)
+
+    def compile_encoder(self) -> None:
+        """Trains through a torch.compile'd encoder. Evaluation (`embed`) keeps calling the
+        eager `self.model`, so its eval mode, no_grad and batch size never recompile (or
+        evict) the training graph. The compiled wrapper is kept out of the module tree, so
+        the state dict's keys do not change."""
+        object.__setattr__(self, "encode", torch.compile(self.model))
 
     def project(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """g(E(x)) for every view: [k, bs, emb]."""
-        h = torch.cat([self.model(x) for x in views])
+        """g(E(x)) for every view: [k, bs, emb], float32 (the head's last layer runs in
+        float32 even under autocast, see `models.Float32Linear`)."""
+        if self.head_per_view:
+            return torch.stack([self.head(self.encode(x)) for x in views])
+        h = torch.cat([self.encode(x) for x in views])
         return self.head(h).view(len(views), views[0].shape[0], -1)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
@@ -41,6 +56,10 @@ class BaseMethod(nn.Module):
     @property
     def embed_size(self) -> int:
         return self.cfg.emb if self.cfg.eval_head else self.out_size
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """Random generators the method owns, by name, for the trainer to checkpoint."""
+        return {}
 
     def step(self, progress: float) -> None:
         """Called after every optimiser step with progress = epoch / total epochs."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
+from ..models import Float32Linear
 from .base import BaseMethod
 from .losses import byol_loss
 
@@ -27,7 +28,7 @@ class BYOL(BaseMethod):
             nn.Linear(cfg.emb, cfg.head_size),
             nn.BatchNorm1d(cfg.head_size),
             nn.ReLU(inplace=True),
-            nn.Linear(cfg.head_size, cfg.emb),
+            Float32Linear(cfg.head_size, cfg.emb),
         )
         self.model_t = copy.deepcopy(self.model).requires_grad_(False)
         self.head_t = copy.deepcopy(self.head).requires_grad_(False)

@@ -7,11 +7,13 @@ import torch.nn as nn
 
 from ..config import Config
 from .base import BaseMethod
+from .distributed import gather_batch, rank_and_world, with_global_value
 from .losses import contrastive_loss
 
 
 class Contrastive(BaseMethod):
-    """Adds a BatchNorm after the head, as the reference code does."""
+    """Adds a BatchNorm after the head, as the reference code does. With --global_negatives
+    under DDP, each rank's anchors meet the negatives of every rank (see `distributed`)."""
 
     def __init__(self, cfg: Config, image_size: int):
         super().__init__(cfg, image_size)
@@ -20,4 +22,8 @@ class Contrastive(BaseMethod):
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         z = self.project(views)
         z = self.bn_last(z.flatten(0, 1)).view_as(z)
-        return contrastive_loss(z, self.cfg.tau, self.cfg.norm)
+        rank, world = rank_and_world() if self.cfg.global_negatives else (0, 1)
+        if world == 1:
+            return contrastive_loss(z, self.cfg.tau, self.cfg.norm)
+        loss = contrastive_loss(gather_batch(z), self.cfg.tau, self.cfg.norm, (rank, world))
+        return with_global_value(loss)

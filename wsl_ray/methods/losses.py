@@ -1,18 +1,24 @@
-"""The four self-supervised losses, as plain functions on lists of views.
+"""The self-supervised losses, as plain functions on lists of views.
 
-A view is a `[batch, emb]` tensor; row b of every view comes from the same image. Each
-loss averages over all pairs of views, as the reference code does for k = num_samples.
+A view is a `[batch, emb]` tensor; row b of every view comes from the same image. The
+whitened MSE, Contrastive and BYOL losses average over all pairs of views, as the reference
+code does for k = num_samples; Barlow Twins, VICReg, SimSiam and zero-ICL take exactly 2.
+
+`share=(rank, world)` (whitened MSE, Contrastive) gives one worker's share of a loss over
+a global batch gathered from `world` workers in rank order: the same terms, averaged over
+the rows of the worker's own samples only; the mean of the shares is the global loss.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from itertools import combinations
 
 import torch
 import torch.nn.functional as F
 
-from .whitening import channel_whiten, cholesky_whiten
+from .whitening import whiten
 
 
 def norm_mse(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -36,20 +42,31 @@ def _check_views(views: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(views))  # [k, bs, emb]
 
 
-def _whitened_mse(
+def whitened_mse_loss(
     views: Sequence[torch.Tensor],
     w_size: int,
-    w_iter: int,
-    whiten: Callable[[torch.Tensor], torch.Tensor],
-    normalize: bool,
-    generator: torch.Generator | None,
+    matrix: str = "cholesky",
+    axis: str = "batch",
+    groups: int = 1,
+    random_groups: bool = False,
+    minus: int = 1,
+    w_iter: int = 1,
+    eps: float = 0.0,
+    normalize: bool = True,
+    generator: torch.Generator | None = None,
+    share: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """W-MSE's scheme, shared with CW-RGP.
+    """The whitening family's loss (the CW-RGP study): W-MSE's scheme with any whitening.
 
     For each of w_iter iterations a random permutation splits the batch into bs / w_size
-    sub-batches (the same split for every view); `whiten` is applied to each view's
-    sub-batch; the loss is the mean over iterations and view pairs of the (normalised) MSE
-    between whitened views. All iterations, sub-batches and views are whitened in one call.
+    sub-batches (the same split for every view); each view's sub-batch is whitened by
+    `whiten(x, matrix, axis, groups, random_groups, minus, eps, generator)`; the loss is the
+    mean over iterations, view pairs (i, j) and samples of 2 - 2 cos(z_i, z_j) (with
+    normalize=False the plain MSE ||z_i - z_j||^2 / emb). All iterations, sub-batches and
+    views are whitened in one call. With `share`, every sub-batch is still whitened (the
+    same random draws as without it) and the mean runs over the worker's own samples.
+    W-MSE is matrix="cholesky", axis="batch"; CW-RGP matrix="zca", axis="channel",
+    random_groups=True. Returns a scalar.
     """
     h = _check_views(views)
     k, bs, emb = h.shape
@@ -57,9 +74,16 @@ def _whitened_mse(
         raise ValueError(f"w_size={w_size} must divide the batch size {bs}")
     device = generator.device if generator is not None else h.device
     perm = torch.rand(w_iter, bs, generator=generator, device=device).argsort(dim=-1)
-    sub = h[:, perm.to(h.device).view(w_iter, bs // w_size, w_size)]  # [k, it, m, w, emb]
-    z = whiten(sub).reshape(k, w_iter * bs, emb)
-    return _mean_over_pairs(z, _pair_loss(normalize))
+    perm = perm.to(h.device)
+    sub = h[:, perm.view(w_iter, bs // w_size, w_size)]  # [k, it, m, w, emb]
+    z = whiten(sub, matrix, axis, groups, random_groups, minus, eps, generator)
+    z = z.reshape(k, w_iter, bs, emb)
+    if share is not None:
+        rank, world = share
+        own = torch.arange(rank * bs // world, (rank + 1) * bs // world, device=h.device)
+        position = perm.argsort(dim=-1)[:, own]  # [it, bs / world]: where own samples went
+        z = z[:, torch.arange(w_iter, device=h.device)[:, None], position]
+    return _mean_over_pairs(z.reshape(k, -1, emb), _pair_loss(normalize))
 
 
 def wmse_loss(
@@ -72,13 +96,12 @@ def wmse_loss(
 ) -> torch.Tensor:
     """W-MSE (Ermolov et al., ICML 2021): MSE between Cholesky-whitened views.
 
-    L = mean over iterations, view pairs (i, j) and samples of 2 - 2 cos(z_i, z_j), where
-    z = cholesky_whiten of each view's sub-batch of `w_size`; with normalize=False the
-    plain MSE ||z_i - z_j||^2 / emb. Returns a scalar.
+    `whitened_mse_loss` with z = cholesky_whiten of each view's sub-batch of `w_size`.
     """
-    return _whitened_mse(
-        views, w_size, w_iter, lambda x: cholesky_whiten(x, eps), normalize, generator
-    )
+    return whitened_mse_loss(
+        views, w_size, "cholesky", "batch", w_iter=w_iter, eps=eps, normalize=normalize,
+        generator=generator,
+    )  # fmt: skip
 
 
 def cwrgp_loss(
@@ -92,17 +115,13 @@ def cwrgp_loss(
 ) -> torch.Tensor:
     """CW-RGP (Weng et al., NeurIPS 2022): W-MSE's loss with channel whitening.
 
-    As `wmse_loss`, but each view's sub-batch is whitened by `channel_whiten` (ZCA of the
+    `whitened_mse_loss` with each view's sub-batch whitened by `channel_whiten` (ZCA of the
     w_size x w_size sample covariance within each of `groups` random channel groups).
     """
-    return _whitened_mse(
-        views,
-        w_size,
-        w_iter,
-        lambda x: channel_whiten(x, groups, eps, generator),
-        normalize,
-        generator,
-    )
+    return whitened_mse_loss(
+        views, w_size, "zca", "channel", groups, True, w_iter=w_iter, eps=eps,
+        normalize=normalize, generator=generator,
+    )  # fmt: skip
 
 
 def sample_covariance_penalty(views: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -121,36 +140,49 @@ def sample_covariance_penalty(views: Sequence[torch.Tensor]) -> torch.Tensor:
     return off_diagonal / bs
 
 
-def _nt_xent(x0: torch.Tensor, x1: torch.Tensor, tau: float) -> torch.Tensor:
+def _nt_xent(
+    x0: torch.Tensor, x1: torch.Tensor, tau: float, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """SimCLR's loss for one pair of views x0, x1: [N, emb] (rows already normalised or not).
 
     Anchor x0[b] has positive x1[b] and negatives x1[b'] and x0[b'] for b' != b (2N - 2);
-    the result is the cross-entropy averaged over anchors of both views.
+    the result is the cross-entropy averaged over anchors of both views: the rows `rows`
+    of each view (all N by default).
     """
     n = x0.shape[0]
-    target = torch.arange(n, device=x0.device)
-    self_mask = torch.eye(n, device=x0.device, dtype=torch.bool)
+    target = torch.arange(n, device=x0.device) if rows is None else rows
+    self_mask = F.one_hot(target, n).bool()
 
     def one_side(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        logits_ab = a @ b.T / tau
-        logits_aa = (a @ a.T / tau).masked_fill(self_mask, float("-inf"))
+        anchors = a[target]
+        logits_ab = anchors @ b.T / tau
+        logits_aa = (anchors @ a.T / tau).masked_fill(self_mask, float("-inf"))
         return F.cross_entropy(torch.cat([logits_ab, logits_aa], dim=1), target)
 
     return (one_side(x0, x1) + one_side(x1, x0)) / 2
 
 
 def contrastive_loss(
-    views: Sequence[torch.Tensor], tau: float = 0.5, normalize: bool = True
+    views: Sequence[torch.Tensor],
+    tau: float = 0.5,
+    normalize: bool = True,
+    share: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Contrastive (SimCLR-style NT-Xent) loss, averaged over view pairs.
 
     For each pair, L = -1/2N sum_anchors log softmax of the positive's similarity among
-    the 2N - 1 others, similarity = cos / tau (dot / tau with normalize=False).
+    the 2N - 1 others, similarity = cos / tau (dot / tau with normalize=False). With `share`
+    the anchors are the worker's own rows; the negatives are still every other row.
     """
     h = _check_views(views).float()
     if normalize:
         h = F.normalize(h, dim=-1)
-    return _mean_over_pairs(h, lambda a, b: _nt_xent(a, b, tau))
+    rows = None
+    if share is not None:
+        rank, world = share
+        n = h.shape[1] // world
+        rows = torch.arange(rank * n, (rank + 1) * n, device=h.device)
+    return _mean_over_pairs(h, lambda a, b: _nt_xent(a, b, tau, rows))
 
 
 def byol_loss(
@@ -167,3 +199,104 @@ def byol_loss(
     loss_f = _pair_loss(normalize)
     pairs = list(combinations(range(p.shape[0]), 2))
     return sum(loss_f(p[i], t[j]) + loss_f(p[j], t[i]) for i, j in pairs) / len(pairs)
+
+
+def _two_views(views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2 views of a two-view loss, in float32 (float64 stays float64)."""
+    if len(views) != 2:
+        raise ValueError(f"this loss takes exactly 2 views, got {len(views)}")
+    dtype = torch.float64 if views[0].dtype == torch.float64 else torch.float32
+    return views[0].to(dtype), views[1].to(dtype)
+
+
+def _no_autocast(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Runs `loss` with autocast off, so that its matrix products stay in float32."""
+
+    @functools.wraps(loss)
+    def wrapped(views: Sequence[torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(device_type=views[0].device.type, enabled=False):
+            return loss(views, *args, **kwargs)
+
+    return wrapped
+
+
+def _off_diagonal(c: torch.Tensor) -> torch.Tensor:
+    """The square matrix c with its diagonal set to 0."""
+    return c - torch.diag_embed(torch.diagonal(c))
+
+
+@_no_autocast
+def barlow_twins_loss(
+    views: Sequence[torch.Tensor], lambd: float = 0.008, scale: str = "emb"
+) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al., 2021) on batch-normalised views z1, z2: [N, D].
+
+    C = z1^T z2 / D (scale="emb", the CW-RGP code) or / N (scale="batch", the paper);
+    L = sum_i (C_ii - 1)^2 + lambd * sum_{i != j} C_ij^2.
+    """
+    z1, z2 = _two_views(views)
+    n, d = z1.shape
+    c = z1.T @ z2 / (d if scale == "emb" else n)
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    return on_diag + lambd * _off_diagonal(c).pow(2).sum()
+
+
+@_no_autocast
+def vicreg_loss(
+    views: Sequence[torch.Tensor], sim: float = 25.0, var: float = 25.0, cov: float = 1.0
+) -> torch.Tensor:
+    """VICReg (Bardes et al., 2022) on projections z1, z2: [N, D].
+
+    L = sim ||z1 - z2||^2 / (N D)
+      + var sum_v mean_j relu(1 - sqrt(Var(z_v[:, j]) + 1e-4))      (unbiased variance)
+      + cov sum_v sum_{i != j} Cov(z_v)_ij^2 / D                     (divisor N - 1)
+    """
+    z1, z2 = _two_views(views)
+    n, d = z1.shape
+    variance = sum(F.relu(1 - torch.sqrt(z.var(dim=0) + 1e-4)).mean() for z in (z1, z2))
+    covariance = 0
+    for z in (z1, z2):
+        zc = z - z.mean(dim=0)
+        covariance = covariance + _off_diagonal(zc.T @ zc / (n - 1)).pow(2).sum() / d
+    return sim * F.mse_loss(z1, z2) + var * variance + cov * covariance
+
+
+@_no_autocast
+def simsiam_loss(
+    predictions: Sequence[torch.Tensor], projections: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """SimSiam (Chen and He, 2021): L = (D(p1, z2) + D(p2, z1)) / 2 with D(p, z) = -mean cos(p,
+    z) over rows and no gradient into the projections z (stop-gradient)."""
+    p1, p2 = _two_views(predictions)
+    z1, z2 = (z.detach() for z in _two_views(projections))
+    cos = F.cosine_similarity
+    return -(cos(p1, z2, dim=-1).mean() + cos(p2, z1, dim=-1).mean()) / 2
+
+
+def _zero_icl_whitening(z: torch.Tensor) -> torch.Tensor:
+    """zero-ICL's detached ZCA matrix of the N x N Gram matrix of z: [N, d] -> [N, N].
+
+    G = z z^T / (d - 1), U diag(s) U^T = 0.9 G + 0.1 I, W = U diag((s + 1e-5)^-1/2) U^T,
+    computed in float64 (eigh: the matrix is symmetric positive definite).
+    """
+    with torch.no_grad():
+        x = z.double()
+        gram = x @ x.T / (x.shape[1] - 1)
+        eye = torch.eye(len(x), dtype=x.dtype, device=x.device)
+        s, u = torch.linalg.eigh(0.9 * gram + 0.1 * eye)
+        return ((u * (s + 1e-5).rsqrt()) @ u.T).to(z.dtype)
+
+
+@_no_autocast
+def zero_icl_loss(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """zero-ICL, as the CW-RGP code's zero_icl.py, on projections z1, z2: [N, d].
+
+    Each row is standardised over its d features (unbiased std); Z_v = W_v z_v with W_v the
+    detached ZCA whitening of the N x N Gram matrix (`_zero_icl_whitening`);
+    C = Z1 Z2^T / d (N x N), L = sum_i (C_ii - 1)^2.
+    """
+    z1, z2 = _two_views(views)
+    d = z1.shape[1]
+    z1, z2 = ((z - z.mean(dim=1, keepdim=True)) / z.std(dim=1, keepdim=True) for z in (z1, z2))
+    w1, w2 = (_zero_icl_whitening(z) @ z for z in (z1, z2))
+    return ((w1 * w2).sum(dim=1) / d - 1).pow(2).sum()

@@ -1,37 +1,81 @@
-"""Whitening transforms of the W-MSE and CW-RGP papers.
+"""The whitening family of the W-MSE and CW-RGP papers, as one batched operator.
 
-Both functions compute in float32 (float64 input stays float64), also under bf16 autocast,
-and take many independent slices at once, so that one call whitens every sub-batch of
-every view with a single batched factorisation.
+`whiten(x, matrix, axis, groups, random_groups, minus, eps, generator)` whitens every leading
+slice of x: [..., n, d] (n samples of d features). Its two named settings are W-MSE's
+`cholesky_whiten` (Cholesky, batch axis) and CW-RGP's `channel_whiten` (ZCA, channel axis,
+random groups). Everything computes in float32 (float64 input stays float64), also under bf16
+autocast, and one call factorises every slice and group at once.
+
+Nothing here reads a device value on the host, with one exception: on CUDA the ZCA matrix
+comes from a Newton-Schulz iteration whose range is checked once per call (`zca_matrix`).
+Factorisation failures are counted on the device and read once per epoch by `stats.take()`.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import torch
 
 # Shrinkage values tried, in order, for a slice whose Cholesky factorisation failed.
 RETRY_EPS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+MATRICES = ("cholesky", "zca", "pca", "bn", "none")
+AXES = ("batch", "channel")
+# Exact ZCA and PCA floor the eigenvalues of each matrix at this fraction of the largest.
+EIG_FLOOR = 1e-6
+# Newton-Schulz ZCA: steps, the residual under which a slice counts as converged, and the
+# largest condition-number bound (kappa_hat >= kappa) for which it is used.
+NS_ITERS = 24
+NS_TOL = {torch.float32: 2e-4, torch.float64: 1e-10}
+NS_KAPPA = 1e4
+# Device types whose ZCA uses the iteration. Not the CPU: there LAPACK's eigh of CW-RGP's
+# 64 x 64 groups costs less than the iteration's 72 products and their backward
+# (BENCHMARKS.md, "Whitening losses").
+NS_DEVICES = ("cuda",)
+
+Matrix = Literal["cholesky", "zca", "pca", "bn", "none"]
+Axis = Literal["batch", "channel"]
 
 
 class FactorisationStats:
     """Counts failed Cholesky factorisations, so the trainer can report them per epoch.
 
-    `retries` counts slices refactorised with more shrinkage; `fallbacks` counts slices that
-    no shrinkage in RETRY_EPS could factorise (only non-finite or absurdly scaled input),
-    which are then standardised per feature instead of whitened.
+    `retries` counts, per slice, the shrinkage levels of RETRY_EPS it was refactorised with
+    (a slice that succeeds at the second retry level counts 2); `fallbacks` counts slices that
+    no shrinkage in RETRY_EPS could factorise (only non-finite or absurdly scaled input), which
+    are then standardised per feature instead of whitened (and counted K - 1 retries, K the
+    number of levels tried). The counts stay on the device of the data; `take()` reads them.
     """
 
     def __init__(self) -> None:
-        self.retries = 0
-        self.fallbacks = 0
+        self._counts: dict[torch.device, torch.Tensor] = {}
+
+    def add(self, counts: torch.Tensor) -> None:
+        """Adds a [2] int64 tensor (retries, fallbacks) without reading it."""
+        if counts.device in self._counts:
+            self._counts[counts.device] += counts
+        else:
+            self._counts[counts.device] = counts.clone()
 
     def take(self) -> dict[str, int]:
-        """Returns the counts since the last call and resets them."""
-        counts = {"whiten_retries": self.retries, "whiten_fallbacks": self.fallbacks}
-        self.retries = self.fallbacks = 0
-        return counts
+        """Returns the counts since the last call and resets them (one host read per device).
+
+        Warns once if any slice fell back to per-feature standardisation.
+        """
+        retries = fallbacks = 0
+        for counts in self._counts.values():
+            r, f = counts.tolist()
+            retries, fallbacks = retries + r, fallbacks + f
+        self._counts = {}
+        if fallbacks:
+            warnings.warn(
+                f"whitening: {fallbacks} slice(s) could not be factorised even with "
+                f"eps={RETRY_EPS[-1]} and were standardised instead. Non-finite embeddings?",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return {"whiten_retries": retries, "whiten_fallbacks": fallbacks}
 
 
 stats = FactorisationStats()
@@ -41,45 +85,37 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _shrink(cov: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-    """(1 - eps) cov + eps I for `cov` of shape [..., d, d]; eps a float or a [...] tensor."""
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-    if isinstance(eps, torch.Tensor):
-        eps = eps[..., None, None]
-    return (1 - eps) * cov + eps * eye
+def _eye(p: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.eye(p, dtype=like.dtype, device=like.device)
 
 
-def _cholesky_with_retries(cov: torch.Tensor, eps: float) -> torch.Tensor:
-    """Lower Cholesky factor of the shrunk covariance, retrying failed slices with more eps.
+def _shrink(cov: torch.Tensor, eps: float) -> torch.Tensor:
+    """(1 - eps) cov + eps I for `cov` of shape [..., p, p]."""
+    return (1 - eps) * cov + eps * _eye(cov.shape[-1], cov)
 
-    cov: [B, d, d] (leading dims already flattened). Returns L: [B, d, d], never NaN for
-    finite input. Only the failed slices are refactorised.
+
+def cholesky_factor(cov: torch.Tensor, eps: float) -> torch.Tensor:
+    """Lower Cholesky factor of (1 - eps) cov + eps I, per slice of cov: [..., p, p].
+
+    Without a data-dependent branch: every shrinkage level (eps, then each RETRY_EPS above
+    it) of every slice is factorised in one batched call without gradients; each slice takes
+    the first level that succeeds and is factorised once more at that level, with gradients.
+    A slice that no level factorises gets the diagonal factor sqrt(max(diag(cov), 1e-2)),
+    i.e. it is standardised per feature. Counts go to `stats` on the device.
     """
-    L, info = torch.linalg.cholesky_ex(_shrink(cov, eps))
-    failed = torch.nonzero(info).flatten()
-    if failed.numel() == 0:  # one device sync per call; the common case ends here
-        return L
-    L = L.clone()
-    for retry_eps in RETRY_EPS:
-        if retry_eps <= eps:
-            continue
-        stats.retries += failed.numel()
-        L_f, info_f = torch.linalg.cholesky_ex(_shrink(cov[failed], retry_eps))
-        ok = info_f == 0
-        L[failed[ok]] = L_f[ok]
-        failed = failed[~ok]
-        if failed.numel() == 0:
-            return L
-    # Nothing factorised: fall back to the diagonal (per-feature standardisation).
-    stats.fallbacks += failed.numel()
-    warnings.warn(
-        f"cholesky_whiten: {failed.numel()} slice(s) could not be factorised even with "
-        f"eps={RETRY_EPS[-1]}; they are standardised instead. Non-finite embeddings?",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    diag = torch.diagonal(cov[failed], dim1=-2, dim2=-1).clamp_min(RETRY_EPS[-1])
-    L[failed] = torch.diag_embed(diag.sqrt())
+    levels = [eps] + [e for e in RETRY_EPS if e > eps]
+    shrunk = torch.stack([_shrink(cov, e) for e in levels])  # [K, ..., p, p]
+    with torch.no_grad():
+        ok = torch.linalg.cholesky_ex(shrunk)[1] == 0  # [K, ...]
+    any_ok = ok.any(0)
+    first = torch.where(any_ok, ok.byte().argmax(0), len(levels) - 1)  # first success
+    chosen = shrunk.gather(0, first[None, ..., None, None].expand_as(shrunk[:1]))[0]
+    chosen = torch.where(any_ok[..., None, None], chosen, _eye(cov.shape[-1], cov))
+    L, info = torch.linalg.cholesky_ex(chosen)
+    use_diag = (info != 0) | ~any_ok
+    diag = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(RETRY_EPS[-1]).sqrt()
+    L = torch.where(use_diag[..., None, None], torch.diag_embed(diag), L)
+    stats.add(torch.stack([first.sum(), use_diag.sum()]))
     return L
 
 
@@ -93,25 +129,21 @@ def cholesky_whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
         out = xc W^T                                      [n, d]
     so that out^T out / (n - 1) = I. Gradients flow through the factorisation, as in the
     reference code. A slice whose factorisation fails is retried with eps from RETRY_EPS
-    and counted in `stats`. Returns float32 (float64 for float64 input).
+    and counted in `stats` (see `cholesky_factor`). Returns float32 (float64 for float64
+    input). The same as `whiten(x, "cholesky", "batch", eps=eps)`.
     """
-    n, d = x.shape[-2:]
-    if n < 2:
-        raise ValueError(f"cholesky_whiten needs at least 2 samples per slice, got n={n}")
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        xc = x.to(_compute_dtype(x))
-        xc = xc - xc.mean(dim=-2, keepdim=True)
-        flat = xc.reshape(-1, n, d)
-        cov = flat.transpose(-1, -2) @ flat / (n - 1)
-        L = _cholesky_with_retries(cov, eps)
-        out = torch.linalg.solve_triangular(L, flat.transpose(-1, -2), upper=False)
-        return out.transpose(-1, -2).reshape(xc.shape)
+    return whiten(x, "cholesky", "batch", eps=eps)
 
 
 def random_channel_permutations(
     shape: tuple[int, ...], d: int, device: torch.device, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Independent random permutations of range(d), one per leading index: [*shape, d]."""
+    """Independent random permutations of range(d), one per leading index: [*shape, d].
+
+    Drawn on the generator's device (the data's device without one). A generator breaks a
+    fullgraph torch.compile (torch 2.14); draw outside the compiled region and pass the result
+    to `whiten_grouped`.
+    """
     draw_on = generator.device if generator is not None else device
     return torch.rand(*shape, d, generator=generator, device=draw_on).argsort(dim=-1).to(device)
 
@@ -126,30 +158,229 @@ def channel_whiten(
         a random permutation splits the d channels into `groups` groups of c = d / groups;
         X_k = xc[:, group k]                               [n, c]
         cov = X_k X_k^T / (c - 1)                          [n, n]
-        W   = U diag(lambda^-1/2) U^T, eigh of (1 - eps) cov + eps I   (ZCA, symmetric)
+        W   = ((1 - eps) cov + eps I)^-1/2   (ZCA, symmetric; see `zca_matrix`)
         out[:, group k] = W X_k, then the permutation is undone.
     Every leading slice gets its own permutation, as the reference draws one per view and
-    sub-batch. The n x n eigendecompositions run in float64: they are small, and float32
-    eigh loses 1e-3 of accuracy on ill-conditioned groups. Eigenvalues are floored at 1e-6
-    of the largest, so a rank-deficient group gives large but finite values, not inf.
+    sub-batch. The same as `whiten(x, "zca", "channel", groups, True, 1, eps, generator)`.
     """
+    return whiten(x, "zca", "channel", groups, True, 1, eps, generator)
+
+
+def _check(
+    shape: tuple[int, ...], matrix: str, axis: str, groups: int, minus: int, eps: float
+) -> None:
+    """Raises ValueError naming the bad argument, before any work."""
+    if matrix not in MATRICES:
+        raise ValueError(f"whiten: matrix={matrix!r}; allowed: {', '.join(MATRICES)}")
+    if axis not in AXES:
+        raise ValueError(f"whiten: axis={axis!r}; allowed: {', '.join(AXES)}")
+    if len(shape) < 2:
+        raise ValueError(f"whiten: x must be [..., n, d], got shape {tuple(shape)}")
+    n, d = shape[-2:]
+    if not isinstance(groups, int) or groups < 1 or d % groups:
+        raise ValueError(f"whiten: groups={groups} must divide the {d} channels")
+    if matrix in ("bn", "none") and groups > 1:
+        raise ValueError(f"whiten: matrix={matrix!r} has no groups; use groups=1")
+    if not isinstance(minus, int) or minus < 0:
+        raise ValueError(f"whiten: minus={minus} must be an integer >= 0")
+    if not 0 <= eps < 1:
+        raise ValueError(f"whiten: eps={eps} must be in [0, 1)")
+    if matrix == "none":
+        return
+    if axis == "batch" and n - minus < 1:
+        raise ValueError(f"whiten: batch axis needs at least {minus + 1} samples, got n={n}")
+    if axis == "channel" and d // groups - minus < 1:
+        raise ValueError(
+            f"whiten: channel axis needs at least {minus + 1} channels per group, "
+            f"got {d // groups} (d={d}, groups={groups})"
+        )
+
+
+def whiten(
+    x: torch.Tensor,
+    matrix: Matrix = "cholesky",
+    axis: Axis = "batch",
+    groups: int = 1,
+    random_groups: bool = False,
+    minus: int = 1,
+    eps: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The whitening family of the CW-RGP study, for every leading slice of x: [..., n, d].
+
+    With random_groups, each leading slice draws its own permutation of the d channels (from
+    `generator`, or the global RNG) and the output is un-permuted; else groups are the
+    contiguous chunks of channels. See `whiten_grouped` for the maths.
+    """
+    _check(x.shape, matrix, axis, groups, minus, eps)
+    perm = None
+    if random_groups and matrix not in ("bn", "none"):  # both are permutation-equivariant
+        lead = x.shape[:-2].numel()
+        perm = random_channel_permutations((lead,), x.shape[-1], x.device, generator)
+    return whiten_grouped(x, perm, matrix, axis, groups, minus, eps)
+
+
+def whiten_grouped(
+    x: torch.Tensor,
+    perm: torch.Tensor | None,
+    matrix: Matrix = "cholesky",
+    axis: Axis = "batch",
+    groups: int = 1,
+    minus: int = 1,
+    eps: float = 0.0,
+) -> torch.Tensor:
+    """`whiten` with the channel permutation given: perm [prod(leading dims), d] or None.
+
+    Per slice [n, d]:
+        axis "batch":   xc = x - mean over the n samples (per channel); observations are the
+                        n samples, variables the c = d / groups channels of a group, and the
+                        covariance divisor is n - minus.
+        axis "channel": xc = x - mean over all d channels (per sample, before grouping);
+                        observations are the c channels of a group, variables the n samples,
+                        and the covariance divisor is c - minus.
+    Group k holds the channels perm[k c : (k+1) c] (contiguous chunks without perm). With O_k
+    its [observations, variables] matrix, S = (1 - eps) O_k^T O_k / (m - minus) + eps I and
+    each observation o becomes W o, where W is
+        cholesky: L^-1 with L L^T = S (retries and fallback as in `cholesky_factor`);
+        zca:      S^-1/2, symmetric (`zca_matrix`);
+        pca:      diag(lambda)^-1/2 U^T with S = U diag(lambda) U^T, lambda descending and the
+                  eigenvector signs arbitrary (float64 eigh; eigenvalues floored at
+                  EIG_FLOOR x the largest);
+        bn:       diag(S)^-1/2, per-variable standardisation (groups = 1 only);
+        none:     identity, and no centring: x is returned as it is (groups = 1 only).
+    Then the channels are put back in their original order. The whitened covariance
+    W S W^T is I within each group (diag(W S W^T) = 1 for bn). Returns float32 (float64 for
+    float64 input), also under autocast. The reference's BN method is matrix "bn", minus=0
+    (its eps adds to the variance instead of shrinking it; equal at eps = 0).
+    """
+    _check(x.shape, matrix, axis, groups, minus, eps)
     *lead, n, d = x.shape
-    if d % groups:
-        raise ValueError(f"channel_whiten: groups={groups} must divide the {d} channels")
-    c = d // groups
-    if c < 2:
-        raise ValueError(f"channel_whiten: need at least 2 channels per group, got {c}")
     with torch.autocast(device_type=x.device.type, enabled=False):
         xc = x.to(_compute_dtype(x))
-        xc = (xc - xc.mean(dim=-1, keepdim=True)).reshape(-1, n, d)
-        perm = random_channel_permutations((xc.shape[0],), d, x.device, generator)
-        xg = xc.gather(-1, perm[:, None, :].expand_as(xc))
-        xg = xg.reshape(-1, n, groups, c).permute(0, 2, 1, 3)  # [B, g, n, c]
-        cov = _shrink(xg @ xg.transpose(-1, -2) / (c - 1), eps)  # [B, g, n, n]
-        eigvals, eigvecs = torch.linalg.eigh(cov.double())
-        floor = eigvals[..., -1:].clamp_min(1e-30) * 1e-6
-        scale = eigvals.clamp_min(floor).rsqrt()
-        W = ((eigvecs * scale[..., None, :]) @ eigvecs.transpose(-1, -2)).to(xg.dtype)
-        out = (W @ xg).permute(0, 2, 1, 3).reshape(-1, n, d)
-        out = torch.empty_like(out).scatter_(-1, perm[:, None, :].expand_as(out), out)
+        if matrix == "none":
+            return xc
+        xc = xc - xc.mean(dim=-2 if axis == "batch" else -1, keepdim=True)
+        xc = xc.reshape(-1, n, d)
+        if perm is not None:
+            xc = xc.gather(-1, perm[:, None, :].expand_as(xc))
+        c = d // groups
+        grouped = xc.reshape(-1, n, groups, c).permute(0, 2, 1, 3)  # [B, g, n, c]
+        obs = grouped if axis == "batch" else grouped.transpose(-1, -2)  # [B, g, m, p]
+        cov = obs.transpose(-1, -2) @ obs / (obs.shape[-2] - minus)  # [B, g, p, p]
+        out = _apply(matrix, cov, eps, obs)
+        out = out if axis == "batch" else out.transpose(-1, -2)
+        out = out.permute(0, 2, 1, 3).reshape(-1, n, d)
+        if perm is not None:
+            out = torch.empty_like(out).scatter_(-1, perm[:, None, :].expand_as(out), out)
         return out.reshape(*lead, n, d)
+
+
+def _apply(matrix: str, cov: torch.Tensor, eps: float, obs: torch.Tensor) -> torch.Tensor:
+    """W o for every observation row o of obs: [..., m, p], W from S = shrunk cov: [..., p, p]."""
+    if matrix == "cholesky":
+        L = cholesky_factor(cov, eps)
+        return torch.linalg.solve_triangular(L, obs.transpose(-1, -2), upper=False).mT
+    S = _shrink(cov, eps)
+    if matrix == "bn":
+        var = torch.diagonal(S, dim1=-2, dim2=-1)
+        return obs * var.clamp_min(torch.finfo(var.dtype).tiny).rsqrt()[..., None, :]
+    if matrix == "zca":
+        return obs @ zca_matrix(S)  # W symmetric: o W^T = o W
+    return obs @ pca_matrix(S).transpose(-1, -2)
+
+
+def _eigh_floored(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 eigh of S with eigenvalues floored at EIG_FLOOR x the largest (ascending)."""
+    eigvals, eigvecs = torch.linalg.eigh(S.double())
+    floor = eigvals[..., -1:].clamp_min(1e-30) * EIG_FLOOR
+    return eigvals.clamp_min(floor), eigvecs
+
+
+def pca_matrix(S: torch.Tensor) -> torch.Tensor:
+    """diag(lambda)^-1/2 U^T for S = U diag(lambda) U^T, lambda descending: [..., p, p].
+
+    PCA needs the eigenvectors themselves, so it keeps the exact float64 eigh (no iteration
+    gives them); signs are those eigh returns.
+    """
+    eigvals, eigvecs = _eigh_floored(S)
+    W = eigvecs.flip(-1).transpose(-1, -2) * eigvals.flip(-1).rsqrt()[..., :, None]
+    return W.to(S.dtype)
+
+
+def zca_exact(S: torch.Tensor) -> torch.Tensor:
+    """S^-1/2 by float64 eigh, eigenvalues floored at EIG_FLOOR x the largest: [..., p, p].
+
+    A slice with a non-finite entry gives NaN (eigh is not called on it: it would raise).
+    """
+    finite = torch.isfinite(S).all(dim=-1).all(dim=-1)[..., None, None]
+    eigvals, eigvecs = _eigh_floored(torch.where(finite, S, _eye(S.shape[-1], S)))
+    W = (eigvecs * eigvals.rsqrt()[..., None, :]) @ eigvecs.transpose(-1, -2)
+    return torch.where(finite, W.to(S.dtype), torch.nan)
+
+
+def _norm1(A: torch.Tensor) -> torch.Tensor:
+    """Largest absolute column sum of A: [..., p, p]; bounds the spectral norm of symmetric A."""
+    return A.abs().sum(dim=-2).amax(dim=-1)
+
+
+def newton_schulz(
+    S: torch.Tensor, iters: int = NS_ITERS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Coupled Newton-Schulz iteration for S^-1/2, batched over S: [..., p, p].
+
+    With t = tr(S), Y_0 = S / t (eigenvalues in (0, 1]), Z_0 = I and, `iters` times,
+        T = (3 I - Z Y) / 2,   Y <- Y T,   Z <- T Z,
+    Z converges to (S / t)^-1/2 and W = Z / sqrt(t). Every iterate is a polynomial in S, so
+    Y Z = q(S / t) with q(x) -> 1 on (0, 1]; each eigen-component of W has relative error
+    1 - sqrt(q(lambda / t)) <= 1 - q. The returned residual, the largest entry of |I - Y Z|
+    per slice, is at least max(1 - q) / p, and vanishes with it. A small eigenvalue converges
+    after about log(t / lambda) / log(2.25) + 5 steps. Also returns, per slice,
+    kappa_hat = |Y_0|_1 |Z|_1^2, an upper bound of the condition number of S once converged
+    (|A|_2 <= |A|_1 for symmetric A). Only matrix products: one batched kernel per product on
+    any device, and differentiable.
+    """
+    eye = _eye(S.shape[-1], S)
+    trace = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(S.dtype).tiny)
+    Y, Z = S / trace[..., None, None], eye.expand_as(S)
+    kappa_hat = _norm1(Y)
+    for _ in range(iters):
+        T = 1.5 * eye - 0.5 * (Z @ Y)
+        Y, Z = Y @ T, T @ Z
+    residual = (eye - Y @ Z).abs().amax(dim=(-2, -1))
+    kappa_hat = kappa_hat * _norm1(Z) ** 2
+    return Z * trace.rsqrt()[..., None, None], residual, kappa_hat
+
+
+def zca_matrix(S: torch.Tensor) -> torch.Tensor:
+    """S^-1/2 for every slice of S: [..., p, p] (symmetric positive semi-definite).
+
+    On the device types in NS_DEVICES (CUDA, where batched eigh loops per matrix above
+    p = 32): Newton-Schulz (`newton_schulz`, NS_ITERS steps, in S's dtype: float32 in training)
+    for the slices where it has converged and is in range, the exact float64 eigh path
+    (`zca_exact`, eigenvalues floored at EIG_FLOOR x the largest) for the others. Elsewhere
+    the exact path. A slice is in range when its residual is at most NS_TOL[dtype] and its
+    condition-number bound kappa_hat is at most NS_KAPPA = 1e4, which guarantees kappa <= 1e4.
+    Over that range (tests/test_whitening.py, p = 64) values and gradients of the iteration
+    match the exact path, relative in the spectral norm, within 1e-9 / 1e-7 in float64 and
+    within max(1e-5, 2e-7 kappa) / max(1e-5, 6e-7 kappa) in float32, whose rounding of S
+    limits both paths alike. Singular and non-finite slices take the exact path.
+
+    The choice costs one host read per call in eager mode (`bool` of a device flag): computing
+    eigh unconditionally for a `where` would cost what the iteration saves, and no criterion
+    known without the data can tell whether a group's spectrum is in range. After the read
+    the GPU still has the loss and the whole backward queued, so the CPU regains its lead
+    (expected cost: one launch latency per call; not measured, no GPU was lent). Under
+    torch.compile the choice is a `torch.cond`, so the step compiles as one graph; its
+    predicate is still read on the host when the compiled step runs.
+    """
+    if S.device.type not in NS_DEVICES:
+        return zca_exact(S)
+    W, residual, kappa_hat = newton_schulz(S)
+    converged = (residual <= NS_TOL[S.dtype]) & (kappa_hat <= NS_KAPPA)
+
+    def fallback(W: torch.Tensor, S: torch.Tensor, converged: torch.Tensor) -> torch.Tensor:
+        return torch.where(converged[..., None, None], W, zca_exact(S))
+
+    if torch.compiler.is_compiling():
+        return torch.cond(converged.all(), lambda W, S, c: W.clone(), fallback, (W, S, converged))
+    return W if bool(converged.all()) else fallback(W, S, converged)

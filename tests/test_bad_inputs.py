@@ -1,0 +1,212 @@
+"""Every bad input a user tried: one clear line naming the flag or file, before any work.
+
+One table: each row is a command (entry point and arguments), the exit code it must end
+with (2: a usage error) and a phrase its message must contain. The entry points run in this
+process (`main(argv)`), which is 100x faster than a subprocess each; an uncaught exception
+fails the row, so no row may end in a traceback. Rows that would start Ray must fail first:
+after every row Ray is still not started. Add a row whenever a new flag arrives.
+
+Placeholders in the arguments: {tmp} a fresh folder; {ckpt_text}, {ckpt_object},
+{ckpt_tensor}, {cifar_garbage}, {cifar_evil}, {stl_short}, {space_*}: the files made by
+`bad_files` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.__main__ import main as analysis_main
+from wsl_ray.test import main as evaluate_main
+from wsl_ray.train import main as train_main
+from wsl_ray.tune import main as tune_main
+
+ENTRY = {"train": train_main, "test": evaluate_main, "tune": tune_main, "analysis": analysis_main}
+TUNE = ("tune", "--storage", "{tmp}/sweeps")
+TRAIN = ("train", "--out", "{tmp}/run")
+SHAPES = (*TRAIN, "--dataset", "shapes")
+
+ROWS = [
+    # training flags accepted silently before
+    (("train", "--knn", "0"), 2, "--knn 0: must be 1 or more"),
+    (("train", "--subset", "-5"), 2, "--subset -5: must be 1 or more"),
+    (("train", "--epoch", "0"), 2, "--epoch 0: must be 1 or more"),
+    (("train", "--lr", "0"), 2, "--lr 0.0: must be a number > 0"),
+    (("train", "--lr", "nan"), 2, "--lr nan"),
+    (("train", "--hf_p", "1.5"), 2, "--hf_p 1.5: must be in [0, 1]"),
+    (("train", "--crop_s0", "0.9", "--crop_s1", "0.5"), 2, "need 0 < crop_s0 <= crop_s1"),
+    (("train", "--drop", "-3"), 2, "--drop [-3]"),
+    (("train", "--device", "gpu"), 2, "--device 'gpu': use auto, cpu, cuda or cuda:N"),
+    # ZeroDivisionError before; --ckpt_every 0 failed after the first epoch
+    (("train", "--w_size", "0"), 2, "--w_size 0: must be 1 or more"),
+    (("train", "--eval_every", "0"), 2, "--eval_every 0: must be 1 or more"),
+    (("train", "--ckpt_every", "0"), 2, "--ckpt_every 0: must be 1 or more"),
+    (("train", "--w_size", "100"), 2, "--w_size 100 must divide the per-worker batch 512"),
+    (("train", "--workers", "-1"), 2, "--workers -1"),
+    (("train", "--cpus-per-worker", "0"), 2, "--cpus-per-worker 0"),
+    (("train", "--emb", "abc"), 2, "--emb: invalid int value"),
+    (("train", "--method", "simclr"), 2, "--method: invalid choice"),
+    (("train", "--arch", "vgg"), 2, "unknown --arch 'vgg'"),
+    # files
+    ((*SHAPES, "--out", "/proc/wsl_ray_no"), 2, "--out /proc/wsl_ray_no: cannot create"),
+    ((*SHAPES, "--resume", "--out", "{ckpt_dir_corrupt}"), 2, "not a readable PyTorch checkpoint"),
+    ((*SHAPES, "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint"),
+    ((*SHAPES, "--fname", "{ckpt_object}"), 2, "refused, it holds objects other than"),
+    ((*TRAIN, "--dataset", "nope"), 2, "unknown --dataset 'nope'; choose one of"),
+    ((*TRAIN, "--data_dir", "{tmp}/empty"), 2, "CIFAR-10 not found: looked for"),
+    ((*TRAIN, "--data_dir", "{cifar_garbage}"), 2, "data_batch_1 is not a CIFAR-10 batch"),
+    ((*TRAIN, "--data_dir", "{cifar_evil}"), 2, "refusing global posix.system"),
+    ((*TRAIN, "--dataset", "stl10", "--data_dir", "{stl_short}"), 2,
+     "unlabeled_X.bin is not an STL-10 image file"),  # fmt: skip
+    # evaluation of a checkpoint
+    (("test", "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint file"),
+    (("test", "--fname", "{ckpt_text}"), 2, "is not a readable PyTorch checkpoint"),
+    (("test", "--fname", "{ckpt_object}"), 2, "weights_only=True loads no code"),
+    (("test", "--fname", "{ckpt_tensor}"), 2, "holds a Tensor, not a checkpoint"),
+    (("test", "--knn", "0"), 2, "--knn 0: must be 1 or more"),
+    # sweeps: every row fails before Ray starts
+    ((*TUNE, "--num_trials", "-1"), 2, "--num_trials -1: must be 1 or more"),
+    ((*TUNE, "--concurrency", "0"), 2, "--concurrency 0: must be 1 or more"),
+    ((*TUNE, "--max-failures", "-2"), 2, "--max-failures -2"),
+    ((*TUNE, "--epochs", "0"), 2, "--epoch 0: must be 1 or more"),
+    ((*TUNE, "--eval_every", "0"), 2, "--eval_every 0: must be 1 or more"),
+    ((*TUNE, "--set", "emb=abc"), 2, "--emb 'abc': must be an integer"),
+    ((*TUNE, "--set", "head_size=abc"), 2, "--head_size 'abc': must be an integer"),
+    ((*TUNE, "--set", "lr=-1e-3"), 2, "--lr -0.001: must be a number > 0"),
+    ((*TUNE, "--set", "knn"), 2, "--set 'knn': write KEY=VALUE"),
+    ((*TUNE, "--set", "nosuch=1"), 2, "config key 'nosuch' is not a training flag"),
+    ((*TUNE, "--space", "nosuch"), 2, "no search space 'nosuch'"),
+    ((*TUNE, "--space", "{space_list}"), 2, "a search space is a YAML mapping"),
+    ((*TUNE, "--space", "{space_bad_yaml}"), 2, "not valid YAML"),
+    ((*TUNE, "--space", "{space_lr_uniform}"), 2, "lr=0.0: --lr 0.0: must be a number > 0"),
+    ((*TUNE, "--space", "{space_int_inside}"), 2, "w_size=96: --w_size 96 must divide"),
+    ((*TUNE, "--resume", "--name", "never"), 2, "--resume: no experiment to resume"),
+    ((*TUNE, "--data_dir", "{tmp}/empty"), 2, "needs the data at this same path"),
+    # analysis outputs that cannot be written, inputs that do not exist
+    (("analysis", "collect", "{tmp}", "--out", "/missing/x.parquet"), 2,
+     "--out /missing/x.parquet: the folder /missing does not exist"),  # fmt: skip
+    (("analysis", "plots", "{tmp}", "--out", "{ckpt_text}/plots"), 2,
+     "plots: cannot create this folder"),  # fmt: skip
+    (("analysis", "collect", "{tmp}/nosuch"), 2, "no such experiment folder"),
+]
+
+
+class Anything:
+    """Not a tensor, number, string or container: weights_only=True must refuse it."""
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "empty").mkdir()
+    files = {"tmp": str(tmp)}
+
+    def write(name: str, data: bytes | str) -> str:
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        return str(path)
+
+    files["ckpt_text"] = write("text.pt", "not a checkpoint")
+    torch.save({"model": {}, "thing": Anything()}, tmp / "object.pt")
+    files["ckpt_object"] = str(tmp / "object.pt")
+    torch.save(torch.zeros(3), tmp / "tensor.pt")
+    files["ckpt_tensor"] = str(tmp / "tensor.pt")
+    write("corrupt/checkpoint.pt", b"PK\x03\x04 truncated")
+    files["ckpt_dir_corrupt"] = str(tmp / "corrupt")
+    write("garbage/cifar-10-batches-py/data_batch_1", b"\x80\x04garbage")
+    files["cifar_garbage"] = str(tmp / "garbage")
+    write("evil/cifar-10-batches-py/data_batch_1", pickle.dumps(Evil()))
+    files["cifar_evil"] = str(tmp / "evil")
+    write("stl/stl10_binary/unlabeled_X.bin", b"\x00" * 10)
+    files["stl_short"] = str(tmp / "stl")
+    files["space_list"] = write("list.yaml", "- lr\n- emb\n")
+    files["space_bad_yaml"] = write("bad_yaml.yaml", "params: {lr: [\n")
+    files["space_lr_uniform"] = write(
+        "lr_uniform.yaml",
+        "config: {dataset: shapes, bs: 128, emb: 16, w_size: 32}\n"
+        "params: {lr: {distribution: uniform, low: 0.0, high: 1.0e-2}}\n",
+    )
+    files["space_int_inside"] = write(  # the ends 64 and 128 divide bs 256; 96 does not
+        "int_inside.yaml",
+        "config: {dataset: shapes, bs: 256, emb: 16}\n"
+        "params: {w_size: {distribution: int, low: 64, high: 128, step: 32}}\n",
+    )
+    return files
+
+
+class Evil:
+    """A pickle that would run `touch` when loaded: the restricted Unpickler must refuse it."""
+
+    target = "/tmp/wsl_ray_bad_input_pwned"
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.target}",)
+
+
+def run(argv: list[str]) -> tuple[int, str]:
+    """Runs an entry point in this process: its exit code and what it printed to stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = ENTRY[argv[0]](argv[1:])
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("command,code,phrase", ROWS, ids=[" ".join(r[0]) for r in ROWS])
+def test_bad_input_gives_one_clear_line(command, code, phrase, bad_files, monkeypatch, tmp_path):
+    import ray
+
+    monkeypatch.setenv("WSL_RAY_CACHE", str(tmp_path / "cache"))
+    argv = [part.format(**bad_files) for part in command]
+    got, stderr = run(argv)
+    assert (got, "Traceback" in stderr) == (code, False), stderr
+    assert phrase.format(**bad_files) in stderr, stderr
+    assert "error" in stderr
+    assert not ray.is_initialized()
+    assert not Path(bad_files["tmp"], "run", "metrics.jsonl").exists()  # nothing trained
+
+
+def test_crafted_cifar_pickle_is_refused_and_runs_nothing(bad_files):
+    from pathlib import Path
+
+    from wsl_ray.data.sources import read_cifar
+
+    Path(Evil.target).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="refusing global posix.system"):
+        read_cifar(Path(bad_files["cifar_evil"]), 10)
+    assert not Path(Evil.target).exists()
+    # the file is a real threat: plain pickle runs its command
+    pickle.loads(Path(bad_files["cifar_evil"], "cifar-10-batches-py/data_batch_1").read_bytes())
+    assert Path(Evil.target).exists()
+    Path(Evil.target).unlink()
+
+
+@pytest.mark.parametrize("core", ["numpy._core.multiarray", "numpy.core.multiarray"])
+def test_genuine_cifar_pickles_still_load(tmp_path, core):
+    """Batches naming numpy 2's numpy._core and numpy 1's numpy.core (as the original files
+    do): a dict of a uint8 array and a label list, read into [N, 3, 32, 32]."""
+    import numpy as np
+
+    from wsl_ray.data.sources import read_cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    images = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    raw = pickle.dumps({"data": images, "labels": [3, 7]}, protocol=3)  # text GLOBALs
+    raw = raw.replace(b"numpy._core.multiarray", core.encode())
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(raw)
+    data = read_cifar(tmp_path, 10)
+    assert data["train_x"].shape == (10, 3, 32, 32) and data["test_y"].tolist() == [3, 7]
+    assert data["train_x"][1, 2, 31, 31].item() == (2 * 3072 - 1) % 256
+

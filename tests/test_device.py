@@ -1,0 +1,142 @@
+"""The GPU path, proven on the CPU: devices with an index, no pinning of device tensors,
+equal DDP shards, sync-free steps (a fullgraph compile fails on any host sync or
+data-dependent branch) and float32 whitening under bf16 autocast."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from wsl_ray.data import Augment, iterate_batches
+from wsl_ray.data.loader import to_device
+from wsl_ray.device import HostScalar, resolve_device
+from wsl_ray.evaluate import probe_step
+from wsl_ray.methods.losses import byol_loss, contrastive_loss
+from wsl_ray.methods.whitening import cholesky_whiten
+from wsl_ray.models import Float32Linear
+
+
+def compiled(fn):
+    """fn compiled as one graph on the CPU: a host sync or a data-dependent branch raises."""
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, backend="aot_eager")
+
+
+def test_cuda_devices_always_carry_an_index(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda:1")
+    assert resolve_device("cuda") == torch.device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device(torch.device("cuda")) == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_loader_pins_only_cpu_tensors_bound_for_a_gpu(monkeypatch):
+    pinned = []
+
+    def fake_pin(self):
+        pinned.append(self.device.type)
+        return self
+
+    moved = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, device, **kw: moved.append(device) or self)
+    meta = torch.empty(4, 3, device="meta")
+    assert to_device(meta, torch.device("meta")) is meta  # already there: untouched
+    to_device(meta, torch.device("cuda:0"))  # not on the CPU: moved, never pinned
+    to_device(torch.zeros(4), torch.device("cuda:0"))  # CPU -> GPU: pinned first
+    to_device(torch.zeros(4), torch.device("meta"))  # CPU -> not a GPU: plain copy
+    assert pinned == ["cpu"]
+    assert moved == [torch.device("cuda:0")] * 2 + [torch.device("meta")]
+
+
+@pytest.mark.parametrize("n", [511, 512, 5119])
+def test_every_rank_gets_the_same_number_of_disjoint_batches(n):
+    x, y = torch.arange(n)[:, None, None, None], torch.arange(n)
+    shards = [
+        [b for _, b in iterate_batches(x, y, 32, generator=torch.Generator().manual_seed(0),
+                                       rank=r, world_size=2)]
+        for r in range(2)
+    ]  # fmt: skip
+    assert len(shards[0]) == len(shards[1]) == n // 2 // 32
+    seen = torch.cat([torch.cat(s) for s in shards])
+    assert len(seen.unique()) == len(seen)
+
+
+def test_host_scalar_reports_the_latest_value_on_cpu():
+    value = HostScalar(torch.device("cpu"))
+    assert value.latest() is None
+    value.push(torch.tensor(2.5))
+    value.push(torch.tensor(1.5))
+    assert value.latest() == 1.5
+
+
+def test_augment_apply_is_one_graph():
+    gen = torch.Generator().manual_seed(0)
+    aug = Augment(16, (0.5,) * 3, (0.25,) * 3, blur_p=0.5, generator=gen)
+    x = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    params = aug.sample(6, 20, 20)
+    assert torch.allclose(compiled(aug.apply)(x, params), aug.apply(x, params), atol=1e-5)
+
+
+def test_probe_step_is_one_graph(gen):
+    x = torch.cat([torch.randn(32, 6, generator=gen), torch.ones(32, 1)], 1)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    params = torch.randn(3, 7, generator=gen)
+    eager, graph = ([params.clone(), torch.zeros(3, 7), torch.zeros(3, 7), torch.tensor(0.0),
+                     torch.tensor(1e-2)] for _ in range(2))  # fmt: skip
+    step = compiled(probe_step)
+    for _ in range(3):
+        eager[3].add_(1), graph[3].add_(1)
+        probe_step(*eager, x, y, 5e-6)
+        step(*graph, x, y, 5e-6)
+    assert not torch.allclose(eager[0], params)
+    assert torch.allclose(eager[0], graph[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [lambda v: contrastive_loss(list(v), tau=0.5), lambda v: byol_loss(v, v.flip(0))],
+    ids=["contrastive", "byol"],
+)
+def test_method_losses_are_one_graph(gen, loss):
+    views = torch.randn(2, 32, 8, generator=gen)
+    assert torch.allclose(compiled(loss)(views), loss(views), atol=1e-5)
+
+
+@pytest.mark.parametrize("condition", [1e1, 1e2, 1e3])
+def test_head_output_and_whitening_stay_float32_under_bf16_autocast(gen, condition):
+    """The same head input through the last Linear and the whitening, with and without bf16
+    autocast, agrees to 1e-4; a plain (bf16) Linear is off by far more."""
+    n, h, d = 256, 64, 16
+    q1, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+    q2, _ = torch.linalg.qr(torch.randn(h, h, generator=gen))
+    scales = torch.logspace(0, 0.5 * torch.log10(torch.tensor(condition)).item(), d)
+    weight = q1 @ torch.diag(scales) @ q2[:d]  # embeddings' covariance has this condition
+    x = torch.randn(n, h, generator=gen)
+    layers = {}
+    for cls in (Float32Linear, torch.nn.Linear):
+        layers[cls] = cls(h, d)
+        layers[cls].weight.data.copy_(weight)
+    exact = cholesky_whiten(layers[Float32Linear](x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = cholesky_whiten(layers[Float32Linear](x))
+        plain = cholesky_whiten(layers[torch.nn.Linear](x))
+    error = lambda w: ((w - exact).norm() / exact.norm()).item()  # noqa: E731
+    assert ours.dtype == torch.float32 and error(ours) < 1e-4
+    assert error(plain) > 1e-3  # the test can tell a bf16 head apart
+
+
+def test_direct_run_and_benchmarks_import_without_ray_optuna_or_wandb():
+    """The GPU machine has torch but no Ray, Optuna or wandb: these must still import."""
+    code = (
+        "import sys\n"
+        "for name in ('ray', 'optuna', 'wandb'): sys.modules[name] = None\n"
+        "import wsl_ray.train, wsl_ray.test, wsl_ray.trainer, benchmarks.bench_train\n"
+        "wsl_ray.train.build_parser().parse_args([])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

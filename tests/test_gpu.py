@@ -1,0 +1,101 @@
+"""The CUDA path itself: skipped without a GPU, run first by `benchmarks/gpu_check.sh`."""
+
+import dataclasses
+import math
+import os
+
+import pytest
+import torch
+
+from wsl_ray.config import METHODS, Config
+from wsl_ray.data import Augment, load_dataset
+from wsl_ray.device import HostScalar, place_data, resolve_device
+from wsl_ray.evaluate import fit_linear
+from wsl_ray.trainer import WorkerContext, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SMALL = dict(
+    dataset="shapes", arch="resnet18_w16", subset=1024, bs=128, emb=32, w_size=64, head_size=128,
+    epoch=1, eval_every=1, lr_warmup=False,
+)  # fmt: skip
+METHOD_SETTINGS = {"cw_rgp": dict(emb=256, w_size=64, groups=2)}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("shapes")
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_and_evaluates_on_cuda(tmp_path, data, method, compile):
+    cfg = Config(**SMALL | METHOD_SETTINGS.get(method, {}), method=method, compile=compile,
+                 device="cuda", out=str(tmp_path))  # fmt: skip
+    summary = train(cfg, data=dataclasses.replace(data), progress=False)
+    assert math.isfinite(summary["loss"])
+    assert all(0 <= summary[k] <= 1 for k in ("acc", "acc_5", "acc_knn"))
+
+
+def test_ddp_wrapping_runs_under_plain_torch_distributed_nccl(tmp_path, data):
+    device = resolve_device("cuda")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29531")
+    torch.distributed.init_process_group("nccl", rank=0, world_size=1, device_id=device)
+    try:
+        context = WorkerContext(
+            device, wrap_model=lambda m: torch.nn.parallel.DistributedDataParallel(
+                m, device_ids=[device.index])
+        )  # fmt: skip
+        cfg = Config(**SMALL, out=str(tmp_path))
+        summary = train(cfg, context=context, data=dataclasses.replace(data), progress=False)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert math.isfinite(summary["loss"])
+
+
+def test_shared_roles_are_copied_to_the_gpu_once(data):
+    copy = dataclasses.replace(data)
+    place_data(copy, resolve_device("cuda"))
+    assert copy.train_x.is_cuda and copy.train_x is copy.clf_x
+
+
+def test_host_scalar_reaches_the_host_without_waiting():
+    value = HostScalar(resolve_device("cuda"))
+    value.push(torch.tensor(3.0, device=resolve_device("cuda")))
+    torch.cuda.synchronize()
+    assert value.latest() == 3.0
+
+
+def test_augment_on_the_gpu_equals_the_cpu_for_the_same_parameters():
+    x = torch.randint(0, 256, (8, 3, 40, 40), dtype=torch.uint8)
+    cpu = Augment(32, (0.5,) * 3, (0.25,) * 3, blur_p=0.5)
+    gpu = Augment(32, (0.5,) * 3, (0.25,) * 3, blur_p=0.5, device=resolve_device("cuda"))
+    p = cpu.sample(8, 40, 40)
+    p_gpu = type(p)(*(t.to(gpu.device) for t in dataclasses.astuple(p)))
+    assert torch.allclose(gpu.apply(x.to(gpu.device), p_gpu).cpu(), cpu.apply(x, p), atol=1e-4)
+
+
+def test_graph_replayed_probe_follows_the_reference_protocol():
+    """fit_linear on the GPU (epochs after the first replayed from a CUDA graph) against
+    torch.optim's Adam on the same device permutations."""
+    device = resolve_device("cuda")
+    gen = torch.Generator(device).manual_seed(0)
+    train_f = torch.randn(400, 6, device=device, generator=gen)
+    train_y = (train_f[:, 0] > 0).long()
+    torch.manual_seed(3)
+    clf = torch.nn.Linear(6, 2).to(device)
+    opt = torch.optim.Adam(clf.parameters(), lr=1e-2, weight_decay=5e-6)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, (1e-6 / 1e-2) ** (1 / 20))
+    perms = torch.Generator(device).manual_seed(7)
+    for _ in range(20):
+        for idx in torch.randperm(400, generator=perms, device=device).view(-1, 100):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(clf(train_f[idx]), train_y[idx]).backward()
+            opt.step()
+        sched.step()
+    expected = torch.cat([clf.weight, clf.bias[:, None]], dim=1).detach()
+    torch.manual_seed(3)
+    got = fit_linear(train_f, train_y, epochs=20, batch_size=100,
+                     generator=torch.Generator(device).manual_seed(7))  # fmt: skip
+    assert torch.allclose(got, expected, atol=1e-4)

@@ -1,0 +1,27 @@
+"""Barlow Twins (Zbontar et al., ICML 2021), as in the CW-RGP study's code."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from .base import BaseMethod
+from .losses import barlow_twins_loss
+
+
+class BarlowTwins(BaseMethod):
+    """Each view's projection is batch-normalised by one shared BatchNorm, then the
+    cross-correlation of the two is pushed to the identity. --barlow_scale emb (default)
+    follows the CW-RGP code: an affine BN and C divided by the embedding size; batch follows
+    the paper: BN without affine parameters and C divided by the batch size."""
+
+    head_per_view = True
+
+    def __init__(self, cfg: Config, image_size: int):
+        super().__init__(cfg, image_size)
+        self.bn = nn.BatchNorm1d(cfg.emb, affine=cfg.barlow_scale == "emb")
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        z = [self.bn(v) for v in self.project(views)]
+        return barlow_twins_loss(z, self.cfg.barlow_lambda, self.cfg.barlow_scale)

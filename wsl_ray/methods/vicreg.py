@@ -1,0 +1,18 @@
+"""VICReg (Bardes et al., ICLR 2022): variance, invariance and covariance terms."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import BaseMethod
+from .losses import vicreg_loss
+
+
+class VICReg(BaseMethod):
+    """The loss on the raw projections, weights --vicreg_sim, --vicreg_var, --vicreg_cov."""
+
+    head_per_view = True
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        c = self.cfg
+        return vicreg_loss(self.project(views), c.vicreg_sim, c.vicreg_var, c.vicreg_cov)
