@@ -134,7 +134,7 @@ def test_cw_rgp_augmentation_preset_crops_first_bilinear_with_blur():
     aug = Augment.from_config(cfg, 8, (0.5,) * 3, (0.25,) * 3)
     assert (aug.crop_first, aug.interpolation, aug.blur_p, aug.gs_p) == (True, "bilinear", 0.5, 0.2)
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    params = aug.sample(4, 16, 16, x.device)
+    params = aug.sample(4, 16, 16)
     params.jitter[:] = torch.tensor([1.0, 0.5, 1.0, 0.0])  # contrast 0.5 only: its mean differs
     params.gray[:], params.blur_sigma[:] = False, 0.0
     out = aug.apply(x, params) * 0.25 + 0.5
