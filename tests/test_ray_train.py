@@ -62,3 +62,19 @@ def test_the_shared_dataset_is_mapped_read_only_from_the_object_store(local_ray)
     assert mapped.clf_x.data_ptr() == mapped.train_x.data_ptr()  # the clf set is not stored twice
     assert (mapped.mean, mapped.crop_size, mapped.num_classes) == (data.mean, 32, 10)
     assert shared_dataset(shared, Config(dataset="cifar10")) is None  # another dataset: load it
+
+
+def test_lincls_runs_as_a_two_worker_ray_train_job(local_ray, tmp_path):
+    from wsl_ray.lincls import build_parser, run_with_ray
+    from wsl_ray.trainer import initial_model
+
+    cfg = Config(dataset="shapes", arch="resnet18_w8", emb=8, w_size=32, head_size=32, bs=64)
+    ckpt = tmp_path / "ssl.pt"
+    torch.save({"model": initial_model(cfg, 32, torch.device("cpu")).state_dict(),
+                "config": cfg.to_dict()}, ckpt)  # fmt: skip
+    args = build_parser().parse_args(
+        ["--fname", str(ckpt), "--subset", "256", "--epochs", "1", "--bs", "64",
+         "--workers", "2", "--out", str(tmp_path / "lincls")]
+    )  # fmt: skip
+    summary = run_with_ray(args)  # 2 DDP ranks of 32 images a batch, over gloo
+    assert summary["epochs"] == 1 and 0 <= summary["acc1"] <= summary["acc5"] <= 1

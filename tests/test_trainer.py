@@ -41,7 +41,7 @@ def reference_lrs(cfg, iters_per_epoch, scheduler):
 
 def our_lrs(cfg, iters):
     return [
-        learning_rate(cfg, e + n / iters, e * iters + n)
+        learning_rate(cfg, e + n / iters, e * iters + n, iters)
         for e in range(cfg.epoch)
         for n in range(iters)
     ]

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import re
+import sys
 import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
@@ -29,6 +30,26 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "whitened_mse": {"groups": GENERIC_DEFAULTS["groups"]},
     **{m: {"bs": 512, "lr": 1e-3, "emb": 512} for m in TWO_VIEW_METHODS},
 }
+OPTIMIZERS = ("adam", "sgd", "lars")
+# Defaults of the fields left unset (None), wherever a Config is built (Config(...) too):
+# CW-RGP's are those of its code's base/cfg.py (emb 512, group 1, w_size 128) and its
+# base/model.py (zero_init_residual=True).
+# The --aug cw_rgp preset (CW-RGP's ImageNet transform.py) greys with p 0.2.
+UNSET_DEFAULTS: dict[str, Any] = {
+    "emb": 64, "groups": 1, "zero_init_residual": False, "gs_p": 0.1,
+}  # fmt: skip
+UNSET_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cw_rgp": {"emb": 512, "groups": 1, "zero_init_residual": True},
+}  # (its w_size 128 is everyone's default)
+AUG_PRESETS = ("wmse", "cw_rgp")
+UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}}
+_notes_printed: set[str] = set()
+
+
+SYNC_BN_NEEDS_GPUS = (
+    "--sync_bn needs GPU workers: run with --workers N on a machine with CUDA "
+    "(or --gpus-per-worker > 0), or drop --sync_bn"
+)
 
 
 class ConfigError(ValueError):
@@ -52,14 +73,14 @@ class Config:
     # method and loss
     method: str = _f("w_mse", "loss type", choices=METHODS)
     num_samples: int = _f(2, "number of views generated from each image")
-    emb: int = _f(64, "embedding size")
+    emb: int = _f(None, "embedding size (default 64; cw_rgp: 512)", type=int)
     w_size: int = _f(128, "size of the sub-batch whitened together (W-MSE, CW-RGP)")
     w_iter: int = _f(1, "iterations of whitening matrix estimation (W-MSE, CW-RGP)")
     w_eps: float = _f(0.0, "shrinkage eps of the covariance, for stability")
-    groups: int = _f(4, "number of random channel groups (CW-RGP)")
+    groups: int = _f(None, "number of random channel groups (CW-RGP; default 1)", type=int)
     tau: float = _f(0.5, "contrastive loss temperature")
     byol_tau: float = _f(0.99, "starting EMA rate of BYOL's target network")
-    norm: bool = _f(True, "normalise latents before the MSE")
+    norm: bool = _f(True, "don't normalise latents (for the Euclidean distance)")
     # the whitening family (whitened_mse; the presets w_mse and cw_rgp fix these) and others
     w_matrix: str | None = _f(
         None, "whitening matrix (whitened_mse; default cholesky)", type=str, choices=MATRICES
@@ -87,15 +108,20 @@ class Config:
     arch: str = _f("resnet18", "encoder: resnet18|34|50, or resnet18_wN for base width N")
     head_layers: int = _f(2, "number of FC layers in the head")
     head_size: int = _f(1024, "size of the head's hidden FC layers")
-    add_bn: bool = _f(True, "use BatchNorm in the head")
-    zero_init_residual: bool = _f(False, "zero-init the last BN of each block (CW-RGP)")
+    add_bn: bool = _f(True, "do not use BatchNorm in the head")
+    zero_init_residual: bool = _f(
+        None, "zero-init the last BN of each residual block (default: on for cw_rgp only)"
+    )
+    sync_bn: bool = _f(False, "SyncBatchNorm across the DDP workers (GPU workers only)")
     # augmentation
+    aug: str = _f("wmse", "augmentation preset: the W-MSE or the CW-RGP ImageNet pipeline",
+                  choices=AUG_PRESETS)  # fmt: skip
     cj0: float = _f(0.4, "color jitter brightness")
     cj1: float = _f(0.4, "color jitter contrast")
     cj2: float = _f(0.4, "color jitter saturation")
     cj3: float = _f(0.1, "color jitter hue")
     cj_p: float = _f(0.8, "color jitter probability")
-    gs_p: float = _f(0.1, "grayscale probability")
+    gs_p: float = _f(None, "grayscale probability (default 0.1; --aug cw_rgp: 0.2)", type=float)
     crop_s0: float = _f(0.2, "crop size from")
     crop_s1: float = _f(1.0, "crop size to")
     crop_r0: float = _f(0.75, "crop ratio from")
@@ -105,9 +131,18 @@ class Config:
     epoch: int = _f(200, "total number of epochs")
     bs: int = _f(512, "number of original images in a batch (all workers together)")
     lr: float = _f(1e-3, "learning rate")
-    adam_l2: float = _f(1e-6, "weight decay (L2 penalty, coupled, as Adam's weight_decay)")
-    lr_warmup: bool = _f(True, "linear learning rate warm-up over the first 500 iterations")
-    lr_step: str = _f("step", "learning rate schedule", choices=("cos", "step", "none"))
+    adam_l2: float = _f(1e-6, "weight decay (L2 penalty added to the gradient) of any --optimizer")
+    lr_warmup: bool = _f(True, "no linear learning rate warm-up over the first 500 iterations")
+    lr_step: str = _f(
+        "step",
+        "learning rate schedule; cos_epoch: cosine to 0 over --epoch, set at each epoch's start",
+        choices=("cos", "step", "none", "cos_epoch"),
+    )
+    optimizer: str = _f("adam", "optimiser; --adam_l2 is its weight decay", choices=OPTIMIZERS)
+    momentum: float = _f(0.9, "momentum of --optimizer sgd and lars")
+    lr_per_256: bool = _f(False, "--lr is per 256 images: the optimiser's lr is lr x bs / 256")
+    cov_w: float = _f(0.0, "weight of CW-RGP's covariance term (ImageNet recipe)")
+    cov_stop: int = _f(50, "epoch from which --cov_w is 0")
     drop: list = _f([50, 25], "epochs before the end at which lr drops", nargs="*", type=int)
     drop_gamma: float = _f(0.2, "multiplicative factor of the lr drop")
     eta_min: float = _f(0.0, "minimum learning rate (--lr_step cos)")
@@ -137,6 +172,24 @@ class Config:
     ckpt_every: int = _f(10, "save a full checkpoint every this many epochs")
     fname: str | None = _f(None, "load model weights from this checkpoint", type=str)
     wandb: str | None = _f(None, "log to this wandb project (offline unless WANDB_MODE)", type=str)
+
+    def __post_init__(self) -> None:
+        """Fills the fields left unset (None) with the method's or the --aug preset's
+        defaults, else the general ones, and prints once per process which method- or
+        preset-specific defaults were applied."""
+        specific = UNSET_METHOD_DEFAULTS.get(self.method, {}) | UNSET_AUG_DEFAULTS.get(self.aug, {})
+        applied = {}
+        for name, general in UNSET_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, specific.get(name, general))
+                if name in specific:
+                    applied[name] = specific[name]
+        if applied:
+            note = f"note: defaults of --method {self.method} / --aug {self.aug} applied: "
+            note += ", ".join(f"{k} {v}" for k, v in applied.items())
+            if note not in _notes_printed:
+                _notes_printed.add(note)
+                print(note, file=sys.stderr)
 
     @property
     def num_pairs(self) -> int:
@@ -184,6 +237,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         meta = dict(f.metadata)
         help_text = meta.pop("help")
         default = f.default_factory()
+        if f.type == "bool" and default is None:  # unset: the method decides
+            parser.add_argument(f"--{f.name}", dest=f.name, action="store_const", const=True,
+                                default=None, help=help_text)  # fmt: skip
+            parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_const",
+                                const=False, help=f"turn off --{f.name}")  # fmt: skip
+            continue
         if isinstance(default, bool):
             flag, action = (
                 (f"--no_{f.name}", "store_false")

@@ -72,10 +72,10 @@ def get_encoder(
     else:
         model = getattr(models, arch)(weights=None, zero_init_residual=zero_init_residual)
     if image_size <= 96:
+        # PyTorch's default init (Kaiming-uniform, a = sqrt(5)), as the reference leaves it
         model.conv1 = nn.Conv2d(
             3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False
         )
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     if image_size <= 32:
         model.maxpool = nn.Identity()
     out_size = model.fc.in_features

@@ -14,7 +14,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from .config import Config
+from .config import SYNC_BN_NEEDS_GPUS, Config, ConfigError
 from .logging_sinks import open_sinks
 from .shared_data import shared_dataset
 from .trainer import WorkerContext, read_checkpoint, train
@@ -38,6 +38,15 @@ class RayTrainReporter:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
+def wrap_model(model: torch.nn.Module, world_size: int, sync_bn: bool) -> torch.nn.Module:
+    """DDP over the workers when there are several; with --sync_bn the BatchNorm layers are
+    first made SyncBatchNorm (in place: the parameters, and so the optimiser's, stay the
+    same objects), since prepare_model does not convert them."""
+    if sync_bn:
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return ray.train.torch.prepare_model(model) if world_size > 1 else model
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: resumes from the run's latest checkpoint if any."""
     cfg = Config.from_dict(config["cfg"])
@@ -50,7 +59,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         rank=ctx.get_world_rank(),
         world_size=world,
         gpu_share=config.get("gpu_share", 1.0),
-        wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
+        wrap_model=lambda model: wrap_model(model, world, cfg.sync_bn),
     )
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
@@ -100,7 +109,10 @@ def make_trainer(
     `wandb` holds rank 0's wandb run: {"run_id", "group", "log_dir" (absolute)}; without
     it a run logging to wandb keeps a stable id in cfg.out. `shared_data` is the node-shared
     dataset of shared_data.share_dataset.
+    Raises ConfigError for --sync_bn without GPU workers.
     """
+    if cfg.sync_bn and not gpus_per_worker:
+        raise ConfigError(SYNC_BN_NEEDS_GPUS)
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
     return TorchTrainer(
         worker_loop,

@@ -15,7 +15,8 @@ from .data import load_dataset
 from .device import resolve_device
 from .evaluate import embed, knn_accuracy, linear_probe
 from .methods import get_method
-from .trainer import CheckpointError, model_weights, read_checkpoint
+from .trainer import CheckpointError, read_checkpoint
+from .weights import load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         model = get_method(cfg.method)(cfg, data.crop_size).to(device)
         if args.fname:
             try:
-                model.load_state_dict(model_weights(payload))
+                load_weights(model, payload)
             except (RuntimeError, TypeError, AttributeError) as err:
                 raise ValueError(
                     f"--fname {args.fname}: its weights do not fit a {cfg.arch} {cfg.method} "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
+    SYNC_BN_NEEDS_GPUS,
     Config,
     ConfigError,
     add_config_flags,
@@ -50,8 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--no_tensorboard", dest="tensorboard", action="store_false",
         help="write no TensorBoard events into --out (direct runs write them by default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="start from a paper's setting (wsl_ray/recipes.py, e.g. wmse4_cifar10); "
+        "flags given beside it override it",
+    )
     add_config_file_flags(parser)
     return parser
+
+
+def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parses argv; with --recipe, its values become the defaults and argv is parsed again."""
+    args = parser.parse_args(argv)
+    if args.recipe:
+        from .recipes import get_recipe
+
+        try:
+            recipe = get_recipe(args.recipe)
+        except ValueError as err:
+            parser.error(str(err))
+        print(f"recipe {recipe.name} ({recipe.source}): {recipe.line}", file=sys.stderr)
+        parser.set_defaults(**recipe.values())
+        args = parser.parse_args(argv)
+    return args
+
+
+def recipe_keys(name: str | None) -> set[str]:
+    """The config keys a --recipe sets (none without one)."""
+    from .recipes import get_recipe
+
+    return set(get_recipe(name).values()) if name else set()
 
 
 def print_summary(summary: dict[str, Any], out: str) -> None:
@@ -74,17 +104,23 @@ def print_summary(summary: dict[str, Any], out: str) -> None:
     print(f"checkpoint and metrics: {out}")
 
 
+def _gpus_per_worker(args: argparse.Namespace) -> float:
+    """--gpus-per-worker, by default 1 where CUDA is available and 0 elsewhere."""
+    if args.gpus_per_worker is not None:
+        return args.gpus_per_worker
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
+
+
 def run_with_ray(cfg, args) -> dict[str, Any]:
     """Runs the loop as a Ray Train TorchTrainer; the summary comes from its last checkpoint."""
     import ray
-    import torch
 
     from .ray_train import make_trainer
     from .trainer import read_checkpoint, summarize
 
-    gpus = args.gpus_per_worker
-    if gpus is None:
-        gpus = 1 if torch.cuda.is_available() else 0
+    gpus = _gpus_per_worker(args)
     ray.init(ignore_reinit_error=True)
     try:
         trainer = make_trainer(
@@ -121,11 +157,13 @@ def check_checkpoints(cfg: Config, resume: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    args = parse_with_recipe(parser, argv)  # flags > --config file > --recipe > defaults
     args = parse_args_with_config(parser, argv)
     try:
         check_run_flags(args)
         given = given_config_keys(sys.argv[1:] if argv is None else argv)
-        cfg = config_from_args(args, given | config_file_keys(parser, args.config))
+        given |= config_file_keys(parser, args.config) | recipe_keys(args.recipe)
+        cfg = config_from_args(args, given)  # the method's defaults fill what none of them set
         validate_config(cfg, workers=max(args.workers, 1))
         cfg = Config.from_dict(absolute_paths(cfg.to_dict()))  # Ray workers run elsewhere
         writable_folder(cfg.out, "--out")
@@ -135,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(resolved_yaml(args, cfg), end="")
         return 0
+    if cfg.sync_bn and not (args.workers and _gpus_per_worker(args)):
+        parser.error(SYNC_BN_NEEDS_GPUS)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`s, stop our Ray
     os.environ.setdefault("WANDB_MODE", "offline")
     from .logging_sinks import open_sinks

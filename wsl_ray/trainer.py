@@ -1,10 +1,10 @@
 """The one training loop, run directly, as a Ray Train worker, or inside a Tune trial.
 
 Per iteration: a batch of uint8 images -> `num_samples` augmented views -> the method's
-loss -> Adam with coupled L2. The learning rate is a pure function of the iteration
-(`learning_rate`), so a resumed run needs no scheduler state. Every `--eval_every`
-epochs the frozen encoder is evaluated (k-NN and linear probe); every `--ckpt_every`
-epochs and at the end a full checkpoint is written and handed to the reporter.
+loss -> the optimiser (Adam with coupled L2 by default), its learning rate a pure function
+of the iteration (`optim.learning_rate`), so a resumed run needs no scheduler state.
+Every `--eval_every` epochs the frozen encoder is evaluated (k-NN and linear probe);
+every `--ckpt_every` epochs and at the end a full checkpoint is written and reported.
 """
 
 from __future__ import annotations
@@ -30,43 +30,14 @@ from .evaluate import evaluate_run
 from .logging_sinks import MetricSinks, open_sinks
 from .methods import BaseMethod, get_method
 from .methods.whitening import stats as whitening_stats
+from .optim import base_lr, build_optimizer, learning_rate
+from .weights import load_weights
 
-WARMUP_ITERS = 500
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the message says where and what to change."""
-
-
-def _cosine_warm_restarts(cfg: Config, epoch: float) -> float:
-    """CosineAnnealingWarmRestarts(T_0 = T0 or epoch, T_mult, eta_min) at a fractional epoch."""
-    t0 = cfg.T0 or cfg.epoch
-    if cfg.Tmult == 1:
-        t_cur, t_i = epoch % t0, t0
-    else:
-        n = int(math.log(epoch / t0 * (cfg.Tmult - 1) + 1, cfg.Tmult))
-        t_cur = epoch - t0 * (cfg.Tmult**n - 1) / (cfg.Tmult - 1)
-        t_i = t0 * cfg.Tmult**n
-    return cfg.eta_min + (cfg.lr - cfg.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
-
-
-def learning_rate(cfg: Config, epoch: float, iteration: int) -> float:
-    """The reference's lr at global iteration `iteration` (0-based), in fractional `epoch`.
-
-    warm-up: lr (iteration + 1) / 500 for the first 500 iterations (unless --no_lr_warmup);
-    then step: lr * drop_gamma ** (number of milestones epoch - drop[i] reached);
-          cos:  cosine annealing with warm restarts at the fractional epoch;
-          none: lr.
-    """
-    if cfg.lr_warmup and iteration < WARMUP_ITERS:
-        return cfg.lr * (iteration + 1) / WARMUP_ITERS
-    if cfg.lr_step == "step":  # milestones before epoch 0 never fire, as in MultiStepLR
-        milestones = [cfg.epoch - d for d in cfg.drop if cfg.epoch - d >= 0]
-        return cfg.lr * cfg.drop_gamma ** sum(int(epoch) >= m for m in milestones)
-    if cfg.lr_step == "cos":
-        return _cosine_warm_restarts(cfg, epoch)
-    return cfg.lr
 
 
 def eval_epochs(cfg: Config) -> set[int]:
@@ -208,11 +179,6 @@ def load_checkpoint(path: Path, model: BaseMethod, optimizer, gens: dict) -> Tra
     )
 
 
-def model_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Model weights from a read checkpoint: ours (with optimiser, RNGs...) or a bare state dict."""
-    return payload.get("model", payload)
-
-
 def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int = 0) -> BaseMethod:
     """The model a run of `cfg` starts from on `rank`: torch is seeded with cfg.seed + rank
     first, so a config always starts from the same weights (and --baseline sees them)."""
@@ -248,9 +214,14 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
         model.compile_encoder()
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.adam_l2, fused=device.type == "cuda"
-    )  # fused: one kernel for all parameters instead of ~600 per-parameter ops
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        model.parameters(),
+        base_lr(cfg),
+        cfg.adam_l2,
+        cfg.momentum,
+        fused=device.type == "cuda",
+    )  # fused Adam: one kernel for all parameters instead of ~600 per-parameter ops
     gens = {
         "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
         "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
@@ -260,7 +231,7 @@ def train(
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
         state = load_checkpoint(resume_from, model, optimizer, gens)
     elif cfg.fname:
-        model.load_state_dict(model_weights(read_checkpoint(cfg.fname)))
+        load_weights(model, read_checkpoint(cfg.fname), verbose=rank == 0)
     saved_epoch = state.epoch  # of the newest checkpoint, 0 for none
     net = context.wrap_model(model)
     augment = Augment.from_config(
@@ -292,7 +263,7 @@ def train(
             disable=not progress or rank != 0, dynamic_ncols=True,
         )  # fmt: skip
         for n, (x, _) in enumerate(bar):
-            lr = learning_rate(cfg, epoch + n / iters, state.iteration)
+            lr = learning_rate(cfg, epoch + n / iters, state.iteration, iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             views = augment(x)

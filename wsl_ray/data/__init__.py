@@ -202,6 +202,14 @@ DATASETS: dict[str, DatasetSpec] = {
         100,
         224,
     ),
+    "imagenet": DatasetSpec(
+        sources.read_imagenet,
+        "data/imagenet",
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        1000,
+        224,
+    ),
     "fashion_mnist": DatasetSpec(
         sources.read_fashion_mnist,
         "/usr/share/datasets/fashion-mnist",
@@ -274,7 +282,7 @@ def load_dataset(
         std=std,
         num_classes=spec.num_classes,
         crop_size=spec.crop_size,
-        blur=name == "imagenet100",
+        blur=name in ("imagenet100", "imagenet"),
         val_size=val_size,
     )
 

@@ -27,6 +27,14 @@ import torch.nn.functional as F
 from ..config import Config
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+# --aug presets. wmse: the W-MSE code's order (colour, grey, then a bicubic crop and flip;
+# blur only for ImageNet-100). cw_rgp: CW-RGP's ImageNet transform.py (a bilinear crop
+# first, then colour, grey, blur p 0.5 and flip; flip and this blur commute); its
+# grayscale p 0.2 is the preset's default for --gs_p (config.py).
+PRESETS = {
+    "wmse": {"crop_first": False, "interpolation": "bicubic", "blur": False},
+    "cw_rgp": {"crop_first": True, "interpolation": "bilinear", "blur": True},
+}
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
@@ -62,6 +70,7 @@ class Augment:
         interpolation: str = "bicubic",
         generator: torch.Generator | None = None,
         compile: bool = False,
+        crop_first: bool = False,
         device: torch.device | str | None = None,
     ):
         if interpolation not in ("bicubic", "bilinear"):
@@ -77,6 +86,7 @@ class Augment:
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
         self.blur_p, self.blur_sigma = blur_p, blur_sigma
         self.interpolation = interpolation
+        self.crop_first = crop_first  # crop before the colour ops (the CW-RGP preset)
         self.generator = generator
         # torch.compile fuses the ~30 elementwise passes: 3x faster on 2 CPU cores
         self._apply = torch.compile(self.apply, dynamic=False) if compile else self.apply
@@ -86,7 +96,8 @@ class Augment:
         cls, cfg: Config, size: int, mean, std, blur: bool = False, generator=None
     ) -> Augment:
         """The reference pipeline from the training flags (blur_p 0.5 when `blur`);
-        compiled with --compile."""
+        compiled with --compile. --aug picks the preset (PRESETS)."""
+        preset = PRESETS[cfg.aug]
         return cls(
             size,
             mean,
@@ -98,9 +109,11 @@ class Augment:
             crop_scale=(cfg.crop_s0, cfg.crop_s1),
             crop_ratio=(cfg.crop_r0, cfg.crop_r1),
             hf_p=cfg.hf_p,
-            blur_p=0.5 if blur else 0.0,
+            blur_p=0.5 if blur or preset["blur"] else 0.0,
+            interpolation=preset["interpolation"],
             generator=generator,
             compile=cfg.compile,
+            crop_first=preset["crop_first"],
         )
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -178,9 +191,12 @@ class Augment:
     def apply(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
         """Deterministic part: uint8 [B, C, H, W] and parameters -> float views."""
         x = x.float().mul_(1 / 255)
+        if self.crop_first:
+            x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
         x = color_jitter(x, p.jitter, p.jitter_order)
         x = torch.where(p.gray[:, None, None, None], grayscale(x).expand_as(x), x)
-        x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
+        if not self.crop_first:
+            x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
         if self.blur_p > 0:
             x = gaussian_blur(x, p.blur_sigma, math.ceil(3 * self.blur_sigma[1]))
         scale = (1 / self.std)[:, None, None]

@@ -256,24 +256,29 @@ n02090622
 """.split()
 
 
-def read_imagenet100(root: Path) -> dict:
-    """ImageFolder-style `train/<wnid>/*` and `val/<wnid>/*`, restricted to the 100 classes.
+def read_imagenet(root: Path, classes: Sequence[str] | None = None) -> dict:
+    """ImageFolder-style `train/<wnid>/*` and `val/<wnid>/*`: every class folder of train/
+    (sorted, as ImageFolder), or only `classes` in that order.
 
     Training images stream as their central 256 x 256 (shorter side resized to 256), from
     which random crops to 224 are drawn on the GPU; evaluation images are resized to 256
     and centre-cropped to 224, the preprocessing the reference asks for.
     """
+    name = "ImageNet" if classes is None else "ImageNet-100"
     how = "Put ImageNet's train/ and val/ class folders (ImageFolder layout) there."
+    if classes is None:
+        train_dir = _require(root / "train", f"{name} train", how)
+        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     sets = {}
     for split in ("train", "val"):
-        folder = _require(root / split, f"ImageNet-100 {split}", how)
+        folder = _require(root / split, f"{name} {split}", how)
         files, labels = [], []
-        for label, wnid in enumerate(IMAGENET100_CLASSES):
+        for label, wnid in enumerate(classes):
             found = sorted(
                 p for p in (folder / wnid).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
             )
             if not found:
-                raise missing(f"ImageNet-100 class {wnid}", folder / wnid, how)
+                raise missing(f"{name} class {wnid}", folder / wnid, how)
             files += found
             labels += [label] * len(found)
         sets[split] = (files, labels)
@@ -284,3 +289,8 @@ def read_imagenet100(root: Path) -> dict:
         test_x=ImageFiles(*sets["val"], resize=256, crop=224),
         test_y=torch.tensor(sets["val"][1]),
     )
+
+
+def read_imagenet100(root: Path) -> dict:
+    """ImageNet-100: `read_imagenet` restricted to the 100 CMC classes."""
+    return read_imagenet(root, IMAGENET100_CLASSES)

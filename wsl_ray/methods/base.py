@@ -16,7 +16,7 @@ class BaseMethod(nn.Module):
     scalar loss. As in the reference code, the encoder sees each view as its own batch
     (its BatchNorm statistics are per view) and the head sees all views together, or each
     view on its own when `head_per_view` (the CW-RGP code's Barlow Twins, VICReg, SimSiam
-    and zero-ICL).
+    and zero-ICL) and in BYOL, whose head and predictor see each view on its own.
     """
 
     head_per_view = False

@@ -34,7 +34,9 @@ class BYOL(BaseMethod):
         self.head_t = copy.deepcopy(self.head).requires_grad_(False)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
-        p = self.pred(self.project(views).flatten(0, 1)).view(len(views), len(views[0]), -1)
+        # per view, as the reference: the head's and predictor's BatchNorm statistics are
+        # those of one view, not of all views pooled
+        p = torch.stack([self.pred(self.head(self.model(x))) for x in views])
         with torch.no_grad():
             t = torch.stack([self.head_t(self.model_t(x)) for x in views])
         return byol_loss(p, t, self.cfg.norm)

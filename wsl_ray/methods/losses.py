@@ -124,6 +124,22 @@ def cwrgp_loss(
     )  # fmt: skip
 
 
+def sample_covariance_penalty(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """CW-RGP's covariance term (its ImageNet code, `--cov_w`), summed over views.
+
+    For each view h [bs, emb] (the whole local batch): centre each sample over its
+    channels, x = h - mean_c(h); C = x x^T / (emb - 1) is the bs x bs covariance of the
+    samples; the term is sum_{a != b} C_ab^2 / bs. Computed in float32 (or float64).
+    """
+    h = _check_views(views)
+    h = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
+    k, bs, emb = h.shape
+    x = h - h.mean(dim=-1, keepdim=True)
+    cov = x @ x.transpose(-1, -2) / (emb - 1)  # [k, bs, bs]
+    off_diagonal = cov.pow(2).sum() - cov.diagonal(dim1=-2, dim2=-1).pow(2).sum()
+    return off_diagonal / bs
+
+
 def _nt_xent(
     x0: torch.Tensor, x1: torch.Tensor, tau: float, rows: torch.Tensor | None = None
 ) -> torch.Tensor:

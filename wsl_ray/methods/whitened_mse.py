@@ -14,16 +14,23 @@ from ..config import Config
 from ..family import family_of
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
-from .losses import whitened_mse_loss
+from .losses import sample_covariance_penalty, whitened_mse_loss
 
 
 class WhitenedMSE(BaseMethod):
-    """With --whiten_global under DDP, the loss whitens the global batch (see `forward`)."""
+    """With --whiten_global under DDP, the loss whitens the global batch (see `forward`).
+
+    --cov_w adds CW-RGP's covariance term (its ImageNet code) over each worker's own batch,
+    switched off by `step` once an iteration of epoch --cov_stop has run (the reference
+    switches after its optimiser step, so the first iteration of epoch cov_stop still has
+    it; a run resumed past cov_stop has it for its first iteration, as the reference's).
+    """
 
     def __init__(self, cfg: Config, image_size: int):
         super().__init__(cfg, image_size)
         self.family = family_of(cfg.to_dict())
         self.generator: torch.Generator | None = None
+        self.cov_on = cfg.cov_w != 0
 
     def generators(self) -> dict[str, torch.Generator]:
         """--whiten_global draws its sub-batches and groups from a generator seeded with
@@ -42,6 +49,7 @@ class WhitenedMSE(BaseMethod):
         the returned value is the global loss (see `distributed`)."""
         c, f = self.cfg, self.family
         h = self.project(views)
+        cov = c.cov_w * sample_covariance_penalty(h) if self.cov_on else None
         rank, world = rank_and_world() if c.whiten_global else (0, 1)
         if world > 1:
             h = gather_batch(h)
@@ -50,4 +58,9 @@ class WhitenedMSE(BaseMethod):
             c.w_eps, c.norm, self.generators().get("whiten"),
             share=(rank, world) if world > 1 else None,
         )  # fmt: skip
-        return with_global_value(loss) if world > 1 else loss
+        loss = with_global_value(loss) if world > 1 else loss
+        return loss if cov is None else loss + cov
+
+    def step(self, progress: float) -> None:
+        if round(progress * self.cfg.epoch) >= self.cfg.cov_stop:
+            self.cov_on = False

@@ -1,0 +1,69 @@
+"""The papers' settings as presets: each one valid for its dataset and reference workers."""
+
+import pytest
+
+from wsl_ray.config import Config, config_from_args, validate_config
+from wsl_ray.data import DATASETS
+from wsl_ray.models import get_encoder
+from wsl_ray.recipes import RECIPES, get_recipe
+from wsl_ray.search_space import load_space
+from wsl_ray.train import build_parser, parse_with_recipe
+
+# the views' size in the reference datasets/ code (aug_transform's crop)
+REFERENCE_IMAGE_SIZE = {
+    "cifar10": 32, "cifar100": 32, "stl10": 64, "tiny_in": 64, "imagenet100": 224, "imagenet": 224,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_fits_its_dataset_and_batch(name):
+    recipe = RECIPES[name]
+    cfg = recipe.config()
+    validate_config(cfg, workers=recipe.workers)  # w_size divides each worker's batch, ...
+    size = DATASETS[cfg.dataset].crop_size
+    assert size == REFERENCE_IMAGE_SIZE[cfg.dataset]
+    stem, _ = get_encoder("resnet18_w8", size)
+    assert stem.conv1.stride == ((2, 2) if size > 96 else (1, 1))
+    assert recipe.line.startswith("python ") and recipe.source
+
+
+def test_recipes_read_the_reference_flags_and_defaults():
+    cfg = get_recipe("cwrgp4_tiny_in").config()  # --epochs, --group; base/cfg.py's emb 512
+    assert (cfg.epoch, cfg.groups, cfg.emb, cfg.head_size, cfg.zero_init_residual) == (
+        1000, 2, 1024, 2048, True,
+    )  # fmt: skip
+    assert get_recipe("cwrgp2_cifar100").config().emb == 512
+    in100 = get_recipe("wmse4_imagenet100").config()
+    assert (in100.dataset, in100.crop_s0, in100.cj0, in100.gs_p, in100.bs) == (
+        "imagenet100", 0.08, 0.8, 0.2, 256,
+    )  # fmt: skip
+    imagenet = get_recipe("cwrgp4_imagenet_200ep").config()
+    assert (imagenet.optimizer, imagenet.lr_step, imagenet.cov_w, imagenet.cov_stop) == (
+        "sgd", "cos_epoch", 0.01, 100,
+    )  # fmt: skip
+    assert get_recipe("wmse2_cifar10").target == "91.55 / 89.69"
+    with pytest.raises(ValueError, match="unknown --recipe"):
+        get_recipe("wmse_mnist")
+
+
+def test_flags_beside_a_recipe_override_it():
+    args = parse_with_recipe(build_parser(), ["--recipe", "wmse4_stl10", "--epoch", "3"])
+    cfg = config_from_args(args)
+    assert (cfg.epoch, cfg.num_samples, cfg.emb, cfg.w_size, cfg.lr) == (3, 4, 128, 256, 2e-3)
+
+
+def test_imagenet_space_starts_at_the_imagenet_recipe():
+    space = load_space("cw_rgp_in1k")
+    first = Config(**space.resolve(space.first)).to_dict()
+    recipe = get_recipe("cwrgp4_imagenet_100ep").config().to_dict()
+    differ = {k for k in first if first[k] != recipe[k]}
+    assert differ == {"eval_every"}, differ  # only how often we evaluate
+    assert "No reference number exists" in load_space_description("cw_rgp_in100")
+
+
+def load_space_description(name):
+    import yaml
+
+    from wsl_ray.search_space import space_path
+
+    return " ".join(yaml.safe_load(space_path(name).read_text())["description"].split())

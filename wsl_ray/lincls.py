@@ -1,0 +1,321 @@
+"""`python -m wsl_ray.lincls --fname CKPT`: linear classification on a frozen encoder.
+
+The protocol of SimSiam's and CW-RGP's `ImageNet/lincls.py`, by which CW-RGP reports its
+ImageNet numbers (the fast probe of `evaluate.py` is W-MSE's):
+- the encoder is frozen, its BatchNorm in eval mode; a linear layer on its features,
+  weights N(0, 0.01), bias 0, is trained with cross-entropy;
+- training images are augmented: RandomResizedCrop (scale 0.08-1, bilinear) and a
+  horizontal flip; evaluation images are not: for ImageNet Resize 256 + CenterCrop 224,
+  for the small datasets the images as the evaluation role holds them (CIFAR 32 and Tiny
+  ImageNet 64 at their native size, STL-10 Resize 70 + CenterCrop 64 as W-MSE), and the
+  training crops have the encoder's training size (32, 64 or 224);
+- SGD with momentum 0.9 (or --optimizer lars: trust coefficient 0.001, no clipping), lr
+  --lr x bs / 256, weight decay 0, a per-epoch cosine lr(e) = lr (1 + cos(pi e / epochs)) / 2;
+- top-1 and top-5 on the test set after every epoch; a checkpoint every epoch, from which
+  --resume continues exactly.
+
+The checkpoint is ours (its config names the encoder and dataset) or a reference one
+(W-MSE or CW-RGP: the keys under `model.` are the encoder; give --arch and --dataset).
+With --workers N the loop runs as a Ray Train job of N DDP workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from contextlib import nullcontext
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import Augment, ImageData, iterate_batches, load_dataset
+from .evaluate import embed
+from .models import get_encoder
+from .optim import build_optimizer
+from .trainer import LocalReporter, Reporter, WorkerContext, read_checkpoint, resolve_device
+from .weights import state_dict_of
+
+CHECKPOINT_FILE = "lincls.pt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m wsl_ray.lincls",
+        description="Linear classification on a frozen encoder (SimSiam / CW-RGP protocol).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--fname", required=True, help="checkpoint: ours, W-MSE's or CW-RGP's")
+    p.add_argument("--arch", default=None, help="encoder; default: the checkpoint's config")
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's config")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--subset", type=int, default=None, help="at most this many images per role")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--bs", type=int, default=1024, help="batch size, all workers together")
+    p.add_argument("--lr", type=float, default=0.1, help="base lr; the lr is lr x bs / 256")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--wd", type=float, default=0.0, help="weight decay")
+    p.add_argument("--optimizer", choices=("sgd", "lars"), default="sgd")
+    p.add_argument("--crop_s0", type=float, default=0.08, help="smallest crop area fraction")
+    p.add_argument("--out", default="runs/lincls", help="checkpoint and metrics folder")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0: here)")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 if CUDA")
+    p.add_argument("--cpus-per-worker", type=float, default=1)
+    return p
+
+
+class FrozenEncoder(nn.Module):
+    """An encoder in eval mode whose `embed` gives features without gradients."""
+
+    def __init__(self, encoder: nn.Module, out_size: int):
+        super().__init__()
+        self.encoder, self.embed_size = encoder.requires_grad_(False).eval(), out_size
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        return super().train(False)  # BatchNorm statistics never change
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+
+def resolve_settings(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+    """Encoder and dataset from the flags, else from our checkpoint's config; a one-line
+    error naming the flag when neither gives them."""
+    config = payload.get("config", {})
+    settings = {
+        "arch": args.arch or config.get("arch"),
+        "dataset": args.dataset or config.get("dataset"),
+        "data_dir": args.data_dir if args.data_dir is not None else config.get("data_dir"),
+        "zero_init_residual": bool(config.get("zero_init_residual")),
+    }
+    for flag in ("arch", "dataset"):
+        if not settings[flag]:
+            raise ValueError(f"--{flag}: the checkpoint holds no config; give it (e.g. "
+                             f"--arch resnet50 --dataset imagenet)")  # fmt: skip
+    return settings
+
+
+def load_encoder(payload: dict[str, Any], arch: str, image_size: int) -> FrozenEncoder:
+    """The encoder's weights are the checkpoint's keys under `model.` (module. parts dropped)."""
+    encoder, out_size = get_encoder(arch, image_size)
+    weights = {
+        k.removeprefix("model."): v for k, v in state_dict_of(payload).items()
+        if k.startswith("model.") and not k.startswith("model.fc.")
+    }  # fmt: skip
+    result = encoder.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys or not weights:
+        raise ValueError(
+            f"the checkpoint's encoder does not fit --arch {arch}: missing "
+            f"{result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]}"
+        )
+    return FrozenEncoder(encoder, out_size)
+
+
+def cosine_lr(base: float, epoch: int, epochs: int) -> float:
+    """lr at the start of `epoch` (0-based): base (1 + cos(pi epoch / epochs)) / 2."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Fraction of rows whose label is among the k largest logits."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == y[:, None]).any(dim=1).float().mean()
+
+
+def run(
+    args: argparse.Namespace,
+    reporter: Reporter | None = None,
+    resume_from: Path | None = None,
+    context: WorkerContext | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains the linear layer to args.epochs and returns the last and best top-1/top-5."""
+    context = context or WorkerContext(resolve_device(args.device))
+    device, rank, world = context.device, context.rank, context.world_size
+    reporter = reporter or LocalReporter(args.out)
+    payload = read_checkpoint(args.fname)
+    settings = resolve_settings(args, payload)
+    data: ImageData = load_dataset(settings["dataset"], settings["data_dir"]).subset(args.subset)
+    encoder = load_encoder(payload, settings["arch"], data.crop_size).to(device)
+    torch.manual_seed(args.seed)
+    linear = nn.Linear(encoder.embed_size, data.num_classes)
+    nn.init.normal_(linear.weight, 0.0, 0.01)
+    nn.init.zeros_(linear.bias)
+    linear = linear.to(device)
+    base_lr = args.lr * args.bs / 256
+    optimizer = build_optimizer(
+        args.optimizer, linear.parameters(), base_lr, args.wd, args.momentum
+    )
+    gens = {
+        "data": torch.Generator().manual_seed(args.seed),
+        "augment": torch.Generator(device).manual_seed(args.seed * 1000 + rank),
+    }
+    state = {"epoch": 0, "history": []}
+    file = Path(resume_from) / CHECKPOINT_FILE if resume_from is not None else None
+    if file is not None and file.exists():
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+        linear.load_state_dict(saved["linear"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for name, g in gens.items():
+            g.set_state(saved["rng"][name])
+        state = {"epoch": saved["epoch"], "history": saved["history"]}
+    net = context.wrap_model(linear)
+    augment = Augment(
+        data.crop_size, data.mean, data.std, num_samples=1, cj_p=0.0, gs_p=0.0,
+        crop_scale=(args.crop_s0, 1.0), interpolation="bilinear", generator=gens["augment"],
+    )  # fmt: skip
+    labelled = data.train_y >= 0  # STL-10's unlabelled images carry -1
+    train_x = data.train_x[labelled] if isinstance(data.train_x, torch.Tensor) else data.train_x
+    train_y = data.train_y[labelled]
+    test_f, test_y = embed(encoder, data.test_x, data.test_y, data.mean, data.std, device)
+    local_bs = max(args.bs // world, 1)
+    # one process: every image each epoch; DDP ranks: the same number of full batches each
+    # (ranks hold n // world or one more images), or DDP would wait for a missing batch
+    n = len(train_y)
+    iters = math.ceil(n / local_bs) if world == 1 else (n // world) // local_bs
+    if iters == 0:
+        raise ValueError(f"--bs {args.bs}: fewer than {world} x {local_bs} training images")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for epoch in range(state["epoch"], args.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(base_lr, epoch, args.epochs)
+        batches = islice(iterate_batches(
+            train_x, train_y, local_bs, drop_last=False, generator=gens["data"], device=device,
+            rank=rank, world_size=world,
+        ), iters)  # fmt: skip
+        bar = tqdm(batches, total=iters, desc=f"lincls epoch {epoch + 1}/{args.epochs}",
+                   leave=False, disable=not progress or rank != 0, dynamic_ncols=True)  # fmt: skip
+        loss_sum, seen = torch.zeros((), device=device), 0
+        for x, y in bar:
+            with autocast:
+                features = encoder.embed(augment(x)[0]).float()
+            loss = F.cross_entropy(net(features), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            seen += len(y)
+        bar.close()
+        with torch.no_grad():
+            logits = linear(test_f)
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": loss_sum.item() / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "acc1": accuracy(logits, test_y, 1).item(),
+            "acc5": accuracy(logits, test_y, 5).item(),
+        }
+        state = {"epoch": epoch + 1, "history": [*state["history"], metrics]}
+        ckpt_dir = None
+        if rank == 0:
+            ckpt_dir = reporter.checkpoint_dir()
+            _save(ckpt_dir, linear, optimizer, state, gens, settings)
+        reporter.report(metrics, ckpt_dir)
+        if progress and rank == 0:
+            tqdm.write(f"lincls epoch {epoch + 1:>3}  loss {metrics['loss']:.4f}  "
+                       f"top-1 {metrics['acc1']:.2%}  top-5 {metrics['acc5']:.2%}")  # fmt: skip
+    return summarize(state["history"])
+
+
+def _save(path: Path, linear: nn.Module, optimizer, state: dict, gens: dict, settings) -> None:
+    payload = {
+        "linear": linear.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": {name: g.get_state() for name, g in gens.items()},
+        "settings": settings,
+        **state,
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{CHECKPOINT_FILE}.tmp{os.getpid()}"
+    torch.save(payload, tmp)
+    tmp.replace(path / CHECKPOINT_FILE)
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    if not history:
+        return {"epochs": 0}
+    last = history[-1]
+    best = max(history, key=lambda m: m["acc1"])
+    return {"epochs": last["epoch"], "acc1": last["acc1"], "acc5": last["acc5"],
+            "best_acc1": best["acc1"], "best_epoch": best["epoch"]}  # fmt: skip
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's loop: one DDP rank; resumes from the Train run's latest checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    from .ray_train import RayTrainReporter
+
+    ctx = ray.train.get_context()
+    world = ctx.get_world_size()
+    context = WorkerContext(
+        device=ray.train.torch.get_device(), rank=ctx.get_world_rank(), world_size=world,
+        wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
+    )  # fmt: skip
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+        run(argparse.Namespace(**config), RayTrainReporter(),
+            Path(resume_dir) if resume_dir else None, context, progress=False)  # fmt: skip
+
+
+def run_with_ray(args: argparse.Namespace) -> dict[str, Any]:
+    """The loop as a TorchTrainer of args.workers workers, named `lincls` under --out."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        gpus = 1 if torch.cuda.is_available() else 0
+    ray.init(ignore_reinit_error=True)
+    resources = {"CPU": args.cpus_per_worker} | ({"GPU": gpus} if gpus else {})
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config=vars(args),
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=args.workers, use_gpu=gpus > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(name="lincls", storage_path=str(Path(args.out).resolve())),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+    return summarize(saved["history"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("epochs", "bs"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
+    args.fname = str(Path(args.fname).resolve())  # Ray workers run elsewhere
+    if args.data_dir is not None:
+        args.data_dir = str(Path(args.data_dir).resolve())
+    try:
+        if args.workers:
+            summary = run_with_ray(args)
+        else:
+            summary = run(args, resume_from=Path(args.out) if args.resume else None)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

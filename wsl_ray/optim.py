@@ -1,0 +1,133 @@
+"""The optimiser and the learning-rate schedule of a run.
+
+The learning rate is a pure function of the iteration (`learning_rate`), so a resumed run
+needs no scheduler state. It reproduces the reference loops, including how their warm-up
+interacts with the epoch schedules: the warm-up writes the lr at each of its iterations,
+so a change that a schedule makes at the start of an epoch inside the warm-up is lost
+(MultiStepLR's drops are relative, so a lost drop stays lost; the per-epoch cosine is
+absolute, so it is back at the next epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from .config import Config
+
+WARMUP_ITERS = 500
+
+
+def base_lr(cfg: Config) -> float:
+    """The optimiser's peak lr: --lr, times bs / 256 with --lr_per_256 (the ImageNet rule)."""
+    return cfg.lr * cfg.bs / 256 if cfg.lr_per_256 else cfg.lr
+
+
+def _cosine_warm_restarts(cfg: Config, lr: float, epoch: float) -> float:
+    """CosineAnnealingWarmRestarts(T_0 = T0 or epoch, T_mult, eta_min) at a fractional epoch."""
+    t0 = cfg.T0 or cfg.epoch
+    if cfg.Tmult == 1:
+        t_cur, t_i = epoch % t0, t0
+    else:
+        n = int(math.log(epoch / t0 * (cfg.Tmult - 1) + 1, cfg.Tmult))
+        t_cur = epoch - t0 * (cfg.Tmult**n - 1) / (cfg.Tmult - 1)
+        t_i = t0 * cfg.Tmult**n
+    return cfg.eta_min + (lr - cfg.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+
+
+def learning_rate(cfg: Config, epoch: float, iteration: int, iters_per_epoch: int) -> float:
+    """The reference's lr at global iteration `iteration` (0-based), in fractional `epoch`.
+
+    With lr = base_lr(cfg):
+    warm-up: lr (iteration + 1) / 500 for the first 500 iterations (unless --no_lr_warmup);
+    then step: lr * drop_gamma ** (number of milestones m = epoch - drop[i] reached), where
+               MultiStepLR never reaches m < 0 and the warm-up overwrites (loses) the drops
+               at epochs that start inside it, m = 0 included;
+          cos:  cosine annealing with warm restarts at the fractional epoch (W-MSE);
+          cos_epoch: lr (1 + cos(pi e / epochs)) / 2 at integer epoch e (CW-RGP ImageNet);
+               lr itself for the rest of an epoch that started inside the warm-up;
+          none: lr.
+    """
+    lr = base_lr(cfg)
+    warmup = WARMUP_ITERS if cfg.lr_warmup else 0
+    if iteration < warmup:
+        return lr * (iteration + 1) / warmup
+
+    def fires(m: int) -> bool:  # the schedule's change at the start of epoch m survives
+        return m >= 0 and m * iters_per_epoch >= warmup
+
+    e = int(epoch)
+    if cfg.lr_step == "step":
+        milestones = [cfg.epoch - d for d in cfg.drop]
+        return lr * cfg.drop_gamma ** sum(e >= m and fires(m) for m in milestones)
+    if cfg.lr_step == "cos":
+        return _cosine_warm_restarts(cfg, lr, epoch)
+    if cfg.lr_step == "cos_epoch":
+        return lr * (1 + math.cos(math.pi * e / cfg.epoch)) / 2 if fires(e) else lr
+    return lr
+
+
+class LARS(torch.optim.SGD):
+    """SGD with momentum whose gradients are first rescaled layer-wise, as apex's LARC
+    with clip=False (the one SimSiam's and CW-RGP's linear classification use).
+
+    For each parameter p with gradient g and weight decay wd, where |p| > 0 and |g| > 0:
+        g <- (g + wd p) * trust |p| / (|g| + wd |p| + eps)
+    elsewhere g is left as it is; then a plain SGD step without weight decay.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+    ):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.trust_coefficient, self.eps = trust_coefficient, eps
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        decays = [group["weight_decay"] for group in self.param_groups]
+        for group, wd in zip(self.param_groups, decays, strict=True):
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p_norm, g_norm = p.norm(), p.grad.norm()
+                trust = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)
+                scaled = (p.grad + wd * p) * trust
+                p.grad.copy_(torch.where((p_norm > 0) & (g_norm > 0), scaled, p.grad))
+            group["weight_decay"] = 0.0
+        try:
+            super().step()
+        finally:
+            for group, wd in zip(self.param_groups, decays, strict=True):
+                group["weight_decay"] = wd
+        return loss
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    fused: bool = False,
+) -> torch.optim.Optimizer:
+    """adam: Adam with coupled L2 (the CIFAR reference); sgd: SGD with momentum (the CW-RGP
+    ImageNet recipe); lars: LARS above (our addition for pre-training)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown --optimizer {name!r}; choose adam, sgd or lars")
