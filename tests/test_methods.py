@@ -103,10 +103,10 @@ def test_unknown_arch_names_the_choices():
 def test_head_layout():
     head = get_head(512, 64, head_layers=3, head_size=128, add_bn=False)
     kinds = [type(m).__name__ for m in head]
-    assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Float32Linear"]  # fp32 before whitening
     assert head(torch.randn(2, 512)).shape == (2, 64)
     kinds = [type(m).__name__ for m in get_head(512, 64)]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Float32Linear"]
 
 
 # --- the whitening family and the methods of the CW-RGP study --------------------------------
