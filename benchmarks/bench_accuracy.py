@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.dataset} ({scope}), {args.arch}{', compiled' if args.compile else ''}, "
         f"bs 512, lr 3e-3, emb 64, w_size 128, --lr_step none\n\n" + table(header, [row])
     )
-    command = " ".join(["python -m benchmarks.bench_accuracy", *argv])
+    command = "python -m benchmarks.bench_accuracy " + shlex.join(argv)
     append_results("Short W-MSE 2 run", resolve_device(args.device), body, command)
 
 

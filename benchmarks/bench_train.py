@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     if packed_rows:
         body += f"\n\nPacked trials on one GPU (MPS {'on' if mps_on() else 'off'}):\n\n"
         body += table(PACKED_HEADER, packed_rows)
-    command = " ".join(["python -m benchmarks.bench_train", *argv])
+    command = "python -m benchmarks.bench_train " + shlex.join(argv)
     append_results("Training throughput", device, body, command)
 
 

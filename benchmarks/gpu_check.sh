@@ -3,8 +3,9 @@
 #
 #   benchmarks/gpu_check.sh OUT_DIR [--budget SECONDS] [--quick] [--extra "BENCH ARGS"]
 #
-# Stages run in priority order: the GPU tests; one compiled W-MSE 2 epoch; the other
-# settings (compiled, then eager); 4 packed trials; a 25-epoch W-MSE 2 run. Each result is
+# Stages run in priority order: the GPU tests; one compiled W-MSE 2 epoch; the whitening
+# kernels (CW-RGP's batched ZCA); the other settings (compiled, then eager); 4 packed
+# trials; a 25-epoch W-MSE 2 run. Each result is
 # appended to OUT_DIR/results.md the moment it is measured, so a timeout still returns all
 # before it. --budget stops before a stage whose estimate would not fit (default 780 s);
 # --quick runs only the first two stages (under 3 minutes). --extra is added to every
@@ -64,6 +65,8 @@ stage "GPU tests" 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py t
 stage "W-MSE 2 compiled epoch" 100 "$PY" -m benchmarks.bench_train --settings "W-MSE 2" \
     --compile on --epochs 1 $EXTRA
 [ "$QUICK" -eq 1 ] && exit 0
+stage "whitening: Newton-Schulz ZCA vs eigh" 60 "$PY" -m benchmarks.bench_whiten \
+    --device "${WHITEN_DEVICE:-cuda}" --label gpu
 stage "other settings, compiled" 240 "$PY" -m benchmarks.bench_train \
     --settings "W-MSE 4" "CW-RGP 2" BYOL --compile on --epochs 3 $EXTRA
 stage "every setting, eager" 150 "$PY" -m benchmarks.bench_train --compile off --epochs 2 $EXTRA

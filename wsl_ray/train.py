@@ -57,13 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
 def print_summary(summary: dict[str, Any], out: str) -> None:
     print("\n== summary ==")
     print(f"epochs {summary.get('epochs', 0)}, time {summary.get('time_total_s', 0):.1f} s")
-    if "acc_knn" in summary:
-        for key, name in (("acc_knn", "k-NN"), ("acc", "linear top-1"), ("acc_5", "linear top-5")):
-            line = f"{name:>13}: final {summary[key]:.2%}, best {summary['best_' + key]:.2%}"
+    names = {"acc_knn": "k-NN", "acc": "linear top-1", "acc_5": "linear top-5"}
+    for prefix in ("", "val_", "test_"):
+        for metric, name in names.items():
+            key = prefix + metric
+            if key not in summary:
+                continue
+            line = f"{prefix.replace('_', ' ') + name:>18}: final {summary[key]:.2%}"
+            line += f", best {summary['best_' + key]:.2%}" if prefix != "test_" else ""
             if f"init_{key}" in summary:
                 gain = (summary[key] - summary[f"init_{key}"]) * 100
                 line += f", untrained {summary[f'init_{key}']:.2%} ({gain:+.1f} points)"
             print(line)
+    if "rankme" in summary:
+        print(f"{'RankMe':>18}: final {summary['rankme']:.2f}, best {summary['best_rankme']:.2f}")
     print(f"checkpoint and metrics: {out}")
 
 

@@ -26,7 +26,7 @@ from .atomic import atomic_save
 from .config import Config, validate_config
 from .data import Augment, ImageData, iterate_batches, load_dataset
 from .device import HostScalar, place_data, resolve_device, setup_device
-from .evaluate import evaluate
+from .evaluate import evaluate_run
 from .logging_sinks import MetricSinks, open_sinks
 from .methods import BaseMethod, get_method
 from .methods.whitening import stats as whitening_stats
@@ -274,7 +274,7 @@ def train(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
-        state.init_metrics = evaluate(model, data, device, **cfg.eval_options)
+        state.init_metrics = evaluate_run(model, data, device, cfg)
         if progress:
             tqdm.write(f"untrained encoder: {_accuracies(state.init_metrics, cfg.knn)}")
     start = time.perf_counter()
@@ -329,7 +329,7 @@ def train(
         _check_finite(metrics["loss"], epoch, iters - 1, reporter, saved_epoch)
         if state.epoch in evals and rank == 0:
             t_eval = time.perf_counter()
-            metrics |= evaluate(model, data, device, **cfg.eval_options)
+            metrics |= evaluate_run(model, data, device, cfg, final=state.epoch == cfg.epoch)
             metrics["eval_time_s"] = time.perf_counter() - t_eval
         metrics["time_total_s"] = time.perf_counter() - start
         state.history.append(metrics)
@@ -365,7 +365,7 @@ def _check_finite(loss: float, epoch: int, n: int, reporter: Reporter, saved: in
 def _epoch_line(m: dict[str, Any], k: int) -> str:
     line = f"epoch {m['epoch']:>4}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
     line += f"{m['images_per_s']:,.0f} img/s"
-    if "acc_knn" in m:
+    if "rankme" in m:  # an evaluated epoch
         line += f"  | {_accuracies(m, k)}"
     if m.get("whiten_retries"):
         line += f"  ({m['whiten_retries']} whitening retries)"
@@ -373,20 +373,33 @@ def _epoch_line(m: dict[str, Any], k: int) -> str:
 
 
 def _accuracies(m: dict[str, Any], k: int) -> str:
-    return f"{k}-NN {m['acc_knn']:.2%}  linear {m['acc']:.2%}  top-5 {m['acc_5']:.2%}"
+    parts = [
+        f"{p.replace('_', ' ')}{k}-NN {m[p + 'acc_knn']:.2%}  linear {m[p + 'acc']:.2%}  "
+        f"top-5 {m[p + 'acc_5']:.2%}"
+        for p in ("", "val_", "test_")
+        if p + "acc_knn" in m
+    ]
+    return "  ".join(parts) + (f"  RankMe {m['rankme']:.1f}" if "rankme" in m else "")
+
+
+EVAL_KEYS = (
+    *(p + key for p in ("", "val_", "test_") for key in ("acc", "acc_5", "acc_knn")),
+    "rankme",
+)
 
 
 def summarize(history: list[dict[str, Any]], init_metrics: dict | None = None) -> dict[str, Any]:
-    """Final and best metrics of a run, from its per-epoch history; `init_acc_knn` etc. for
+    """Final and best metrics of a run, from its per-epoch history (acc... on test, val_acc...
+    on validation, test_acc... once at the end in --eval_on val); `init_acc_knn` etc. for
     the untrained encoder when it was evaluated (--eval_init)."""
-    evaluated = [m for m in history if "acc_knn" in m]
     summary: dict[str, Any] = {"epochs": len(history)}
     if history:
         summary |= {"loss": history[-1]["loss"], "time_total_s": history[-1]["time_total_s"]}
-    for key in ("acc", "acc_5", "acc_knn"):
+    for key in EVAL_KEYS:
+        evaluated = [m for m in history if key in m]
         if evaluated:
             summary[key] = evaluated[-1][key]
             summary[f"best_{key}"] = max(m[key] for m in evaluated)
-        if init_metrics:
+        if init_metrics and key in init_metrics:
             summary[f"init_{key}"] = init_metrics[key]
     return summary
