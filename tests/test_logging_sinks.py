@@ -130,11 +130,14 @@ def test_the_trial_function_passes_its_id_and_the_sweep_name_to_wandb(monkeypatc
         def get_trial_id(self):
             return "ab12cd34_7"
 
+        def get_trial_dir(self):
+            return str(tmp_path / "trial_ab12cd34_7")
+
     monkeypatch.setattr(wsl_tune, "make_trainer", make_trainer)
-    monkeypatch.setattr(wsl_tune, "EvaluationReportCallback", lambda: None)  # needs a session
+    monkeypatch.setattr(wsl_tune, "EvaluationReportCallback", lambda *a: None)  # needs a session
     monkeypatch.setattr(wsl_tune.tune, "get_context", lambda: Context())
     experiment = str(tmp_path / "sweeps" / "wmse")
-    wsl_tune.make_trial(1, 0, 1, experiment)({"lr": 1e-3})  # storage: the experiment folder
+    wsl_tune.make_trial(1, 0, 1, experiment, "acc_knn")({"lr": 1e-3})
     assert seen["name"] == "train-ab12cd34_7"
     assert seen["wandb"] == {"run_id": "ab12cd34_7", "group": "wmse", "log_dir": experiment}
 
