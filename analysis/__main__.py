@@ -1,12 +1,13 @@
-"""`python -m analysis {collect,tables,importance,plots} ...`: sweep results for papers.
+"""`python -m analysis {collect,tables,importance,plots,rankme} ...`: sweep results for papers.
 
     python -m analysis collect ~/wsl_ray_results/wmse [more experiments] --out all.parquet
     python -m analysis tables all.parquet --kind paper|top|seeds [--format markdown|latex|csv]
-    python -m analysis importance ~/wsl_ray_results/wmse [--metric acc_knn]
+    python -m analysis importance ~/wsl_ray_results/wmse [--metric val_acc_knn]
     python -m analysis plots ~/wsl_ray_results/wmse --out plots/
+    python -m analysis rankme ~/wsl_ray_results/wmse
 
-Sources are experiment folders (local paths or URIs such as s3://bucket/wmse) or a
-Parquet file written by `collect`.
+Every source is an experiment folder (a local path or a URI such as s3://bucket/wmse) or
+a Parquet file: a sweep's own results.parquet or one written by `collect`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import plots, tables
 from .collect import CollectError, load, read_space, write
-from .importance import importances
+from .importance import importances, stored_study, study_importances
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,18 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tables", help="paper-style tables")
     t.add_argument("sources", nargs="+")
     t.add_argument("--kind", choices=("paper", "top", "seeds"), default="paper")
-    t.add_argument("--metric", default=None, help="ranking metric (paper: acc, top: acc_knn)")
+    t.add_argument(
+        "--metric", default=None, help="selection metric (paper: val_acc, top: val_acc_knn)"
+    )
     t.add_argument("--top", type=int, default=10)
     t.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     i = sub.add_parser("importance", help="hyperparameter importances of one experiment")
     i.add_argument("experiment")
-    i.add_argument("--metric", default="acc_knn")
+    i.add_argument("--metric", default="val_acc_knn")
     i.add_argument("--evaluator", choices=("ped-anova", "fanova"), default="ped-anova")
     i.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     p = sub.add_parser("plots", help="PNG plots of one experiment")
     p.add_argument("experiment")
-    p.add_argument("--metric", default="acc_knn")
+    p.add_argument("--metric", default="val_acc_knn")
     p.add_argument("--out", default="plots")
+    r = sub.add_parser("rankme", help="RankMe against validation accuracy, and its test gap")
+    r.add_argument("source")
+    r.add_argument("--metric", default="val_acc_knn")
+    r.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     return parser
 
 
@@ -77,18 +84,31 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tables":
             table = load(args.sources)
             if args.kind == "paper":
-                rows = tables.paper_table(table, args.metric or "acc")
-                print("best trial per method and dataset: linear top-1 / 5-NN (%)")
+                metric = args.metric or "val_acc"
+                rows = tables.paper_table(table, metric)
+                print(f"trial with the best {metric} per method and dataset: test linear top-1 / "
+                      "5-NN (%)")  # fmt: skip
             elif args.kind == "top":
-                rows = tables.top_trials(table, args.metric or "acc_knn", args.top)
+                rows = tables.top_trials(table, args.metric or "val_acc_knn", args.top)
             else:
                 rows = tables.seed_table(table)
             print(tables.render(rows, args.format))
         elif args.command == "importance":
-            rows = importances(
-                load(args.experiment), read_space(args.experiment), args.metric, args.evaluator
+            study, metric = stored_study(args.experiment)
+            if study is not None and metric == args.metric:
+                rows = study_importances(study, args.evaluator)
+                where = "the stored Optuna study"
+            else:
+                table, space = load(args.experiment), read_space(args.experiment)
+                rows = importances(table, space, args.metric, args.evaluator)
+                where = "a study rebuilt from the results"
+            print(
+                f"importance of each searched parameter for {args.metric} ({args.evaluator}, "
+                f"{where})"
             )
-            print(f"importance of each searched parameter for {args.metric} ({args.evaluator})")
+            print(tables.render(rows, args.format))
+        elif args.command == "rankme":
+            rows = tables.rankme_report(load(args.source), args.metric)
             print(tables.render(rows, args.format))
         else:
             table, space = load(args.experiment), read_space(args.experiment)

@@ -1,10 +1,8 @@
-"""Experiment folders (local or URI) -> one Arrow table, one row per trial.
+"""Experiment folders (local or URI) or Parquet files -> one Arrow table, one row per trial.
 
-A Tune experiment folder holds a folder per trial with `params.json` (the trial's config:
-its whole training configuration, see wsl_ray.search_space) and `result.json` (one JSON
-line per evaluated epoch). Each trial becomes a row with its config values as `config/*`
-columns, its status, epochs run, final and best metrics, time, and its per-epoch history
-as a nested list column.
+The rows are the sweep's results schema (wsl_ray.results, README "Results schema"), so a
+sweep's own results.parquet and `python -m analysis collect` hold the same columns, and
+every subcommand takes either. The Parquet metadata carries each experiment's search space.
 """
 
 from __future__ import annotations
@@ -13,92 +11,36 @@ import json
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs
 import pyarrow.parquet as pq
+import yaml
 
-from wsl_ray.results import filesystem, read_text
+from wsl_ray.results import SPACES_KEY, CollectError, collect, filesystem, read_text
 
-METRICS = ("acc", "acc_5", "acc_knn")
-HISTORY_KEYS = ("epoch", "loss", "lr", "acc", "acc_5", "acc_knn", "time_total_s")
-
-
-class CollectError(ValueError):
-    """An experiment folder that is missing, empty or unreadable."""
+__all__ = ["CollectError", "collect", "load", "read_space", "write"]
 
 
-def _read(fs: pyarrow.fs.FileSystem, path: str) -> str:
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
-def _trial(fs, folder: str, experiment: str) -> dict[str, Any] | None:
-    """One trial's row, or None for a folder that is not a trial."""
-    try:
-        config = json.loads(_read(fs, f"{folder}/params.json"))
-        lines = _read(fs, f"{folder}/result.json").splitlines()
-    except FileNotFoundError:
-        return None
-    history = [json.loads(line) for line in lines if line.strip()]
-    failed = fs.get_file_info(f"{folder}/error.txt").type != pyarrow.fs.FileType.NotFound
-    last = history[-1] if history else {}
-    epochs = last.get("epoch", 0)
-    finished = epochs == config.get("epoch")
-    row = {
-        "trial_id": last.get("trial_id") or folder.rsplit("/", 1)[-1].split("_")[1],
-        "experiment": experiment,
-        "method": config.get("method"),
-        "dataset": config.get("dataset"),
-        "status": "TERMINATED" if finished else ("ERROR" if failed else "STOPPED"),
-        "epochs": epochs,
-        "time_total_s": last.get("time_total_s"),
-    }
-    row |= {m: last.get(m) for m in METRICS}
-    row |= {f"best_{m}": max((h[m] for h in history if m in h), default=None) for m in METRICS}
-    row |= {f"config/{k}": json.dumps(v) if isinstance(v, list) else v for k, v in config.items()}
-    row["history"] = [{k: h.get(k) for k in HISTORY_KEYS} for h in history]
-    return row
-
-
-def collect(experiments: list[str]) -> pa.Table:
-    """Every trial of every experiment folder, as one table (columns missing in some
-    experiments are null there)."""
-    rows = []
-    for uri in experiments:
-        fs, root = filesystem(uri.rstrip("/"))
-        info = fs.get_file_info(root)
-        if info.type != pyarrow.fs.FileType.Directory:
-            raise CollectError(f"{uri}: no such experiment folder")
-        name = root.rsplit("/", 1)[-1]
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(root))
-        found = [
-            row
-            for entry in entries
-            if entry.type == pyarrow.fs.FileType.Directory
-            and (row := _trial(fs, entry.path, name)) is not None
-        ]
-        if not found:
-            raise CollectError(
-                f"{uri}: no trials found (a trial folder holds params.json and result.json); "
-                "is this the folder of a `python -m wsl_ray.tune` experiment?"
-            )
-        rows += found
-    columns = sorted({k for row in rows for k in row}, key=_column_order)
-    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
-
-
-def _column_order(name: str) -> tuple[int, str]:
-    first = ["trial_id", "experiment", "method", "dataset", "status", "epochs"]
-    if name in first:
-        return (first.index(name), "")
-    return (2 if name.startswith("config/") else 1 if name != "history" else 3, name)
+def _is_parquet(source: str) -> bool:
+    return source.endswith(".parquet")
 
 
 def load(source: str | list[str]) -> pa.Table:
-    """A collected table: from a Parquet file, or collected from experiment folders."""
+    """A collected table: from Parquet files, or collected from experiment folders."""
     sources = [source] if isinstance(source, str) else list(source)
-    if len(sources) == 1 and sources[0].endswith(".parquet"):
-        fs, path = filesystem(sources[0])
-        return pq.read_table(path, filesystem=fs)
+    if all(_is_parquet(s) for s in sources):
+        tables = []
+        for s in sources:
+            fs, path = filesystem(s)
+            try:
+                tables.append(pq.read_table(path, filesystem=fs))
+            except FileNotFoundError as err:
+                raise CollectError(f"{s}: no such Parquet file") from err
+        if len(tables) == 1:
+            return tables[0]
+        spaces = {k: v for t in tables for k, v in _spaces(t).items()}
+        merged = pa.concat_tables(tables, promote_options="permissive")
+        return merged.replace_schema_metadata({SPACES_KEY: json.dumps(spaces)})
+    if any(_is_parquet(s) for s in sources):
+        raise CollectError("give either Parquet files or experiment folders, not both")
     return collect(sources)
 
 
@@ -107,11 +49,21 @@ def write(table: pa.Table, uri: str) -> None:
     pq.write_table(table, path, filesystem=fs)
 
 
-def read_space(experiment: str) -> dict[str, Any]:
-    """The experiment's search space as the sweep ran it (written by wsl_ray.tune)."""
-    import yaml
+def _spaces(table: pa.Table) -> dict[str, str]:
+    return json.loads((table.schema.metadata or {}).get(SPACES_KEY, b"{}"))
 
+
+def read_space(source: str) -> dict[str, Any]:
+    """The search space as the sweep ran it: from a Parquet file's metadata (one experiment)
+    or an experiment folder's search_space.yaml (written by wsl_ray.tune)."""
+    if _is_parquet(source):
+        spaces = _spaces(load(source))
+        if len(spaces) != 1:
+            raise CollectError(
+                f"{source}: holds {len(spaces)} experiments' search spaces; give one experiment"
+            )
+        return yaml.safe_load(next(iter(spaces.values())))
     try:
-        return yaml.safe_load(read_text(f"{experiment.rstrip('/')}/search_space.yaml"))
+        return yaml.safe_load(read_text(f"{source.rstrip('/')}/search_space.yaml"))
     except FileNotFoundError as err:
-        raise CollectError(f"{experiment}: no search_space.yaml (not a wsl_ray.tune run?)") from err
+        raise CollectError(f"{source}: no search_space.yaml (not a wsl_ray.tune run?)") from err

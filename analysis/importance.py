@@ -1,7 +1,9 @@
 """Hyperparameter importances with Optuna (PED-ANOVA, its default; fANOVA with scikit-learn).
 
-The study is rebuilt from the collected trials with `optuna.trial.create_trial`, using
-the distributions of the experiment's search space.
+An experiment folder's stored study (optuna.journal, written by wsl_ray.tune) is read when
+the metric is the one the sweep optimised: its COMPLETE trials are what TPE learned from.
+Otherwise the study is rebuilt from the collected trials with `optuna.trial.create_trial`,
+using the distributions of the experiment's search space.
 """
 
 from __future__ import annotations
@@ -37,15 +39,58 @@ def distributions(
     return out
 
 
+def stored_study(experiment: str) -> tuple[optuna.Study | None, str | None]:
+    """(the sweep's stored Optuna study, EXPERIMENT/optuna.journal, and the metric it
+    optimised), or (None, None). A remote experiment's journal is copied locally first."""
+    import json
+    import tempfile
+
+    import pyarrow.fs
+
+    from wsl_ray.results import filesystem, read_text
+
+    root = experiment.rstrip("/")
+    fs, path = filesystem(f"{root}/optuna.journal")
+    if experiment.endswith(".parquet") or fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None, None
+    local = path
+    if "://" in root:
+        local = tempfile.mkdtemp() + "/optuna.journal"
+        pyarrow.fs.copy_files(path, local, source_filesystem=fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())  # fmt: skip
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(local))
+    try:
+        metric = json.loads(read_text(f"{root}/sweep.json"))["metric"]
+    except FileNotFoundError:
+        metric = None
+    names = optuna.get_all_study_names(storage)
+    name = root.rsplit("/", 1)[-1]
+    if name not in names and len(names) == 1:  # an experiment folder renamed after the sweep
+        name = names[0]
+    return optuna.load_study(study_name=name, storage=storage), metric
+
+
+def study_importances(study: optuna.Study, evaluator: str = "ped-anova") -> list[dict[str, Any]]:
+    """[{parameter, importance}] of a study's COMPLETE trials, most important first."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(done) < 2:
+        raise ValueError(f"importances need at least 2 complete trials, the study has {len(done)}")
+    scores = optuna.importance.get_param_importances(study, evaluator=EVALUATORS[evaluator]())
+    return [{"parameter": p, "importance": f"{v:.3f}"} for p, v in scores.items()]
+
+
 def importances(
-    table: pa.Table, space: dict[str, Any], metric: str = "acc_knn", evaluator: str = "ped-anova"
+    table: pa.Table,
+    space: dict[str, Any],
+    metric: str = "val_acc_knn",
+    evaluator: str = "ped-anova",
 ) -> list[dict[str, Any]]:
     """[{parameter, importance}] over the trials that reported `metric` (ASHA-stopped ones
-    count with their last value, as OptunaSearch records them), most important first."""
+    count with their last value), most important first, from a study rebuilt from rows."""
     dists = distributions(space["params"])
     trials = []
     for row in table.to_pylist():
-        if row.get(metric) is None:
+        if row.get(metric) is None or row.get("status") not in ("TERMINATED", "STOPPED", None):
             continue
         params = {n: row.get(f"config/{n}") for n in dists}
         if any(v is None for v in params.values()):
@@ -57,5 +102,4 @@ def importances(
         raise ValueError(f"importances need at least 2 trials with {metric}, got {len(trials)}")
     study = optuna.create_study(direction="maximize")
     study.add_trials(trials)
-    scores = optuna.importance.get_param_importances(study, evaluator=EVALUATORS[evaluator]())
-    return [{"parameter": p, "importance": f"{v:.3f}"} for p, v in scores.items()]
+    return study_importances(study, evaluator)

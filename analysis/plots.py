@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-STATUS_MARKERS = {"TERMINATED": "o", "STOPPED": "x", "ERROR": "s"}
+STATUS_MARKERS = {"TERMINATED": "o", "STOPPED": "x", "ERROR": "s", "DIVERGED": "^"}
 
 
 def metric_vs_params(table: pa.Table, params: dict[str, dict], metric: str, out: Path) -> Path:

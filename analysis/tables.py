@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from collections import defaultdict
 from typing import Any
@@ -22,6 +23,7 @@ METHOD_NAMES = {
 }  # fmt: skip
 # config columns that do not define a configuration: what repeats differ in
 NOT_CONFIG = {"config/seed", "config/out", "config/data_dir", "config/wandb", "config/device"}
+RANKED = ("TERMINATED", "STOPPED")
 
 
 def method_label(row: dict[str, Any]) -> str:
@@ -41,12 +43,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def paper_table(table: pa.Table, metric: str = "acc") -> list[dict[str, Any]]:
-    """Best trial per (method, dataset) by `metric`, cells 'linear top-1 / 5-NN' in %,
-    methods as rows and datasets as columns, like Table 1 of the W-MSE paper."""
+def paper_table(table: pa.Table, metric: str = "val_acc") -> list[dict[str, Any]]:
+    """Best trial per (method, dataset) by `metric` (a validation metric: selecting on test
+    would bias the numbers up), among trials with test metrics; cells 'linear top-1 / 5-NN'
+    test accuracy in %, methods as rows and datasets as columns, like Table 1 of the W-MSE
+    paper."""
     best: dict[tuple[str, str], dict] = {}
     for row in table.to_pylist():
-        if row.get(metric) is None:
+        if row.get(metric) is None or row.get("test_acc") is None:
             continue
         key = (method_label(row), row["dataset"])
         if key not in best or row[metric] > best[key][metric]:
@@ -55,7 +59,7 @@ def paper_table(table: pa.Table, metric: str = "acc") -> list[dict[str, Any]]:
     rows = []
     for method in sorted({m for m, _ in best}):
         cells = {
-            d: f"{_pct(best[(method, d)]['acc'])} / {_pct(best[(method, d)]['acc_knn'])}"
+            d: f"{_pct(best[(method, d)]['test_acc'])} / {_pct(best[(method, d)]['test_acc_knn'])}"
             if (method, d) in best
             else "-"
             for d in datasets
@@ -64,23 +68,26 @@ def paper_table(table: pa.Table, metric: str = "acc") -> list[dict[str, Any]]:
     return rows
 
 
-def top_trials(table: pa.Table, metric: str = "acc_knn", k: int = 10) -> list[dict[str, Any]]:
+def top_trials(table: pa.Table, metric: str = "val_acc_knn", k: int = 10) -> list[dict[str, Any]]:
     """The k best trials by `metric`, with the config values that vary between trials."""
-    rows = [r for r in table.to_pylist() if r.get(metric) is not None]
+    rows = [r for r in table.to_pylist() if r.get(metric) is not None and r["status"] in RANKED]
     rows.sort(key=lambda r: -r[metric])
     varying = [
         c for c in table.column_names
         if c.startswith("config/") and len({str(v) for v in table.column(c).to_pylist()}) > 1
     ]  # fmt: skip
-    keep = ["trial_id", "method", "dataset", "status", "epochs", "acc", "acc_5", "acc_knn"]
+    accuracies = ["val_acc_knn", "val_acc", "test_acc_knn", "test_acc"]
+    keep = ["trial_id", "method", "dataset", "status", "epochs", *accuracies, "rankme"]
     return [
-        {c: (_pct(r[c]) if c in ("acc", "acc_5", "acc_knn") else r[c]) for c in keep}
+        {c: (_pct(r.get(c)) if c in accuracies else r.get(c)) for c in keep}
         | {c.removeprefix("config/"): r[c] for c in varying}
         for r in rows[:k]
     ]
 
 
-def seed_table(table: pa.Table, metrics: tuple[str, ...] = ("acc", "acc_knn")) -> list[dict]:
+def seed_table(
+    table: pa.Table, metrics: tuple[str, ...] = ("test_acc", "test_acc_knn")
+) -> list[dict]:
     """Mean ± sample standard deviation over repeats of a configuration (seeds differ)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     config_cols = [c for c in table.column_names if c.startswith("config/") and c not in NOT_CONFIG]
@@ -102,6 +109,58 @@ def seed_table(table: pa.Table, metrics: tuple[str, ...] = ("acc", "acc_knn")) -
 
 def _varies(table: pa.Table, column: str) -> bool:
     return len({str(v) for v in table.column(column).to_pylist()}) > 1
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the ranks (ties share their
+    average rank)."""
+
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for t in range(i, j + 1):
+                out[order[t]] = (i + j) / 2 + 1
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / var if var else math.nan
+
+
+def rankme_report(table: pa.Table, metric: str = "val_acc_knn") -> list[dict[str, Any]]:
+    """Does label-free RankMe pick what validation accuracy picks? Spearman's rho between
+    RankMe and `metric` over the ranked trials (last evaluation of each), and, among the
+    trials that ran their whole budget (they have test metrics), the test accuracy of the
+    RankMe-selected and of the validation-selected trial, and the gap between them."""
+    rows = [r for r in table.to_pylist() if r["status"] in RANKED]
+    both = [r for r in rows if r.get("rankme") is not None and r.get(metric) is not None]
+    if len(both) < 2:
+        raise ValueError(f"RankMe analysis needs 2 or more trials with rankme and {metric}")
+    rho = spearman([r["rankme"] for r in both], [r[metric] for r in both])
+    out = [{"quantity": f"Spearman rho (rankme, {metric})", "value": f"{rho:.3f}",
+            "trials": len(both)}]  # fmt: skip
+    test = "test_" + metric.removeprefix("val_")
+    done = [r for r in both if r["status"] == "TERMINATED" and r.get(test) is not None]
+    if done:
+        by_rankme = max(done, key=lambda r: r["rankme"])
+        by_val = max(done, key=lambda r: r[metric])
+        out += [
+            {"quantity": f"{test} of the RankMe-selected trial ({by_rankme['trial_id']})",
+             "value": _pct(by_rankme[test]), "trials": len(done)},
+            {"quantity": f"{test} of the {metric}-selected trial ({by_val['trial_id']})",
+             "value": _pct(by_val[test]), "trials": len(done)},
+            {"quantity": "RankMe-selected minus validation-selected (points)",
+             "value": f"{100 * (by_rankme[test] - by_val[test]):+.2f}", "trials": len(done)},
+        ]  # fmt: skip
+    return out
 
 
 def _cell(value: Any) -> str:

@@ -1,8 +1,14 @@
 import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,36 +26,68 @@ def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
+RAY = str(Path(sys.executable).parent / "ray")
+
+
 @contextlib.contextmanager
 def own_ray_cluster(head_cpus: int, worker_cpus: tuple[int, ...] = ()):
-    """A Ray cluster of this test's own on 127.0.0.1: a head (with the dashboard, which
-    ASHA's stopped trials and the Jobs API need; its URL is `cluster.webui_url`) and worker
-    nodes of `worker_cpus` CPUs; drivers connect to `cluster.address`.
-    Its session lives in a short mkdtemp under /tmp (Ray's socket paths must stay under 107
-    bytes, pytest's tmp_path is too long), and only its own processes are stopped: never
-    `ray stop --force`, which would also kill a user's cluster on this machine."""
-    from ray.cluster_utils import Cluster
+    """A Ray cluster of this test's own on 127.0.0.1 (`ray start` processes): a head with the
+    dashboard (ASHA's stopped trials and the Jobs API need it; its address is `webui_url`)
+    and worker nodes of `worker_cpus` CPUs; drivers connect to `address`.
 
+    Its session lives in a short mkdtemp under /tmp (Ray's socket paths must stay under 107
+    bytes, pytest's tmp_path is too long), and at the end only the processes whose command
+    line names that folder are stopped: never `ray stop --force`, which would also kill a
+    user's cluster on this machine.
+    """
     temp = tempfile.mkdtemp(prefix="wr", dir="/tmp")
-    node = dict(node_ip_address="127.0.0.1", object_store_memory=256 * 2**20)
-    head = dict(node, num_cpus=head_cpus, temp_dir=temp, include_dashboard=True,
-                dashboard_host="127.0.0.1")  # fmt: skip
-    for attempt in range(3):  # Ray gives a node 30 s to register: a loaded machine may miss it
-        try:
-            head["dashboard_port"] = _free_port()
-            cluster = Cluster(initialize_head=True, head_node_args=head)
-            break
-        except Exception:
-            if attempt == 2:
-                raise
+    port, dashboard = _free_port(), _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               RAY_raylet_start_wait_time_s="120")  # fmt: skip
+    start = [RAY, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     try:
+        for attempt in range(3):  # a loaded machine can miss Ray's 30 s start-up window
+            head = subprocess.run(
+                [*start, "--head", "--port", str(port), "--temp-dir", temp,
+                 "--num-cpus", str(head_cpus), "--include-dashboard", "true",
+                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            if head.returncode == 0:
+                break
+            _stop_processes_naming(temp)
+            assert attempt < 2, head.stderr[-2000:]
         for cpus in worker_cpus:
-            cluster.add_node(**node, num_cpus=cpus)
-        cluster.wait_for_nodes()
-        yield cluster
+            subprocess.run([*start, "--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus)],
+                           check=True, env=env, capture_output=True)  # fmt: skip
+        yield SimpleNamespace(address=f"127.0.0.1:{port}", webui_url=f"127.0.0.1:{dashboard}")
     finally:
-        cluster.shutdown()
+        _stop_processes_naming(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_processes_naming(text: str, grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`, to this user's processes whose command line
+    contains `text` (the cluster's own temp folder)."""
+
+    def matching() -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                own = proc.name == str(os.getpid())
+                if proc.name.isdigit() and not own and text in (proc / "cmdline").read_text():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in matching():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.time() + grace_s
+        while matching() and time.time() < deadline:
+            time.sleep(0.2)
 
 
 def _free_port() -> int:

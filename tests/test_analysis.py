@@ -1,8 +1,10 @@
-"""The analysis package on a real sweep's experiment folder (tests/fixtures/sweep_wmse,
-6 W-MSE trials on shapes, 3 stopped early by ASHA), plus copies edited to other methods
-and seeds."""
+"""The analysis package on real sweeps' experiment folders: tests/fixtures/sweep_wmse (6 W-MSE
+trials on shapes, 3 stopped early by ASHA, from before the validation split: its metrics are
+test metrics, read into the test_* columns), plus copies edited to other methods and seeds,
+and tests/fixtures/sweep_val (a sweep that selected on validation)."""
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -11,10 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.__main__ import main
-from analysis.collect import CollectError, collect, load
-from analysis.tables import paper_table, render, seed_table, top_trials
+from analysis.collect import CollectError, collect, load, read_space
+from analysis.tables import paper_table, rankme_report, render, seed_table, spearman, top_trials
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_wmse"
+# the output of test_tune's sweep (trial folders without checkpoints): validation and test
+# metrics, rankme, the stored Optuna study and the sweep's own results.parquet
+SWEEP = Path(__file__).parent / "fixtures" / "sweep_val"
 
 
 def edited_copy(dest: Path, **config_changes) -> Path:
@@ -35,7 +40,8 @@ def test_collect_reads_every_trial_with_config_status_and_history():
     )  # fmt: skip
     assert first["config/lr"] == 3e-3 and first["config/w_size"] == 64
     assert [h["epoch"] for h in first["history"]] == [1, 2, 3, 4]
-    assert first["best_acc_knn"] == max(h["acc_knn"] for h in first["history"])
+    assert first["test_acc_knn"] == first["history"][-1]["test_acc_knn"] is not None
+    assert first["val_acc_knn"] is None and first["epoch_budget"] == 4
     assert sorted(r["status"] for r in rows.values()).count("STOPPED") == 3
 
 
@@ -50,15 +56,15 @@ def test_parquet_round_trips(tmp_path):
 def test_the_paper_table_names_the_best_trial_per_method(tmp_path):
     byol = edited_copy(tmp_path / "byol", method="byol")
     table = collect([str(FIXTURE), str(byol)])
-    rows = paper_table(table, "acc")
+    rows = paper_table(table, "test_acc")  # the legacy sweep has no validation metric
     assert [r["method"] for r in rows] == ["BYOL", "W-MSE 2"]
-    best = max(collect([str(FIXTURE)]).to_pylist(), key=lambda r: r["acc"])
-    assert rows[1]["shapes"] == f"{100 * best['acc']:.2f} / {100 * best['acc_knn']:.2f}"
+    best = max(collect([str(FIXTURE)]).to_pylist(), key=lambda r: r["test_acc"] or 0)
+    assert rows[1]["shapes"] == f"{100 * best['test_acc']:.2f} / {100 * best['test_acc_knn']:.2f}"
 
 
 def test_top_trials_are_ranked_by_the_metric():
-    rows = top_trials(collect([str(FIXTURE)]), "acc_knn", k=3)
-    knn = [float(r["acc_knn"]) for r in rows]
+    rows = top_trials(collect([str(FIXTURE)]), "test_acc_knn", k=3)
+    knn = [float(r["test_acc_knn"]) for r in rows]
     assert len(rows) == 3 and knn == sorted(knn, reverse=True)
     assert {"lr", "emb", "w_size"} <= set(rows[0])
 
@@ -67,16 +73,17 @@ def test_mean_and_std_over_seeds(tmp_path):
     seed1 = edited_copy(tmp_path / "s1", seed=1)
     (result,) = seed1.glob("trial_b08f1cd8*/result.json")
     lines = [json.loads(x) for x in result.read_text().splitlines()]
-    lines[-1]["acc"] = 0.5  # the repeat of the first config ends at 50% linear accuracy
+    lines[-1]["acc"] = 0.5  # the repeat of the first config ends at 50% linear test accuracy
     result.write_text("\n".join(json.dumps(x) for x in lines))
     rows = seed_table(collect([str(FIXTURE), str(seed1)]))
     assert len(rows) == 6 and all(r["runs"] == 2 for r in rows)
-    original = {r["trial_id"]: r for r in collect([str(FIXTURE)]).to_pylist()}["b08f1cd8"]["acc"]
+    trials = {r["trial_id"]: r for r in collect([str(FIXTURE)]).to_pylist()}
+    original = trials["b08f1cd8"]["test_acc"]
     first = next(r for r in rows if r["lr"] == pytest.approx(3e-3))
     mean, std = statistics.fmean([original, 0.5]), statistics.stdev([original, 0.5])
-    assert first["acc"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
-    other = next(r for r in rows if r["lr"] != pytest.approx(3e-3))
-    assert other["acc"].endswith("± 0.00")  # identical repeats
+    assert first["test_acc"] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    other = next(r for r in rows if r["lr"] != pytest.approx(3e-3) and r["test_acc"] != "-")
+    assert other["test_acc"].endswith("± 0.00")  # identical repeats
 
 
 def test_render_formats():
@@ -90,10 +97,10 @@ def test_render_formats():
 
 
 def test_importance_and_plots(tmp_path, capsys):
-    assert main(["importance", str(FIXTURE)]) == 0
+    assert main(["importance", str(FIXTURE), "--metric", "test_acc_knn"]) == 0
     out = capsys.readouterr().out
     assert {"lr", "emb", "w_ratio"} <= {line.split("|")[1].strip() for line in out.splitlines()[3:]}
-    assert main(["plots", str(FIXTURE), "--out", str(tmp_path)]) == 0
+    assert main(["plots", str(FIXTURE), "--out", str(tmp_path), "--metric", "test_acc_knn"]) == 0
     for name in ("metric_vs_params", "learning_curves", "parallel_coordinates"):
         png = tmp_path / f"{name}.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
@@ -104,3 +111,41 @@ def test_empty_or_missing_folders_say_so(tmp_path, capsys):
         collect([str(tmp_path)])
     assert main(["tables", str(tmp_path / "nope")]) == 2
     assert "no such experiment folder" in capsys.readouterr().err
+
+
+def test_spearman_with_and_without_ties():
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 - 6 * 2 / (4 * 15))
+    # ties share their average rank: ranks (1.5, 1.5, 3) against (1, 2, 3)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(1.5 / math.sqrt(1.5 * 2))
+    assert spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1)
+
+
+def test_a_sweeps_results_parquet_and_collect_share_one_schema():
+    own = pq.read_table(SWEEP / "results.parquet")
+    collected = collect([str(SWEEP)])
+    assert own.column_names == collected.column_names
+    assert own.drop(["path"]).to_pylist() == collected.drop(["path"]).to_pylist()
+    assert read_space(str(SWEEP / "results.parquet")) == read_space(str(SWEEP))
+    assert {"val_acc_knn", "rankme", "test_acc_knn", "history"} <= set(own.column_names)
+
+
+def test_rankme_report_gives_spearman_and_the_test_gap_of_the_rankme_choice(capsys):
+    rows = [
+        r for r in collect([str(SWEEP)]).to_pylist() if r["status"] in ("TERMINATED", "STOPPED")
+    ]
+    report = rankme_report(collect([str(SWEEP)]))
+    rho = spearman([r["rankme"] for r in rows], [r["val_acc_knn"] for r in rows])
+    assert report[0]["value"] == f"{rho:.3f}" and report[0]["trials"] == len(rows)
+    done = [r for r in rows if r["status"] == "TERMINATED"]
+    by_rankme = max(done, key=lambda r: r["rankme"])["test_acc_knn"]
+    by_val = max(done, key=lambda r: r["val_acc_knn"])["test_acc_knn"]
+    assert report[-1]["value"] == f"{100 * (by_rankme - by_val):+.2f}"
+    assert main(["rankme", str(SWEEP / "results.parquet")]) == 0
+    assert "Spearman" in capsys.readouterr().out
+
+
+def test_importance_reads_the_stored_study(capsys):
+    assert main(["importance", str(SWEEP)]) == 0
+    out = capsys.readouterr().out
+    assert "the stored Optuna study" in out
+    assert {"lr", "emb", "w_ratio"} <= {line.split("|")[1].strip() for line in out.splitlines()[3:]}

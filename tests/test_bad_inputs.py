@@ -61,8 +61,11 @@ ROWS = [
     ((*TRAIN, "--data_dir", "{tmp}/empty"), 2, "CIFAR-10 not found: looked for"),
     ((*TRAIN, "--data_dir", "{cifar_garbage}"), 2, "data_batch_1 is not a CIFAR-10 batch"),
     ((*TRAIN, "--data_dir", "{cifar_evil}"), 2, "refusing global posix.system"),
-    ((*TRAIN, "--dataset", "stl10", "--data_dir", "{stl_short}"), 2,
-     "unlabeled_X.bin is not an STL-10 image file"),  # fmt: skip
+    (
+        (*TRAIN, "--dataset", "stl10", "--data_dir", "{stl_short}"),
+        2,
+        "unlabeled_X.bin is not an STL-10 image file",
+    ),  # fmt: skip
     # evaluation of a checkpoint
     (("test", "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint file"),
     (("test", "--fname", "{ckpt_text}"), 2, "is not a readable PyTorch checkpoint"),
@@ -88,10 +91,16 @@ ROWS = [
     ((*TUNE, "--resume", "--name", "never"), 2, "--resume: no experiment to resume"),
     ((*TUNE, "--data_dir", "{tmp}/empty"), 2, "needs the data at this same path"),
     # analysis outputs that cannot be written, inputs that do not exist
-    (("analysis", "collect", "{tmp}", "--out", "/missing/x.parquet"), 2,
-     "--out /missing/x.parquet: the folder /missing does not exist"),  # fmt: skip
-    (("analysis", "plots", "{tmp}", "--out", "{ckpt_text}/plots"), 2,
-     "plots: cannot create this folder"),  # fmt: skip
+    (
+        ("analysis", "collect", "{tmp}", "--out", "/missing/x.parquet"),
+        2,
+        "--out /missing/x.parquet: the folder /missing does not exist",
+    ),  # fmt: skip
+    (
+        ("analysis", "plots", "{tmp}", "--out", "{ckpt_text}/plots"),
+        2,
+        "plots: cannot create this folder",
+    ),  # fmt: skip
     (("analysis", "collect", "{tmp}/nosuch"), 2, "no such experiment folder"),
 ]
 
@@ -210,3 +219,16 @@ def test_genuine_cifar_pickles_still_load(tmp_path, core):
     assert data["train_x"].shape == (10, 3, 32, 32) and data["test_y"].tolist() == [3, 7]
     assert data["train_x"][1, 2, 31, 31].item() == (2 * 3072 - 1) % 256
 
+
+def test_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
+    """Ray workers run in folders of their own: a trial gets absolute paths, and an unset
+    --data_dir becomes the dataset's default folder under the directory of the command."""
+    from wsl_ray.paths import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_paths({"dataset": "cifar10"})["data_dir"] == str(tmp_path / "data")
+    assert absolute_paths({})["data_dir"] == str(tmp_path / "data")  # cifar10 by default
+    assert "data_dir" not in absolute_paths({"dataset": "shapes"})  # generated: no folder
+    got = absolute_paths({"fname": "w.pt", "out": "runs", "data_dir": "s3://bucket/d"})
+    assert got == {"fname": str(tmp_path / "w.pt"), "out": str(tmp_path / "runs"),
+                   "data_dir": "s3://bucket/d"}  # fmt: skip

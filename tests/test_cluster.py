@@ -68,8 +68,9 @@ def test_dashboard_stays_on_localhost_with_token_auth(name):
 
 
 def test_aws_config_reads_the_ami_from_the_environment(monkeypatch, capsys):
-    assert rendered("cluster.yaml")["available_node_types"]["head"]["node_config"]["ImageId"] == (
-        SETTINGS["WSL_RAY_AMI"]
+    assert (
+        rendered("cluster.yaml")["available_node_types"]["head"]["node_config"]["ImageId"]
+        == (SETTINGS["WSL_RAY_AMI"])
     )
     monkeypatch.delenv("WSL_RAY_AMI", raising=False)
     assert render_main([str(CLUSTER / "cluster.yaml")]) == 2
@@ -104,9 +105,7 @@ def test_kuberay_job_runs_the_sweep_on_public_images_with_data_on_the_head():
     for pod in (head, workers):
         (container,) = pod["containers"]
         assert container["image"].startswith(f"rayproject/ray:{RAY_VERSION}-py311")
-        assert {"name": "data", "mountPath": "/data", "readOnly": True} in container[
-            "volumeMounts"
-        ]
+        assert {"name": "data", "mountPath": "/data", "readOnly": True} in container["volumeMounts"]
         assert pod["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
 
 

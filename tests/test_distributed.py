@@ -71,7 +71,7 @@ def worker(rank: int, init_file: str, out: str) -> None:
 def two_workers() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(worker, args=(str(Path(tmp) / "init"), tmp), nprocs=WORLD)
-        return [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)]
+        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def one_process(case: str) -> dict:

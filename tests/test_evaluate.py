@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from wsl_ray.evaluate import fit_linear, knn_accuracy, linear_probe
+import wsl_ray.evaluate as evaluate_module
+from wsl_ray.config import Config
+from wsl_ray.data import load_dataset, stratified_split
+from wsl_ray.evaluate import fit_linear, knn_accuracy, linear_probe, rankme
 
 
 def brute_force_knn(train_f, train_y, test_f, test_y, k, metric):
@@ -71,3 +74,79 @@ def test_linear_probe_follows_the_reference_protocol(gen):
         train_f, train_y, epochs=20, batch_size=100, generator=torch.Generator().manual_seed(3)
     )
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_rankme_is_one_for_rank_one_and_d_for_equal_singular_values(gen):
+    u = torch.randn(50, 1, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 8, generator=gen, dtype=torch.float64)
+    assert rankme(u @ v) == pytest.approx(1.0, abs=1e-12)
+    q, _ = torch.linalg.qr(torch.randn(50, 6, generator=gen, dtype=torch.float64))
+    assert rankme(3.0 * q) == pytest.approx(6.0, abs=1e-12)  # orthonormal columns, scaled
+
+
+def test_rankme_matches_its_formula(gen):
+    z = torch.randn(40, 5, generator=gen, dtype=torch.float64) * torch.arange(1, 6)
+    s = np.linalg.svd(z.numpy(), compute_uv=False)
+    p = s / s.sum()
+    assert rankme(z) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-12)
+
+
+def test_stratified_split_is_fixed_stratified_and_partitions():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    fit, val = stratified_split(labels, 0.1)
+    assert sorted(torch.cat([fit, val]).tolist()) == list(range(100))
+    assert torch.bincount(labels[val]).tolist() == [5, 3, 2]
+    again_fit, again_val = stratified_split(labels, 0.1)
+    assert torch.equal(val, again_val) and torch.equal(fit, again_fit)
+    _, counted = stratified_split(labels, 20)
+    assert torch.bincount(labels[counted]).tolist() == [10, 6, 4]
+    with pytest.raises(ValueError, match="--val_size"):
+        stratified_split(labels, 100)
+
+
+def test_val_mode_scores_validation_and_the_final_epoch_adds_test(monkeypatch):
+    data = load_dataset("shapes").subset(300)
+    seen = []
+
+    def fake_evaluate(model, d, device, on, **options):
+        fit_x, fit_y, score_x, score_y = (
+            d.val_split() if on == "val" else (d.clf_x, d.clf_y, d.test_x, d.test_y)
+        )
+        seen.append((on, len(fit_x), len(score_x)))
+        return {"acc": 0.5, "acc_5": 0.9, "acc_knn": 0.4, "rankme": 3.0}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    cfg = Config(eval_on="val", val_size=0.2, dataset="shapes")
+    metrics = evaluate_module.evaluate_run(None, data, torch.device("cpu"), cfg)
+    assert set(metrics) == {"val_acc", "val_acc_5", "val_acc_knn", "rankme"}
+    assert seen == [("val", 240, 60)]
+    final = evaluate_module.evaluate_run(None, data, torch.device("cpu"), cfg, final=True)
+    assert {"test_acc", "test_acc_knn"} <= set(final) and seen[-1] == ("test", 300, 300)
+    assert set(evaluate_module.evaluate_run(None, data, "cpu", Config())) == {
+        "acc", "acc_5", "acc_knn", "rankme",
+    }  # fmt: skip
+
+
+def test_evaluate_on_val_uses_disjoint_validation_images():
+    from wsl_ray.methods import get_method
+
+    data = load_dataset("shapes").subset(200)
+    cfg = Config(arch="resnet18_w8", emb=16, w_size=32, bs=64, head_size=32)
+    torch.manual_seed(0)
+    model = get_method(cfg.method)(cfg, data.crop_size)
+    out = evaluate_module.evaluate(model, data, torch.device("cpu"), on="val", probe_epochs=5)
+    assert set(out) == {"acc", "acc_5", "acc_knn", "rankme"} and 1 <= out["rankme"] <= 512
+    fit_x, _, val_x, _ = data.val_split()
+    assert len(fit_x) + len(val_x) == 200 and len(val_x) == 20
+
+
+def test_streamed_images_split_by_file_list(tmp_path):
+    from wsl_ray.data import ImageFiles, take
+
+    labels = [0] * 10 + [1] * 10
+    files = ImageFiles([tmp_path / f"{i}.jpg" for i in range(20)], labels, resize=8, crop=8)
+    fit, val = stratified_split(torch.tensor(labels), 0.2)
+    held_out = take(files, val)  # nothing is decoded: the files need not exist
+    assert isinstance(held_out, ImageFiles) and len(held_out) == 4
+    assert held_out.paths == [tmp_path / f"{i}.jpg" for i in val.tolist()]
+    assert held_out.labels.tolist() == [0, 0, 1, 1] and len(take(files, fit)) == 16

@@ -97,7 +97,7 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
     rows = pq.read_table(storage / "t" / "results.parquet").to_pylist()
     assert len(rows) == TRIALS, rows
-    assert all(r["status"] == "TERMINATED" and r["epoch"] == EPOCHS for r in rows), rows
+    assert all(r["status"] == "TERMINATED" and r["epochs"] == EPOCHS for r in rows), rows
     for trial, text in before.items():  # finished results are kept as they were
         assert (storage / "t" / trial / "result.json").read_text() == text
     assert list((storage / "t" / victim).glob("error.*")), "the killed trial did not fail"

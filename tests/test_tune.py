@@ -12,10 +12,26 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pyarrow.parquet as pq
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
+from analysis.__main__ import main as analysis_main
 from wsl_ray.config import Config, validate_config
+from wsl_ray.search_space import SpaceError, load_space
+from wsl_ray.tune import (
+    EpochOptunaSearch,
+    asha_limits,
+    build_parser,
+    diverged,
+    fail_stale_trials,
+    overrides_from_args,
+    study_storage,
+    sweep_epochs,
+)  # fmt: skip
 
 RAY = str(Path(sys.executable).parent / "ray")
 # a throwaway test cluster on loopback: no usage stats, no token (a fresh `ray.init()` on this
@@ -48,7 +64,7 @@ def space_file(tmp_path):
     return path
 
 
-def sweep(cluster, space_file, storage, *args, wait=True):
+def sweep(cluster, space_file, storage, *args, wait=True, timeout=600):
     cmd = [
         sys.executable, "-m", "wsl_ray.tune", "--space", str(space_file),
         "--storage", str(storage), "--name", "t", *args,
@@ -59,7 +75,7 @@ def sweep(cluster, space_file, storage, *args, wait=True):
     )
     if not wait:
         return proc
-    out, _ = proc.communicate(timeout=600)
+    out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
     return out
 
@@ -84,23 +100,83 @@ def wait_for(condition, timeout=400):
         time.sleep(1)
 
 
-def test_asha_sweep_finishes_and_stops_weak_trials_early(cluster, space_file, tmp_path):
+@pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
+def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, space_file, tmp_path):
+    """One small ASHA sweep on validation k-NN, trials one at a time (so the run is
+    reproducible: ASHA's cutoff depends on the order trials reach a rung), then a
+    confirmation of the best and the default over 2 new seeds; analysis on its output."""
     out = sweep(
-        cluster, space_file, tmp_path, "--num_trials", "6", "--epochs", "4",
-        "--eval_every", "1", "--grace", "1", "--scheduler", "asha", "--baseline",
+        cluster, space_file, tmp_path, "--num_trials", "4", "--epochs", "2",
+        "--eval_every", "1", "--grace", "1", "--scheduler", "asha", "--concurrency", "1",
+        "--baseline", "--confirm", "1", "--seeds", "2", timeout=1100,
     )  # fmt: skip
     rows = results(tmp_path)
-    assert len(rows) == 6 and not any(r["status"] == "ERROR" for r in rows)
-    assert any(r["status"] == "STOPPED" and r["epoch"] < 4 for r in rows), rows
-    assert any(r["epoch"] == 4 for r in rows)
-    for r in rows:  # every sampled config satisfies the constraints
-        cfg = Config(**{k[7:]: v for k, v in r.items() if k.startswith("config/")} | {"drop": []})
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED", "STOPPED"}, rows
+    assert {"val_acc_knn", "val_acc", "rankme", "test_acc_knn", "test_acc"} <= set(rows[0])
+    for r in rows:  # test metrics exactly for the trials that ran their whole budget
+        assert r["val_acc_knn"] is not None and r["rankme"] >= 1
+        assert (
+            (r["test_acc_knn"] is not None) == (r["status"] == "TERMINATED") == (r["epochs"] == 2)
+        )
+        cfg = Config(
+            **{k[7:]: v for k, v in r.items() if k.startswith("config/") and k != "config/w_ratio"}
+            | {"drop": []}
+        )
         validate_config(cfg)
-        assert cfg.w_size in (16, 32, 64) and cfg.bs % cfg.w_size == 0 and cfg.w_size > cfg.emb
+        assert cfg.eval_on == "val" and cfg.w_size in (16, 32, 64) and cfg.w_size > cfg.emb
     first = rows[0]
     assert (first["config/lr"], first["config/emb"], first["config/w_size"]) == (3e-3, 16, 64)
-    assert "default config" in out and "results.parquet" in out
-    assert "untrained encoder (default config): acc_knn" in out
+    # no test metric reached Tune: not in any result it logged, nor in what the searcher saw
+    for result_file in (tmp_path / "t").glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            assert not [k for k in json.loads(line) if k.startswith("test_")]
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "t" / "optuna.journal")))
+    study = optuna.load_study(study_name="t", storage=storage)
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and TrialState.PRUNED in states and TrialState.COMPLETE in states
+    for t in study.trials:
+        keys = t.user_attrs["result_keys"]
+        assert "val_acc_knn" in keys and not [k for k in keys if k.startswith("test_")]
+        assert set(t.intermediate_values) == ({1, 2} if t.state == TrialState.COMPLETE else {1})
+    assert "validation-selected best" in out and "default config" in out
+    assert "untrained encoder (default config): val_acc_knn" in out
+    # the confirmation: the default and the best, 2 new seeds each, test mean ± std
+    confirmed = pq.read_table(tmp_path / "t-confirm" / "results.parquet").to_pylist()
+    labels = sorted(r["config/confirm_label"] for r in confirmed)
+    assert labels in (["default"] * 2, ["default", "default", "top1", "top1"]), labels
+    assert {r["config/seed"] for r in confirmed} == {1000, 1001}
+    assert all(r["status"] == "TERMINATED" and r["test_acc_knn"] is not None for r in confirmed)
+    assert "test_acc_knn mean ± std" in out and "beyond noise" in out
+    # every analysis subcommand reads the sweep's own output, Parquet file or folder
+    parquet = str(tmp_path / "t" / "results.parquet")
+    for source in (parquet, str(tmp_path / "t")):
+        assert analysis_main(["tables", source, "--kind", "paper"]) == 0
+        assert analysis_main(["plots", source, "--out", str(tmp_path / "plots")]) == 0
+        assert analysis_main(["rankme", source]) == 0
+    assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_small_epochs_never_reach_rays_grace_assertion():
+    assert asha_limits(epochs=2, eval_every=10, grace=None) == (2, 2)
+    assert asha_limits(epochs=8, eval_every=10, grace=3) == (8, 3)
+    with pytest.raises(SpaceError, match="--grace"):
+        asha_limits(epochs=8, eval_every=10, grace=-1)
+    args = build_parser().parse_args(
+        ["--space", "wmse", "--dataset", "shapes", "--num_trials", "3", "--epochs", "2"]
+    )
+    space = load_space(args.space, overrides_from_args(args))
+    assert sweep_epochs(args, space) == (2, 2)  # the space's eval_every is 10
+
+
+def test_divergence_is_recognised_through_rays_wrapping():
+    from ray.train import WorkerGroupError
+
+    from wsl_ray.trainer import NonFiniteLossError
+
+    cause = NonFiniteLossError("the loss became nan in epoch 3, iteration 7; the last good ...")
+    err = WorkerGroupError("rank 0 failed", {0: cause})
+    assert diverged(err).startswith("the loss became nan in epoch 3")
+    assert diverged(WorkerGroupError("rank 0 failed", {0: RuntimeError("node died")})) is None
 
 
 def test_a_failed_trial_is_retried_from_its_checkpoint(cluster, space_file, tmp_path):
@@ -135,3 +211,35 @@ def test_missing_data_says_how_to_point_at_it(tmp_path):
     )  # fmt: skip
     assert out.returncode == 2
     assert str(tmp_path) in out.stderr and "--dataset shapes" in out.stderr
+
+
+def test_the_searcher_tells_the_study_complete_pruned_and_fail(tmp_path):
+    storage, _ = study_storage(None, str(tmp_path), "s")
+    searcher = EpochOptunaSearch(
+        lambda t: {"lr": t.suggest_float("lr", 1e-4, 1e-2, log=True)},
+        metric="val_acc_knn", mode="max", study_name="s", storage=storage, epochs=4,
+    )  # fmt: skip
+    ids = ["done", "stopped", "failed", "diverged"]
+    for trial_id in ids:
+        searcher.suggest(trial_id)
+    searcher.on_trial_result("done", {"epoch": 2, "val_acc_knn": 0.2})
+    searcher.on_trial_complete("done", {"epoch": 4, "val_acc_knn": 0.4, "config/epoch": 4})
+    searcher.on_trial_complete("stopped", {"epoch": 2, "val_acc_knn": 0.3})
+    searcher.on_trial_complete("failed", {"epoch": 2, "val_acc_knn": 0.3}, error=True)
+    searcher.on_trial_complete(
+        "diverged", {"epoch": 3, "val_acc_knn": float("nan"), "diverged": True}
+    )
+    stored = optuna.load_study(study_name="s", storage=study_storage(None, str(tmp_path), "s")[0])
+    done, stopped, failed, div = stored.trials
+    assert (done.state, done.value, done.intermediate_values) == (
+        TrialState.COMPLETE, 0.4, {2: 0.2, 4: 0.4},
+    )  # fmt: skip
+    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {2: 0.3}
+    assert failed.state == div.state == TrialState.FAIL
+    assert done.user_attrs["result_keys"] == ["epoch", "val_acc_knn"]
+    # a crash leaves a trial RUNNING: --resume closes it, and its late result is added anew
+    searcher.suggest("stale")
+    assert fail_stale_trials(storage, "s") == 1
+    searcher.on_trial_complete("stale", {"epoch": 4, "val_acc_knn": 0.5})
+    states = [t.state for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert states[-2:] == [TrialState.FAIL, TrialState.COMPLETE]

@@ -120,6 +120,11 @@ class Config:
     eval_every_drop: int = _f(5, "evaluate every this many epochs after the first lr drop")
     eval_head: bool = _f(False, "evaluate the head's output instead of the encoder's")
     eval_init: bool = _f(False, "also evaluate the untrained encoder: the baseline to beat")
+    eval_on: str = _f(
+        "test", "val: fit on clf minus val, score val (test once at the end); test: as the "
+        "papers", choices=("val", "test"),
+    )  # fmt: skip
+    val_size: float = _f(0.1, "validation part of the classifier set: a fraction, or a count")
     # data and run
     dataset: str = _f("cifar10", "dataset name")
     data_dir: str | None = _f(None, "where the dataset's files are", type=str)
@@ -230,10 +235,14 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
     for name in ("cj0", "cj1", "cj2", "adam_l2", "eta_min", "drop_gamma"):
         check(getattr(cfg, name) >= 0, f"--{name} {getattr(cfg, name)}: must be 0 or more")
     check(0 <= cfg.cj3 <= 0.5, f"--cj3 {cfg.cj3}: hue jitter must be in [0, 0.5]")
-    check(0 < cfg.crop_s0 <= cfg.crop_s1 <= 1,
-          f"--crop_s0 {cfg.crop_s0} --crop_s1 {cfg.crop_s1}: need 0 < crop_s0 <= crop_s1 <= 1")
-    check(0 < cfg.crop_r0 <= cfg.crop_r1,
-          f"--crop_r0 {cfg.crop_r0} --crop_r1 {cfg.crop_r1}: need 0 < crop_r0 <= crop_r1")
+    check(
+        0 < cfg.crop_s0 <= cfg.crop_s1 <= 1,
+        f"--crop_s0 {cfg.crop_s0} --crop_s1 {cfg.crop_s1}: need 0 < crop_s0 <= crop_s1 <= 1",
+    )
+    check(
+        0 < cfg.crop_r0 <= cfg.crop_r1,
+        f"--crop_r0 {cfg.crop_r0} --crop_r1 {cfg.crop_r1}: need 0 < crop_r0 <= crop_r1",
+    )
     check(0 <= cfg.w_eps < 1, f"--w_eps {cfg.w_eps}: must be in [0, 1)")
     check(cfg.tau > 0, f"--tau {cfg.tau}: must be > 0")
     check(all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in cfg.drop),
@@ -249,6 +258,10 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
     check(cfg.num_samples >= 2, f"--num_samples {cfg.num_samples}: need 2 or more views")
     check(cfg.bs >= workers, f"--bs {cfg.bs} is smaller than the {workers} workers")
     check(cfg.emb >= 1 and cfg.bs >= 2, "--emb and --bs must be positive (--bs at least 2)")
+    check(
+        0 < cfg.val_size < 1 or (cfg.val_size >= 1 and float(cfg.val_size).is_integer()),
+        f"--val_size {cfg.val_size}: give a fraction in (0, 1) or a whole number of images",
+    )
     try:
         check_arch(cfg.arch)
     except ValueError as err:

@@ -5,6 +5,10 @@ Everything stays on the evaluation device as whole tensors; no Python runs per s
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -184,20 +188,65 @@ def linear_probe(
     return {k: hits[:, :k].any(dim=1).float().mean().item() for k in topk}
 
 
+@torch.no_grad()
+def rankme(features: torch.Tensor) -> float:
+    """RankMe (Garrido et al., ICML 2023) of an [N, d] embedding matrix: exp of the entropy
+    of its normalised singular values, exp(-sum_k p_k log p_k) with p_k = s_k / sum_j s_j
+    (0 log 0 = 0). 1 for a rank-one matrix, d for d equal singular values. Computed in
+    float64 whatever the input dtype."""
+    s = torch.linalg.svdvals(features.double())
+    p = s / s.sum()
+    p = p[p > 0]
+    return math.exp(-(p * p.log()).sum().item())
+
+
 def evaluate(
     model: BaseMethod,
     data: ImageData,
     device: torch.device,
     *,
+    on: str = "test",
     knn: int = 5,
     knn_metric: str = "euclidean",
     probe_epochs: int = 500,
     seed: int = 0,
 ) -> dict[str, float]:
-    """acc (linear top-1), acc_5 (linear top-5) and acc_knn on the test set."""
-    train_f, train_y = embed(model, data.clf_x, data.clf_y, data.mean, data.std, device)
-    test_f, test_y = embed(model, data.test_x, data.test_y, data.mean, data.std, device)
+    """acc (linear top-1), acc_5 (linear top-5), acc_knn and rankme of the frozen encoder.
+
+    on="test": k-NN and probe fit on the whole classifier set and score on the test set;
+    on="val": they fit on the classifier set minus validation and score on validation.
+    rankme is of the features the classifiers fit on (no labels used).
+    """
+    if on == "val":
+        fit_x, fit_y, score_x, score_y = data.val_split()
+    elif on == "test":
+        fit_x, fit_y, score_x, score_y = data.clf_x, data.clf_y, data.test_x, data.test_y
+    else:
+        raise ValueError(f"--eval_on {on!r}: choose val or test")
+    train_f, train_y = embed(model, fit_x, fit_y, data.mean, data.std, device)
+    test_f, test_y = embed(model, score_x, score_y, data.mean, data.std, device)
     acc_knn = knn_accuracy(train_f, train_y, test_f, test_y, knn, knn_metric)
     generator = torch.Generator(device).manual_seed(seed)
     probe = linear_probe(train_f, train_y, test_f, test_y, probe_epochs, generator=generator)
-    return {"acc": probe[1], "acc_5": probe[5], "acc_knn": acc_knn}
+    return {"acc": probe[1], "acc_5": probe[5], "acc_knn": acc_knn, "rankme": rankme(train_f)}
+
+
+def evaluate_run(
+    model: BaseMethod, data: ImageData, device: torch.device, cfg: Any, final: bool = False
+) -> dict[str, float]:
+    """One evaluation of a run of `cfg` (a Config), with its metrics named by mode.
+
+    --eval_on test: acc, acc_5, acc_knn on test (the papers' protocol), and rankme.
+    --eval_on val: val_acc, val_acc_5, val_acc_knn and rankme; at the `final` epoch also
+    test_acc, test_acc_5, test_acc_knn, computed this once. Sweeps keep test_* from Tune.
+    """
+    options = cfg.eval_options
+    if cfg.eval_on == "test":
+        return evaluate(model, data, device, on="test", **options)
+    data = dataclasses.replace(data, val_size=cfg.val_size)
+    val = evaluate(model, data, device, on="val", **options)
+    metrics = {f"val_{k}" if k != "rankme" else k: v for k, v in val.items()}
+    if final:
+        test = evaluate(model, data, device, on="test", **options)
+        metrics |= {f"test_{k}": v for k, v in test.items() if k != "rankme"}
+    return metrics

@@ -15,6 +15,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from .config import Config
+from .logging_sinks import open_sinks
+from .shared_data import shared_dataset
 from .trainer import WorkerContext, read_checkpoint, train
 
 
@@ -54,12 +56,16 @@ def worker_loop(config: dict[str, Any]) -> None:
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
         if resume_dir and _report_if_complete(Path(resume_dir), cfg):
             return
+        sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
+        data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
         train(
             cfg,
             RayTrainReporter(),
             resume_from=Path(resume_dir) if resume_dir else None,
             context=context,
             progress=config.get("progress", False),
+            sinks=sinks,
+            data=data,
         )
 
 
@@ -85,10 +91,15 @@ def make_trainer(
     callbacks: list | None = None,
     max_failures: int = 0,
     progress: bool = False,
+    wandb: dict[str, str] | None = None,
+    shared_data: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running `cfg` on `workers` DDP ranks (gloo on CPU, nccl on GPU).
 
     A run with the same (storage_path, name) restores itself from its last checkpoint.
+    `wandb` holds rank 0's wandb run: {"run_id", "group", "log_dir" (absolute)}; without
+    it a run logging to wandb keeps a stable id in cfg.out. `shared_data` is the node-shared
+    dataset of shared_data.share_dataset.
     """
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
     return TorchTrainer(
@@ -97,6 +108,8 @@ def make_trainer(
             "cfg": cfg.to_dict(),
             "progress": progress,
             "threads": max(1, int(cpus_per_worker)),
+            "wandb": wandb or {},
+            "shared_data": shared_data,
             "gpu_share": gpus_per_worker or 1.0,
         },
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),

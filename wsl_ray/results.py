@@ -1,7 +1,28 @@
-"""The end of a sweep: a table of the best trials and a Parquet file of every trial."""
+"""Sweep results: one row per trial in one schema, shared by the sweep's results.parquet and
+`python -m analysis collect`, and the sweep's summary table.
+
+A Tune experiment folder holds a folder per trial, `trial_<id>_<number>_...`, with
+`params.json` (the trial's config: its whole training configuration plus helper ratios),
+`result.json` (one JSON line per result Tune received: the evaluated epochs), and, for a
+trial that ran its whole epoch budget in --eval_on val, `test_metrics.json` (written beside
+Tune, never reported to it). Columns (README, "Results schema"):
+
+    trial_id, trial_number, experiment, method, dataset, status, epochs, epoch_budget,
+    time_total_s, val_acc, val_acc_5, val_acc_knn, rankme (last evaluation),
+    best_val_acc, best_val_acc_5, best_val_acc_knn, best_rankme,
+    test_acc, test_acc_5, test_acc_knn (test_metrics.json; null unless TERMINATED),
+    config/<key> (every params.json key), error, path, history (list of per-epoch structs)
+
+status: TERMINATED (ran its epoch budget), STOPPED (the scheduler ended it early),
+DIVERGED (its loss became non-finite; ended once, never retried), ERROR (failed).
+The Parquet file's metadata holds each experiment's search space (`wsl_ray.spaces`).
+Experiments run before the validation split reported test metrics as acc, acc_5, acc_knn:
+those are read into the test_* columns.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -9,39 +30,17 @@ import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
-METRICS = ("acc_knn", "acc", "acc_5", "loss", "epoch", "time_total_s")
+VAL_METRICS = ("val_acc", "val_acc_5", "val_acc_knn", "rankme")
+TEST_METRICS = ("test_acc", "test_acc_5", "test_acc_knn")
+LEGACY = {"acc": "test_acc", "acc_5": "test_acc_5", "acc_knn": "test_acc_knn"}
+HISTORY_KEYS = ("epoch", "loss", "lr", *VAL_METRICS, *TEST_METRICS, "time_total_s")
+TEST_FILE = "test_metrics.json"
+SPACES_KEY = b"wsl_ray.spaces"
+RANKED = ("TERMINATED", "STOPPED")  # statuses whose metrics may be ranked
 
 
-def trial_rows(grid, space) -> list[dict[str, Any]]:
-    """One row per trial: id, status, the trial's full training config, last metrics, error."""
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        config = space.resolve(result.config or {})
-        row = {
-            "trial_id": metrics.get("trial_id") or _trial_id(result),
-            "trial_number": int(str(metrics.get("experiment_tag", "0")).split("_")[0]),
-            "status": "ERROR" if result.error else _status(metrics, config),
-            **{f"config/{k}": _plain(v) for k, v in sorted(config.items())},
-            **{m: metrics.get(m) for m in METRICS},
-            "error": str(result.error).splitlines()[0] if result.error else None,
-            "path": result.path,
-        }
-        rows.append(row)
-    return sorted(rows, key=lambda r: r["trial_number"])  # creation order: the first point first
-
-
-def _trial_id(result) -> str:
-    return str(result.path).rstrip("/").rsplit("/", 1)[-1]
-
-
-def _status(metrics: dict, config: dict) -> str:
-    """TERMINATED when the trial ran all its epochs, STOPPED when the scheduler cut it."""
-    return "TERMINATED" if metrics.get("epoch") == config.get("epoch") else "STOPPED"
-
-
-def _plain(value: Any) -> Any:
-    return str(value) if isinstance(value, (list, dict)) else value
+class CollectError(ValueError):
+    """An experiment folder that is missing, empty or unreadable."""
 
 
 def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -49,11 +48,6 @@ def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     if "://" in uri:
         return pyarrow.fs.FileSystem.from_uri(uri)
     return pyarrow.fs.LocalFileSystem(), str(uri)
-
-
-def write_parquet(rows: list[dict[str, Any]], uri: str) -> None:
-    fs, path = filesystem(uri)
-    pq.write_table(pa.Table.from_pylist(rows), path, filesystem=fs)
 
 
 def read_text(uri: str) -> str:
@@ -69,21 +63,161 @@ def write_text(uri: str, text: str) -> None:
         f.write(text.encode())
 
 
+def _maybe_json(fs, path: str) -> Any:
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+    except FileNotFoundError:
+        return None
+
+
+def _renamed(result: dict[str, Any]) -> dict[str, Any]:
+    return {LEGACY.get(k, k): v for k, v in result.items()}
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
+    """One trial's row (see the module docstring), or None for a folder that is not a trial."""
+    config = _maybe_json(fs, f"{folder}/params.json")
+    try:
+        with fs.open_input_stream(f"{folder}/result.json") as f:
+            lines = f.read().decode().splitlines()
+    except FileNotFoundError:
+        return None
+    if config is None:
+        return None
+    history = [_renamed(json.loads(line)) for line in lines if line.strip()]
+    diverged = history and history[-1].get("diverged")
+    evaluated = [h for h in history if not h.get("diverged")]
+    last = evaluated[-1] if evaluated else {}
+    epochs = history[-1].get("epoch", 0) if history else 0
+    error = None
+    if fs.get_file_info(f"{folder}/error.txt").type != pyarrow.fs.FileType.NotFound:
+        with fs.open_input_stream(f"{folder}/error.txt") as f:
+            error = (f.read().decode().strip().splitlines() or [""])[-1][:300]
+    if diverged:
+        status, error = "DIVERGED", history[-1].get("message")
+    elif epochs == config.get("epoch"):
+        status = "TERMINATED"
+    else:
+        status = "ERROR" if error else "STOPPED"
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    parts = name.split("_")
+    test = _renamed(_maybe_json(fs, f"{folder}/{TEST_FILE}") or {})
+    row = {
+        "trial_id": last.get("trial_id") or (parts[1] if len(parts) > 1 else name),
+        "trial_number": int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0,
+        "experiment": experiment,
+        "method": config.get("method"),
+        "dataset": config.get("dataset"),
+        "status": status,
+        "epochs": epochs,
+        "epoch_budget": config.get("epoch"),
+        "time_total_s": last.get("time_total_s"),
+    }
+    row |= {m: _finite(last.get(m)) for m in VAL_METRICS}
+    row |= {
+        f"best_{m}": max((h[m] for h in evaluated if _finite(h.get(m)) is not None), default=None)
+        for m in VAL_METRICS
+    }
+    row |= {m: test.get(m, last.get(m)) for m in TEST_METRICS}  # last: legacy experiments
+    row |= {f"config/{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+            for k, v in sorted(config.items())}  # fmt: skip
+    row |= {"error": error, "path": folder}
+    row["history"] = [{k: _finite(h.get(k)) for k in HISTORY_KEYS} for h in evaluated]
+    return row
+
+
+def collect_rows(uri: str) -> list[dict[str, Any]]:
+    """Every trial of one experiment folder, in creation order (the first point first)."""
+    fs, root = filesystem(uri.rstrip("/"))
+    if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
+        raise CollectError(f"{uri}: no such experiment folder")
+    name = root.rsplit("/", 1)[-1]
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(root))
+    rows = [
+        row
+        for entry in entries
+        if entry.type == pyarrow.fs.FileType.Directory
+        and (row := trial_row(fs, entry.path, name)) is not None
+    ]
+    if not rows:
+        raise CollectError(
+            f"{uri}: no trials found (a trial folder holds params.json and result.json); "
+            "is this the folder of a `python -m wsl_ray.tune` experiment?"
+        )
+    return sorted(rows, key=lambda r: r["trial_number"])
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    first = ["trial_id", "trial_number", "experiment", "method", "dataset", "status", "epochs"]
+    if name in first:
+        return (0, f"{first.index(name):02d}")
+    if name.startswith("config/"):
+        return (2, name)
+    return (3 if name in ("error", "path") else 4 if name == "history" else 1, name)
+
+
+def rows_table(rows: list[dict[str, Any]], spaces: dict[str, str] | None = None) -> pa.Table:
+    """Rows as one Arrow table (columns missing in some rows are null there), with the search
+    spaces (experiment name -> YAML text) in its schema metadata."""
+    columns = sorted(
+        {k for row in rows for k in row} | set(VAL_METRICS) | set(TEST_METRICS), key=_column_order
+    )
+    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+    return table.replace_schema_metadata({SPACES_KEY: json.dumps(spaces or {})})
+
+
+def experiment_spaces(uris: list[str]) -> dict[str, str]:
+    """experiment name -> its search_space.yaml text, for the experiments that have one."""
+    spaces = {}
+    for uri in uris:
+        try:
+            spaces[uri.rstrip("/").rsplit("/", 1)[-1]] = read_text(
+                f"{uri.rstrip('/')}/search_space.yaml"
+            )
+        except FileNotFoundError:
+            pass
+    return spaces
+
+
+def collect(experiments: list[str]) -> pa.Table:
+    """Every trial of every experiment folder, as one table in the results schema."""
+    rows = [row for uri in experiments for row in collect_rows(uri)]
+    return rows_table(rows, experiment_spaces(experiments))
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    fs, path = filesystem(uri)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def ranked(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Trials that may be ranked (not failed, not diverged) and have `metric`, best first."""
+    usable = [r for r in rows if r["status"] in RANKED and r.get(metric) is not None]
+    return sorted(usable, key=lambda r: -r[metric])
+
+
 def format_table(rows: list[dict[str, Any]], metric: str, searched: list[str], top: int = 5) -> str:
     """The best `top` trials by `metric`, with their searched values, as Markdown."""
-    ranked = sorted(ranked_rows(rows, metric), key=lambda r: -r[metric])[:top]
     header = ["rank", "trial", "status", metric, "epochs", *searched]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, r in enumerate(ranked, 1):
-        values = [_fmt(r.get(f"config/{name}", r.get(name))) for name in searched]
-        cells = [i, r["trial_id"], r["status"], f"{r[metric]:.2%}", r.get("epoch"), *values]
+    for i, r in enumerate(ranked(rows, metric)[:top], 1):
+        values = [_fmt(r.get(f"config/{name}")) for name in searched]
+        cells = [i, r["trial_id"], r["status"], _metric(metric, r[metric]), r["epochs"], *values]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
-def ranked_rows(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """The trials that may be ranked: they reported `metric` and did not fail."""
-    return [r for r in rows if r["status"] != "ERROR" and r.get(metric) is not None]
+def _metric(name: str, value: float) -> str:
+    return f"{value:.2f}" if name == "rankme" else f"{value:.2%}"
+
+
+def _gap(name: str, diff: float) -> str:
+    return f"{diff:+.2f}" if name == "rankme" else f"{diff * 100:+.1f} points"
 
 
 def _fmt(value: Any) -> str:
@@ -92,39 +226,50 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def test_metric_for(metric: str) -> str:
+    """The test metric reported for a sweep that selects on `metric` (rankme: k-NN)."""
+    return "test_" + metric.removeprefix("val_") if metric != "rankme" else "test_acc_knn"
+
+
 def summarize_sweep(
-    grid, metric: str, space, experiment: str, baseline: dict[str, float] | None = None
+    experiment: str, metric: str, space, baseline: dict[str, float] | None = None
 ) -> list[dict[str, Any]]:
-    """Prints the best trials, how the first (default) point and, if given, the untrained
-    encoder did; writes results.parquet."""
-    rows = trial_rows(grid, space)
-    searched = [k for k in space.derived] + [k for k in space.params if k not in space.derived]
-    searched = [k for k in searched if f"config/{k}" in (rows[0] if rows else {})]
+    """Collects the experiment into results.parquet and prints its best trials, how the first
+    (default) point and, if given, the untrained encoder did, and the selected trial's test
+    metric (never seen by the search)."""
+    rows = collect_rows(experiment)
+    searched = [*space.derived, *(k for k in space.params if k not in space.derived)]
     uri = f"{experiment}/results.parquet"
     name = experiment.rsplit("/", 1)[-1]
-    write_parquet(rows, uri)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("TERMINATED", "STOPPED", "ERROR")}
+    write_parquet(rows_table(rows, {name: space.to_yaml()}), uri)
+    statuses = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR")
+    counts = {s: sum(r["status"] == s for r in rows) for s in statuses}
     print(f"\n== sweep {name}: {len(rows)} trials ==")
     print(", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
     print(format_table(rows, metric, searched))
-    scored = ranked_rows(rows, metric)
-    best = max(scored, key=lambda r: r[metric]) if scored else None
+    best = next(iter(ranked(rows, metric)), None)
+    first = rows[0] if rows else None
     failed = [r for r in rows if r["status"] == "ERROR"]
     if failed:
         print(f"{len(failed)} trial(s) failed; their errors:")
         print("\n".join(f"  {r['path']}/error.txt" for r in failed))
-    if space.first and best and rows[0] in scored:
-        first = rows[0]
+    test = test_metric_for(metric)
+    if best:
+        line = f"\nvalidation-selected best ({best['trial_id']}): {metric} "
+        line += _metric(metric, best[metric])
+        if best.get(test) is not None:
+            line += f"; {test} {best[test]:.2%} (computed once at the end, never seen by Tune)"
+        print(line)
+    if space.first and best and first and first.get(metric) is not None:
         print(
-            f"\ndefault config ({first['trial_id']}): {metric} {first[metric]:.2%}; "
-            f"best ({best['trial_id']}): {best[metric]:.2%} "
-            f"({(best[metric] - first[metric]) * 100:+.1f} points)"
+            f"default config ({first['trial_id']}): {metric} {_metric(metric, first[metric])}; "
+            f"best {_gap(metric, best[metric] - first[metric])} on validation"
         )
     if baseline and best:
         gains = ", ".join(
-            f"{key} {baseline[key]:.2%} (best {(best[key] - baseline[key]) * 100:+.1f} points)"
-            for key in dict.fromkeys((metric, "acc_knn", "acc"))
-            if best.get(key) is not None
+            f"{key} {_metric(key, baseline[key])} (best {_gap(key, best[key] - baseline[key])})"
+            for key in dict.fromkeys((metric, "val_acc_knn", "val_acc"))
+            if best.get(key) is not None and key in baseline
         )
         print(f"untrained encoder (default config): {gains}")
     print(f"all trials: {uri}")

@@ -1,6 +1,8 @@
 """`python -m wsl_ray.train`: one self-supervised training run.
 
-Flags are a superset of the reference `train.py`'s, with the same names and defaults.
+Flags are a superset of the reference `train.py`'s, with the same names and defaults;
+`--config run.yaml` reads them from a file (flags on the command line win). A direct run
+writes TensorBoard events beside metrics.jsonl unless --no_tensorboard.
 With `--workers N` the same loop runs as a Ray Train TorchTrainer with N DDP workers.
 """
 
@@ -21,6 +23,12 @@ from .config import (
     given_config_keys,
     validate_config,
 )
+from .config_file import (
+    add_config_file_flags,
+    config_file_keys,
+    parse_args_with_config,
+    resolved_yaml,
+)
 from .paths import absolute_paths, writable_folder
 
 
@@ -38,19 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 if CUDA")
     parser.add_argument("--cpus-per-worker", type=float, default=1)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    parser.add_argument(
+        "--no_tensorboard", dest="tensorboard", action="store_false",
+        help="write no TensorBoard events into --out (direct runs write them by default)",
+    )  # fmt: skip
+    add_config_file_flags(parser)
     return parser
 
 
 def print_summary(summary: dict[str, Any], out: str) -> None:
     print("\n== summary ==")
     print(f"epochs {summary.get('epochs', 0)}, time {summary.get('time_total_s', 0):.1f} s")
-    if "acc_knn" in summary:
-        for key, name in (("acc_knn", "k-NN"), ("acc", "linear top-1"), ("acc_5", "linear top-5")):
-            line = f"{name:>13}: final {summary[key]:.2%}, best {summary['best_' + key]:.2%}"
+    names = {"acc_knn": "k-NN", "acc": "linear top-1", "acc_5": "linear top-5"}
+    for prefix in ("", "val_", "test_"):
+        for metric, name in names.items():
+            key = prefix + metric
+            if key not in summary:
+                continue
+            line = f"{prefix.replace('_', ' ') + name:>18}: final {summary[key]:.2%}"
+            line += f", best {summary['best_' + key]:.2%}" if prefix != "test_" else ""
             if f"init_{key}" in summary:
                 gain = (summary[key] - summary[f"init_{key}"]) * 100
                 line += f", untrained {summary[f'init_{key}']:.2%} ({gain:+.1f} points)"
             print(line)
+    if "rankme" in summary:
+        print(f"{'RankMe':>18}: final {summary['rankme']:.2f}, best {summary['best_rankme']:.2f}")
     print(f"checkpoint and metrics: {out}")
 
 
@@ -101,25 +121,31 @@ def check_checkpoints(cfg: Config, resume: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args_with_config(parser, argv)
     try:
         check_run_flags(args)
-        cfg = config_from_args(args, given_config_keys(sys.argv[1:] if argv is None else argv))
+        given = given_config_keys(sys.argv[1:] if argv is None else argv)
+        cfg = config_from_args(args, given | config_file_keys(parser, args.config))
         validate_config(cfg, workers=max(args.workers, 1))
         cfg = Config.from_dict(absolute_paths(cfg.to_dict()))  # Ray workers run elsewhere
         writable_folder(cfg.out, "--out")
         check_checkpoints(cfg, args.resume)
     except ValueError as err:  # ConfigError, or a folder that cannot be written
         parser.error(str(err))
+    if args.print_config:
+        print(resolved_yaml(args, cfg), end="")
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`s, stop our Ray
     os.environ.setdefault("WANDB_MODE", "offline")
+    from .logging_sinks import open_sinks
     from .trainer import train
 
     try:
         if args.workers:
             summary = run_with_ray(cfg, args)
         else:
-            summary = train(cfg, resume_from=Path(cfg.out) if args.resume else None)
+            sinks = open_sinks(cfg, tensorboard=args.tensorboard)
+            summary = train(cfg, resume_from=Path(cfg.out) if args.resume else None, sinks=sinks)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

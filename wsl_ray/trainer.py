@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
 import time
@@ -27,7 +26,8 @@ from .atomic import atomic_save
 from .config import Config, validate_config
 from .data import Augment, ImageData, iterate_batches, load_dataset
 from .device import HostScalar, place_data, resolve_device, setup_device
-from .evaluate import evaluate
+from .evaluate import evaluate_run
+from .logging_sinks import MetricSinks, open_sinks
 from .methods import BaseMethod, get_method
 from .methods.whitening import stats as whitening_stats
 
@@ -220,15 +220,6 @@ def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int =
     return get_method(cfg.method)(cfg, crop_size).to(device)
 
 
-def _wandb_run(cfg: Config, rank: int):
-    if not cfg.wandb or rank != 0:
-        return None
-    import wandb
-
-    os.environ.setdefault("WANDB_MODE", "offline")
-    return wandb.init(project=cfg.wandb, config=cfg.to_dict(), dir=cfg.out)
-
-
 def train(
     cfg: Config,
     reporter: Reporter | None = None,
@@ -236,8 +227,10 @@ def train(
     context: WorkerContext | None = None,
     data: ImageData | None = None,
     progress: bool = True,
+    sinks: MetricSinks | None = None,
 ) -> dict[str, Any]:
-    """Trains `cfg` to its last epoch (from a checkpoint folder if given).
+    """Trains `cfg` to its last epoch (from a checkpoint folder if given), logging each
+    epoch to `sinks` (default: wandb on rank 0 when --wandb names a project).
 
     Returns a summary: final and best metrics, epochs, time. Raises ConfigError before
     any work for an invalid configuration, NonFiniteLossError if the loss diverges.
@@ -277,11 +270,11 @@ def train(
     iters = len(data.train_x) // cfg.bs
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
-    wandb_run = _wandb_run(cfg, rank)
+    sinks = sinks or open_sinks(cfg, rank)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
-        state.init_metrics = evaluate(model, data, device, **cfg.eval_options)
+        state.init_metrics = evaluate_run(model, data, device, cfg)
         if progress:
             tqdm.write(f"untrained encoder: {_accuracies(state.init_metrics, cfg.knn)}")
     start = time.perf_counter()
@@ -336,10 +329,11 @@ def train(
         _check_finite(metrics["loss"], epoch, iters - 1, reporter, saved_epoch)
         if state.epoch in evals and rank == 0:
             t_eval = time.perf_counter()
-            metrics |= evaluate(model, data, device, **cfg.eval_options)
+            metrics |= evaluate_run(model, data, device, cfg, final=state.epoch == cfg.epoch)
             metrics["eval_time_s"] = time.perf_counter() - t_eval
         metrics["time_total_s"] = time.perf_counter() - start
         state.history.append(metrics)
+        sinks.log(metrics, step=state.epoch)  # before the report: a retry never leaves a gap
         ckpt_dir = None
         if state.epoch % cfg.ckpt_every == 0 or state.epoch == cfg.epoch:
             if rank == 0:
@@ -347,12 +341,9 @@ def train(
                 save_checkpoint(ckpt_dir, model, optimizer, state, cfg, gens)
             saved_epoch = state.epoch
         reporter.report(metrics, ckpt_dir)
-        if wandb_run is not None:
-            wandb_run.log(metrics, step=state.epoch)
         if progress and rank == 0:
             tqdm.write(_epoch_line(metrics, cfg.knn))
-    if wandb_run is not None:
-        wandb_run.finish()
+    sinks.close()
     return summarize(state.history, state.init_metrics)
 
 
@@ -374,7 +365,7 @@ def _check_finite(loss: float, epoch: int, n: int, reporter: Reporter, saved: in
 def _epoch_line(m: dict[str, Any], k: int) -> str:
     line = f"epoch {m['epoch']:>4}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
     line += f"{m['images_per_s']:,.0f} img/s"
-    if "acc_knn" in m:
+    if "rankme" in m:  # an evaluated epoch
         line += f"  | {_accuracies(m, k)}"
     if m.get("whiten_retries"):
         line += f"  ({m['whiten_retries']} whitening retries)"
@@ -382,20 +373,33 @@ def _epoch_line(m: dict[str, Any], k: int) -> str:
 
 
 def _accuracies(m: dict[str, Any], k: int) -> str:
-    return f"{k}-NN {m['acc_knn']:.2%}  linear {m['acc']:.2%}  top-5 {m['acc_5']:.2%}"
+    parts = [
+        f"{p.replace('_', ' ')}{k}-NN {m[p + 'acc_knn']:.2%}  linear {m[p + 'acc']:.2%}  "
+        f"top-5 {m[p + 'acc_5']:.2%}"
+        for p in ("", "val_", "test_")
+        if p + "acc_knn" in m
+    ]
+    return "  ".join(parts) + (f"  RankMe {m['rankme']:.1f}" if "rankme" in m else "")
+
+
+EVAL_KEYS = (
+    *(p + key for p in ("", "val_", "test_") for key in ("acc", "acc_5", "acc_knn")),
+    "rankme",
+)
 
 
 def summarize(history: list[dict[str, Any]], init_metrics: dict | None = None) -> dict[str, Any]:
-    """Final and best metrics of a run, from its per-epoch history; `init_acc_knn` etc. for
+    """Final and best metrics of a run, from its per-epoch history (acc... on test, val_acc...
+    on validation, test_acc... once at the end in --eval_on val); `init_acc_knn` etc. for
     the untrained encoder when it was evaluated (--eval_init)."""
-    evaluated = [m for m in history if "acc_knn" in m]
     summary: dict[str, Any] = {"epochs": len(history)}
     if history:
         summary |= {"loss": history[-1]["loss"], "time_total_s": history[-1]["time_total_s"]}
-    for key in ("acc", "acc_5", "acc_knn"):
+    for key in EVAL_KEYS:
+        evaluated = [m for m in history if key in m]
         if evaluated:
             summary[key] = evaluated[-1][key]
             summary[f"best_{key}"] = max(m[key] for m in evaluated)
-        if init_metrics:
+        if init_metrics and key in init_metrics:
             summary[f"init_{key}"] = init_metrics[key]
     return summary

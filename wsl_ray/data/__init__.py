@@ -3,6 +3,7 @@
 `load_dataset(name)` returns an ImageData with
     train_x, train_y   self-supervised training (labels only for bookkeeping)
     clf_x, clf_y       classifier training for evaluation
+    val_x, val_y       validation: a stratified part of the classifier set (`val_split`)
     test_x, test_y     testing
 as uint8 [N, C, H, W] and int64 [N], plus the normalisation constants, the number of
 classes and the crop size of the augmented views. ImageNet-100 is streamed: its image
@@ -26,6 +27,47 @@ from .loader import iterate_batches
 from .sources import ImageFiles
 
 Images = torch.Tensor | ImageFiles
+VAL_SEED = 20240229  # the validation split's own seed: every run, whatever --seed, scores the
+# same validation images
+
+
+def stratified_split(labels: torch.Tensor, size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, val) index tensors that partition range(len(labels)), val stratified by label.
+
+    `size` < 1 is a fraction of the images, >= 1 a number of images. The total
+    V = round(size * N) (or size) is shared out over the classes in proportion to their
+    counts n_c by largest remainder (V n_c / N, floors first, then the largest fractional
+    parts), and each class's share is drawn with the fixed VAL_SEED. Both index lists are
+    sorted.
+    """
+    n = len(labels)
+    total = round(size * n) if size < 1 else int(size)
+    if not 0 < total < n:
+        raise ValueError(
+            f"--val_size {size} gives {total} validation images out of {n} classifier "
+            "images; use a fraction in (0, 1) or a count between 1 and N - 1"
+        )
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * total / n
+    share = exact.floor().long()
+    by_remainder = torch.argsort(exact - share, descending=True, stable=True)
+    share[by_remainder[: total - int(share.sum())]] += 1
+    gen = torch.Generator().manual_seed(VAL_SEED)
+    val = []
+    for c, k in zip(classes.tolist(), share.tolist(), strict=True):
+        members = torch.nonzero(labels == c).flatten()
+        val.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    val_idx = torch.cat(val).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val_idx] = False
+    return torch.nonzero(keep).flatten(), val_idx
+
+
+def take(images: Images, index: torch.Tensor) -> Images:
+    """The images at `index`: a tensor gather, or a file list for streamed data."""
+    if isinstance(images, ImageFiles):
+        return images.select(index)
+    return images[index.to(images.device)]
 
 
 @dataclass
@@ -42,6 +84,24 @@ class ImageData:
     num_classes: int
     crop_size: int  # side of the training views and evaluation images the encoder sees
     blur: bool = False  # the reference adds Gaussian blur for ImageNet-100
+    val_size: float = 0.1  # the validation part of the classifier set: fraction or count
+
+    def val_split(self) -> tuple[Images, torch.Tensor, Images, torch.Tensor]:
+        """(fit_x, fit_y, val_x, val_y): the classifier set minus validation, and validation."""
+        fit, val = stratified_split(self.clf_y.cpu(), self.val_size)
+        labels = self.clf_y
+        return (
+            take(self.clf_x, fit), labels[fit.to(labels.device)],
+            take(self.clf_x, val), labels[val.to(labels.device)],
+        )  # fmt: skip
+
+    @property
+    def val_x(self) -> Images:
+        return self.val_split()[2]
+
+    @property
+    def val_y(self) -> torch.Tensor:
+        return self.val_split()[3]
 
     def subset(self, n: int | None) -> ImageData:
         """The first n images of each role (all of them for n=None); in-memory data only."""
@@ -179,9 +239,14 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, download: bool = False, **options
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    val_size: float = 0.1,
+    **options,
 ) -> ImageData:
-    """Reads (or generates) a dataset. `options` go to the reader (shapes: num_train,
+    """Reads (or generates) a dataset. `val_size` sets the validation part of the classifier
+    set (see `stratified_split`); `options` go to the reader (shapes: num_train,
     num_test, seed). Raises ValueError for an unknown name and FileNotFoundError, naming
     the path and how to get the data, for missing files."""
     if name not in DATASETS:
@@ -210,7 +275,17 @@ def load_dataset(
         num_classes=spec.num_classes,
         crop_size=spec.crop_size,
         blur=name == "imagenet100",
+        val_size=val_size,
     )
 
 
-__all__ = ["Augment", "DATASETS", "ImageData", "ImageFiles", "iterate_batches", "load_dataset"]
+__all__ = [
+    "Augment",
+    "DATASETS",
+    "ImageData",
+    "ImageFiles",
+    "iterate_batches",
+    "load_dataset",
+    "stratified_split",
+    "take",
+]

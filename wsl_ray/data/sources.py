@@ -228,6 +228,13 @@ class ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def select(self, index: torch.Tensor) -> ImageFiles:
+        """The files at `index` (a split by file list: nothing is decoded)."""
+        picked = index.tolist()
+        return ImageFiles(
+            [self.paths[i] for i in picked], self.labels[index].tolist(), self.resize, self.crop
+        )
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return decode_files([self.paths[i]], self.resize, self.crop)[0], self.labels[i]
 

@@ -1,0 +1,77 @@
+"""The confirmation stage's statistics and choice of configurations, on plain functions."""
+
+import math
+import statistics
+
+import pytest
+
+from wsl_ray.confirm import confirm_configs, summarize_confirmation, t_quantile, welch_interval
+from wsl_ray.search_space import parse_space
+
+SPACE = """
+config: {method: w_mse, dataset: shapes, bs: 128, epoch: 2, eval_on: val}
+params:
+  lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
+  emb: {distribution: categorical, choices: [8, 16]}
+derived: {w_size: emb * 4}
+first: {lr: 3.0e-3, emb: 16}
+"""
+
+
+def test_t_quantiles_match_closed_forms_and_the_normal_limit():
+    p = 0.975
+    assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-7)
+    assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-7)
+    assert t_quantile(p, 1e6) == pytest.approx(1.959964, rel=1e-5)
+
+
+def test_welch_interval_follows_its_formula():
+    a, b = [0.60, 0.64, 0.62], [0.50, 0.58]
+    va, vb = statistics.variance(a) / 3, statistics.variance(b) / 2
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 1)
+    half = t_quantile(0.975, df) * math.sqrt(va + vb)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    assert welch_interval(a, b) == pytest.approx((diff, diff - half, diff + half), rel=1e-12)
+    assert welch_interval([0.5, 0.5], [0.4, 0.4]) == pytest.approx((0.1, 0.1, 0.1))
+    with pytest.raises(ValueError, match="--seeds"):
+        welch_interval([0.5], [0.4, 0.4])
+
+
+def row(trial, status, val, lr, emb, seed=0, **extra):
+    return {"trial_id": trial, "status": status, "val_acc_knn": val, "config/lr": lr,
+            "config/emb": emb, "config/w_size": 4 * emb, "config/seed": seed,
+            "config/w_ratio": 4, **extra}  # fmt: skip
+
+
+def test_confirm_configs_are_the_default_and_distinct_top_terminated_trials(tmp_path):
+    space = parse_space(SPACE, tmp_path / "s.yaml")
+    rows = [
+        row("a", "TERMINATED", 0.5, 3e-3, 16),  # the default point itself
+        row("b", "STOPPED", 0.9, 1e-3, 8),  # stopped early: not confirmed
+        row("c", "TERMINATED", 0.7, 2e-3, 8),
+        row("d", "TERMINATED", 0.6, 5e-4, 8),
+    ]
+    configs = confirm_configs(rows, space, "val_acc_knn", k=1, seeds=2, seed=5)
+    assert [(c["confirm_label"], c["seed"], c["lr"]) for c in configs] == [
+        ("default", 1005, 3e-3), ("default", 1006, 3e-3), ("top1", 1005, 2e-3), ("top1", 1006, 2e-3)
+    ]  # fmt: skip
+    assert all(c["eval_on"] == "val" and "w_ratio" not in c for c in configs)
+    rows[2]["val_acc_knn"] = 0.4  # now the default is the best: the next one is confirmed
+    assert {c["lr"] for c in confirm_configs(rows, space, "val_acc_knn", 1, 2, 0)} == {3e-3, 5e-4}
+
+
+def test_the_summary_says_whether_the_best_beats_the_default():
+    def runs(label, tests):
+        return [
+            {"config/confirm_label": label, "val_acc_knn": 0.5, "test_acc_knn": t} for t in tests
+        ]
+
+    table, verdict = summarize_confirmation(
+        runs("default", [0.50, 0.52, 0.51]) + runs("top1", [0.70, 0.71, 0.72]), "val_acc_knn"
+    )
+    assert table[1]["test_acc_knn mean ± std"] == "71.00 ± 1.00"
+    assert "beats the default beyond noise" in verdict and "Welch" in verdict
+    _, verdict = summarize_confirmation(
+        runs("default", [0.50, 0.60]) + runs("top1", [0.52, 0.61]), "val_acc_knn"
+    )
+    assert "does NOT beat the default beyond noise" in verdict
