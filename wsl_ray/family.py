@@ -87,11 +87,11 @@ def family_problems(values: Mapping[str, Any]) -> list[str]:
     """What is wrong with a family method's settings, one message per problem naming flags.
 
     Presets refuse family flags that contradict them (naming whitened_mse instead).
-    whitened_mse needs: known --w_matrix and --w_axis; --groups dividing --emb (1 for bn and
-    none); batch-axis whitening needs --w_size > channels per group (the c x c covariance of
-    w_size samples has rank <= w_size - 1), channel-axis whitening needs channels per group
-    > --w_size (the w_size x w_size covariance of c centred channels has rank <= c - 1);
-    the covariance divisor (count - --minus) positive.
+    whitened_mse needs (--w_matrix and --w_axis are checked as choices): --groups dividing
+    --emb (1 for bn and none); batch-axis whitening needs --w_size > channels per group (the
+    c x c covariance of w_size samples has rank <= w_size - 1), channel-axis whitening needs
+    channels per group > --w_size (the w_size x w_size covariance of c centred channels has
+    rank <= c - 1); the covariance divisor (count - --minus) positive.
     """
     method = values.get("method", "w_mse")
     if method in PRESETS:
@@ -99,11 +99,6 @@ def family_problems(values: Mapping[str, Any]) -> list[str]:
     if method != "whitened_mse":
         return []
     problems = []
-    for flag, allowed in (("w_matrix", MATRICES), ("w_axis", AXES)):
-        if values.get(flag) is not None and values[flag] not in allowed:
-            problems.append(f"--{flag} {values[flag]}: choose one of {', '.join(allowed)}")
-    if problems:
-        return problems
     f = family_of(values)
     emb, w_size = values["emb"], values["w_size"]
     if f.groups < 1 or emb % f.groups:
