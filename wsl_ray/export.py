@@ -23,7 +23,8 @@ from torchvision import models
 from .config import Config
 from .data import DATASETS, load_dataset
 from .models import ARCHS, NARROW
-from .trainer import model_weights, read_checkpoint
+from .trainer import read_checkpoint
+from .weights import state_dict_of
 
 ENCODER_PREFIX = "model."  # BaseMethod.model is the encoder; the head and targets are not
 
@@ -55,7 +56,7 @@ def torchvision_backbone(arch: str, image_size: int) -> nn.Module:
 
 def encoder_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The encoder's tensors from a read checkpoint, without the `model.` prefix."""
-    weights = model_weights(payload)
+    weights = state_dict_of(payload)
     return {
         k[len(ENCODER_PREFIX) :]: v.detach().cpu().contiguous()
         for k, v in weights.items()

@@ -37,10 +37,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Augment, ImageData, iterate_batches, load_dataset
+from .device import resolve_device
 from .evaluate import embed
 from .models import get_encoder
 from .optim import build_optimizer
-from .trainer import LocalReporter, Reporter, WorkerContext, read_checkpoint, resolve_device
+from .trainer import LocalReporter, Reporter, WorkerContext, read_checkpoint
 from .weights import state_dict_of
 
 CHECKPOINT_FILE = "lincls.pt"
