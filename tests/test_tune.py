@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -78,6 +79,22 @@ def sweep(cluster, space_file, storage, *args, timeout=600):
 
 def results(storage):
     return pq.read_table(storage / "t" / "results.parquet").to_pylist()
+
+
+def trial_epochs(storage):
+    """Per Tune trial folder, the epochs it reported, in order."""
+    epochs = {}
+    for result_file in (storage / "t").glob("*/result.json"):
+        lines = result_file.read_text().splitlines()
+        epochs[result_file.parent.name] = [json.loads(x)["epoch"] for x in lines]
+    return epochs
+
+
+def wait_for(condition, timeout=400):
+    start = time.time()
+    while not condition():
+        assert time.time() - start < timeout, "timed out"
+        time.sleep(1)
 
 
 @pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
