@@ -63,7 +63,7 @@ def space_file(tmp_path):
     return path
 
 
-def sweep(cluster, space_file, storage, *args, timeout=600):
+def sweep(cluster, space_file, storage, *args, wait=True, timeout=600):
     cmd = [
         sys.executable, "-m", "wsl_ray.tune", "--space", str(space_file),
         "--storage", str(storage), "--name", "t", *args,
@@ -72,6 +72,8 @@ def sweep(cluster, space_file, storage, *args, timeout=600):
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    if not wait:
+        return proc
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
     return out
