@@ -65,6 +65,8 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
     space.write_text(SPACE)
     storage = tmp_path / "sweeps"
     client = JobSubmissionClient(dashboard)
+    # the head's job agent can come up after the dashboard answers ("No available agent")
+    wait_for(lambda: client.list_jobs() is not None and _agent_ready(client), timeout=120)
     job = client.submit_job(
         entrypoint=(
             f"{sys.executable} {ROOT / 'cluster' / 'sweep.py'} --space {space} --storage {storage} "
@@ -104,3 +106,12 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
     epochs = [json.loads(x)["epoch"] for x in (storage / "t" / victim / "result.json")
               .read_text().splitlines()]  # fmt: skip
     assert epochs == list(range(1, EPOCHS + 1)), epochs  # resumed from its checkpoint
+
+
+def _agent_ready(client) -> bool:
+    """Whether the head's job agent answers (a submit before it does fails with HTTP 500)."""
+    try:
+        client.get_job_info("no-such-job")
+    except RuntimeError as err:
+        return "No available agent" not in str(err)
+    return True
