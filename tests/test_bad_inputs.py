@@ -22,11 +22,14 @@ import pytest
 import torch
 
 from analysis.__main__ import main as analysis_main
+from wsl_ray.export import main as export_main
+from wsl_ray.lincls import main as lincls_main
 from wsl_ray.test import main as evaluate_main
 from wsl_ray.train import main as train_main
 from wsl_ray.tune import main as tune_main
 
-ENTRY = {"train": train_main, "test": evaluate_main, "tune": tune_main, "analysis": analysis_main}
+ENTRY = {"train": train_main, "test": evaluate_main, "tune": tune_main, "analysis": analysis_main,
+         "lincls": lincls_main, "export": export_main}  # fmt: skip
 TUNE = ("tune", "--storage", "{tmp}/sweeps")
 TRAIN = ("train", "--out", "{tmp}/run")
 SHAPES = (*TRAIN, "--dataset", "shapes")
@@ -52,6 +55,11 @@ ROWS = [
     (("train", "--emb", "abc"), 2, "--emb: invalid int value"),
     (("train", "--method", "simclr"), 2, "--method: invalid choice"),
     (("train", "--arch", "vgg"), 2, "unknown --arch 'vgg'"),
+    (("train", "--sync_bn"), 2, "--sync_bn needs GPU workers"),
+    (("train", "--method", "vicreg", "--num_samples", "4"), 2, "takes exactly 2 views"),
+    (("train", "--method", "w_mse", "--w_axis", "channel"), 2, "use --method whitened_mse"),
+    (("train", "--recipe", "wmse_mnist"), 2, "unknown --recipe 'wmse_mnist'"),
+    (("train", "--config", "{tmp}/none.yaml"), 2, "--config {tmp}/none.yaml: no such file"),
     # files
     ((*SHAPES, "--out", "/proc/wsl_ray_no"), 2, "--out /proc/wsl_ray_no: cannot create"),
     ((*SHAPES, "--resume", "--out", "{ckpt_dir_corrupt}"), 2, "not a readable PyTorch checkpoint"),
@@ -72,6 +80,12 @@ ROWS = [
     (("test", "--fname", "{ckpt_object}"), 2, "weights_only=True loads no code"),
     (("test", "--fname", "{ckpt_tensor}"), 2, "holds a Tensor, not a checkpoint"),
     (("test", "--knn", "0"), 2, "--knn 0: must be 1 or more"),
+    # linear classification and export of a checkpoint
+    (("lincls", "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint"),
+    (("lincls", "--fname", "{ckpt_text}"), 2, "is not a readable PyTorch checkpoint"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--epochs", "0"), 2, "--epochs must be at least 1"),
+    (("export", "{tmp}/none.pt", "--out", "{tmp}/b.pt"), 2, "checkpoint {tmp}/none.pt: no such"),
+    (("export", "{ckpt_object}", "--out", "{tmp}/b.pt"), 2, "weights_only=True loads no code"),
     # sweeps: every row fails before Ray starts
     ((*TUNE, "--num_trials", "-1"), 2, "--num_trials -1: must be 1 or more"),
     ((*TUNE, "--concurrency", "0"), 2, "--concurrency 0: must be 1 or more"),
@@ -90,6 +104,7 @@ ROWS = [
     ((*TUNE, "--space", "{space_int_inside}"), 2, "w_size=96: --w_size 96 must divide"),
     ((*TUNE, "--resume", "--name", "never"), 2, "--resume: no experiment to resume"),
     ((*TUNE, "--data_dir", "{tmp}/empty"), 2, "needs the data at this same path"),
+    ((*TUNE, "--set", "sync_bn=true", "--gpus-per-trial", "0"), 2, "--sync_bn needs GPU workers"),
     # analysis outputs that cannot be written, inputs that do not exist
     (
         ("analysis", "collect", "{tmp}", "--out", "/missing/x.parquet"),

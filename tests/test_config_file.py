@@ -4,8 +4,7 @@ import pytest
 import yaml
 
 from wsl_ray.config import config_from_args
-from wsl_ray.config_file import parse_args_with_config
-from wsl_ray.train import build_parser
+from wsl_ray.train import build_parser, parse_run_args
 
 RUN = """
 method: cw_rgp
@@ -25,7 +24,7 @@ workers: 2
 def parse(tmp_path, text, *flags):
     path = tmp_path / "run.yaml"
     path.write_text(text)
-    return parse_args_with_config(build_parser(), ["--config", str(path), *flags])
+    return parse_run_args(build_parser(), ["--config", str(path), *flags])[0]
 
 
 def test_file_values_pass_through_the_flag_types(tmp_path):
@@ -42,6 +41,22 @@ def test_command_line_flags_override_the_file(tmp_path):
     args = parse(tmp_path, RUN, "--lr", "3e-3", "--drop", "10", "--workers", "0")
     cfg = config_from_args(args)
     assert cfg.lr == 0.003 and cfg.drop == [10] and args.workers == 0 and cfg.bs == 256
+
+
+def test_layers_stack_flags_over_file_over_recipe(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epoch: 7\nlr: 5e-3\n")
+    argv = ["--recipe", "wmse2_stl10", "--config", str(path), "--lr", "1e-3"]
+    cfg = config_from_args(*parse_run_args(build_parser(), argv))
+    assert (cfg.lr, cfg.epoch, cfg.emb, cfg.dataset) == (1e-3, 7, 128, "stl10")
+
+
+def test_keys_a_file_sets_count_as_given_and_the_method_fills_the_rest(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: barlow_twins\nemb: 64\n")
+    args, given = parse_run_args(build_parser(), ["--config", str(path)])
+    cfg = config_from_args(args, given)
+    assert (cfg.emb, cfg.bs, cfg.lr) == (64, 512, 1e-3)  # emb from the file, the rest its own
 
 
 def test_a_field_name_sets_an_on_off_flag_too(tmp_path):

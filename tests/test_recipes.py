@@ -7,7 +7,7 @@ from wsl_ray.data import DATASETS
 from wsl_ray.models import get_encoder
 from wsl_ray.recipes import RECIPES, get_recipe
 from wsl_ray.search_space import load_space
-from wsl_ray.train import build_parser, parse_with_recipe
+from wsl_ray.train import build_parser, parse_run_args
 
 # the views' size in the reference datasets/ code (aug_transform's crop)
 REFERENCE_IMAGE_SIZE = {
@@ -47,8 +47,8 @@ def test_recipes_read_the_reference_flags_and_defaults():
 
 
 def test_flags_beside_a_recipe_override_it():
-    args = parse_with_recipe(build_parser(), ["--recipe", "wmse4_stl10", "--epoch", "3"])
-    cfg = config_from_args(args)
+    args, given = parse_run_args(build_parser(), ["--recipe", "wmse4_stl10", "--epoch", "3"])
+    cfg = config_from_args(args, given)
     assert (cfg.epoch, cfg.num_samples, cfg.emb, cfg.w_size, cfg.lr) == (3, 4, 128, 256, 2e-3)
 
 

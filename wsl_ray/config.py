@@ -47,8 +47,9 @@ _notes_printed: set[str] = set()
 
 
 SYNC_BN_NEEDS_GPUS = (
-    "--sync_bn needs GPU workers: run with --workers N on a machine with CUDA "
-    "(or --gpus-per-worker > 0), or drop --sync_bn"
+    "--sync_bn needs GPU workers (SyncBatchNorm refuses CPU tensors): give each worker a GPU "
+    "(train: --workers N on a machine with CUDA or --gpus-per-worker G; tune: --gpus-per-trial "
+    "G), or drop --sync_bn"
 )
 
 
@@ -267,8 +268,9 @@ def config_from_args(args: argparse.Namespace, given: Collection[str] | None = N
     return Config(**(values if given is None else with_method_defaults(values, given)))
 
 
-def validate_config(cfg: Config, workers: int = 1) -> None:
+def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) -> None:
     """Raises ConfigError for a configuration that cannot train, naming the flag to change.
+    `gpus` is each worker's GPU share where known (--sync_bn needs one); None: not known yet.
 
     Checks the batch split into whitening sub-batches (per worker under DDP), the
     W-MSE rank condition w_size > emb, CW-RGP's group sizes, and the number of views.
@@ -366,6 +368,7 @@ def validate_config(cfg: Config, workers: int = 1) -> None:
         )
     for problem in _method_problems(cfg, workers):
         check(False, problem)
+    check(gpus is None or not cfg.sync_bn or gpus > 0, SYNC_BN_NEEDS_GPUS)
     check.raise_if_any()
 
 

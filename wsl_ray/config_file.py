@@ -88,25 +88,6 @@ def read_config_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[
         raise ValueError(f"--config {path}: {err}") from None
 
 
-def config_file_keys(parser: argparse.ArgumentParser, path: str | Path | None) -> set[str]:
-    """The dests the --config file sets (empty without one): they count as given flags."""
-    return set(read_config_file(parser, path)) if path else set()
-
-
-def parse_args_with_config(
-    parser: argparse.ArgumentParser, argv: list[str] | None = None
-) -> argparse.Namespace:
-    """Parses argv with the --config file's values as defaults; exits via parser.error on
-    a bad file."""
-    first, _ = parser.parse_known_args(argv)
-    if first.config:
-        try:
-            parser.set_defaults(**read_config_file(parser, first.config))
-        except ValueError as err:
-            parser.error(str(err))
-    return parser.parse_args(argv)
-
-
 def resolved_yaml(args: argparse.Namespace, cfg: Any = None) -> str:
     """Every flag's resolved value as YAML keyed by dest (a valid --config file itself);
     with `cfg` (a Config), its values win: they include the method's defaults."""

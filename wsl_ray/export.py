@@ -85,9 +85,10 @@ def describe(cfg: Config, features: int) -> dict[str, Any]:
 def export(ckpt: str | Path, out: str | Path, fmt: str = "torchvision") -> dict[str, Any]:
     """Writes the encoder of checkpoint `ckpt` to `out`; returns the recorded description.
 
-    Raises ExportError for a narrow encoder or a checkpoint without a config.
+    Raises ExportError for a narrow encoder or a checkpoint without a config, CheckpointError
+    for a missing, corrupt or refused file.
     """
-    payload = read_checkpoint(ckpt)
+    payload = read_checkpoint(ckpt, flag="checkpoint")
     if "config" not in payload:
         raise ExportError(f"{ckpt} holds no config: export needs a wsl_ray checkpoint")
     cfg = Config.from_dict(payload["config"])
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         info = export(args.ckpt, args.out, args.format)
-    except (ExportError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # ExportError, CheckpointError, an unwritable --out
         print(f"error: {err}", file=sys.stderr)
         return 2
     where = "its metadata" if args.format == "safetensors" else Path(args.out).with_suffix(".json")

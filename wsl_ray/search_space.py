@@ -93,8 +93,9 @@ class SearchSpace:
         """The `first` point, or else each parameter's first choice or lower bound."""
         return self.first or {n: _values(s)[0] for n, s in self.params.items()}
 
-    def check(self, workers: int = 1) -> None:
-        """Raises SpaceError unless every value the space can produce gives a valid Config.
+    def check(self, workers: int = 1, gpus: float | None = None) -> None:
+        """Raises SpaceError unless every value the space can produce gives a valid Config
+        for trials of `workers` workers with `gpus` GPUs each (None: not known yet).
 
         Tries every combination of: each categorical choice, every integer an int range can
         produce (with its step), and both ends of each continuous range. The trainer's
@@ -106,7 +107,7 @@ class SearchSpace:
         for combo in itertools.product(*values.values()):
             sampled = dict(zip(values, combo, strict=True))
             try:
-                validate_config(Config(**self.resolve(sampled)), workers)
+                validate_config(Config(**self.resolve(sampled)), workers, gpus)
             except ConfigError as err:
                 bad += [f"{_point(sampled)}: {problem}" for problem in err.problems]
             except (TypeError, ValueError) as err:
@@ -124,7 +125,7 @@ class SearchSpace:
                 bad.append(f"first point: {name}={value} is outside its distribution {spec}")
         if self.first:
             try:
-                validate_config(Config(**self.resolve(self.first)), workers)
+                validate_config(Config(**self.resolve(self.first)), workers, gpus)
             except ConfigError as err:
                 bad += [f"first point {_point(self.first)}: {p}" for p in err.problems]
         if bad:

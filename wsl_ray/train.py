@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
-    SYNC_BN_NEEDS_GPUS,
     Config,
     ConfigError,
     add_config_flags,
@@ -24,12 +23,7 @@ from .config import (
     given_config_keys,
     validate_config,
 )
-from .config_file import (
-    add_config_file_flags,
-    config_file_keys,
-    parse_args_with_config,
-    resolved_yaml,
-)
+from .config_file import add_config_file_flags, read_config_file, resolved_yaml
 from .paths import absolute_paths, writable_folder
 
 
@@ -61,27 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None):
-    """Parses argv; with --recipe, its values become the defaults and argv is parsed again."""
-    args = parser.parse_args(argv)
-    if args.recipe:
-        from .recipes import get_recipe
+def parse_run_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, set[str]]:
+    """Parses argv in layers: flags > the --config file > the --recipe > the flags' defaults.
+    Also returns the Config fields that any layer sets: the method's defaults fill the others.
+    Exits via parser.error for an unknown recipe or a bad file."""
+    first, _ = parser.parse_known_args(argv)
+    layers: dict[str, Any] = {}
+    try:
+        if first.recipe:
+            from .recipes import get_recipe
 
-        try:
-            recipe = get_recipe(args.recipe)
-        except ValueError as err:
-            parser.error(str(err))
-        print(f"recipe {recipe.name} ({recipe.source}): {recipe.line}", file=sys.stderr)
-        parser.set_defaults(**recipe.values())
-        args = parser.parse_args(argv)
-    return args
-
-
-def recipe_keys(name: str | None) -> set[str]:
-    """The config keys a --recipe sets (none without one)."""
-    from .recipes import get_recipe
-
-    return set(get_recipe(name).values()) if name else set()
+            recipe = get_recipe(first.recipe)
+            print(f"recipe {recipe.name} ({recipe.source}): {recipe.line}", file=sys.stderr)
+            layers |= recipe.values()
+        if first.config:
+            layers |= read_config_file(parser, first.config)
+    except ValueError as err:
+        parser.error(str(err))
+    parser.set_defaults(**layers)
+    given = given_config_keys(sys.argv[1:] if argv is None else argv) | set(layers)
+    return parser.parse_args(argv), given
 
 
 def print_summary(summary: dict[str, Any], out: str) -> None:
@@ -157,14 +152,13 @@ def check_checkpoints(cfg: Config, resume: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parse_with_recipe(parser, argv)  # flags > --config file > --recipe > defaults
-    args = parse_args_with_config(parser, argv)
+    args, given = parse_run_args(parser, argv)
     try:
         check_run_flags(args)
-        given = given_config_keys(sys.argv[1:] if argv is None else argv)
-        given |= config_file_keys(parser, args.config) | recipe_keys(args.recipe)
         cfg = config_from_args(args, given)  # the method's defaults fill what none of them set
-        validate_config(cfg, workers=max(args.workers, 1))
+        # --sync_bn needs GPU workers (a direct run has none); --print_config suits any machine
+        gpus = None if args.print_config else _gpus_per_worker(args) if args.workers else 0
+        validate_config(cfg, workers=max(args.workers, 1), gpus=gpus)
         cfg = Config.from_dict(absolute_paths(cfg.to_dict()))  # Ray workers run elsewhere
         writable_folder(cfg.out, "--out")
         check_checkpoints(cfg, args.resume)
@@ -173,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(resolved_yaml(args, cfg), end="")
         return 0
-    if cfg.sync_bn and not (args.workers and _gpus_per_worker(args)):
-        parser.error(SYNC_BN_NEEDS_GPUS)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`s, stop our Ray
     os.environ.setdefault("WANDB_MODE", "offline")
     from .logging_sinks import open_sinks

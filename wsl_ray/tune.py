@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             args.metric = sweep_metric(path)
         else:
             space = load_space(args.space, overrides_from_args(args))
-        space.check(workers=args.workers_per_trial)
+        space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
         sweep_epochs(args, space)  # Ray asserts grace_period <= max_t: settle it here
         space.config = absolute_paths(space.config)  # trials run in folders of their own
         default = Config.from_dict(space.resolve(space.default_point()))
@@ -489,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     confirmed = None
     try:
+        if args.gpus_per_trial is None:  # now the cluster's GPUs are known (--sync_bn needs one)
+            space.check(workers=args.workers_per_trial, gpus=_default_gpus())
         # one copy per node, owned by this driver: a resumed sweep puts it again
         run_sweep(args, space, share_dataset(data, default))
         if not args.resume:
