@@ -109,12 +109,15 @@ def test_imagenet100_streams_the_100_classes(tmp_path):
     for split in ("train", "val"):
         for wnid in [*IMAGENET100_CLASSES, "n99999999"]:  # an extra class is ignored
             (tmp_path / split / wnid).mkdir(parents=True)
-            img = torch.zeros(3, 300, 260, dtype=torch.uint8)
+            img = torch.full((3, 300, 260), 7, dtype=torch.uint8)
             write_png(img, str(tmp_path / split / wnid / "a.png"))
     data = load_dataset("imagenet100", data_dir=tmp_path)
     assert isinstance(data.train_x, ImageFiles) and len(data.train_x) == 100
-    x, y = next(iterate_batches(data.train_x, data.train_y, 8, num_workers=0))
-    assert x.shape == (8, 3, 256, 256) and x.dtype == torch.uint8 and y.shape == (8,)
+    batches = iterate_batches(data.train_x, data.train_y, 8, num_workers=0, with_sizes=True)
+    x, y, sizes = next(batches)
+    assert x.shape == (8, 3, 500, 500) and x.dtype == torch.uint8 and y.shape == (8,)
+    assert sizes.tolist() == [[300, 260]] * 8  # the whole image, at full resolution
+    assert (x[:, :, :300, :260] == 7).all() and x.sum() == 7 * x[:, :, :300, :260].numel()
     assert data.test_x[0][0].shape == (3, 224, 224) and data.blur
 
 
