@@ -119,6 +119,7 @@ def test_imagenet100_streams_the_100_classes(tmp_path):
     assert sizes.tolist() == [[300, 260]] * 8  # the whole image, at full resolution
     assert (x[:, :, :300, :260] == 7).all() and x.sum() == 7 * x[:, :, :300, :260].numel()
     assert data.test_x[0][0].shape == (3, 224, 224) and data.blur
+    assert "at most 500 px" in data.summary()
 
 
 @pytest.mark.parametrize("name", ["cifar10", "stl10", "tiny_in", "fashion_mnist", "imagenet100"])
