@@ -127,10 +127,10 @@ class Augment:
         sizes: int [B, 2], each image's (height, width) in the top-left of x, the rest
         being zero padding (None: every image fills x).
         """
-        for t in (x, sizes):
+        for what, t in (("images", x), ("sizes", sizes)):
             if t is not None and t.device != self.device:
                 raise ValueError(
-                    f"Augment was built for {self.device} but got images on {t.device}: pass "
+                    f"Augment was built for {self.device} but got {what} on {t.device}: pass "
                     "device= (or a generator on the images' device) when building it"
                 )
         k = self.num_samples
