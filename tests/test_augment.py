@@ -1,6 +1,8 @@
 """Batched augmentation against torchvision's own transforms."""
 
 import math
+from collections import Counter
+from dataclasses import fields
 
 import pytest
 import torch
@@ -10,11 +12,13 @@ import torchvision.transforms.v2.functional as TF
 from wsl_ray.config import Config
 from wsl_ray.data.augment import (
     Augment,
+    AugmentParams,
     adjust_hue,
     color_jitter,
     gaussian_blur,
     resized_crop_flip,
 )
+from wsl_ray.data.sources import on_canvas
 
 N = 20_000
 
@@ -170,3 +174,57 @@ def test_augment_is_seedable_and_built_from_the_reference_flags():
 
 def aug_equal(a, b):
     return all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_crops_of_an_image_on_a_canvas_stay_inside_it_and_follow_torchvision():
+    """20 x 37 images alternate with images filling a 64 x 64 canvas: each one's crops lie
+    inside it and have torchvision's law for its own size."""
+    height, width = 20, 37
+    aug = Augment(32, (0.5,) * 3, (0.25,) * 3, generator=torch.Generator().manual_seed(0))
+    sizes = torch.tensor([[height, width], [64, 64]]).repeat(N // 2, 1)
+    p = aug.sample(N, 64, 64, sizes)
+    for crops, (hi, wi) in ((p.crop[0::2], (height, width)), (p.crop[1::2], (64, 64))):
+        top, left, h, w = crops.unbind(1)
+        assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+        assert (top + h <= hi).all() and (left + w <= wi).all()
+    top, left, h, w = p.crop[0::2].unbind(1)
+    torch.manual_seed(1)
+    ref = [T.RandomResizedCrop.get_params(torch.empty(3, height, width), (0.2, 1.0), (3 / 4, 4 / 3))
+           for _ in range(N // 2)]  # fmt: skip
+    # the law of the integer box sides (h, w): total variation between the two samples
+    # (two samples of torchvision's, seeds 1 and 2, differ by 0.057)
+    ours = Counter(zip(h.int().tolist(), w.int().tolist(), strict=True))
+    theirs = Counter(box[2:] for box in ref)
+    assert sum(abs(ours[k] - theirs[k]) for k in ours | theirs) / N < 0.08
+    moves = h < height
+    assert (top[moves] / (height - h[moves])).mean().item() == pytest.approx(0.5, abs=0.02)
+
+
+def test_each_image_falls_back_to_its_own_central_crop_like_torchvision():
+    aug = Augment(32, (0.5,) * 3, (0.25,) * 3, crop_scale=(1.0, 1.0), crop_ratio=(2.0, 3.0))
+    sizes = [[32, 32], [20, 37], [45, 12], [10, 60]]  # 37 / 2 = 18.5 rounds half to even
+    p = aug.sample(4, 64, 64, torch.tensor(sizes))
+    ref = [T.RandomResizedCrop.get_params(torch.empty(3, h, w), (1.0, 1.0), (2.0, 3.0))
+           for h, w in sizes]  # fmt: skip
+    assert p.crop.tolist() == [list(map(float, box)) for box in ref]
+
+
+def params_row(p: AugmentParams, i: int) -> AugmentParams:
+    return AugmentParams(**{f.name: getattr(p, f.name)[i : i + 1] for f in fields(p)})
+
+
+@pytest.mark.parametrize("crop_first", [False, True])
+def test_a_view_from_the_canvas_equals_the_view_from_the_image_alone(crop_first):
+    """The zero padding of a canvas never reaches a view: not through the crop, nor the
+    contrast's mean grey (taken before the crop unless crop_first), nor the blur."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = torch.tensor([[20, 37], [45, 12], [48, 48], [7, 40]])
+    alone = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+             for h, w in sizes.tolist()]  # fmt: skip
+    canvas = torch.stack([on_canvas(image, 48) for image in alone])
+    aug = Augment(16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), cj_p=1.0, blur_p=0.5,
+                  crop_first=crop_first, generator=gen)  # fmt: skip
+    p = aug.sample(4, 48, 48, sizes)
+    got = aug.apply(canvas, p)
+    for i, image in enumerate(alone):
+        assert torch.allclose(got[i], aug.apply(image[None], params_row(p, i))[0], atol=1e-5)

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torchvision.io import write_png
+from torchvision.io import ImageReadMode, decode_image, write_jpeg, write_png
 
 from wsl_ray.data import iterate_batches, load_dataset, shapes
 from wsl_ray.data.sources import IMAGENET100_CLASSES, ImageFiles
@@ -109,13 +109,17 @@ def test_imagenet100_streams_the_100_classes(tmp_path):
     for split in ("train", "val"):
         for wnid in [*IMAGENET100_CLASSES, "n99999999"]:  # an extra class is ignored
             (tmp_path / split / wnid).mkdir(parents=True)
-            img = torch.zeros(3, 300, 260, dtype=torch.uint8)
+            img = torch.full((3, 300, 260), 7, dtype=torch.uint8)
             write_png(img, str(tmp_path / split / wnid / "a.png"))
     data = load_dataset("imagenet100", data_dir=tmp_path)
     assert isinstance(data.train_x, ImageFiles) and len(data.train_x) == 100
-    x, y = next(iterate_batches(data.train_x, data.train_y, 8, num_workers=0))
-    assert x.shape == (8, 3, 256, 256) and x.dtype == torch.uint8 and y.shape == (8,)
+    batches = iterate_batches(data.train_x, data.train_y, 8, num_workers=0, with_sizes=True)
+    x, y, sizes = next(batches)
+    assert x.shape == (8, 3, 500, 500) and x.dtype == torch.uint8 and y.shape == (8,)
+    assert sizes.tolist() == [[300, 260]] * 8  # the whole image, at full resolution
+    assert (x[:, :, :300, :260] == 7).all() and x.sum() == 7 * x[:, :, :300, :260].numel()
     assert data.test_x[0][0].shape == (3, 224, 224) and data.blur
+    assert "at most 500 px" in data.summary()
 
 
 @pytest.mark.parametrize("name", ["cifar10", "stl10", "tiny_in", "fashion_mnist", "imagenet100"])
@@ -159,3 +163,33 @@ def test_iterate_batches_shuffles_and_drops_the_last_partial_batch():
     assert all(torch.equal(bx.flatten().long(), by) for bx, by in batches)
     ordered = list(iterate_batches(x, y, 4, shuffle=False, drop_last=False))
     assert [b[1].tolist() for b in ordered] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    sizes = [s for *_, s in iterate_batches(torch.zeros(10, 3, 2, 5), y, 4, with_sizes=True)]
+    assert [s.tolist() for s in sizes] == [[[2, 5]] * 4] * 2  # a tensor's images fill it
+
+
+def test_training_files_stream_whole_images_within_500_px_and_keep_their_shape(tmp_path):
+    """Each training item is the whole image, scaled down only when its longer side passes
+    500, top-left on a zero 500 x 500 canvas; its size travels with it."""
+    shapes_in = {"wide": (300, 600), "small": (90, 120), "tall": (700, 333)}  # (h, w)
+    shapes_out = {"wide": (250, 500), "small": (90, 120), "tall": (500, 238)}
+    paths = [tmp_path / f"{name}.jpg" for name in shapes_in]
+    for path, (h, w) in zip(paths, shapes_in.values(), strict=True):
+        ramp = torch.linspace(0, 255, w).round().to(torch.uint8)  # grey, left to right
+        write_jpeg(ramp.expand(3, h, w).contiguous(), str(path), quality=95)
+    files = ImageFiles(paths, [0, 1, 2], max_side=500)
+    for i, name in enumerate(shapes_in):
+        x, label, size = files[i]
+        (h, w), w0 = shapes_out[name], shapes_in[name][1]
+        assert x.shape == (3, 500, 500) and label == i and size.tolist() == [h, w]
+        assert x[:, h:].sum() == 0 and x[:, :, w:].sum() == 0  # padding
+        image = x[:, :h, :w]
+        if name == "small":  # never upscaled, never resampled
+            assert torch.equal(image, decode_image(str(paths[i]), mode=ImageReadMode.RGB))
+        # the whole ramp, scaled: column j samples the original at (j + 1/2) w0 / w - 1/2
+        at = ((torch.arange(w) + 0.5) * w0 / w - 0.5).clamp(0, w0 - 1)
+        profile = image.float().mean(dim=(0, 1))
+        assert (profile - 255 * at / (w0 - 1))[3:-3].abs().max() < 2
+    eval_item = ImageFiles(paths, [0, 1, 2], resize=256, crop=224)[1]
+    assert eval_item[0].shape == (3, 224, 224) and eval_item[2].tolist() == [224, 224]
+    with pytest.raises(ValueError, match="max_side"):
+        ImageFiles(paths, [0, 1, 2], resize=256)

@@ -74,12 +74,27 @@ def test_host_scalar_reports_the_latest_value_on_cpu():
     assert value.latest() == 1.5
 
 
-def test_augment_apply_is_one_graph():
+SIZES = torch.tensor([[20, 20], [12, 19], [20, 5], [3, 3], [17, 20], [9, 14]])
+
+
+@pytest.mark.parametrize("sizes", [None, SIZES], ids=["canvas", "per_image"])
+def test_augment_apply_is_one_graph(sizes):
     gen = torch.Generator().manual_seed(0)
     aug = Augment(16, (0.5,) * 3, (0.25,) * 3, blur_p=0.5, generator=gen)
     x = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
-    params = aug.sample(6, 20, 20)
+    params = aug.sample(6, 20, 20, sizes)
     assert torch.allclose(compiled(aug.apply)(x, params), aug.apply(x, params), atol=1e-5)
+
+
+def test_crops_for_per_image_sizes_are_sampled_in_one_graph():
+    """Per-image areas, tries and central-crop fallbacks: no sync, no data-dependent shape
+    (the global RNG stands in for the generator, which a graph cannot take)."""
+    aug = Augment(16, (0.5,) * 3, (0.25,) * 3, crop_ratio=(0.5, 0.9))
+    size = SIZES.float()
+    torch.manual_seed(0)
+    eager = aug._sample_crops(6, size)
+    torch.manual_seed(0)
+    assert torch.equal(compiled(aug._sample_crops)(6, size), eager)
 
 
 def test_probe_step_is_one_graph(gen):

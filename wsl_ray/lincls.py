@@ -193,14 +193,14 @@ def run(
             group["lr"] = cosine_lr(base_lr, epoch, args.epochs)
         batches = islice(iterate_batches(
             train_x, train_y, local_bs, drop_last=False, generator=gens["data"], device=device,
-            rank=rank, world_size=world,
+            rank=rank, world_size=world, with_sizes=True,
         ), iters)  # fmt: skip
         bar = tqdm(batches, total=iters, desc=f"lincls epoch {epoch + 1}/{args.epochs}",
                    leave=False, disable=not progress or rank != 0, dynamic_ncols=True)  # fmt: skip
         loss_sum, seen = torch.zeros((), device=device), 0
-        for x, y in bar:
-            with autocast:
-                features = encoder.embed(augment(x)[0]).float()
+        for x, y, sizes in bar:
+            with autocast:  # crops from the whole image, as SimSiam's lincls.py
+                features = encoder.embed(augment(x, sizes)[0]).float()
             loss = F.cross_entropy(net(features), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -256,17 +256,17 @@ def train(
         running_loss = HostScalar(device)  # the bar's loss: never waits for the GPU
         batches = iterate_batches(
             data.train_x, data.train_y, local_bs, generator=gens["data"], device=device,
-            rank=rank, world_size=context.world_size,
+            rank=rank, world_size=context.world_size, with_sizes=True,
         )  # fmt: skip
         bar = tqdm(
             batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.epoch}", leave=False,
             disable=not progress or rank != 0, dynamic_ncols=True,
         )  # fmt: skip
-        for n, (x, _) in enumerate(bar):
+        for n, (x, _, sizes) in enumerate(bar):
             lr = learning_rate(cfg, epoch + n / iters, state.iteration, iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            views = augment(x)
+            views = augment(x, sizes)  # crops from each whole image (ImageNet: on a canvas)
             if device.type == "cuda":
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             with autocast:

@@ -6,8 +6,10 @@
     val_x, val_y       validation: a stratified part of the classifier set (`val_split`)
     test_x, test_y     testing
 as uint8 [N, C, H, W] and int64 [N], plus the normalisation constants, the number of
-classes and the crop size of the augmented views. ImageNet-100 is streamed: its image
-fields are `ImageFiles` datasets that decode on access.
+classes and the crop size of the augmented views. ImageNet and ImageNet-100 are streamed:
+their image fields are `ImageFiles` datasets that decode on access, the training images
+whole (at most 500 px on the longer side) on a canvas, with their sizes, so that the random
+resized crops come from the whole image as in the reference.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ class ImageData:
 
     def summary(self) -> str:
         size = "x".join(str(s) for s in self.train_x.shape[1:])
+        if isinstance(self.train_x, ImageFiles) and self.train_x.max_side is not None:
+            size = f"at most {self.train_x.max_side} px (whole, on a {size} canvas)"
         return (
             f"{self.name}: {len(self.train_x)} train / {len(self.clf_x)} clf / "
             f"{len(self.test_x)} test images of {size}, {self.num_classes} classes"

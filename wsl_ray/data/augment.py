@@ -11,6 +11,10 @@ with torchvision's semantics, as whole-batch tensor code on the data's device. S
 (`sample`) and applying (`apply`) are separate, so each can be checked on its own. Crop,
 resize and flip are two batched matrix products with PIL's antialiased resampling weights.
 
+Images of several sizes travel as one batch on a canvas: `augment(x, sizes)` takes each
+image's valid (height, width) in the top-left of x, and each crop is drawn inside it, as
+RandomResizedCrop draws it from that image alone; the canvas' padding never reaches a view.
+
 On a GPU nothing here waits for the device: the random parameters are drawn there (with the
 augmentation's generator, outside any compiled region), the constants are made there once,
 and every shape (including the blur's kernel) is fixed by the settings, not by the data.
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
+from .sources import full_sizes
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 # --aug presets. wmse: the W-MSE code's order (colour, grey, then a bicubic crop and flip;
@@ -48,6 +53,7 @@ class AugmentParams:
     jitter_order: torch.Tensor  # [B, 4] long: a permutation of the four ops
     gray: torch.Tensor  # [B] bool
     blur_sigma: torch.Tensor  # [B] float, 0 where no blur
+    size: torch.Tensor  # [B, 2] float: each image's height, width (top-left of the canvas)
 
 
 class Augment:
@@ -81,7 +87,6 @@ class Augment:
         self.mean = torch.tensor(mean, device=self.device)
         self.std = torch.tensor(std, device=self.device)
         self._no_jitter = torch.tensor([1.0, 1.0, 1.0, 0.0], device=self.device)
-        self._central_crops: dict[tuple[int, int], torch.Tensor] = {}
         self.cj, self.cj_p, self.gs_p, self.hf_p = cj, cj_p, gs_p, hf_p
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
         self.blur_p, self.blur_sigma = blur_p, blur_sigma
@@ -116,16 +121,22 @@ class Augment:
             crop_first=preset["crop_first"],
         )
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: uint8 [B, C, H, W] -> num_samples normalised float32 views [B, C, size, size]."""
-        if x.device != self.device:
-            raise ValueError(
-                f"Augment was built for {self.device} but got images on {x.device}: pass "
-                "device= (or a generator on the images' device) when building it"
-            )
+    def __call__(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """x: uint8 [B, C, H, W] -> num_samples normalised float32 views [B, C, size, size].
+
+        sizes: int [B, 2], each image's (height, width) in the top-left of x, the rest
+        being zero padding (None: every image fills x).
+        """
+        for what, t in (("images", x), ("sizes", sizes)):
+            if t is not None and t.device != self.device:
+                raise ValueError(
+                    f"Augment was built for {self.device} but got {what} on {t.device}: pass "
+                    "device= (or a generator on the images' device) when building it"
+                )
         k = self.num_samples
         xk = x.repeat(k, 1, 1, 1)
-        views = self._apply(xk, self.sample(len(xk), x.shape[-2], x.shape[-1]))
+        sizes = None if sizes is None else sizes.repeat(k, 1)
+        views = self._apply(xk, self.sample(len(xk), x.shape[-2], x.shape[-1], sizes))
         return list(views.chunk(k))
 
     def _rand(self, *shape: int) -> torch.Tensor:
@@ -136,8 +147,14 @@ class Augment:
     def _uniform(self, lo: float, hi: float, n: int) -> torch.Tensor:
         return lo + (hi - lo) * self._rand(n)
 
-    def sample(self, n: int, height: int, width: int) -> AugmentParams:
-        """Draws each image's parameters as torchvision's transforms would."""
+    def sample(
+        self, n: int, height: int, width: int, sizes: torch.Tensor | None = None
+    ) -> AugmentParams:
+        """Draws each image's parameters as torchvision's transforms would, for n images
+        on a height x width canvas, each of size sizes[i] (int [n, 2]; None: the canvas)."""
+        if sizes is None:  # one size for all: the broadcast case of the same code
+            sizes = full_sizes(1, height, width, self.device)
+        size = sizes.float().expand(n, 2)
         applied = self._rand(n) < self.cj_p
         factors = [self._uniform(max(0.0, 1 - v), 1 + v, n) for v in self.cj[:3]]
         hue = self._uniform(-self.cj[3], self.cj[3], n)
@@ -145,17 +162,22 @@ class Augment:
         blur = self._rand(n) < self.blur_p
         sigma = self._uniform(*self.blur_sigma, n)
         return AugmentParams(
-            crop=self._sample_crops(n, height, width),
+            crop=self._sample_crops(n, size),
             flip=self._rand(n) < self.hf_p,
             jitter=jitter,
             jitter_order=self._rand(n, 4).argsort(dim=1),
             gray=self._rand(n) < self.gs_p,
             blur_sigma=torch.where(blur, sigma, torch.zeros_like(sigma)),
+            size=size,
         )
 
-    def _sample_crops(self, n: int, height: int, width: int) -> torch.Tensor:
-        """RandomResizedCrop.get_params for n images at once: 10 tries, else a central crop."""
+    def _sample_crops(self, n: int, size: torch.Tensor) -> torch.Tensor:
+        """RandomResizedCrop.get_params for n images at once, image i of size[i] = (height,
+        width) (float [n, 2]): 10 tries of area fraction s ~ U(scale), log ratio r ~
+        U(log ratio), w = round(sqrt(s r hw)), h = round(sqrt(s hw / r)); the first that
+        fits, at a uniform position, else the central crop."""
         tries = 10
+        height, width = size[:, :1], size[:, 1:]  # [n, 1]
         area = height * width
         scale = self.crop_scale[0] + (self.crop_scale[1] - self.crop_scale[0]) * self._rand(
             n, tries
@@ -167,33 +189,32 @@ class Augment:
         ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
         first = ok.float().argmax(dim=1, keepdim=True)  # index of the first valid try
         w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
-        top = torch.floor(self._rand(n) * (height - h + 1))
-        left = torch.floor(self._rand(n) * (width - w + 1))
+        top = torch.floor(self._rand(n) * (height[:, 0] - h + 1))
+        left = torch.floor(self._rand(n) * (width[:, 0] - w + 1))
         crops = torch.stack([top, left, h, w], dim=1)
-        return torch.where(ok.any(dim=1, keepdim=True), crops, self._central_crop(height, width))
+        return torch.where(ok.any(dim=1, keepdim=True), crops, self._central_crop(size))
 
-    def _central_crop(self, height: int, width: int) -> torch.Tensor:
-        """RandomResizedCrop's fallback box for an image size, made once per size."""
-        if (height, width) not in self._central_crops:
-            self._central_crops[height, width] = self._make_central_crop(height, width)
-        return self._central_crops[height, width]
-
-    def _make_central_crop(self, height: int, width: int) -> torch.Tensor:
+    def _central_crop(self, size: torch.Tensor) -> torch.Tensor:
+        """RandomResizedCrop's fallback box [n, 4] for images of size [n, 2]: the whole
+        image, its aspect ratio clamped into crop_ratio, centred. In float64, as Python's
+        floats give torchvision's."""
+        height, width = size.double().unbind(dim=1)
         in_ratio = width / height
-        w, h = width, height
-        if in_ratio < self.crop_ratio[0]:
-            h = round(w / self.crop_ratio[0])
-        elif in_ratio > self.crop_ratio[1]:
-            w = round(h * self.crop_ratio[1])
-        top, left = (height - h) // 2, (width - w) // 2
-        return torch.tensor([top, left, h, w], dtype=torch.float32, device=self.device)
+        low, high = self.crop_ratio
+        h = torch.where(in_ratio < low, torch.round(width / low), height)
+        w = torch.where(in_ratio > high, torch.round(height * high), width)
+        top = torch.div(height - h, 2, rounding_mode="floor")
+        left = torch.div(width - w, 2, rounding_mode="floor")
+        return torch.stack([top, left, h, w], dim=1).float()
 
     def apply(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
         """Deterministic part: uint8 [B, C, H, W] and parameters -> float views."""
         x = x.float().mul_(1 / 255)
         if self.crop_first:
             x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
-        x = color_jitter(x, p.jitter, p.jitter_order)
+        # before the crop the contrast's mean grey is over each image, not its canvas
+        area = None if self.crop_first else p.size.prod(dim=1)
+        x = color_jitter(x, p.jitter, p.jitter_order, area)
         x = torch.where(p.gray[:, None, None, None], grayscale(x).expand_as(x), x)
         if not self.crop_first:
             x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
@@ -212,36 +233,53 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blend_round(
-    x: torch.Tensor, op: torch.Tensor, jitter: torch.Tensor, active: torch.Tensor
+    x: torch.Tensor,
+    op: torch.Tensor,
+    jitter: torch.Tensor,
+    active: torch.Tensor,
+    area: torch.Tensor | None,
 ) -> torch.Tensor:
     """Applies to each image its op (brightness, contrast or saturation), where active.
 
     Each is torchvision's blend clamp(f x + (1 - f) other, 0, 1) with other = 0, the mean
     grey level, or the grey image; an inactive image gets f = 1 (identity). Written as
-    clamp(f x + a gray + b mean(gray)) with per-image coefficients, in one pass.
+    clamp(f x + a gray + b mean(gray)) with per-image coefficients, in one pass. The mean
+    grey level is sum(gray) / area (area [B]; None: H W).
     """
     f = jitter.gather(1, op.clamp(max=SATURATION)[:, None])[:, 0]
     f = torch.where(active & (op != HUE), f, torch.ones_like(f))
     a = torch.where(op == SATURATION, 1 - f, torch.zeros_like(f))[:, None, None, None]
     b = torch.where(op == CONTRAST, 1 - f, torch.zeros_like(f))[:, None, None, None]
     gray = grayscale(x)
-    other = a * gray + b * gray.mean(dim=(-2, -1), keepdim=True)
+    pixels = gray.shape[-2] * gray.shape[-1] if area is None else area[:, None, None, None]
+    other = a * gray + b * (gray.sum(dim=(-2, -1), keepdim=True) / pixels)
     return torch.addcmul(other, f[:, None, None, None], x).clamp_(0, 1)
 
 
-def color_jitter(x: torch.Tensor, jitter: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor,
+    jitter: torch.Tensor,
+    order: torch.Tensor,
+    area: torch.Tensor | None = None,
+) -> torch.Tensor:
     """ColorJitter with per-image factors [B, 4] and op order [B, 4], for float RGB in [0, 1].
 
     The blend ops before hue in each image's order run first (rounds 0-2), then hue (one
     HSV round trip for the whole batch), then the blend ops after it (rounds 1-3).
+
+    area [B]: each image's pixel count when it fills only part of x, the rest being zero
+    padding (None: all of x). Brightness, saturation and hue map black to black, and each
+    image's contrast op runs once, so its padding is still zero when the contrast sums the
+    grey levels: sum / area is the mean over the image alone. (Contrast makes the padding
+    grey; the crops never read it.)
     """
     hue_pos = (order == HUE).float().argmax(dim=1)
     for r in range(3):
-        x = _blend_round(x, order[:, r], jitter, r < hue_pos)
+        x = _blend_round(x, order[:, r], jitter, r < hue_pos, area)
     if x.shape[1] == 3:
         x = adjust_hue(x, jitter[:, HUE])
     for r in range(1, 4):
-        x = _blend_round(x, order[:, r], jitter, r > hue_pos)
+        x = _blend_round(x, order[:, r], jitter, r > hue_pos, area)
     return x
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .sources import ImageFiles
+from .sources import ImageFiles, full_sizes
 
 
 def iterate_batches(
@@ -21,8 +21,12 @@ def iterate_batches(
     num_workers: int | None = None,
     rank: int = 0,
     world_size: int = 1,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yields (uint8 [b, C, H, W], int64 [b]) on `device`, one epoch.
+    with_sizes: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yields (uint8 [b, C, H, W], int64 [b]) on `device`, one epoch; with_sizes adds
+    int64 [b, 2], each image's (height, width) in the top-left of its [H, W] (the training
+    role of ImageFiles keeps whole images of several sizes on a canvas; a tensor's images
+    all fill it), which `Augment(x, sizes)` crops from.
 
     A tensor (on the GPU when it fits, else in CPU memory) is indexed with one shuffled
     permutation per epoch: no per-image Python. Under data parallelism every rank draws the
@@ -38,7 +42,8 @@ def iterate_batches(
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order[: n - n % world_size][rank::world_size]
     if isinstance(images, ImageFiles):
-        yield from _stream(images, order, batch_size, drop_last, device, num_workers)
+        for x, y, sizes in _stream(images, order, batch_size, drop_last, device, num_workers):
+            yield (x, y, sizes) if with_sizes else (x, y)
         return
     order = order.to(images.device)
     n = len(order)
@@ -46,7 +51,8 @@ def iterate_batches(
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         x, y = images[idx], labels.to(images.device)[idx]
-        yield to_device(x, device), to_device(y, device)
+        x, y = to_device(x, device), to_device(y, device)
+        yield (x, y, full_sizes(len(x), *x.shape[-2:], x.device)) if with_sizes else (x, y)
 
 
 def to_device(x: torch.Tensor, device: torch.device | None) -> torch.Tensor:
@@ -70,5 +76,5 @@ def _stream(images, order, batch_size, drop_last, device, num_workers):
         pin_memory=device is not None and device.type == "cuda",
         persistent_workers=False,
     )
-    for x, y in loader:
-        yield to_device(x, device), to_device(y, device)
+    for batch in loader:
+        yield tuple(to_device(t, device) for t in batch)

@@ -2,6 +2,8 @@
 
 No reader goes through PIL: pickles and binaries are reshaped, JPEG/PNG files are
 decoded by torchvision.io. Each raises FileNotFoundError naming the path it looked for.
+ImageNet is too large for that: its readers return `ImageFiles`, decoded per item, whose
+training role keeps each whole image (bounded, aspect ratio kept) on a fixed canvas.
 """
 
 from __future__ import annotations
@@ -136,17 +138,41 @@ def resize_center_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Te
     return TF.center_crop(resized, crop)
 
 
-def decode_files(
-    paths: Sequence[Path], resize: int | None = None, crop: int | None = None
-) -> torch.Tensor:
-    """Decodes image files to uint8 RGB [N, 3, H, W], optionally resized and cropped."""
-    out = []
-    for path in paths:
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-        if resize is not None:
-            image = resize_center_crop(image, resize, crop or resize)
-        out.append(image)
-    return torch.stack(out)
+def decode_files(paths: Sequence[Path]) -> torch.Tensor:
+    """Decodes image files of one size to uint8 RGB [N, 3, H, W]."""
+    return torch.stack([decode_rgb(path) for path in paths])
+
+
+def decode_rgb(path: Path) -> torch.Tensor:
+    """One image file as uint8 RGB [3, H, W]."""
+    return decode_image(str(path), mode=ImageReadMode.RGB)
+
+
+def fit_within(image: torch.Tensor, max_side: int) -> torch.Tensor:
+    """image [C, H, W] scaled down (bicubic, antialiased) so that its longer side is
+    max_side, the aspect ratio kept (each side rounded, at least 1); unchanged when it
+    already fits: never upscaled."""
+    height, width = image.shape[-2:]
+    longer = max(height, width)
+    if longer <= max_side:
+        return image
+    size = [max(1, round(height * max_side / longer)), max(1, round(width * max_side / longer))]
+    return TF.resize(image, size, TF.InterpolationMode.BICUBIC, antialias=True)
+
+
+def on_canvas(image: torch.Tensor, side: int) -> torch.Tensor:
+    """image [C, h, w] (h, w <= side) top-left in a zero [C, side, side] of its dtype."""
+    canvas = image.new_zeros(image.shape[0], side, side)
+    canvas[:, : image.shape[1], : image.shape[2]] = image
+    return canvas
+
+
+def full_sizes(n: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """int64 [n, 2] rows (height, width), made on `device` by fills (no host-to-device copy,
+    so no wait for a GPU)."""
+    sizes = torch.full((n, 2), height, dtype=torch.int64, device=device)
+    sizes[:, 1] = width
+    return sizes
 
 
 def read_tiny_imagenet(root: Path) -> dict[str, torch.Tensor]:
@@ -214,16 +240,35 @@ def read_fashion_mnist(root: Path) -> dict[str, torch.Tensor]:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images too many for memory (ImageNet-100): decoded per item by DataLoader workers.
+    """Images too many for memory (ImageNet): decoded per item by DataLoader workers.
 
-    Item i is (uint8 [3, crop, crop], label): shorter side resized to `resize` and centre
-    cropped, so batches stack; random crops for training are drawn on the GPU afterwards.
+    Item i is (uint8 [3, S, S], label, int64 [2] size), in one of two modes:
+      resize=R, crop=C (evaluation): the shorter side resized to R (bicubic, antialiased)
+        and the central C x C (S = C); size is (C, C).
+      max_side=M (training): the whole image, scaled down by `fit_within` when its longer
+        side exceeds M (never up), top-left in a zero M x M canvas (S = M), so batches
+        stack; size is its (height, width) there. Random resized crops are drawn from that
+        region on the GPU afterwards (`Augment(x, sizes)`), as the reference's
+        RandomResizedCrop draws them from the whole image.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], resize: int, crop: int):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        resize: int | None = None,
+        crop: int | None = None,
+        max_side: int | None = None,
+    ):
+        if (max_side is None) == (resize is None or crop is None):
+            raise ValueError(
+                "ImageFiles takes resize and crop (evaluation) or max_side (training), "
+                f"got resize={resize}, crop={crop}, max_side={max_side}"
+            )
         self.paths, self.labels = list(paths), torch.tensor(labels)
-        self.resize, self.crop = resize, crop
-        self.shape = (len(self.paths), 3, crop, crop)
+        self.resize, self.crop, self.max_side = resize, crop, max_side
+        side = crop if max_side is None else max_side
+        self.shape = (len(self.paths), 3, side, side)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -232,11 +277,23 @@ class ImageFiles(torch.utils.data.Dataset):
         """The files at `index` (a split by file list: nothing is decoded)."""
         picked = index.tolist()
         return ImageFiles(
-            [self.paths[i] for i in picked], self.labels[index].tolist(), self.resize, self.crop
+            [self.paths[i] for i in picked],
+            self.labels[index].tolist(),
+            self.resize,
+            self.crop,
+            self.max_side,
         )
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode_files([self.paths[i]], self.resize, self.crop)[0], self.labels[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = decode_rgb(self.paths[i])
+        if self.max_side is None:
+            image = resize_center_crop(image, self.resize, self.crop)
+        else:
+            image = fit_within(image, self.max_side)
+        size = torch.tensor(image.shape[-2:])
+        if self.max_side is not None:
+            image = on_canvas(image, self.max_side)
+        return image, self.labels[i], size
 
 
 # The 100 ImageNet classes of CMC (Tian et al., 2019), used by the W-MSE and CW-RGP papers.
@@ -256,13 +313,20 @@ n02090622
 """.split()
 
 
+# Bound on the longer side of streamed training images: most ImageNet images are at most
+# 500 px on their longer side and so reach the crops at full resolution; larger ones are
+# scaled down once at decoding, which bounds the canvas (uint8 3 x 500 x 500 per image).
+TRAIN_MAX_SIDE = 500
+
+
 def read_imagenet(root: Path, classes: Sequence[str] | None = None) -> dict:
     """ImageFolder-style `train/<wnid>/*` and `val/<wnid>/*`: every class folder of train/
     (sorted, as ImageFolder), or only `classes` in that order.
 
-    Training images stream as their central 256 x 256 (shorter side resized to 256), from
-    which random crops to 224 are drawn on the GPU; evaluation images are resized to 256
-    and centre-cropped to 224, the preprocessing the reference asks for.
+    Training images stream whole, at most TRAIN_MAX_SIDE on the longer side, each on a
+    canvas with its size, and the GPU draws their random resized crops from the whole
+    image as the reference's RandomResizedCrop does; evaluation images (clf_x, test_x) are
+    resized to 256 and centre-cropped to 224, the preprocessing the reference asks for.
     """
     name = "ImageNet" if classes is None else "ImageNet-100"
     how = "Put ImageNet's train/ and val/ class folders (ImageFolder layout) there."
@@ -283,7 +347,7 @@ def read_imagenet(root: Path, classes: Sequence[str] | None = None) -> dict:
             labels += [label] * len(found)
         sets[split] = (files, labels)
     return dict(
-        train_x=ImageFiles(*sets["train"], resize=256, crop=256),
+        train_x=ImageFiles(*sets["train"], max_side=TRAIN_MAX_SIDE),
         train_y=torch.tensor(sets["train"][1]),
         clf_x=ImageFiles(*sets["train"], resize=256, crop=224),
         test_x=ImageFiles(*sets["val"], resize=256, crop=224),
