@@ -24,7 +24,7 @@ workers: 2
 def parse(tmp_path, text, *flags):
     path = tmp_path / "run.yaml"
     path.write_text(text)
-    return parse_run_args(build_parser(), ["--config", str(path), *flags])[0]
+    return parse_run_args(build_parser(), ["--config", str(path), *flags])
 
 
 def test_file_values_pass_through_the_flag_types(tmp_path):
@@ -47,16 +47,16 @@ def test_layers_stack_flags_over_file_over_recipe(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("epoch: 7\nlr: 5e-3\n")
     argv = ["--recipe", "wmse2_stl10", "--config", str(path), "--lr", "1e-3"]
-    cfg = config_from_args(*parse_run_args(build_parser(), argv))
+    cfg = config_from_args(parse_run_args(build_parser(), argv))
     assert (cfg.lr, cfg.epoch, cfg.emb, cfg.dataset) == (1e-3, 7, 128, "stl10")
 
 
-def test_keys_a_file_sets_count_as_given_and_the_method_fills_the_rest(tmp_path):
+def test_a_value_the_file_sets_wins_over_the_method_default(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("method: barlow_twins\nemb: 64\n")
-    args, given = parse_run_args(build_parser(), ["--config", str(path)])
-    cfg = config_from_args(args, given)
-    assert (cfg.emb, cfg.bs, cfg.lr) == (64, 512, 1e-3)  # emb from the file, the rest its own
+    assert config_from_args(parse_run_args(build_parser(), ["--config", str(path)])).emb == 64
+    path.write_text("method: barlow_twins\n")
+    assert config_from_args(parse_run_args(build_parser(), ["--config", str(path)])).emb == 512
 
 
 def test_a_field_name_sets_an_on_off_flag_too(tmp_path):

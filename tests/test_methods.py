@@ -16,7 +16,6 @@ from wsl_ray.config import (
     ConfigError,
     add_config_flags,
     config_from_args,
-    given_config_keys,
     validate_config,
 )
 from wsl_ray.family import Family, family_of
@@ -178,7 +177,7 @@ def test_method_defaults_fill_only_the_flags_the_user_did_not_set():
     parser = add_config_flags(argparse.ArgumentParser())
 
     def from_argv(*argv):
-        return config_from_args(parser.parse_args(argv), given_config_keys(argv))
+        return config_from_args(parser.parse_args(argv))
 
     assert from_argv("--method", "vicreg").emb == 512  # the CW-RGP code's base/cfg.py
     assert from_argv("--method", "vicreg", "--emb", "64").emb == 64  # the default, but given

@@ -47,8 +47,9 @@ def test_recipes_read_the_reference_flags_and_defaults():
 
 
 def test_flags_beside_a_recipe_override_it():
-    args, given = parse_run_args(build_parser(), ["--recipe", "wmse4_stl10", "--epoch", "3"])
-    cfg = config_from_args(args, given)
+    cfg = config_from_args(
+        parse_run_args(build_parser(), ["--recipe", "wmse4_stl10", "--epoch", "3"])
+    )
     assert (cfg.epoch, cfg.num_samples, cfg.emb, cfg.w_size, cfg.lr) == (3, 4, 128, 256, 2e-3)
 
 

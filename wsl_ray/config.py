@@ -12,7 +12,6 @@ import math
 import re
 import sys
 import warnings
-from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -23,24 +22,21 @@ METHODS = ("w_mse", "cw_rgp", "contrastive", "byol", "whitened_mse", "barlow_twi
            "simsiam", "zero_icl")  # fmt: skip
 WHITENING_METHODS = ("w_mse", "cw_rgp", "whitened_mse")
 TWO_VIEW_METHODS = ("barlow_twins", "vicreg", "simsiam", "zero_icl")
-# Defaults that depend on the method: they fill the flags the user did not set (on the command
-# line, see `given_config_keys`, or in a dict given to Config.from_dict); Config(...) itself
-# takes the field defaults. The methods of the CW-RGP study take its base/cfg.py settings.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "whitened_mse": {"groups": GENERIC_DEFAULTS["groups"]},
-    **{m: {"bs": 512, "lr": 1e-3, "emb": 512} for m in TWO_VIEW_METHODS},
-}
 OPTIMIZERS = ("adam", "sgd", "lars")
-# Defaults of the fields left unset (None), wherever a Config is built (Config(...) too):
-# CW-RGP's are those of its code's base/cfg.py (emb 512, group 1, w_size 128) and its
-# base/model.py (zero_init_residual=True).
-# The --aug cw_rgp preset (CW-RGP's ImageNet transform.py) greys with p 0.2.
+# Defaults that depend on the method or the --aug preset: their fields default to None (unset)
+# and are filled wherever a Config is built (flags, config files, search spaces, dicts), so an
+# explicit value always wins, even one equal to the general default. CW-RGP's are those of its
+# code's base/cfg.py (emb 512, group 1, w_size 128) and base/model.py (zero_init_residual);
+# the other methods of the CW-RGP study take its base/cfg.py emb 512 (its bs 512 and lr 1e-3
+# are everyone's defaults). The --aug cw_rgp preset (CW-RGP's ImageNet transform.py) greys
+# with p 0.2.
 UNSET_DEFAULTS: dict[str, Any] = {
-    "emb": 64, "groups": 1, "zero_init_residual": False, "gs_p": 0.1,
+    "emb": 64, "groups": GENERIC_DEFAULTS["groups"], "zero_init_residual": False, "gs_p": 0.1,
 }  # fmt: skip
 UNSET_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cw_rgp": {"emb": 512, "groups": 1, "zero_init_residual": True},
-}  # (its w_size 128 is everyone's default)
+    **{m: {"emb": 512} for m in TWO_VIEW_METHODS},
+}
 AUG_PRESETS = ("wmse", "cw_rgp")
 UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}}
 _notes_printed: set[str] = set()
@@ -74,7 +70,11 @@ class Config:
     # method and loss
     method: str = _f("w_mse", "loss type", choices=METHODS)
     num_samples: int = _f(2, "number of views generated from each image")
-    emb: int = _f(None, "embedding size (default 64; cw_rgp: 512)", type=int)
+    emb: int = _f(
+        None,
+        "embedding size (default 64; cw_rgp, barlow_twins, vicreg, simsiam, zero_icl: 512)",
+        type=int,
+    )
     w_size: int = _f(128, "size of the sub-batch whitened together (W-MSE, CW-RGP)")
     w_iter: int = _f(1, "iterations of whitening matrix estimation (W-MSE, CW-RGP)")
     w_eps: float = _f(0.0, "shrinkage eps of the covariance, for stability")
@@ -211,25 +211,7 @@ class Config:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
-        return cls(**with_method_defaults(values))
-
-
-def with_method_defaults(
-    values: dict[str, Any], given: Collection[str] | None = None
-) -> dict[str, Any]:
-    """`values` with its method's METHOD_DEFAULTS for the keys not in `given` (by default, the
-    keys of `values`)."""
-    given = set(values) if given is None else set(given)
-    defaults = METHOD_DEFAULTS.get(values.get("method", Config().method), {})
-    return values | {k: v for k, v in defaults.items() if k not in given}
-
-
-def given_config_keys(argv: Sequence[str]) -> set[str]:
-    """The Config fields that the command line `argv` sets, to any value (defaults included)."""
-    probe = add_config_flags(argparse.ArgumentParser(add_help=False))
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_known_args(list(argv))[0]))
+        return cls(**values)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -260,12 +242,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def config_from_args(args: argparse.Namespace, given: Collection[str] | None = None) -> Config:
-    """The Config part of parsed arguments (other flags of the command are ignored). With
-    `given` (the flags the user set, see `given_config_keys`), the others take the method's
-    METHOD_DEFAULTS."""
-    values = {f.name: getattr(args, f.name) for f in fields(Config)}
-    return Config(**(values if given is None else with_method_defaults(values, given)))
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config part of parsed arguments (other flags of the command are ignored)."""
+    return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
 
 
 def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) -> None:

@@ -20,7 +20,6 @@ from .config import (
     ConfigError,
     add_config_flags,
     config_from_args,
-    given_config_keys,
     validate_config,
 )
 from .config_file import add_config_file_flags, read_config_file, resolved_yaml
@@ -55,12 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_run_args(
-    parser: argparse.ArgumentParser, argv: list[str] | None
-) -> tuple[argparse.Namespace, set[str]]:
-    """Parses argv in layers: flags > the --config file > the --recipe > the flags' defaults.
-    Also returns the Config fields that any layer sets: the method's defaults fill the others.
-    Exits via parser.error for an unknown recipe or a bad file."""
+def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parses argv in layers: flags > the --config file > the --recipe > the flags' defaults
+    (the method's own defaults fill the fields no layer sets: see Config). Exits via
+    parser.error for an unknown recipe or a bad file."""
     first, _ = parser.parse_known_args(argv)
     layers: dict[str, Any] = {}
     try:
@@ -75,8 +72,7 @@ def parse_run_args(
     except ValueError as err:
         parser.error(str(err))
     parser.set_defaults(**layers)
-    given = given_config_keys(sys.argv[1:] if argv is None else argv) | set(layers)
-    return parser.parse_args(argv), given
+    return parser.parse_args(argv)
 
 
 def print_summary(summary: dict[str, Any], out: str) -> None:
@@ -152,10 +148,10 @@ def check_checkpoints(cfg: Config, resume: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, given = parse_run_args(parser, argv)
+    args = parse_run_args(parser, argv)
     try:
         check_run_flags(args)
-        cfg = config_from_args(args, given)  # the method's defaults fill what none of them set
+        cfg = config_from_args(args)
         # --sync_bn needs GPU workers (a direct run has none); --print_config suits any machine
         gpus = None if args.print_config else _gpus_per_worker(args) if args.workers else 0
         validate_config(cfg, workers=max(args.workers, 1), gpus=gpus)
