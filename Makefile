@@ -18,9 +18,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install  # a small W-MSE sweep on shapes, selected on validation, confirmed over 2 seeds
 	rm -rf runs/sweeps/demo runs/sweeps/demo-confirm
 	$(PY) -m wsl_ray.tune --space wmse --dataset shapes --num_trials 4 --epochs 4 \
-		--eval_every 2 --grace 2 --baseline --confirm 1 --seeds 2 --storage runs/sweeps \
-		--name demo --set arch=resnet18_w16 subset=2000 bs=128 emb=32 head_size=256 \
-		crop_s0=0.5 lr_warmup=false
+		--eval_every 2 --grace 2 --seed 1 --baseline --confirm 1 --seeds 2 \
+		--storage runs/sweeps --name demo --set arch=resnet18_w8 subset=5000 bs=128 emb=32 \
+		head_size=256 crop_s0=0.5 lr_warmup=false lr_step=none
 
 lint: install
 	$(PY) -m ruff check .
