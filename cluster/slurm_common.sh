@@ -46,12 +46,19 @@ _wsl_on_wall_time() {
     pid=$(cat "$STATE_DIR/driver.pid" 2>/dev/null || true)
     if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
         echo "wall time: stopping the sweep driver $pid and resubmitting after job $SLURM_JOB_ID"
-        local limit
+        local limit given=()
         limit=$(squeue -h -j "$SLURM_JOB_ID" -o %l)
+        # options of this job that the script's #SBATCH lines would otherwise override
+        if [[ -n "${SLURM_CPUS_PER_TASK:-}" ]]; then
+            given+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+        fi
+        if [[ "${SLURM_GPUS_ON_NODE:-0}" != 0 ]]; then
+            given+=(--gres=gpu:"$SLURM_GPUS_ON_NODE")
+        fi
         # shellcheck disable=SC2086  # WSL_RAY_SBATCH_ARGS holds several options
         sbatch --dependency="afterany:$SLURM_JOB_ID" --nodes="$SLURM_JOB_NUM_NODES" \
-            --partition="$SLURM_JOB_PARTITION" --time="$limit" ${WSL_RAY_SBATCH_ARGS:-} \
-            "$WSL_RAY_DIR/$WSL_RAY_SCRIPT" "${USER_ARGS[@]}"
+            --partition="$SLURM_JOB_PARTITION" --time="$limit" "${given[@]}" \
+            ${WSL_RAY_SBATCH_ARGS:-} "$WSL_RAY_DIR/$WSL_RAY_SCRIPT" "${USER_ARGS[@]}"
         kill -USR1 "$pid"
     fi
 }

@@ -9,11 +9,12 @@
 # SLURM_CONF, state folders, socket and ports, inside a PID and network namespace of their own
 # (loopback and a veth pair): symmetric-run's final `ray stop` then sees only this test's Ray, and no
 # port meets another Ray on the machine. The test:
-#   1. submits the job (2 CPUs, 2 trials of 2 epochs) under a timeout around `sbatch --wait`;
+#   1. submits the job (2 CPUs, 2 trials of 4 epochs) under a timeout around `sbatch --wait`;
 #   2. once a trial has reported, sends the job's batch shell SIGTERM, as --signal=B:TERM@120
 #      does before the wall time: the job stops the sweep driver and resubmits itself;
 #   3. waits for the resubmitted job, which must resume the experiment (--resume) and finish;
-#   4. asserts that results.parquet holds every trial, terminated, and that no job is left.
+#   4. asserts that the resubmitted job trained (wrote checkpoints), that results.parquet
+#      holds every trial, terminated at the last epoch, and that no job is left.
 # The daemons are stopped by their PIDs at the end.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -101,10 +102,11 @@ export WSL_RAY_HEAD_IP=127.0.0.1 WANDB_MODE=offline RAY_AUTH_MODE=disabled
 export WSL_RAY_SBATCH_ARGS="--output=$WORK/job-%j.out"  # for the resubmitted job
 cd "$REPO"
 EXPERIMENT="$WORK/sweeps/slurm"
+EPOCHS=4  # enough epochs left after the first report for the signal to land mid-sweep
 start=$(date +%s)
-timeout "$TIMEOUT" sbatch --wait --nodes=1 --output="$WORK/job-%j.out" "$SCRIPT" \
-    --space "$WORK/tiny.yaml" --storage "$WORK/sweeps" --name slurm --num_trials 2 \
-    --epochs 2 --eval_every 1 --scheduler fifo --max-failures 1 \
+timeout "$TIMEOUT" sbatch --wait --nodes=1 --cpus-per-task=2 --output="$WORK/job-%j.out" \
+    "$SCRIPT" --space "$WORK/tiny.yaml" --storage "$WORK/sweeps" --name slurm --num_trials 2 \
+    --epochs "$EPOCHS" --eval_every 1 --scheduler fifo --max-failures 1 \
     > "$WORK/sbatch.out" &
 waiter=$!
 until [[ -s "$WORK/sbatch.out" ]]; do
@@ -113,8 +115,8 @@ until [[ -s "$WORK/sbatch.out" ]]; do
 done
 first=$(awk '/Submitted batch job/ {print $4}' "$WORK/sbatch.out")
 echo "job $first submitted ($SCRIPT)"
-until compgen -G "$EXPERIMENT/*/result.json" >/dev/null \
-    && [[ -n "$(cat "$EXPERIMENT"/*/result.json 2>/dev/null)" ]]; do
+# a Train worker writes its checkpoint when it reports (Tune writes result.json only later)
+until compgen -G "$EXPERIMENT/train-*/checkpoint_*" >/dev/null; do
     (($(date +%s) - start < TIMEOUT)) || { echo "FAIL: no trial reported"; exit 1; }
     squeue -h -j "$first" >/dev/null 2>&1 || { cat "$WORK"/job-*.out; echo "FAIL: job ended"; exit 1; }
     sleep 2
@@ -122,6 +124,7 @@ done
 echo "a trial reported after $(($(date +%s) - start)) s: SIGTERM to the batch shell (wall time)"
 scancel --batch --signal=TERM "$first"
 wait "$waiter" || echo "job $first exited with $?"
+touch "$WORK/first.done"
 while [[ -n "$(squeue -h -o %i)" ]]; do
     (($(date +%s) - start < TIMEOUT)) || { echo "FAIL: timed out"; squeue; exit 1; }
     sleep 3
@@ -136,15 +139,19 @@ second=$(ls "$WORK"/job-*.out | grep -v "job-$first.out" | head -n 1)
 grep -q "wall time: stopping the sweep driver" "$WORK/job-$first.out"
 grep -q "resuming the experiment" "$second"
 grep -q "sweep driver exited with 0" "$second"
-"$PYTHON" - "$EXPERIMENT/results.parquet" <<'EOF'
+"$PYTHON" - "$EXPERIMENT/results.parquet" "$EPOCHS" <<'EOF'
 import sys
 
 import pyarrow.parquet as pq
 
 rows = pq.read_table(sys.argv[1]).to_pylist()
-print("results:", [(r["trial_id"], r["status"], r.get("epoch")) for r in rows])
+print("results:", [(r["trial_id"], r["status"], r["epochs"]) for r in rows])
 assert len(rows) == 2, rows
-assert all(r["status"] == "TERMINATED" for r in rows), rows
+assert all(r["status"] == "TERMINATED" and r["epochs"] == int(sys.argv[2]) for r in rows), rows
 EOF
 [[ $jobs == 2 ]] || { echo "FAIL: expected 2 jobs in the chain, got $jobs"; exit 1; }
+resumed=$(find "$EXPERIMENT" -mindepth 2 -maxdepth 2 -path "*/train-*/checkpoint_*" \
+    -newer "$WORK/first.done" | wc -l)
+echo "checkpoints written by the resubmitted job: $resumed"
+((resumed > 0)) || { echo "FAIL: job $first finished the sweep before the signal"; exit 1; }
 echo "PASS: $SCRIPT ran, was interrupted, resubmitted itself, resumed and finished every trial"
