@@ -161,6 +161,7 @@ def _read_shapes(root: Path, num_train: int = 10_000, num_test: int = 2_000, see
     return shapes.generate(num_train, num_test, seed)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
         lambda root: sources.read_cifar(root, 10),
@@ -199,20 +200,10 @@ DATASETS: dict[str, DatasetSpec] = {
         cache=True,
     ),
     "imagenet100": DatasetSpec(
-        sources.read_imagenet100,
-        "data/imagenet",
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
-        100,
-        224,
+        sources.read_imagenet100, "data/imagenet", IMAGENET_MEAN, IMAGENET_STD, 100, 224
     ),
     "imagenet": DatasetSpec(
-        sources.read_imagenet,
-        "data/imagenet",
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
-        1000,
-        224,
+        sources.read_imagenet, "data/imagenet", IMAGENET_MEAN, IMAGENET_STD, 1000, 224
     ),
     "fashion_mnist": DatasetSpec(
         sources.read_fashion_mnist,
