@@ -3,9 +3,9 @@
 #
 #   benchmarks/gpu_check.sh OUT_DIR [--budget SECONDS] [--quick] [--extra "BENCH ARGS"]
 #
-# Stages run in priority order: the GPU tests; one compiled W-MSE 2 epoch; the whitening
-# kernels (CW-RGP's batched ZCA); the other settings (compiled, then eager); 4 packed
-# trials; a 25-epoch W-MSE 2 run. Each result is
+# Stages run in priority order: the eager GPU tests; one compiled W-MSE 2 epoch; the other
+# settings compiled; the compiled GPU tests; the whitening kernels (CW-RGP's batched ZCA);
+# 4 packed trials; every setting eager; a 25-epoch W-MSE 2 run. Each result is
 # appended to OUT_DIR/results.md the moment it is measured, so a timeout still returns all
 # before it. --budget stops before a stage whose estimate would not fit (default 780 s);
 # --quick runs only the first two stages (under 3 minutes). --extra is added to every
@@ -61,16 +61,19 @@ if [ ! -d data/cifar-10-batches-py ] && [ -f gpu_data/cifar10_jpeg.npz ]; then
     stage "decode CIFAR-10 (JPEG copy)" 60 "$PY" gpu_data/to_batches.py data
 fi
 # shellcheck disable=SC2086  # EXTRA is a list of arguments
-stage "GPU tests" 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_device.py
+stage "GPU tests, eager" 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
+    tests/test_device.py -k "not compiled"
 stage "W-MSE 2 compiled epoch" 100 "$PY" -m benchmarks.bench_train --settings "W-MSE 2" \
     --compile on --epochs 1 $EXTRA
 [ "$QUICK" -eq 1 ] && exit 0
+stage "other settings, compiled" 200 "$PY" -m benchmarks.bench_train \
+    --settings "W-MSE 4" "CW-RGP 2" BYOL --compile on --epochs 2 $EXTRA
+stage "GPU tests, compiled" 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
+    -k compiled
 stage "whitening: Newton-Schulz ZCA vs eigh" 60 "$PY" -m benchmarks.bench_whiten \
     --device "${WHITEN_DEVICE:-cuda}" --label gpu
-stage "other settings, compiled" 240 "$PY" -m benchmarks.bench_train \
-    --settings "W-MSE 4" "CW-RGP 2" BYOL --compile on --epochs 3 $EXTRA
-stage "every setting, eager" 150 "$PY" -m benchmarks.bench_train --compile off --epochs 2 $EXTRA
 stage "4 packed W-MSE 2 trials" 180 "$PY" -m benchmarks.bench_train --settings "W-MSE 2" \
     --compile on --epochs 2 --trials-per-gpu 4 $EXTRA
+stage "every setting, eager" 150 "$PY" -m benchmarks.bench_train --compile off --epochs 2 $EXTRA
 stage "25-epoch W-MSE 2 run" 200 "$PY" -m benchmarks.bench_accuracy --epochs 25 --compile $EXTRA
 echo "done in $(($(date +%s) - START)) s" >> "$OUT/results.md"
