@@ -10,7 +10,6 @@ from wsl_ray.methods import whitening
 from wsl_ray.methods.losses import cwrgp_loss, wmse_loss
 from wsl_ray.methods.whitening import (
     MATRICES,
-    NS_KAPPA,
     NS_TOL,
     channel_whiten,
     cholesky_factor,
@@ -323,14 +322,16 @@ def relative(a, b):
 
 
 @pytest.mark.parametrize("spectrum", ["one_small", "log"])
-@pytest.mark.parametrize("kappa", [1e1, 1e2, 1e3, 1e4])
+@pytest.mark.parametrize("kappa", [1e1, 1e2, 1e3, 1e4, 1e5])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_newton_schulz_matches_exact_zca_up_to_kappa_1e4(gen, dtype, kappa, spectrum):
-    """The stated range: for p = 64 and condition numbers up to NS_KAPPA = 1e4, the values and
-    gradients of the iteration match the exact float64 path (relative, spectral norm) within
-    1e-9 / 1e-7 in float64, and within max(1e-5, 2e-7 kappa) / max(1e-5, 6e-7 kappa) in float32
-    (the float32 error is rounding, proportional to kappa; the iteration itself has converged)."""
-    assert NS_KAPPA == 1e4
+def test_newton_schulz_passes_its_check_and_equals_exact_zca_to_kappa_1e5(
+    gen, dtype, kappa, spectrum
+):
+    """For p = 64 and condition numbers up to 1e5, the iteration passes its own check
+    (max |W S W - I| <= NS_TOL) and its values and gradients match the exact float64 path
+    (relative, spectral norm) within 1e-9 / 1e-7 in float64, and within max(1e-5, 2e-7 kappa)
+    / max(1e-5, 6e-7 kappa) in float32 (the float32 error is rounding, proportional to kappa;
+    the iteration itself has converged)."""
     S = spd_with_condition(gen, 64, kappa, spectrum).to(dtype)
     G = torch.randn(S.shape, generator=gen, dtype=torch.float64)
     W_ns, g_ns = value_and_gradient(lambda s: newton_schulz(s)[0], S, G)
@@ -341,8 +342,16 @@ def test_newton_schulz_matches_exact_zca_up_to_kappa_1e4(gen, dtype, kappa, spec
         tol_val, tol_grad = max(1e-5, 2e-7 * kappa), max(1e-5, 6e-7 * kappa)
     assert relative(W_ns, W_ex) <= tol_val
     assert relative(g_ns, g_ex) <= tol_grad
-    residual, kappa_hat = newton_schulz(S)[1:]
-    assert (residual <= NS_TOL[dtype]).all() and (kappa_hat >= kappa * (1 - 1e-3)).all()
+    assert (newton_schulz(S)[1] <= NS_TOL[dtype]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_newton_schulz_fails_its_check_where_it_has_not_converged(gen, dtype):
+    """kappa 1e8 needs more than NS_ITERS steps; in float32, kappa 1e7 is also past what the
+    iteration resolves (its W is then off by more than 100%)."""
+    for kappa in (1e7, 1e8) if dtype == torch.float32 else (1e8,):
+        S = spd_with_condition(gen, 64, kappa, "log").to(dtype)
+        assert (newton_schulz(S)[1] > NS_TOL[dtype]).all()
 
 
 @pytest.fixture
@@ -353,11 +362,11 @@ def ns_on_cpu(monkeypatch):
 
 def test_zca_matrix_uses_newton_schulz_inside_the_range_and_eigh_outside(gen, ns_on_cpu):
     S = torch.cat(
-        [spd_with_condition(gen, 32, 10.0, "log"), spd_with_condition(gen, 32, 1e6, "log")]
+        [spd_with_condition(gen, 32, 10.0, "log"), spd_with_condition(gen, 32, 1e8, "log")]
     ).float()
     W = zca_matrix(S)
     assert torch.equal(W[:2], newton_schulz(S[:2])[0])  # in range: the iteration itself
-    assert torch.equal(W[2:], zca_exact(S[2:]))  # kappa 1e6: the exact path
+    assert torch.equal(W[2:], zca_exact(S[2:]))  # kappa 1e8: the exact path
     singular = torch.zeros(2, 8, 8)
     singular[:, 0, 0] = 1.0
     assert torch.isfinite(zca_matrix(singular)).all()
