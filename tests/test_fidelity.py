@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsl_ray.config import Config, add_config_flags, config_from_args, validate_config
+from wsl_ray.config import METHODS, Config, add_config_flags, config_from_args, validate_config
 from wsl_ray.data.augment import Augment
 from wsl_ray.methods import get_method
 from wsl_ray.methods.losses import sample_covariance_penalty
@@ -65,6 +65,15 @@ def test_cw_rgp_defaults_are_the_reference_cfg_wherever_a_config_is_partial(caps
     assert (Config().emb, Config().groups, Config().zero_init_residual) == (64, 1, False)
     assert Config.from_dict(Config(method="cw_rgp", emb=1024).to_dict()).emb == 1024
     assert "emb 512, groups 1, zero_init_residual True" in capsys.readouterr().err
+
+
+def test_zero_init_residual_follows_each_methods_code():
+    """The CW-RGP code's get_model zero-initialises the residual BNs for every method of its
+    study; the W-MSE code, home of W-MSE, Contrastive and BYOL, does not."""
+    for method in METHODS:
+        study = method not in ("w_mse", "contrastive", "byol")
+        assert Config(method=method).zero_init_residual is study, method
+        assert Config(method=method, zero_init_residual=not study).zero_init_residual is not study
 
 
 def test_no_flags_say_what_they_turn_off():

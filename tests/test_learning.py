@@ -35,11 +35,15 @@ def test_a_short_wmse_run_on_shapes_beats_the_untrained_encoder(tmp_path):
     assert summary["acc"] > summary["init_acc"] + MARGIN, summary
 
 
-# Measured gains in 5-NN points on 2 threads (resnet18_w8, 2000 images, bs 64, lr 3e-3, seed 0)
+# Measured gains in 5-NN points on 2 threads (resnet18_w8, bs 64, lr 3e-3; BENCHMARKS.md). All
+# without the zero-initialised residual BNs that the CW-RGP code (and so these methods' default)
+# uses: on this 1/8-width encoder they keep Barlow Twins at the untrained level.
 COMPARISON = {
-    "zero_icl": dict(epoch=4),  # +14.3 after 4 epochs, +37.5 after 8
-    "vicreg": dict(epoch=8),  # +12.6 after 8 epochs (+5.1 after 6)
-}
+    "zero_icl": dict(subset=2000, seed=0, epoch=4),  # +14.3 after 4 epochs, +37.5 after 8
+    "vicreg": dict(subset=2000, seed=0, epoch=8),  # +12.6 after 8 epochs (+5.1 after 6)
+    # The paper's normalisation: the CW-RGP code's (divide by emb) needs bs = emb
+    "barlow_twins": dict(subset=5000, seed=1, epoch=8, bs=128, emb=128, barlow_scale="batch"),
+}  # +9.9 after 8 epochs (from 14.35%); SimSiam gains 4.4 in the same run: too close to noise
 
 
 @pytest.mark.timeout(900)
@@ -47,8 +51,8 @@ def test_short_runs_of_the_comparison_methods_beat_the_untrained_encoder(tmp_pat
     failed = {}
     for method, settings in COMPARISON.items():
         summary = short_run(
-            tmp_path / method, method=method, arch="resnet18_w8", subset=2000, seed=0, bs=64,
-            emb=64, lr=3e-3, head_size=256, **settings,
+            tmp_path / method, **(dict(bs=64, emb=64) | settings), method=method,
+            arch="resnet18_w8", lr=3e-3, head_size=256, zero_init_residual=False,
         )  # fmt: skip
         gain = summary["acc_knn"] - summary["init_acc_knn"]
         if gain <= MARGIN:

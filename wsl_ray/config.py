@@ -26,16 +26,18 @@ OPTIMIZERS = ("adam", "sgd", "lars")
 # Defaults that depend on the method or the --aug preset: their fields default to None (unset)
 # and are filled wherever a Config is built (flags, config files, search spaces, dicts), so an
 # explicit value always wins, even one equal to the general default. CW-RGP's are those of its
-# code's base/cfg.py (emb 512, group 1, w_size 128) and base/model.py (zero_init_residual);
-# the other methods of the CW-RGP study take its base/cfg.py emb 512 (its bs 512 and lr 1e-3
-# are everyone's defaults). The --aug cw_rgp preset (CW-RGP's ImageNet transform.py) greys
-# with p 0.2.
+# code's base/cfg.py (emb 512, group 1, w_size 128) and base/model.py (zero_init_residual, which
+# its get_model applies to every method); the other methods of the CW-RGP study take its
+# base/cfg.py emb 512 (its bs 512 and lr 1e-3 are everyone's defaults) and zero_init_residual.
+# W-MSE, Contrastive and BYOL follow the W-MSE code (no zero-init). The --aug cw_rgp preset
+# (CW-RGP's ImageNet transform.py) greys with p 0.2.
 UNSET_DEFAULTS: dict[str, Any] = {
     "emb": 64, "groups": GENERIC_DEFAULTS["groups"], "zero_init_residual": False, "gs_p": 0.1,
 }  # fmt: skip
 UNSET_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cw_rgp": {"emb": 512, "groups": 1, "zero_init_residual": True},
-    **{m: {"emb": 512} for m in TWO_VIEW_METHODS},
+    "whitened_mse": {"zero_init_residual": True},
+    **{m: {"emb": 512, "zero_init_residual": True} for m in TWO_VIEW_METHODS},
 }
 AUG_PRESETS = ("wmse", "cw_rgp")
 UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}}
@@ -111,7 +113,8 @@ class Config:
     head_size: int = _f(1024, "size of the head's hidden FC layers")
     add_bn: bool = _f(True, "do not use BatchNorm in the head")
     zero_init_residual: bool = _f(
-        None, "zero-init the last BN of each residual block (default: on for cw_rgp only)"
+        None, "zero-init the last BN of each residual block (default: on for the CW-RGP study's "
+        "methods: cw_rgp, whitened_mse, barlow_twins, vicreg, simsiam, zero_icl)"
     )
     sync_bn: bool = _f(False, "SyncBatchNorm across the DDP workers (GPU workers only)")
     # augmentation
