@@ -353,7 +353,7 @@ def zca_matrix(S: torch.Tensor) -> torch.Tensor:
     rounding of S alone explains (tests/test_whitening.py: p = 64, values and gradients
     against the exact path up to kappa = 1e5). Elsewhere the exact path. CW-RGP's real
     matrices (CIFAR-10, emb 512, w_size 64, groups 4: kappa 2e3-2e4) pass with residuals under
-    1e-4 (BENCHMARKS.md, "CW-RGP on the GPU").
+    1e-4 (BENCHMARKS.md, "First GPU run").
 
     The choice costs one host read per call in eager mode (`bool` of a device flag): computing
     eigh unconditionally for a `where` would cost what the iteration saves, and no criterion
