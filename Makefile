@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export RAY_USAGE_STATS_ENABLED ?= 0
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-slow lint
 
 install: $(VENV)/.installed
 
@@ -27,3 +27,6 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+test-slow: install  # the learning checks that do not fit the suite's 15 minutes
+	$(PY) -m pytest -m slow

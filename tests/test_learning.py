@@ -35,26 +35,40 @@ def test_a_short_wmse_run_on_shapes_beats_the_untrained_encoder(tmp_path):
     assert summary["acc"] > summary["init_acc"] + MARGIN, summary
 
 
-# Measured gains in 5-NN points on 2 threads (resnet18_w8, bs 64, lr 3e-3; BENCHMARKS.md). All
-# without the zero-initialised residual BNs that the CW-RGP code (and so these methods' default)
-# uses: on this 1/8-width encoder they keep Barlow Twins at the untrained level.
+# Measured gains in 5-NN points on 2 threads (resnet18_w8, lr 3e-3; BENCHMARKS.md). All without
+# the zero-initialised residual BNs that the CW-RGP code (and so these methods' default) uses:
+# on this 1/8-width encoder they keep Barlow Twins at the untrained level.
 COMPARISON = {
-    "zero_icl": dict(subset=2000, seed=0, epoch=4),  # +14.3 after 4 epochs, +37.5 after 8
-    "vicreg": dict(subset=2000, seed=0, epoch=8),  # +12.6 after 8 epochs (+5.1 after 6)
-    # The paper's normalisation: the CW-RGP code's (divide by emb) needs bs = emb
-    "barlow_twins": dict(subset=5000, seed=1, epoch=8, bs=128, emb=128, barlow_scale="batch"),
-}  # +9.9 after 8 epochs (from 14.35%); SimSiam gains 4.4 in the same run: too close to noise
+    "zero_icl": dict(subset=2000, seed=0, epoch=4, bs=64, emb=64),  # +14.3 (+37.5 after 8)
+    "vicreg": dict(subset=2000, seed=0, epoch=8, bs=64, emb=64),  # +12.6 (+5.1 after 6)
+}
+# 95 s: beyond the suite's budget, so `make test-slow` runs it. The paper's normalisation: the
+# CW-RGP code's (divide by emb) needs bs = emb. +9.9 after 8 epochs (from 14.35%); it does not
+# learn on 3000 images, nor on 5000 with bs 64 in 5 epochs. SimSiam gains 4.4 in the same run:
+# too close to noise for a test.
+BARLOW = dict(subset=5000, seed=1, epoch=8, bs=128, emb=128, barlow_scale="batch")
 
 
-@pytest.mark.timeout(900)
-def test_short_runs_of_the_comparison_methods_beat_the_untrained_encoder(tmp_path):
+def learning_failures(tmp_path, runs: dict[str, dict]) -> dict[str, str]:
+    """Runs each method's short run; returns those that did not beat the untrained encoder."""
     failed = {}
-    for method, settings in COMPARISON.items():
+    for method, settings in runs.items():
         summary = short_run(
-            tmp_path / method, **(dict(bs=64, emb=64) | settings), method=method,
-            arch="resnet18_w8", lr=3e-3, head_size=256, zero_init_residual=False,
+            tmp_path / method, **settings, method=method, arch="resnet18_w8", lr=3e-3,
+            head_size=256, zero_init_residual=False,
         )  # fmt: skip
         gain = summary["acc_knn"] - summary["init_acc_knn"]
         if gain <= MARGIN:
             failed[method] = f"5-NN {summary['init_acc_knn']:.3f} -> {summary['acc_knn']:.3f}"
-    assert not failed, failed
+    return failed
+
+
+@pytest.mark.timeout(900)
+def test_short_runs_of_the_comparison_methods_beat_the_untrained_encoder(tmp_path):
+    assert not (failed := learning_failures(tmp_path, COMPARISON)), failed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_short_barlow_twins_run_beats_the_untrained_encoder(tmp_path):
+    assert not (failed := learning_failures(tmp_path, {"barlow_twins": BARLOW})), failed
