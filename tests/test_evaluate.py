@@ -140,6 +140,44 @@ def test_evaluate_on_val_uses_disjoint_validation_images():
     assert len(fit_x) + len(val_x) == 200 and len(val_x) == 20
 
 
+def test_validation_is_embedded_through_indices_without_copying_the_images(monkeypatch):
+    """evaluate(on="val") iterates the classifier set at `val_indices` (never `val_split`'s
+    copies), and the features equal those of the copies; the index also shards and shuffles."""
+    from wsl_ray.data import ImageData, iterate_batches
+    from wsl_ray.methods import get_method
+
+    data = load_dataset("shapes").subset(200)
+    cfg = Config(arch="resnet18_w8", emb=16, w_size=32, bs=64, head_size=32)
+    torch.manual_seed(0)
+    model = get_method(cfg.method)(cfg, data.crop_size)
+    cpu = torch.device("cpu")
+    fit, val = data.val_indices()
+    fit_x, fit_y, val_x, val_y = data.val_split()
+    for index, x, y in ((fit, fit_x, fit_y), (val, val_x, val_y)):
+        copied = evaluate_module.embed(model, x, y, data.mean, data.std, cpu, batch_size=64)
+        viewed = evaluate_module.embed(
+            model, data.clf_x, data.clf_y, data.mean, data.std, cpu, batch_size=64, index=index
+        )
+        assert torch.equal(copied[0], viewed[0]) and torch.equal(copied[1], viewed[1])
+
+    def no_copies(self):
+        raise AssertionError("evaluation copied the classifier set")
+
+    monkeypatch.setattr(ImageData, "val_split", no_copies)
+    assert set(evaluate_module.evaluate(model, data, cpu, on="val", probe_epochs=2)) == {
+        "acc", "acc_5", "acc_knn", "rankme",
+    }  # fmt: skip
+    images, labels = torch.arange(200)[:, None, None, None], torch.arange(200)
+    ranks = []
+    for rank in (0, 1):
+        batches = iterate_batches(
+            images, labels, 4, drop_last=False, generator=torch.Generator().manual_seed(1),
+            index=val, rank=rank, world_size=2,
+        )  # fmt: skip
+        ranks.append(torch.cat([y for _, y in batches]))
+    assert sorted(torch.cat(ranks).tolist()) == sorted(val.tolist())  # 20 images: 2 x 10
+
+
 def test_streamed_images_split_by_file_list(tmp_path):
     from wsl_ray.data import ImageFiles, take
 

@@ -25,8 +25,10 @@ def embed(
     std,
     device: torch.device,
     batch_size: int = 1000,
+    index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of every image with the frozen encoder (or head): float32 [N, d], labels [N]."""
+    """Features of every image (those at `index` only, without copying the others) with the
+    frozen encoder (or head): float32 [N, d], labels [N]."""
     was_training = model.training
     model.eval()
     mean_t = torch.tensor(mean, device=device)[:, None, None]
@@ -34,7 +36,7 @@ def embed(
     feats, ys = [], []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for x, y in iterate_batches(
-        images, labels, batch_size, shuffle=False, drop_last=False, device=device
+        images, labels, batch_size, shuffle=False, drop_last=False, device=device, index=index
     ):
         x = (x.float().mul_(1 / 255) - mean_t) * scale
         if device.type == "cuda":
@@ -217,14 +219,16 @@ def evaluate(
     on="val": they fit on the classifier set minus validation and score on validation.
     rankme is of the features the classifiers fit on (no labels used).
     """
-    if on == "val":
-        fit_x, fit_y, score_x, score_y = data.val_split()
+    if on == "val":  # index views of the classifier set: no copy of its images
+        fit, val = data.val_indices()
+        parts = [(data.clf_x, data.clf_y, fit), (data.clf_x, data.clf_y, val)]
     elif on == "test":
-        fit_x, fit_y, score_x, score_y = data.clf_x, data.clf_y, data.test_x, data.test_y
+        parts = [(data.clf_x, data.clf_y, None), (data.test_x, data.test_y, None)]
     else:
         raise ValueError(f"--eval_on {on!r}: choose val or test")
-    train_f, train_y = embed(model, fit_x, fit_y, data.mean, data.std, device)
-    test_f, test_y = embed(model, score_x, score_y, data.mean, data.std, device)
+    (train_f, train_y), (test_f, test_y) = (
+        embed(model, x, y, data.mean, data.std, device, index=index) for x, y, index in parts
+    )
     acc_knn = knn_accuracy(train_f, train_y, test_f, test_y, knn, knn_metric)
     generator = torch.Generator(device).manual_seed(seed)
     probe = linear_probe(train_f, train_y, test_f, test_y, probe_epochs, generator=generator)

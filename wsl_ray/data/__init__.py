@@ -88,9 +88,14 @@ class ImageData:
     blur: bool = False  # the reference adds Gaussian blur for ImageNet-100
     val_size: float = 0.1  # the validation part of the classifier set: fraction or count
 
+    def val_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fit, val): indices into the classifier set of its fitting and validation parts."""
+        return stratified_split(self.clf_y.cpu(), self.val_size)
+
     def val_split(self) -> tuple[Images, torch.Tensor, Images, torch.Tensor]:
-        """(fit_x, fit_y, val_x, val_y): the classifier set minus validation, and validation."""
-        fit, val = stratified_split(self.clf_y.cpu(), self.val_size)
+        """(fit_x, fit_y, val_x, val_y): the classifier set minus validation, and validation
+        (copies of the images; evaluation iterates over `val_indices` instead)."""
+        fit, val = self.val_indices()
         labels = self.clf_y
         return (
             take(self.clf_x, fit), labels[fit.to(labels.device)],

@@ -22,8 +22,10 @@ def iterate_batches(
     rank: int = 0,
     world_size: int = 1,
     with_sizes: bool = False,
+    index: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Yields (uint8 [b, C, H, W], int64 [b]) on `device`, one epoch; with_sizes adds
+    """Yields (uint8 [b, C, H, W], int64 [b]) on `device`, one epoch over the images at
+    `index` (all of them by default; no copy of the rest is made); with_sizes adds
     int64 [b, 2], each image's (height, width) in the top-left of its [H, W] (the training
     role of ImageFiles keeps whole images of several sizes on a canvas; a tensor's images
     all fill it), which `Augment(x, sizes)` crops from.
@@ -38,9 +40,11 @@ def iterate_batches(
     dropped), hence the same number of batches: DDP's collectives need every rank to step.
     """
     device = torch.device(device) if device is not None else None
-    n = len(images)
+    n = len(images) if index is None else len(index)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order[: n - n % world_size][rank::world_size]
+    if index is not None:
+        order = index.cpu()[order]
     if isinstance(images, ImageFiles):
         for x, y, sizes in _stream(images, order, batch_size, drop_last, device, num_workers):
             yield (x, y, sizes) if with_sizes else (x, y)
