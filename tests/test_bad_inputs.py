@@ -97,6 +97,8 @@ ROWS = [
     ((*TUNE, "--set", "lr=-1e-3"), 2, "--lr -0.001: must be a number > 0"),
     ((*TUNE, "--set", "knn"), 2, "--set 'knn': write KEY=VALUE"),
     ((*TUNE, "--set", "nosuch=1"), 2, "config key 'nosuch' is not a training flag"),
+    ((*TUNE, "--dataset", "shapes", "--set", "val_size=20000"), 2,
+     "--val_size 20000 gives 20000 validation images"),
     ((*TUNE, "--space", "nosuch"), 2, "no search space 'nosuch'"),
     ((*TUNE, "--space", "{space_list}"), 2, "a search space is a YAML mapping"),
     ((*TUNE, "--space", "{space_bad_yaml}"), 2, "not valid YAML"),

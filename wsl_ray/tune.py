@@ -532,7 +532,7 @@ def _check_data(cfg: Config, space_name: str) -> ImageData:
     """Loads the dataset once before Ray starts: missing files fail here, with the fix."""
     try:
         data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size)
-        data.subset(cfg.subset).val_split()  # a --val_size that does not fit fails here
+        data.subset(cfg.subset).val_indices()  # a --val_size that does not fit fails here
         return data
     except FileNotFoundError as err:
         raise FileNotFoundError(
