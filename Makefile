@@ -24,6 +24,7 @@ demo: install  # a small W-MSE sweep on shapes, selected on validation, confirme
 
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: lint
 	$(PY) -m pytest

@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.kind == "paper":
                 metric = args.metric or "val_acc"
                 rows = tables.paper_table(table, metric)
-                print(f"trial with the best {metric} per method and dataset: test linear top-1 / "
-                      "5-NN (%)")  # fmt: skip
+                print(
+                    f"trial with the best {metric} per method and dataset: test linear top-1 / "
+                    "5-NN (%)"
+                )
             elif args.kind == "top":
                 rows = tables.top_trials(table, args.metric or "val_acc_knn", args.top)
             else:

@@ -56,8 +56,9 @@ def stored_study(experiment: str) -> tuple[optuna.Study | None, str | None]:
     local = path
     if "://" in root:
         local = tempfile.mkdtemp() + "/optuna.journal"
-        pyarrow.fs.copy_files(path, local, source_filesystem=fs,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())  # fmt: skip
+        pyarrow.fs.copy_files(
+            path, local, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
+        )
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(local))
     try:
         metric = json.loads(read_text(f"{root}/sweep.json"))["metric"]

@@ -17,10 +17,16 @@ import pyarrow as pa
 from wsl_ray.family import FAMILY_METHODS, family_of
 
 METHOD_NAMES = {
-    "w_mse": "W-MSE", "cw_rgp": "CW-RGP", "contrastive": "Contrastive", "byol": "BYOL",
-    "whitened_mse": "Whitened MSE", "barlow_twins": "Barlow Twins", "vicreg": "VICReg",
-    "simsiam": "SimSiam", "zero_icl": "zero-ICL",
-}  # fmt: skip
+    "w_mse": "W-MSE",
+    "cw_rgp": "CW-RGP",
+    "contrastive": "Contrastive",
+    "byol": "BYOL",
+    "whitened_mse": "Whitened MSE",
+    "barlow_twins": "Barlow Twins",
+    "vicreg": "VICReg",
+    "simsiam": "SimSiam",
+    "zero_icl": "zero-ICL",
+}
 # config columns that do not define a configuration: what repeats differ in
 NOT_CONFIG = {"config/seed", "config/out", "config/data_dir", "config/wandb", "config/device"}
 RANKED = ("TERMINATED", "STOPPED")
@@ -73,9 +79,10 @@ def top_trials(table: pa.Table, metric: str = "val_acc_knn", k: int = 10) -> lis
     rows = [r for r in table.to_pylist() if r.get(metric) is not None and r["status"] in RANKED]
     rows.sort(key=lambda r: -r[metric])
     varying = [
-        c for c in table.column_names
+        c
+        for c in table.column_names
         if c.startswith("config/") and len({str(v) for v in table.column(c).to_pylist()}) > 1
-    ]  # fmt: skip
+    ]
     accuracies = ["val_acc_knn", "val_acc", "test_acc_knn", "test_acc"]
     keep = ["trial_id", "method", "dataset", "status", "epochs", *accuracies, "rankme"]
     return [
@@ -145,21 +152,31 @@ def rankme_report(table: pa.Table, metric: str = "val_acc_knn") -> list[dict[str
     if len(both) < 2:
         raise ValueError(f"RankMe analysis needs 2 or more trials with rankme and {metric}")
     rho = spearman([r["rankme"] for r in both], [r[metric] for r in both])
-    out = [{"quantity": f"Spearman rho (rankme, {metric})", "value": f"{rho:.3f}",
-            "trials": len(both)}]  # fmt: skip
+    out = [
+        {"quantity": f"Spearman rho (rankme, {metric})", "value": f"{rho:.3f}", "trials": len(both)}
+    ]
     test = "test_" + metric.removeprefix("val_")
     done = [r for r in both if r["status"] == "TERMINATED" and r.get(test) is not None]
     if done:
         by_rankme = max(done, key=lambda r: r["rankme"])
         by_val = max(done, key=lambda r: r[metric])
         out += [
-            {"quantity": f"{test} of the RankMe-selected trial ({by_rankme['trial_id']})",
-             "value": _pct(by_rankme[test]), "trials": len(done)},
-            {"quantity": f"{test} of the {metric}-selected trial ({by_val['trial_id']})",
-             "value": _pct(by_val[test]), "trials": len(done)},
-            {"quantity": "RankMe-selected minus validation-selected (points)",
-             "value": f"{100 * (by_rankme[test] - by_val[test]):+.2f}", "trials": len(done)},
-        ]  # fmt: skip
+            {
+                "quantity": f"{test} of the RankMe-selected trial ({by_rankme['trial_id']})",
+                "value": _pct(by_rankme[test]),
+                "trials": len(done),
+            },
+            {
+                "quantity": f"{test} of the {metric}-selected trial ({by_val['trial_id']})",
+                "value": _pct(by_val[test]),
+                "trials": len(done),
+            },
+            {
+                "quantity": "RankMe-selected minus validation-selected (points)",
+                "value": f"{100 * (by_rankme[test] - by_val[test]):+.2f}",
+                "trials": len(done),
+            },
+        ]
     return out
 
 

@@ -37,18 +37,34 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as out:
         cfg = Config(
-            dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, subset=args.subset,
-            epoch=args.epochs, eval_every=args.epochs, bs=512, lr=3e-3, emb=64, w_size=128,
-            lr_step="none", compile=args.compile, device=args.device, out=out,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            arch=args.arch,
+            subset=args.subset,
+            epoch=args.epochs,
+            eval_every=args.epochs,
+            bs=512,
+            lr=3e-3,
+            emb=64,
+            w_size=128,
+            lr_step="none",
+            compile=args.compile,
+            device=args.device,
+            out=out,
             ckpt_every=10**6,
-        )  # fmt: skip
+        )
         summary = train(cfg)
         history = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
     epoch_s = statistics.median(m["epoch_time_s"] for m in history[1:] or history)
     row = [
-        "W-MSE 2", args.epochs, f"{summary['acc_knn']:.2%}", f"{summary['acc']:.2%}",
-        f"{epoch_s:.2f}", f"{history[-1]['eval_time_s']:.2f}", f"{summary['time_total_s']:.0f}",
-    ]  # fmt: skip
+        "W-MSE 2",
+        args.epochs,
+        f"{summary['acc_knn']:.2%}",
+        f"{summary['acc']:.2%}",
+        f"{epoch_s:.2f}",
+        f"{history[-1]['eval_time_s']:.2f}",
+        f"{summary['time_total_s']:.0f}",
+    ]
     header = ["method", "epochs", "5-NN", "linear", "s/epoch (median)", "eval s", "total s"]
     scope = f"first {args.subset} images" if args.subset else "all images"
     body = (

@@ -147,8 +147,11 @@ def ray_memory(address: str, env: dict[str, str]) -> str:
     env = env | {"RAY_AUTH_MODE": env.get("RAY_AUTH_MODE", "token")}
     done = subprocess.run(
         [ray, "memory", "--stats-only", "--address", address],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     if done.returncode:
         return f"ray memory failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
     return done.stdout.strip()
@@ -156,13 +159,39 @@ def ray_memory(address: str, env: dict[str, str]) -> str:
 
 def sweep_command(args: argparse.Namespace, storage: str) -> list[str]:
     cmd = [
-        sys.executable, "-m", "wsl_ray.tune", "--space", "wmse", "--dataset", args.dataset,
-        "--num_trials", str(args.trials), "--concurrency", str(args.trials),
-        "--cpus-per-trial", str(2 / args.trials), "--epochs", str(args.epochs),
-        "--eval_every", "1", "--scheduler", "fifo", "--max-failures", "0",
-        "--storage", storage, "--name", "mem", "--set", "arch=resnet18_w8",
-        "bs=128", "emb=16", "head_size=64", "lr_warmup=false", "w_eps=0.01",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "wsl_ray.tune",
+        "--space",
+        "wmse",
+        "--dataset",
+        args.dataset,
+        "--num_trials",
+        str(args.trials),
+        "--concurrency",
+        str(args.trials),
+        "--cpus-per-trial",
+        str(2 / args.trials),
+        "--epochs",
+        str(args.epochs),
+        "--eval_every",
+        "1",
+        "--scheduler",
+        "fifo",
+        "--max-failures",
+        "0",
+        "--storage",
+        storage,
+        "--name",
+        "mem",
+        "--set",
+        "arch=resnet18_w8",
+        "bs=128",
+        "emb=16",
+        "head_size=64",
+        "lr_warmup=false",
+        "w_eps=0.01",
+    ]
     if args.subset:
         cmd.append(f"subset={args.subset}")
     if args.data_dir:
@@ -186,8 +215,12 @@ def main() -> int:
     )
     args = parser.parse_args()
     storage = tempfile.mkdtemp(prefix="bench_memory_")
-    env = dict(os.environ, WSL_RAY_SHARE_DATA="0" if args.no_share else "1",
-               RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="offline")  # fmt: skip
+    env = dict(
+        os.environ,
+        WSL_RAY_SHARE_DATA="0" if args.no_share else "1",
+        RAY_USAGE_STATS_ENABLED="0",
+        WANDB_MODE="offline",
+    )
     env["RAY_ADDRESS"] = "local"  # a fresh Ray of its own, not one found on the machine
     sweep = subprocess.Popen(
         sweep_command(args, storage), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -214,12 +247,17 @@ def main() -> int:
         return 1
     mode = "own copy per trial" if args.no_share else "one shared copy"
     load = f"load average {min(loads):.1f}-{max(loads):.1f}"
-    print(f"{args.trials} packed {args.dataset} trials, {mode}: {len(samples)} samples with "
-          f"every Train worker running, {load}")  # fmt: skip
+    print(
+        f"{args.trials} packed {args.dataset} trials, {mode}: {len(samples)} samples with "
+        f"every Train worker running, {load}"
+    )
     print("PSS in MiB, median [min-max] over the samples")
     print(f"{'processes':<26}" + "".join(f"{k:>18}" for k in (*KINDS, "total")))
-    names = {"trainers": f"{args.trials} Train workers", "workers": "all ray:: workers",
-             "all": "all (driver, raylet too)"}  # fmt: skip
+    names = {
+        "trainers": f"{args.trials} Train workers",
+        "workers": "all ray:: workers",
+        "all": "all (driver, raylet too)",
+    }
     for group in GROUPS:
         cells = [spread([s[f"{group}/{k}"] for s in samples]) for k in (*KINDS, "total")]
         print(f"{names[group]:<26}" + "".join(f"{c:>18}" for c in cells))

@@ -38,9 +38,15 @@ SETTINGS = {  # the papers' CIFAR-10 settings
     "W-MSE 2": dict(num_samples=2, bs=512, emb=64, w_size=128),
     "W-MSE 4": dict(num_samples=4, bs=256, emb=64, w_size=128),
     "CW-RGP 2": dict(
-        method="cw_rgp", num_samples=2, bs=256, emb=512, w_size=64, groups=4, w_iter=4,
+        method="cw_rgp",
+        num_samples=2,
+        bs=256,
+        emb=512,
+        w_size=64,
+        groups=4,
+        w_iter=4,
         zero_init_residual=True,
-    ),  # fmt: skip
+    ),
     "BYOL": dict(method="byol", num_samples=2, bs=512, emb=64),
 }
 
@@ -50,10 +56,18 @@ def measure(setting: str, compile: bool, args: argparse.Namespace) -> dict:
     data = load_dataset(args.dataset, args.data_dir).subset(args.subset)
     with tempfile.TemporaryDirectory() as out:
         cfg = Config(
-            dataset=args.dataset, arch=args.arch, epoch=1 + args.epochs, eval_every=1, lr=3e-3,
-            lr_step="none", compile=compile, device=args.device, out=out, ckpt_every=10**6,
+            dataset=args.dataset,
+            arch=args.arch,
+            epoch=1 + args.epochs,
+            eval_every=1,
+            lr=3e-3,
+            lr_step="none",
+            compile=compile,
+            device=args.device,
+            out=out,
+            ckpt_every=10**6,
             **SETTINGS[setting],
-        )  # fmt: skip
+        )
         train(cfg, data=data, progress=False)
         history = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
     epoch_s = statistics.median(m["epoch_time_s"] for m in history[1:])
@@ -92,10 +106,19 @@ def packed(setting: str, compile: bool, k: int, argv: list[str]) -> list[dict]:
         outs = [Path(tmp) / f"trial{i}.json" for i in range(k)]
         base = [sys.executable, "-m", "benchmarks.bench_train", *argv, "--trials-per-gpu", "1"]
         procs = [
-            subprocess.Popen([*base, "--settings", setting, "--compile", "on" if compile else "off",
-                              "--result-json", str(out)])
+            subprocess.Popen(
+                [
+                    *base,
+                    "--settings",
+                    setting,
+                    "--compile",
+                    "on" if compile else "off",
+                    "--result-json",
+                    str(out),
+                ]
+            )
             for out in outs
-        ]  # fmt: skip
+        ]
         if any(p.wait() for p in procs):
             raise RuntimeError("a packed trial failed; see its output above")
         return [json.loads(out.read_text()) for out in outs]
@@ -124,20 +147,33 @@ def main(argv: list[str] | None = None) -> None:
     for setting in args.settings:
         for compile in modes:
             r = measure(setting, compile, args)
-            rows.append([
-                setting, r["bs"], "on" if compile else "off", f"{r['images_per_s']:,.0f}",
-                f"{r['images_per_s'] * r['views']:,.0f}", f"{r['s_per_epoch']:.2f}",
-                f"{r['compile_s']:.1f}", f"{r['eval_s']:.2f}", f"{trial_epochs_per_hour(r):,.0f}",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    setting,
+                    r["bs"],
+                    "on" if compile else "off",
+                    f"{r['images_per_s']:,.0f}",
+                    f"{r['images_per_s'] * r['views']:,.0f}",
+                    f"{r['s_per_epoch']:.2f}",
+                    f"{r['compile_s']:.1f}",
+                    f"{r['eval_s']:.2f}",
+                    f"{trial_epochs_per_hour(r):,.0f}",
+                ]
+            )
             print(table(HEADER, rows[-1:]), flush=True)
             if args.trials_per_gpu > 1:
                 trials = packed(setting, compile, args.trials_per_gpu, _without_k(argv))
                 total = sum(trial_epochs_per_hour(t) for t in trials)
-                packed_rows.append([
-                    setting, "on" if compile else "off", args.trials_per_gpu,
-                    f"{statistics.median(t['s_per_epoch'] for t in trials):.2f}",
-                    f"{statistics.median(t['eval_s'] for t in trials):.2f}", f"{total:,.0f}",
-                ])  # fmt: skip
+                packed_rows.append(
+                    [
+                        setting,
+                        "on" if compile else "off",
+                        args.trials_per_gpu,
+                        f"{statistics.median(t['s_per_epoch'] for t in trials):.2f}",
+                        f"{statistics.median(t['eval_s'] for t in trials):.2f}",
+                        f"{total:,.0f}",
+                    ]
+                )
     scope = f"first {args.subset} images" if args.subset else "all images"
     body = f"{args.dataset} ({scope}), {args.arch}, {device}\n\n" + table(HEADER, rows)
     if packed_rows:
@@ -161,13 +197,24 @@ def _without_k(argv: list[str]) -> list[str]:
 
 
 HEADER = [
-    "setting", "batch", "compile", "images/s", "views/s", "s per 50k epoch", "compile s",
-    "eval s", "trial-epochs/GPU-h (eval every 10)",
-]  # fmt: skip
+    "setting",
+    "batch",
+    "compile",
+    "images/s",
+    "views/s",
+    "s per 50k epoch",
+    "compile s",
+    "eval s",
+    "trial-epochs/GPU-h (eval every 10)",
+]
 PACKED_HEADER = [
-    "setting", "compile", "trials", "s per 50k epoch (median)", "eval s (median)",
+    "setting",
+    "compile",
+    "trials",
+    "s per 50k epoch (median)",
+    "eval s (median)",
     "trial-epochs/GPU-h, all trials",
-]  # fmt: skip
+]
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ def main(argv: list[str]) -> int:
         pyarrow.fs.LocalFileSystem().create_dir(dest, recursive=True)
         pyarrow.fs.copy_files(source, dest, use_threads=True)
     except (OSError, ValueError) as err:
-        print(f"wsl-ray setup: copying the datasets from {source} to {dest} failed: {err}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"wsl-ray setup: copying the datasets from {source} to {dest} failed: {err}",
+            file=sys.stderr,
+        )
         return 1
     print(f"wsl-ray setup: datasets copied from {source} to {dest}")
     return 0

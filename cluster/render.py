@@ -35,11 +35,17 @@ class RenderError(ValueError):
 
 def render(text: str, env: dict[str, str], where: str = "config") -> str:
     """`text` with every ${WSL_RAY_X} or ${WSL_RAY_X:-default} replaced from `env`."""
-    missing = sorted({m.group(1) for m in SETTING.finditer(text)
-                      if m.group(2) is None and not env.get(m.group(1))})  # fmt: skip
+    missing = sorted(
+        {
+            m.group(1)
+            for m in SETTING.finditer(text)
+            if m.group(2) is None and not env.get(m.group(1))
+        }
+    )
     if missing:
-        lines = [f"  export {name}=...   # {HELP.get(name, 'see the comments')}"
-                 for name in missing]  # fmt: skip
+        lines = [
+            f"  export {name}=...   # {HELP.get(name, 'see the comments')}" for name in missing
+        ]
         raise RenderError(f"{where} needs these settings in the environment:\n" + "\n".join(lines))
     return SETTING.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", text)
 

@@ -42,24 +42,47 @@ def own_ray_cluster(head_cpus: int, worker_cpus: tuple[int, ...] = ()):
     """
     temp = tempfile.mkdtemp(prefix="wr", dir="/tmp")
     port, dashboard = _free_port(), _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               RAY_raylet_start_wait_time_s="120")  # fmt: skip
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_raylet_start_wait_time_s="120",
+    )
     start = [RAY, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     try:
         for attempt in range(3):  # a loaded machine can miss Ray's 30 s start-up window
             head = subprocess.run(
-                [*start, "--head", "--port", str(port), "--temp-dir", temp,
-                 "--num-cpus", str(head_cpus), "--include-dashboard", "true",
-                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)],
-                env=env, capture_output=True, text=True,
-            )  # fmt: skip
+                [
+                    *start,
+                    "--head",
+                    "--port",
+                    str(port),
+                    "--temp-dir",
+                    temp,
+                    "--num-cpus",
+                    str(head_cpus),
+                    "--include-dashboard",
+                    "true",
+                    "--dashboard-host",
+                    "127.0.0.1",
+                    "--dashboard-port",
+                    str(dashboard),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if head.returncode == 0:
                 break
             _stop_processes_naming(temp)
             assert attempt < 2, head.stderr[-2000:]
         for cpus in worker_cpus:
-            subprocess.run([*start, "--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus)],
-                           check=True, env=env, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [*start, "--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus)],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
         yield SimpleNamespace(address=f"127.0.0.1:{port}", webui_url=f"127.0.0.1:{dashboard}")
     finally:
         _stop_processes_naming(temp)

@@ -36,8 +36,11 @@ def test_collect_reads_every_trial_with_config_status_and_history():
     rows = {r["trial_id"]: r for r in table.to_pylist()}
     first = rows["b08f1cd8"]
     assert (first["method"], first["dataset"], first["status"], first["epochs"]) == (
-        "w_mse", "shapes", "TERMINATED", 4,
-    )  # fmt: skip
+        "w_mse",
+        "shapes",
+        "TERMINATED",
+        4,
+    )
     assert first["config/lr"] == 3e-3 and first["config/w_size"] == 64
     assert [h["epoch"] for h in first["history"]] == [1, 2, 3, 4]
     assert first["test_acc_knn"] == first["history"][-1]["test_acc_knn"] is not None

@@ -189,8 +189,10 @@ def test_crops_of_an_image_on_a_canvas_stay_inside_it_and_follow_torchvision():
         assert (top + h <= hi).all() and (left + w <= wi).all()
     top, left, h, w = p.crop[0::2].unbind(1)
     torch.manual_seed(1)
-    ref = [T.RandomResizedCrop.get_params(torch.empty(3, height, width), (0.2, 1.0), (3 / 4, 4 / 3))
-           for _ in range(N // 2)]  # fmt: skip
+    ref = [
+        T.RandomResizedCrop.get_params(torch.empty(3, height, width), (0.2, 1.0), (3 / 4, 4 / 3))
+        for _ in range(N // 2)
+    ]
     # the law of the integer box sides (h, w): total variation between the two samples
     # (two samples of torchvision's, seeds 1 and 2, differ by 0.057)
     ours = Counter(zip(h.int().tolist(), w.int().tolist(), strict=True))
@@ -204,8 +206,10 @@ def test_each_image_falls_back_to_its_own_central_crop_like_torchvision():
     aug = Augment(32, (0.5,) * 3, (0.25,) * 3, crop_scale=(1.0, 1.0), crop_ratio=(2.0, 3.0))
     sizes = [[32, 32], [20, 37], [45, 12], [10, 60]]  # 37 / 2 = 18.5 rounds half to even
     p = aug.sample(4, 64, 64, torch.tensor(sizes))
-    ref = [T.RandomResizedCrop.get_params(torch.empty(3, h, w), (1.0, 1.0), (2.0, 3.0))
-           for h, w in sizes]  # fmt: skip
+    ref = [
+        T.RandomResizedCrop.get_params(torch.empty(3, h, w), (1.0, 1.0), (2.0, 3.0))
+        for h, w in sizes
+    ]
     assert p.crop.tolist() == [list(map(float, box)) for box in ref]
 
 
@@ -219,11 +223,20 @@ def test_a_view_from_the_canvas_equals_the_view_from_the_image_alone(crop_first)
     contrast's mean grey (taken before the crop unless crop_first), nor the blur."""
     gen = torch.Generator().manual_seed(3)
     sizes = torch.tensor([[20, 37], [45, 12], [48, 48], [7, 40]])
-    alone = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
-             for h, w in sizes.tolist()]  # fmt: skip
+    alone = [
+        torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+        for h, w in sizes.tolist()
+    ]
     canvas = torch.stack([on_canvas(image, 48) for image in alone])
-    aug = Augment(16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), cj_p=1.0, blur_p=0.5,
-                  crop_first=crop_first, generator=gen)  # fmt: skip
+    aug = Augment(
+        16,
+        (0.5, 0.4, 0.3),
+        (0.2, 0.25, 0.3),
+        cj_p=1.0,
+        blur_p=0.5,
+        crop_first=crop_first,
+        generator=gen,
+    )
     p = aug.sample(4, 48, 48, sizes)
     got = aug.apply(canvas, p)
     for i, image in enumerate(alone):

@@ -28,8 +28,14 @@ from wsl_ray.test import main as evaluate_main
 from wsl_ray.train import main as train_main
 from wsl_ray.tune import main as tune_main
 
-ENTRY = {"train": train_main, "test": evaluate_main, "tune": tune_main, "analysis": analysis_main,
-         "lincls": lincls_main, "export": export_main}  # fmt: skip
+ENTRY = {
+    "train": train_main,
+    "test": evaluate_main,
+    "tune": tune_main,
+    "analysis": analysis_main,
+    "lincls": lincls_main,
+    "export": export_main,
+}
 TUNE = ("tune", "--storage", "{tmp}/sweeps")
 TRAIN = ("train", "--out", "{tmp}/run")
 SHAPES = (*TRAIN, "--dataset", "shapes")
@@ -73,7 +79,7 @@ ROWS = [
         (*TRAIN, "--dataset", "stl10", "--data_dir", "{stl_short}"),
         2,
         "unlabeled_X.bin is not an STL-10 image file",
-    ),  # fmt: skip
+    ),
     # evaluation of a checkpoint
     (("test", "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint file"),
     (("test", "--fname", "{ckpt_text}"), 2, "is not a readable PyTorch checkpoint"),
@@ -97,8 +103,11 @@ ROWS = [
     ((*TUNE, "--set", "lr=-1e-3"), 2, "--lr -0.001: must be a number > 0"),
     ((*TUNE, "--set", "knn"), 2, "--set 'knn': write KEY=VALUE"),
     ((*TUNE, "--set", "nosuch=1"), 2, "config key 'nosuch' is not a training flag"),
-    ((*TUNE, "--dataset", "shapes", "--set", "val_size=20000"), 2,
-     "--val_size 20000 gives 20000 validation images"),
+    (
+        (*TUNE, "--dataset", "shapes", "--set", "val_size=20000"),
+        2,
+        "--val_size 20000 gives 20000 validation images",
+    ),
     ((*TUNE, "--space", "nosuch"), 2, "no search space 'nosuch'"),
     ((*TUNE, "--space", "{space_list}"), 2, "a search space is a YAML mapping"),
     ((*TUNE, "--space", "{space_bad_yaml}"), 2, "not valid YAML"),
@@ -112,12 +121,12 @@ ROWS = [
         ("analysis", "collect", "{tmp}", "--out", "/missing/x.parquet"),
         2,
         "--out /missing/x.parquet: the folder /missing does not exist",
-    ),  # fmt: skip
+    ),
     (
         ("analysis", "plots", "{tmp}", "--out", "{ckpt_text}/plots"),
         2,
         "plots: cannot create this folder",
-    ),  # fmt: skip
+    ),
     (("analysis", "collect", "{tmp}/nosuch"), 2, "no such experiment folder"),
 ]
 
@@ -247,5 +256,8 @@ def test_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
     assert absolute_paths({})["data_dir"] == str(tmp_path / "data")  # cifar10 by default
     assert "data_dir" not in absolute_paths({"dataset": "shapes"})  # generated: no folder
     got = absolute_paths({"fname": "w.pt", "out": "runs", "data_dir": "s3://bucket/d"})
-    assert got == {"fname": str(tmp_path / "w.pt"), "out": str(tmp_path / "runs"),
-                   "data_dir": "s3://bucket/d"}  # fmt: skip
+    assert got == {
+        "fname": str(tmp_path / "w.pt"),
+        "out": str(tmp_path / "runs"),
+        "data_dir": "s3://bucket/d",
+    }

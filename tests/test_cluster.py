@@ -22,11 +22,14 @@ from render import main as render_main  # noqa: E402
 from render import render  # noqa: E402
 
 SETTINGS = {
-    "WSL_RAY_AMI": "ami-0123456789abcdef0", "WSL_RAY_GCP_PROJECT": "my-project",
-    "WSL_RAY_HEAD_IP": "10.0.0.10", "WSL_RAY_WORKER_IPS": "[10.0.0.11, 10.0.0.12]",
-    "WSL_RAY_SSH_USER": "researcher", "WSL_RAY_DATA": "s3://my-bucket/datasets",
+    "WSL_RAY_AMI": "ami-0123456789abcdef0",
+    "WSL_RAY_GCP_PROJECT": "my-project",
+    "WSL_RAY_HEAD_IP": "10.0.0.10",
+    "WSL_RAY_WORKER_IPS": "[10.0.0.11, 10.0.0.12]",
+    "WSL_RAY_SSH_USER": "researcher",
+    "WSL_RAY_DATA": "s3://my-bucket/datasets",
     "WSL_RAY_SOURCE": "https://example.org/wsl-ray.zip",
-}  # fmt: skip
+}
 DOCKERFILE = (CLUSTER / "Dockerfile").read_text()
 RAY_VERSION = re.search(r"FROM rayproject/ray:(\d+\.\d+\.\d+)-", DOCKERFILE)[1]
 LAUNCHER = ["cluster.yaml", "cluster-gcp.yaml", "cluster-local.yaml"]
@@ -60,8 +63,12 @@ def test_dashboard_stays_on_localhost_with_token_auth(name):
     config = rendered(name)
     (head,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
     assert "--dashboard-host=127.0.0.1" in head
-    starts = [c for k in ("head_start_ray_commands", "worker_start_ray_commands")
-              for c in config[k] if "ray start" in c]  # fmt: skip
+    starts = [
+        c
+        for k in ("head_start_ray_commands", "worker_start_ray_commands")
+        for c in config[k]
+        if "ray start" in c
+    ]
     assert all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
     assert any(target.endswith(".ray/auth_token") for target in config["file_mounts"])
     assert "0.0.0.0" not in (CLUSTER / name).read_text()
@@ -112,6 +119,8 @@ def test_kuberay_job_runs_the_sweep_on_public_images_with_data_on_the_head():
 def test_sweep_entry_takes_the_tune_flags():
     out = subprocess.run(
         [sys.executable, str(CLUSTER / "sweep.py"), "--space", "no-such-space"],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 2 and "known: " in out.stderr and "wmse" in out.stderr

@@ -38,9 +38,17 @@ def test_welch_interval_follows_its_formula():
 
 
 def row(trial, status, val, lr, emb, seed=0, **extra):
-    return {"trial_id": trial, "status": status, "val_acc_knn": val, "config/lr": lr,
-            "config/emb": emb, "config/w_size": 4 * emb, "config/seed": seed,
-            "config/w_ratio": 4, **extra}  # fmt: skip
+    return {
+        "trial_id": trial,
+        "status": status,
+        "val_acc_knn": val,
+        "config/lr": lr,
+        "config/emb": emb,
+        "config/w_size": 4 * emb,
+        "config/seed": seed,
+        "config/w_ratio": 4,
+        **extra,
+    }
 
 
 def test_confirm_configs_are_the_default_and_distinct_top_terminated_trials(tmp_path):
@@ -53,8 +61,11 @@ def test_confirm_configs_are_the_default_and_distinct_top_terminated_trials(tmp_
     ]
     configs = confirm_configs(rows, space, "val_acc_knn", k=1, seeds=2, seed=5)
     assert [(c["confirm_label"], c["seed"], c["lr"]) for c in configs] == [
-        ("default", 1005, 3e-3), ("default", 1006, 3e-3), ("top1", 1005, 2e-3), ("top1", 1006, 2e-3)
-    ]  # fmt: skip
+        ("default", 1005, 3e-3),
+        ("default", 1006, 3e-3),
+        ("top1", 1005, 2e-3),
+        ("top1", 1006, 2e-3),
+    ]
     assert all(c["eval_on"] == "val" and "w_ratio" not in c for c in configs)
     rows[2]["val_acc_knn"] = 0.4  # now the default is the best: the next one is confirmed
     assert {c["lr"] for c in confirm_configs(rows, space, "val_acc_knn", 1, 2, 0)} == {3e-3, 5e-4}

@@ -57,10 +57,14 @@ def test_loader_pins_only_cpu_tensors_bound_for_a_gpu(monkeypatch):
 def test_every_rank_gets_the_same_number_of_disjoint_batches(n):
     x, y = torch.arange(n)[:, None, None, None], torch.arange(n)
     shards = [
-        [b for _, b in iterate_batches(x, y, 32, generator=torch.Generator().manual_seed(0),
-                                       rank=r, world_size=2)]
+        [
+            b
+            for _, b in iterate_batches(
+                x, y, 32, generator=torch.Generator().manual_seed(0), rank=r, world_size=2
+            )
+        ]
         for r in range(2)
-    ]  # fmt: skip
+    ]
     assert len(shards[0]) == len(shards[1]) == n // 2 // 32
     seen = torch.cat([torch.cat(s) for s in shards])
     assert len(seen.unique()) == len(seen)
@@ -101,8 +105,16 @@ def test_probe_step_is_one_graph(gen):
     x = torch.cat([torch.randn(32, 6, generator=gen), torch.ones(32, 1)], 1)
     y = torch.randint(0, 3, (32,), generator=gen)
     params = torch.randn(3, 7, generator=gen)
-    eager, graph = ([params.clone(), torch.zeros(3, 7), torch.zeros(3, 7), torch.tensor(0.0),
-                     torch.tensor(1e-2)] for _ in range(2))  # fmt: skip
+    eager, graph = (
+        [
+            params.clone(),
+            torch.zeros(3, 7),
+            torch.zeros(3, 7),
+            torch.tensor(0.0),
+            torch.tensor(1e-2),
+        ]
+        for _ in range(2)
+    )
     step = compiled(probe_step)
     for _ in range(3):
         eager[3].add_(1), graph[3].add_(1)

@@ -24,10 +24,19 @@ CASES = {
     "w_mse": dict(method="w_mse", emb=8, w_size=16, w_iter=2, whiten_global=True),
     # The CW-RGP study's methods zero-init residual BNs by default, which leaves the blocks'
     # convs without a gradient at the first step: every parameter's gradient is compared here
-    "cw_rgp": dict(method="cw_rgp", emb=32, w_size=8, groups=2, whiten_global=True,
-                   zero_init_residual=False),
-    "whitened_mse": dict(method="whitened_mse", emb=8, w_size=64, w_matrix="zca", groups=2,
-                         w_random_groups=True, whiten_global=True, zero_init_residual=False),
+    "cw_rgp": dict(
+        method="cw_rgp", emb=32, w_size=8, groups=2, whiten_global=True, zero_init_residual=False
+    ),
+    "whitened_mse": dict(
+        method="whitened_mse",
+        emb=8,
+        w_size=64,
+        w_matrix="zca",
+        groups=2,
+        w_random_groups=True,
+        whiten_global=True,
+        zero_init_residual=False,
+    ),
     "contrastive": dict(method="contrastive", emb=8, global_negatives=True),
     "w_mse_local": dict(method="w_mse", emb=8, w_size=16, w_iter=2),  # each rank on its own
 }

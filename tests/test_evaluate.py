@@ -123,8 +123,11 @@ def test_val_mode_scores_validation_and_the_final_epoch_adds_test(monkeypatch):
     final = evaluate_module.evaluate_run(None, data, torch.device("cpu"), cfg, final=True)
     assert {"test_acc", "test_acc_knn"} <= set(final) and seen[-1] == ("test", 300, 300)
     assert set(evaluate_module.evaluate_run(None, data, "cpu", Config())) == {
-        "acc", "acc_5", "acc_knn", "rankme",
-    }  # fmt: skip
+        "acc",
+        "acc_5",
+        "acc_knn",
+        "rankme",
+    }
 
 
 def test_evaluate_on_val_uses_disjoint_validation_images():
@@ -165,15 +168,24 @@ def test_validation_is_embedded_through_indices_without_copying_the_images(monke
 
     monkeypatch.setattr(ImageData, "val_split", no_copies)
     assert set(evaluate_module.evaluate(model, data, cpu, on="val", probe_epochs=2)) == {
-        "acc", "acc_5", "acc_knn", "rankme",
-    }  # fmt: skip
+        "acc",
+        "acc_5",
+        "acc_knn",
+        "rankme",
+    }
     images, labels = torch.arange(200)[:, None, None, None], torch.arange(200)
     ranks = []
     for rank in (0, 1):
         batches = iterate_batches(
-            images, labels, 4, drop_last=False, generator=torch.Generator().manual_seed(1),
-            index=val, rank=rank, world_size=2,
-        )  # fmt: skip
+            images,
+            labels,
+            4,
+            drop_last=False,
+            generator=torch.Generator().manual_seed(1),
+            index=val,
+            rank=rank,
+            world_size=2,
+        )
         ranks.append(torch.cat([y for _, y in batches]))
     assert sorted(torch.cat(ranks).tolist()) == sorted(val.tolist())  # 20 images: 2 x 10
 

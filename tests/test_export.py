@@ -40,8 +40,10 @@ def test_torchvision_export_loads_strictly_and_gives_the_same_features(
         torch.testing.assert_close(net.eval()(x), encoder(x), rtol=0, atol=1e-6)
     info = json.loads((tmp_path / "backbone.json").read_text())
     assert info["arch"] == arch and info["image_size"] == size
-    assert info["stem"] == {"conv1": "7x7 stride 2" if size > 96 else "3x3 stride 1",
-                            "maxpool": size > 32}  # fmt: skip
+    assert info["stem"] == {
+        "conv1": "7x7 stride 2" if size > 96 else "3x3 stride 1",
+        "maxpool": size > 32,
+    }
     assert info["features"] == (2048 if arch == "resnet50" else 512)
     assert len(info["normalize"]["mean"]) == 3
 

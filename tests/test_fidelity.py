@@ -59,8 +59,9 @@ def test_cw_rgp_defaults_are_the_reference_cfg_wherever_a_config_is_partial(caps
     ):
         assert (cfg.emb, cfg.groups, cfg.w_size, cfg.zero_init_residual) == (512, 1, 128, True)
         validate_config(cfg)
-    explicit = config_from_args(parser.parse_args(["--method", "cw_rgp", "--emb", "256",
-                                                   "--no_zero_init_residual"]))  # fmt: skip
+    explicit = config_from_args(
+        parser.parse_args(["--method", "cw_rgp", "--emb", "256", "--no_zero_init_residual"])
+    )
     assert (explicit.emb, explicit.zero_init_residual) == (256, False)
     assert (Config().emb, Config().groups, Config().zero_init_residual) == (64, 1, False)
     assert Config.from_dict(Config(method="cw_rgp", emb=1024).to_dict()).emb == 1024
@@ -89,12 +90,17 @@ def test_reference_checkpoints_load_with_module_parts_dropped(capsys):
     model = get_method("byol")(Config(method="byol", **SMALL), image_size=16)
     ours = model.state_dict()
     # W-MSE's code saves a bare state dict of DataParallel encoders: model.module.*
-    wmse = {k.replace(".", ".module.", 1) if k.startswith("model") else k: v.clone()
-            for k, v in ours.items()}  # fmt: skip
+    wmse = {
+        k.replace(".", ".module.", 1) if k.startswith("model") else k: v.clone()
+        for k, v in ours.items()
+    }
     wmse["whitening.running_mean"] = torch.zeros(3)
     # CW-RGP's ImageNet code under DDP: {'state_dict': {'module.model.*': ...}, 'epoch': ...}
-    cwrgp = {"state_dict": {"module." + k: v for k, v in ours.items() if not k.startswith("pred.")},
-             "epoch": 100, "arch": "resnet50"}  # fmt: skip
+    cwrgp = {
+        "state_dict": {"module." + k: v for k, v in ours.items() if not k.startswith("pred.")},
+        "epoch": 100,
+        "arch": "resnet50",
+    }
     for payload in (wmse, {"model": ours}, cwrgp):
         assert set(state_dict_of(payload)) <= set(ours) | {"whitening.running_mean"}
     report = load_weights(model, wmse)
@@ -128,8 +134,17 @@ def test_covariance_term_value_and_gradient_in_float64():
 
 
 def test_cw_rgp_covariance_weight_stops_at_cov_stop():
-    cfg = Config(method="cw_rgp", arch="resnet18_w8", bs=8, emb=32, w_size=8, head_size=16,
-                 cov_w=0.5, cov_stop=2, epoch=4)  # fmt: skip
+    cfg = Config(
+        method="cw_rgp",
+        arch="resnet18_w8",
+        bs=8,
+        emb=32,
+        w_size=8,
+        head_size=16,
+        cov_w=0.5,
+        cov_stop=2,
+        epoch=4,
+    )
     model = get_method("cw_rgp")(cfg, image_size=16)
     assert model.cov_on
     model.step(1 / 4)

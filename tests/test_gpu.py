@@ -16,9 +16,17 @@ from wsl_ray.trainer import WorkerContext, train
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 SMALL = dict(
-    dataset="shapes", arch="resnet18_w16", subset=1024, bs=128, emb=32, w_size=64, head_size=128,
-    epoch=1, eval_every=1, lr_warmup=False,
-)  # fmt: skip
+    dataset="shapes",
+    arch="resnet18_w16",
+    subset=1024,
+    bs=128,
+    emb=32,
+    w_size=64,
+    head_size=128,
+    epoch=1,
+    eval_every=1,
+    lr_warmup=False,
+)
 METHOD_SETTINGS = {"cw_rgp": dict(emb=256, w_size=64, groups=2)}
 
 
@@ -30,8 +38,13 @@ def data():
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_and_evaluates_on_cuda(tmp_path, data, method, compile):
-    cfg = Config(**SMALL | METHOD_SETTINGS.get(method, {}), method=method, compile=compile,
-                 device="cuda", out=str(tmp_path))  # fmt: skip
+    cfg = Config(
+        **SMALL | METHOD_SETTINGS.get(method, {}),
+        method=method,
+        compile=compile,
+        device="cuda",
+        out=str(tmp_path),
+    )
     summary = train(cfg, data=dataclasses.replace(data), progress=False)
     assert math.isfinite(summary["loss"])
     assert all(0 <= summary[k] <= 1 for k in ("acc", "acc_5", "acc_knn"))
@@ -44,9 +57,11 @@ def test_ddp_wrapping_runs_under_plain_torch_distributed_nccl(tmp_path, data):
     torch.distributed.init_process_group("nccl", rank=0, world_size=1, device_id=device)
     try:
         context = WorkerContext(
-            device, wrap_model=lambda m: torch.nn.parallel.DistributedDataParallel(
-                m, device_ids=[device.index])
-        )  # fmt: skip
+            device,
+            wrap_model=lambda m: torch.nn.parallel.DistributedDataParallel(
+                m, device_ids=[device.index]
+            ),
+        )
         cfg = Config(**SMALL, out=str(tmp_path))
         summary = train(cfg, context=context, data=dataclasses.replace(data), progress=False)
     finally:
@@ -96,6 +111,11 @@ def test_graph_replayed_probe_follows_the_reference_protocol():
         sched.step()
     expected = torch.cat([clf.weight, clf.bias[:, None]], dim=1).detach()
     torch.manual_seed(3)
-    got = fit_linear(train_f, train_y, epochs=20, batch_size=100,
-                     generator=torch.Generator(device).manual_seed(7))  # fmt: skip
+    got = fit_linear(
+        train_f,
+        train_y,
+        epochs=20,
+        batch_size=100,
+        generator=torch.Generator(device).manual_seed(7),
+    )
     assert torch.allclose(got, expected, atol=1e-4)

@@ -15,8 +15,16 @@ from wsl_ray.data import load_dataset
 from wsl_ray.trainer import train
 
 MARGIN = 0.07  # k-NN (and linear) accuracy over the untrained encoder's
-SHORT = dict(dataset="shapes", arch="resnet18_w8", lr=3e-3, head_size=256, lr_step="none",
-             lr_warmup=False, crop_s0=0.5, eval_init=True)  # fmt: skip
+SHORT = dict(
+    dataset="shapes",
+    arch="resnet18_w8",
+    lr=3e-3,
+    head_size=256,
+    lr_step="none",
+    lr_warmup=False,
+    crop_s0=0.5,
+    eval_init=True,
+)
 
 
 def short_run(tmp_path, **settings) -> dict:

@@ -56,8 +56,15 @@ def offline_runs(log_dir: Path) -> list[dict]:
                 run = record.run
             elif kind == "history":
                 steps.append(record.history.step.num)
-        runs.append({"folder": folder.name, "id": run.run_id, "group": run.run_group,
-                     "config": run.config, "steps": steps})  # fmt: skip
+        runs.append(
+            {
+                "folder": folder.name,
+                "id": run.run_id,
+                "group": run.run_group,
+                "config": run.config,
+                "steps": steps,
+            }
+        )
     return runs
 
 
@@ -93,16 +100,44 @@ def test_a_retried_attempt_continues_its_wandb_run_after_the_checkpoint(tmp_path
 def test_a_direct_run_keeps_one_wandb_id_and_resumes_it(tmp_path):
     """Two processes, as a user runs them: 1 epoch, then --resume to 2 epochs."""
     flags = [
-        "--dataset", "shapes", "--subset", "256", "--arch", "resnet18_w8", "--bs", "64",
-        "--emb", "8", "--w_size", "32", "--head_size", "32", "--lr_step", "none",
-        "--no_lr_warmup", "--w_eps", "0.01", "--eval_every", "100", "--out", str(tmp_path),
-        "--wandb", "proj",
-    ]  # fmt: skip
+        "--dataset",
+        "shapes",
+        "--subset",
+        "256",
+        "--arch",
+        "resnet18_w8",
+        "--bs",
+        "64",
+        "--emb",
+        "8",
+        "--w_size",
+        "32",
+        "--head_size",
+        "32",
+        "--lr_step",
+        "none",
+        "--no_lr_warmup",
+        "--w_eps",
+        "0.01",
+        "--eval_every",
+        "100",
+        "--out",
+        str(tmp_path),
+        "--wandb",
+        "proj",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "WSL_RAY_CACHE"} | {
-        "WANDB_MODE": "offline", "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
     for extra in (["--epoch", "1"], ["--epoch", "2", "--resume"]):
-        done = subprocess.run([sys.executable, "-m", "wsl_ray.train", *flags, *extra], env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "wsl_ray.train", *flags, *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         time.sleep(1.1)  # offline folders are named by the second they start
     run_id = (tmp_path / WANDB_ID_FILE).read_text().strip()
@@ -165,9 +200,14 @@ def test_tensorboard_events_hold_the_epoch_scalars(tmp_path, tiny_data):  # noqa
     train(cfg, data=tiny_data, progress=False, sinks=open_sinks(cfg, tensorboard=True))
     logged = tensorboard_scalars(tmp_path)
     history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    for tag, key in (("train/loss", "loss"), ("train/lr", "lr"), ("eval/acc_knn", "acc_knn"),
-                     ("train/images_per_s", "images_per_s"), ("eval/acc", "acc"),
-                     ("train/whiten_retries", "whiten_retries")):  # fmt: skip
+    for tag, key in (
+        ("train/loss", "loss"),
+        ("train/lr", "lr"),
+        ("eval/acc_knn", "acc_knn"),
+        ("train/images_per_s", "images_per_s"),
+        ("eval/acc", "acc"),
+        ("train/whiten_retries", "whiten_retries"),
+    ):
         assert logged[tag] == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in history]
 
 

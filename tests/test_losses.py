@@ -170,9 +170,15 @@ def norm_mse_np(a, b):
 
 @pytest.mark.parametrize(
     "matrix, axis, minus",
-    [("cholesky", "batch", 1), ("zca", "batch", 0), ("bn", "batch", 1), ("none", "batch", 1),
-     ("zca", "channel", 1), ("cholesky", "channel", 0)],
-)  # fmt: skip
+    [
+        ("cholesky", "batch", 1),
+        ("zca", "batch", 0),
+        ("bn", "batch", 1),
+        ("none", "batch", 1),
+        ("zca", "channel", 1),
+        ("cholesky", "channel", 0),
+    ],
+)
 def test_whitened_mse_with_full_batch_equals_the_family_formula(gen, matrix, axis, minus):
     emb = 8 if axis == "batch" else 48
     vs = [v.double() for v in views(gen, k=3, bs=32, emb=emb)]

@@ -115,15 +115,21 @@ def test_head_layout():
     "method, flags, family",
     [
         ("w_mse", {}, Family("cholesky", "batch", 1, False, 1)),
-        ("w_mse", dict(w_axis="batch", w_matrix="cholesky", groups=2),
-         Family("cholesky", "batch", 1, False, 1)),
+        (
+            "w_mse",
+            dict(w_axis="batch", w_matrix="cholesky", groups=2),
+            Family("cholesky", "batch", 1, False, 1),
+        ),
         ("cw_rgp", dict(groups=4), Family("zca", "channel", 4, True, 1)),
         # an unset --groups is 1 wherever a config is built (base/cfg.py's group 1)
         ("whitened_mse", {}, Family("cholesky", "batch", 1, False, 1)),
-        ("whitened_mse", dict(w_matrix="pca", w_axis="channel", w_random_groups=True, minus=0),
-         Family("pca", "channel", 1, True, 0)),
+        (
+            "whitened_mse",
+            dict(w_matrix="pca", w_axis="channel", w_random_groups=True, minus=0),
+            Family("pca", "channel", 1, True, 0),
+        ),
     ],
-)  # fmt: skip
+)
 def test_presets_and_flags_choose_the_whitening(method, flags, family):
     cfg = Config(method=method, **flags)
     assert family_of(cfg.to_dict()) == get_method(method)(small(cfg), 16).family == family
@@ -137,26 +143,39 @@ def small(cfg: Config) -> Config:
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(method="w_mse", w_axis="channel"), "--method w_mse is --method whitened_mse "
-         "--w_matrix cholesky --w_axis batch --groups 1; --w_axis channel contradicts it: use "
-         "--method whitened_mse"),
-        (dict(method="cw_rgp", emb=512, w_size=64, w_matrix="pca", minus=0),
-         "--w_matrix pca, --minus 0 contradicts"),
+        (
+            dict(method="w_mse", w_axis="channel"),
+            "--method w_mse is --method whitened_mse "
+            "--w_matrix cholesky --w_axis batch --groups 1; --w_axis channel contradicts it: use "
+            "--method whitened_mse",
+        ),
+        (
+            dict(method="cw_rgp", emb=512, w_size=64, w_matrix="pca", minus=0),
+            "--w_matrix pca, --minus 0 contradicts",
+        ),
         (dict(method="w_mse", w_random_groups=True), "--w_random_groups True contradicts"),
         (dict(method="whitened_mse", groups=3), "--groups 3 must divide --emb 64"),
-        (dict(method="whitened_mse", groups=1, w_size=64), "batch whitening needs --w_size > "
-         "channels per group: --w_size 64 <= --emb 64 / --groups 1 = 64; e.g. --w_size 128"),
-        (dict(method="whitened_mse", w_axis="channel", groups=1), "channel whitening needs "
-         "channels per group > --w_size: --emb 64 / --groups 1 = 64 <= --w_size 128"),
+        (
+            dict(method="whitened_mse", groups=1, w_size=64),
+            "batch whitening needs --w_size > "
+            "channels per group: --w_size 64 <= --emb 64 / --groups 1 = 64; e.g. --w_size 128",
+        ),
+        (
+            dict(method="whitened_mse", w_axis="channel", groups=1),
+            "channel whitening needs "
+            "channels per group > --w_size: --emb 64 / --groups 1 = 64 <= --w_size 128",
+        ),
         (dict(method="whitened_mse", w_matrix="bn", groups=2), "--w_matrix bn takes no groups"),
         (dict(method="whitened_mse", w_matrix="svd"), "--w_matrix 'svd': one of cholesky"),
         (dict(method="vicreg", num_samples=4), "--method vicreg takes exactly 2 views"),
         (dict(method="byol", whiten_global=True), "--whiten_global is for --method w_mse or"),
-        (dict(method="w_mse", global_negatives=True), "--global_negatives is for --method "
-         "contrastive"),
+        (
+            dict(method="w_mse", global_negatives=True),
+            "--global_negatives is for --method contrastive",
+        ),
         (dict(method="barlow_twins", barlow_scale="dim"), "--barlow_scale 'dim': one of emb"),
     ],
-)  # fmt: skip
+)
 def test_family_and_method_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(Config(**overrides))
@@ -221,13 +240,16 @@ def test_the_paper_table_groups_the_whitening_family_by_its_settings():
         return {"method": method, "dataset": "cifar10"} | metrics | cells
 
     zca = dict(w_matrix="zca", w_axis="channel", groups=4, w_random_groups=True)
-    table = pa.Table.from_pylist([
-        row(0.50, **zca, w_size=64), row(0.60, **zca, w_size=32),  # one setting, best is kept
-        row(0.40, **zca | dict(w_random_groups=False), w_size=64),
-        row(0.30, w_matrix="pca", w_axis="batch", groups=2, w_size=128),
-        row(0.20, w_size=128),  # flags left unset: W-MSE's whitening
-        row(0.55, method="w_mse", w_size=128),
-    ])  # fmt: skip
+    table = pa.Table.from_pylist(
+        [
+            row(0.50, **zca, w_size=64),
+            row(0.60, **zca, w_size=32),  # one setting, best is kept
+            row(0.40, **zca | dict(w_random_groups=False), w_size=64),
+            row(0.30, w_matrix="pca", w_axis="batch", groups=2, w_size=128),
+            row(0.20, w_size=128),  # flags left unset: W-MSE's whitening
+            row(0.55, method="w_mse", w_size=128),
+        ]
+    )
     rows = {r["method"]: r["cifar10"] for r in paper_table(table)}
     assert rows == {
         "Whitened MSE (ZCA channel, 4 random groups) 2": "60.00 / 60.00",

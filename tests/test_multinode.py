@@ -84,8 +84,11 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
         return [t for t, e in trial_epochs(storage).items() if 1 <= len(e) <= EPOCHS - 2]
 
     def finished() -> dict[str, str]:
-        return {t: (storage / "t" / t / "result.json").read_text()
-                for t, e in trial_epochs(storage).items() if e[-1:] == [EPOCHS]}  # fmt: skip
+        return {
+            t: (storage / "t" / t / "result.json").read_text()
+            for t, e in trial_epochs(storage).items()
+            if e[-1:] == [EPOCHS]
+        }
 
     def job_ended() -> bool:
         return client.get_job_status(job).is_terminal()
@@ -106,8 +109,10 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
     for trial, text in before.items():  # finished results are kept as they were
         assert (storage / "t" / trial / "result.json").read_text() == text
     assert list((storage / "t" / victim).glob("error.*")), "the killed trial did not fail"
-    epochs = [json.loads(x)["epoch"] for x in (storage / "t" / victim / "result.json")
-              .read_text().splitlines()]  # fmt: skip
+    epochs = [
+        json.loads(x)["epoch"]
+        for x in (storage / "t" / victim / "result.json").read_text().splitlines()
+    ]
     assert epochs == list(range(1, EPOCHS + 1)), epochs  # resumed from its checkpoint
 
 

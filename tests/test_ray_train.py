@@ -28,17 +28,31 @@ def local_ray(tmp_path_factory):
 
 def test_two_worker_cpu_run_completes_and_reports(local_ray, tmp_path):
     cfg = Config(
-        dataset="shapes", arch="resnet18_w8", bs=64, emb=8, w_size=32, head_size=32,
-        epoch=1, lr_warmup=False, w_eps=0.01, eval_every=1, subset=511, wandb="proj",
-    )  # fmt: skip
+        dataset="shapes",
+        arch="resnet18_w8",
+        bs=64,
+        emb=8,
+        w_size=32,
+        head_size=32,
+        epoch=1,
+        lr_warmup=False,
+        w_eps=0.01,
+        eval_every=1,
+        subset=511,
+        wandb="proj",
+    )
     # per-worker batch 32 is a multiple of w_size; 2 x 1 CPU fits the 2-CPU local Ray.
     # 511 images split 256 / 255: unequal shards would give 8 vs 7 batches and hang DDP
     wandb = {"run_id": "trial_7", "group": "sweep", "log_dir": str(tmp_path / "logs")}
     shared = share_dataset(load_dataset("shapes"), cfg)  # the workers map it, load nothing
     trainer = make_trainer(
-        cfg, workers=2, storage_path=str(tmp_path), name="train-test", wandb=wandb,
+        cfg,
+        workers=2,
+        storage_path=str(tmp_path),
+        name="train-test",
+        wandb=wandb,
         shared_data=shared,
-    )  # fmt: skip
+    )
     result = trainer.fit()
     assert result.error is None
     assert result.metrics["epoch"] == 1 and 0 <= result.metrics["acc_knn"] <= 1
@@ -70,11 +84,28 @@ def test_lincls_runs_as_a_two_worker_ray_train_job(local_ray, tmp_path):
 
     cfg = Config(dataset="shapes", arch="resnet18_w8", emb=8, w_size=32, head_size=32, bs=64)
     ckpt = tmp_path / "ssl.pt"
-    torch.save({"model": initial_model(cfg, 32, torch.device("cpu")).state_dict(),
-                "config": cfg.to_dict()}, ckpt)  # fmt: skip
+    torch.save(
+        {
+            "model": initial_model(cfg, 32, torch.device("cpu")).state_dict(),
+            "config": cfg.to_dict(),
+        },
+        ckpt,
+    )
     args = build_parser().parse_args(
-        ["--fname", str(ckpt), "--subset", "256", "--epochs", "1", "--bs", "64",
-         "--workers", "2", "--out", str(tmp_path / "lincls")]
-    )  # fmt: skip
+        [
+            "--fname",
+            str(ckpt),
+            "--subset",
+            "256",
+            "--epochs",
+            "1",
+            "--bs",
+            "64",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path / "lincls"),
+        ]
+    )
     summary = run_with_ray(args)  # 2 DDP ranks of 32 images a batch, over gloo
     assert summary["epochs"] == 1 and 0 <= summary["acc1"] <= summary["acc5"] <= 1

@@ -11,8 +11,13 @@ from wsl_ray.train import build_parser, parse_run_args
 
 # the views' size in the reference datasets/ code (aug_transform's crop)
 REFERENCE_IMAGE_SIZE = {
-    "cifar10": 32, "cifar100": 32, "stl10": 64, "tiny_in": 64, "imagenet100": 224, "imagenet": 224,
-}  # fmt: skip
+    "cifar10": 32,
+    "cifar100": 32,
+    "stl10": 64,
+    "tiny_in": 64,
+    "imagenet100": 224,
+    "imagenet": 224,
+}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -30,17 +35,28 @@ def test_every_recipe_fits_its_dataset_and_batch(name):
 def test_recipes_read_the_reference_flags_and_defaults():
     cfg = get_recipe("cwrgp4_tiny_in").config()  # --epochs, --group; base/cfg.py's emb 512
     assert (cfg.epoch, cfg.groups, cfg.emb, cfg.head_size, cfg.zero_init_residual) == (
-        1000, 2, 1024, 2048, True,
-    )  # fmt: skip
+        1000,
+        2,
+        1024,
+        2048,
+        True,
+    )
     assert get_recipe("cwrgp2_cifar100").config().emb == 512
     in100 = get_recipe("wmse4_imagenet100").config()
     assert (in100.dataset, in100.crop_s0, in100.cj0, in100.gs_p, in100.bs) == (
-        "imagenet100", 0.08, 0.8, 0.2, 256,
-    )  # fmt: skip
+        "imagenet100",
+        0.08,
+        0.8,
+        0.2,
+        256,
+    )
     imagenet = get_recipe("cwrgp4_imagenet_200ep").config()
     assert (imagenet.optimizer, imagenet.lr_step, imagenet.cov_w, imagenet.cov_stop) == (
-        "sgd", "cos_epoch", 0.01, 100,
-    )  # fmt: skip
+        "sgd",
+        "cos_epoch",
+        0.01,
+        100,
+    )
     assert get_recipe("wmse2_cifar10").target == "91.55 / 89.69"
     with pytest.raises(ValueError, match="unknown --recipe"):
         get_recipe("wmse_mnist")

@@ -26,8 +26,18 @@ from wsl_ray.tune import EXIT_HOOK
 def test_driver_dead_after_a_final_checkpoint_resumes_every_trial(cluster, tmp_path, monkeypatch):
     space = tmp_path / "tiny.yaml"
     space.write_text(SPACE)
-    flags = ("--num_trials", "3", "--epochs", "2", "--eval_every", "1", "--scheduler", "fifo",
-             "--concurrency", "1")  # fmt: skip
+    flags = (
+        "--num_trials",
+        "3",
+        "--epochs",
+        "2",
+        "--eval_every",
+        "1",
+        "--scheduler",
+        "fifo",
+        "--concurrency",
+        "1",
+    )
     monkeypatch.setenv(EXIT_HOOK, "2")  # the driver dies right after trial 2's final result
     proc = sweep(cluster, space, tmp_path, *flags, wait=False)
     out, _ = proc.communicate(timeout=600)
@@ -68,8 +78,12 @@ def test_resume_truncates_metrics_to_the_checkpoint(tmp_path):
 
 
 def test_only_leftovers_of_dead_writers_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stale = tmp_path / f"checkpoint.pt.tmp{int(dead.stdout)}"
     live = tmp_path / f"data.pt.tmp{os.getpid()}"  # a running writer
     other = tmp_path / "notes.tmpx"
@@ -83,9 +97,11 @@ def test_only_leftovers_of_dead_writers_are_removed(tmp_path):
 
 @pytest.mark.parametrize(
     "saved,phrase",
-    [(3, "the last good checkpoint, of epoch 3, is in /runs/x"),
-     (0, "no checkpoint was written before it")],
-)  # fmt: skip
+    [
+        (3, "the last good checkpoint, of epoch 3, is in /runs/x"),
+        (0, "no checkpoint was written before it"),
+    ],
+)
 def test_a_nan_stop_says_which_checkpoint_exists(saved, phrase):
     reporter = LocalReporter.__new__(LocalReporter)
     reporter.location = "/runs/x"

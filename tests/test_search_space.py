@@ -135,12 +135,16 @@ def test_set_pins_a_searched_parameter_to_one_value():
 @pytest.mark.parametrize(
     "params, message",
     [  # inside a range: neither end breaks a constraint, a value between does
-        ("bs: {distribution: int, low: 256, high: 512, step: 64}",
-         "bs=320: --w_size 128 must divide the per-worker batch 320"),
-        ("lr: {distribution: uniform, low: -1.0e-4, high: 1.0e-2}",
-         "lr=-0.0001: --lr -0.0001: must be a number > 0"),
+        (
+            "bs: {distribution: int, low: 256, high: 512, step: 64}",
+            "bs=320: --w_size 128 must divide the per-worker batch 320",
+        ),
+        (
+            "lr: {distribution: uniform, low: -1.0e-4, high: 1.0e-2}",
+            "lr=-0.0001: --lr -0.0001: must be a number > 0",
+        ),
     ],
-)  # fmt: skip
+)
 def test_every_value_a_space_can_produce_is_checked(tmp_path, params, message):
     text = f"""
 config: {{method: w_mse, bs: 512, lr: 1.0e-3}}
@@ -164,9 +168,16 @@ def test_a_space_without_first_point_has_a_default_one(tmp_path):
 
 @pytest.mark.parametrize(
     "key, text, value",
-    [("lr", "1e-3", 1e-3), ("lr", "3", 3), ("emb", "32", 32), ("emb", "abc", "abc"),
-     ("arch", "resnet18_w16", "resnet18_w16"), ("w_ratio", "2", 2), ("drop", "[]", [])],
-)  # fmt: skip
+    [
+        ("lr", "1e-3", 1e-3),
+        ("lr", "3", 3),
+        ("emb", "32", 32),
+        ("emb", "abc", "abc"),
+        ("arch", "resnet18_w16", "resnet18_w16"),
+        ("w_ratio", "2", 2),
+        ("drop", "[]", []),
+    ],
+)
 def test_set_values_take_the_flags_type(key, text, value):
     got = parse_setting(key, text)
     assert got == value and type(got) is type(value)

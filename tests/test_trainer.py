@@ -101,10 +101,20 @@ def tiny_data(tmp_path_factory):
 
 def tiny_config(out, **overrides):
     values = dict(
-        dataset="shapes", arch="resnet18_w8", bs=64, emb=8, w_size=32, head_size=32,
-        epoch=3, lr=3e-3, lr_warmup=False, eval_every=100, ckpt_every=1, w_eps=0.01,
+        dataset="shapes",
+        arch="resnet18_w8",
+        bs=64,
+        emb=8,
+        w_size=32,
+        head_size=32,
+        epoch=3,
+        lr=3e-3,
+        lr_warmup=False,
+        eval_every=100,
+        ckpt_every=1,
+        w_eps=0.01,
         out=str(out),
-    )  # fmt: skip
+    )
     return Config(**(values | overrides))
 
 

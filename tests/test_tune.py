@@ -30,7 +30,7 @@ from wsl_ray.tune import (
     overrides_from_args,
     study_storage,
     sweep_epochs,
-)  # fmt: skip
+)
 
 RAY = str(Path(sys.executable).parent / "ray")
 # a throwaway test cluster on loopback: no usage stats, no token (a fresh `ray.init()` on this
@@ -65,9 +65,17 @@ def space_file(tmp_path):
 
 def sweep(cluster, space_file, storage, *args, wait=True, timeout=600):
     cmd = [
-        sys.executable, "-m", "wsl_ray.tune", "--space", str(space_file),
-        "--storage", str(storage), "--name", "t", *args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "wsl_ray.tune",
+        "--space",
+        str(space_file),
+        "--storage",
+        str(storage),
+        "--name",
+        "t",
+        *args,
+    ]
     env = dict(os.environ, RAY_ADDRESS=cluster, **RAY_ENV)
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -107,10 +115,28 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, spa
     Three trials suffice: the seeded sampler's second trial is the one ASHA stops, and each
     trial costs about 20 s of Ray Train start-up for 4 s of training."""
     out = sweep(
-        cluster, space_file, tmp_path, "--num_trials", "3", "--epochs", "2",
-        "--eval_every", "1", "--grace", "1", "--scheduler", "asha", "--concurrency", "1",
-        "--baseline", "--confirm", "1", "--seeds", "2", timeout=1100,
-    )  # fmt: skip
+        cluster,
+        space_file,
+        tmp_path,
+        "--num_trials",
+        "3",
+        "--epochs",
+        "2",
+        "--eval_every",
+        "1",
+        "--grace",
+        "1",
+        "--scheduler",
+        "asha",
+        "--concurrency",
+        "1",
+        "--baseline",
+        "--confirm",
+        "1",
+        "--seeds",
+        "2",
+        timeout=1100,
+    )
     rows = results(tmp_path)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED", "STOPPED"}, rows
     assert {"val_acc_knn", "val_acc", "rankme", "test_acc_knn", "test_acc"} <= set(rows[0])
@@ -183,8 +209,9 @@ def test_divergence_is_recognised_through_rays_wrapping():
 def test_missing_data_says_how_to_point_at_it(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "wsl_ray.tune", "--space", "wmse", "--data_dir", str(tmp_path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     assert str(tmp_path) in out.stderr and "--dataset shapes" in out.stderr
 
@@ -193,8 +220,12 @@ def test_the_searcher_tells_the_study_complete_pruned_and_fail(tmp_path):
     storage, _ = study_storage(None, str(tmp_path), "s")
     searcher = EpochOptunaSearch(
         lambda t: {"lr": t.suggest_float("lr", 1e-4, 1e-2, log=True)},
-        metric="val_acc_knn", mode="max", study_name="s", storage=storage, epochs=4,
-    )  # fmt: skip
+        metric="val_acc_knn",
+        mode="max",
+        study_name="s",
+        storage=storage,
+        epochs=4,
+    )
     ids = ["done", "stopped", "failed", "diverged"]
     for trial_id in ids:
         searcher.suggest(trial_id)
@@ -208,8 +239,10 @@ def test_the_searcher_tells_the_study_complete_pruned_and_fail(tmp_path):
     stored = optuna.load_study(study_name="s", storage=study_storage(None, str(tmp_path), "s")[0])
     done, stopped, failed, div = stored.trials
     assert (done.state, done.value, done.intermediate_values) == (
-        TrialState.COMPLETE, 0.4, {2: 0.2, 4: 0.4},
-    )  # fmt: skip
+        TrialState.COMPLETE,
+        0.4,
+        {2: 0.2, 4: 0.4},
+    )
     assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {2: 0.3}
     assert failed.state == div.state == TrialState.FAIL
     assert done.user_attrs["result_keys"] == ["epoch", "val_acc_knn"]

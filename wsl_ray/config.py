@@ -18,8 +18,17 @@ from typing import Any
 from .family import AXES, GENERIC_DEFAULTS, MATRICES, family_problems
 from .models import check_arch
 
-METHODS = ("w_mse", "cw_rgp", "contrastive", "byol", "whitened_mse", "barlow_twins", "vicreg",
-           "simsiam", "zero_icl")  # fmt: skip
+METHODS = (
+    "w_mse",
+    "cw_rgp",
+    "contrastive",
+    "byol",
+    "whitened_mse",
+    "barlow_twins",
+    "vicreg",
+    "simsiam",
+    "zero_icl",
+)
 WHITENING_METHODS = ("w_mse", "cw_rgp", "whitened_mse")
 TWO_VIEW_METHODS = ("barlow_twins", "vicreg", "simsiam", "zero_icl")
 OPTIMIZERS = ("adam", "sgd", "lars")
@@ -32,8 +41,11 @@ OPTIMIZERS = ("adam", "sgd", "lars")
 # W-MSE, Contrastive and BYOL follow the W-MSE code (no zero-init). The --aug cw_rgp preset
 # (CW-RGP's ImageNet transform.py) greys with p 0.2.
 UNSET_DEFAULTS: dict[str, Any] = {
-    "emb": 64, "groups": GENERIC_DEFAULTS["groups"], "zero_init_residual": False, "gs_p": 0.1,
-}  # fmt: skip
+    "emb": 64,
+    "groups": GENERIC_DEFAULTS["groups"],
+    "zero_init_residual": False,
+    "gs_p": 0.1,
+}
 UNSET_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cw_rgp": {"emb": 512, "groups": 1, "zero_init_residual": True},
     "whitened_mse": {"zero_init_residual": True},
@@ -89,9 +101,11 @@ class Config:
         None, "whitening matrix (whitened_mse; default cholesky)", type=str, choices=MATRICES
     )
     w_axis: str | None = _f(
-        None, "whiten over the batch (W-MSE) or the channels (CW-RGP) (whitened_mse; default "
-        "batch)", type=str, choices=AXES,
-    )  # fmt: skip
+        None,
+        "whiten over the batch (W-MSE) or the channels (CW-RGP) (whitened_mse; default batch)",
+        type=str,
+        choices=AXES,
+    )
     w_random_groups: bool = _f(False, "redraw the channel groups at every call (whitened_mse)")
     minus: int = _f(1, "the covariance divisor is count - minus (whitened_mse)")
     whiten_global: bool = _f(
@@ -100,10 +114,11 @@ class Config:
     global_negatives: bool = _f(False, "with --workers N, Contrastive negatives of all workers")
     barlow_lambda: float = _f(0.008, "Barlow Twins: weight of the off-diagonal terms")
     barlow_scale: str = _f(
-        "emb", "Barlow Twins: divide the cross-correlation by the embedding size (the CW-RGP "
+        "emb",
+        "Barlow Twins: divide the cross-correlation by the embedding size (the CW-RGP "
         "code, affine BN) or by the batch size (the paper, BN without affine)",
         choices=("emb", "batch"),
-    )  # fmt: skip
+    )
     vicreg_sim: float = _f(25.0, "VICReg: weight of the invariance term")
     vicreg_var: float = _f(25.0, "VICReg: weight of the variance term")
     vicreg_cov: float = _f(1.0, "VICReg: weight of the covariance term")
@@ -113,13 +128,17 @@ class Config:
     head_size: int = _f(1024, "size of the head's hidden FC layers")
     add_bn: bool = _f(True, "do not use BatchNorm in the head")
     zero_init_residual: bool = _f(
-        None, "zero-init the last BN of each residual block (default: on for the CW-RGP study's "
-        "methods: cw_rgp, whitened_mse, barlow_twins, vicreg, simsiam, zero_icl)"
+        None,
+        "zero-init the last BN of each residual block (default: on for the CW-RGP study's "
+        "methods: cw_rgp, whitened_mse, barlow_twins, vicreg, simsiam, zero_icl)",
     )
     sync_bn: bool = _f(False, "SyncBatchNorm across the DDP workers (GPU workers only)")
     # augmentation
-    aug: str = _f("wmse", "augmentation preset: the W-MSE or the CW-RGP ImageNet pipeline",
-                  choices=AUG_PRESETS)  # fmt: skip
+    aug: str = _f(
+        "wmse",
+        "augmentation preset: the W-MSE or the CW-RGP ImageNet pipeline",
+        choices=AUG_PRESETS,
+    )
     cj0: float = _f(0.4, "color jitter brightness")
     cj1: float = _f(0.4, "color jitter contrast")
     cj2: float = _f(0.4, "color jitter saturation")
@@ -160,9 +179,10 @@ class Config:
     eval_head: bool = _f(False, "evaluate the head's output instead of the encoder's")
     eval_init: bool = _f(False, "also evaluate the untrained encoder: the baseline to beat")
     eval_on: str = _f(
-        "test", "val: fit on clf minus val, score val (test once at the end); test: as the "
-        "papers", choices=("val", "test"),
-    )  # fmt: skip
+        "test",
+        "val: fit on clf minus val, score val (test once at the end); test: as the papers",
+        choices=("val", "test"),
+    )
     val_size: float = _f(0.1, "validation part of the classifier set: a fraction, or a count")
     # data and run
     dataset: str = _f("cifar10", "dataset name")
@@ -224,10 +244,21 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help_text = meta.pop("help")
         default = f.default_factory()
         if f.type == "bool" and default is None:  # unset: the method decides
-            parser.add_argument(f"--{f.name}", dest=f.name, action="store_const", const=True,
-                                default=None, help=help_text)  # fmt: skip
-            parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_const",
-                                const=False, help=f"turn off --{f.name}")  # fmt: skip
+            parser.add_argument(
+                f"--{f.name}",
+                dest=f.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=help_text,
+            )
+            parser.add_argument(
+                f"--no_{f.name}",
+                dest=f.name,
+                action="store_const",
+                const=False,
+                help=f"turn off --{f.name}",
+            )
             continue
         if isinstance(default, bool):
             flag, action = (
@@ -265,8 +296,18 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         problem = _type_problem(f.type, getattr(cfg, f.name))
         check(problem is None, f"--{f.name} {getattr(cfg, f.name)!r}: must be {problem}")
     check.raise_if_any()
-    for name in ("epoch", "knn", "eval_every", "eval_every_drop", "ckpt_every", "w_size",
-                 "w_iter", "head_layers", "head_size", "Tmult"):  # fmt: skip
+    for name in (
+        "epoch",
+        "knn",
+        "eval_every",
+        "eval_every_drop",
+        "ckpt_every",
+        "w_size",
+        "w_iter",
+        "head_layers",
+        "head_size",
+        "Tmult",
+    ):
         check(getattr(cfg, name) >= 1, f"--{name} {getattr(cfg, name)}: must be 1 or more")
     for name in ("subset", "T0"):
         value = getattr(cfg, name)
@@ -288,15 +329,21 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
     )
     check(0 <= cfg.w_eps < 1, f"--w_eps {cfg.w_eps}: must be in [0, 1)")
     check(cfg.tau > 0, f"--tau {cfg.tau}: must be > 0")
-    check(all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in cfg.drop),
-          f"--drop {cfg.drop}: epochs must be integers, 0 or more")  # fmt: skip
+    check(
+        all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in cfg.drop),
+        f"--drop {cfg.drop}: epochs must be integers, 0 or more",
+    )
     for f in fields(cfg):
         value, choices = getattr(cfg, f.name), f.metadata.get("choices") or ()
         unset = value is None and f.default_factory() is None  # the method's preset decides
-        check(not choices or unset or value in choices,
-              f"--{f.name} {value!r}: one of {', '.join(choices)}")  # fmt: skip
-    check(cfg.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", cfg.device) is not None,
-          f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")  # fmt: skip
+        check(
+            not choices or unset or value in choices,
+            f"--{f.name} {value!r}: one of {', '.join(choices)}",
+        )
+    check(
+        cfg.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", cfg.device) is not None,
+        f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N",
+    )
     check.raise_if_any()
     check(cfg.num_samples >= 2, f"--num_samples {cfg.num_samples}: need 2 or more views")
     check(cfg.bs >= workers, f"--bs {cfg.bs} is smaller than the {workers} workers")
@@ -376,8 +423,13 @@ def _nearest_divisor(n: int, target: int, above: int = 0) -> int:
     return min(candidates, key=lambda d: (abs(d - target), d))
 
 
-_TYPES = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string"),
-          "bool": (bool, "true or false"), "list": (list, "a list")}  # fmt: skip
+_TYPES = {
+    "int": (int, "an integer"),
+    "float": ((int, float), "a number"),
+    "str": (str, "a string"),
+    "bool": (bool, "true or false"),
+    "list": (list, "a list"),
+}
 
 
 def _type_problem(annotation: str, value: Any) -> str | None:

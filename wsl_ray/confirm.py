@@ -30,7 +30,7 @@ from .results import (
     rows_table,
     test_metric_for,
     write_parquet,
-)  # fmt: skip
+)
 from .search_space import SearchSpace, SpaceError, parse_space
 
 DEFAULT_LABEL = "default"
@@ -126,14 +126,16 @@ def summarize_confirmation(rows: list[dict[str, Any]], metric: str) -> tuple[lis
     for label, runs in groups.items():
         vals = [r[metric] for r in runs if r.get(metric) is not None]
         tests = [r[test] for r in runs if r.get(test) is not None]
-        table.append({
-            "config": label,
-            "seeds": len(runs),
-            f"{metric} mean ± std": _mean_std(vals, metric != "rankme"),
-            f"{test} mean ± std": _mean_std(tests, True),
-            "_test": tests,
-            "_val": statistics.fmean(vals) if vals else -math.inf,
-        })  # fmt: skip
+        table.append(
+            {
+                "config": label,
+                "seeds": len(runs),
+                f"{metric} mean ± std": _mean_std(vals, metric != "rankme"),
+                f"{test} mean ± std": _mean_std(tests, True),
+                "_test": tests,
+                "_val": statistics.fmean(vals) if vals else -math.inf,
+            }
+        )
     default = next((t for t in table if t["config"] == DEFAULT_LABEL), None)
     others = [t for t in table if t["config"] != DEFAULT_LABEL]
     verdict = "no verdict: the confirmation needs the default and another configuration"
@@ -174,8 +176,9 @@ def _mean_std(values: list[float], percent: bool) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     header = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |"
-                              for r in rows])  # fmt: skip
+    return "\n".join(
+        lines + ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows]
+    )
 
 
 def run_confirmation(
@@ -200,9 +203,12 @@ def run_confirmation(
     storage, name = experiment.rstrip("/").rsplit("/", 1)
     print(f"\nconfirming {len(configs) // seeds} configuration(s) over {seeds} new seeds ...")
     trial = make_trial(
-        resources.get("workers", 1), resources.get("gpus", 0.0), resources.get("cpus", 1),
-        f"{storage}/{name}-confirm", metric,
-    )  # fmt: skip
+        resources.get("workers", 1),
+        resources.get("gpus", 0.0),
+        resources.get("cpus", 1),
+        f"{storage}/{name}-confirm",
+        metric,
+    )
     tuner = tune.Tuner(
         tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20}),
         param_space=dict(configs[0]),  # the keys the points fill (Tune asks for them)
@@ -267,9 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     try:
         folder = run_confirmation(
-            experiment, space, metric, args.confirm, args.seeds, args.seed,
-            {"cpus": args.cpus_per_trial, "gpus": args.gpus_per_trial}, args.max_failures,
-        )  # fmt: skip
+            experiment,
+            space,
+            metric,
+            args.confirm,
+            args.seeds,
+            args.seed,
+            {"cpus": args.cpus_per_trial, "gpus": args.gpus_per_trial},
+            args.max_failures,
+        )
     finally:
         ray.shutdown()
     print(format_table(collect_rows(experiment), metric, list(space.params)))

@@ -32,13 +32,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "w_random_groups": False,
         "minus": 1,
         "groups": 1,
-    },  # fmt: skip
+    },
     "cw_rgp": {"w_matrix": "zca", "w_axis": "channel", "w_random_groups": True, "minus": 1},
 }
 # whitened_mse's settings for the flags left unset: W-MSE's.
 GENERIC_DEFAULTS: dict[str, Any] = {
-    "w_matrix": "cholesky", "w_axis": "batch", "groups": 1, "w_random_groups": False, "minus": 1,
-}  # fmt: skip
+    "w_matrix": "cholesky",
+    "w_axis": "batch",
+    "groups": 1,
+    "w_random_groups": False,
+    "minus": 1,
+}
 MATRIX_NAMES = {"cholesky": "Cholesky", "zca": "ZCA", "pca": "PCA", "bn": "BN", "none": "Plain"}
 
 
@@ -79,8 +83,9 @@ def family_of(values: Mapping[str, Any]) -> Family | None:
         s = GENERIC_DEFAULTS | given | PRESETS[method]
     else:
         s = GENERIC_DEFAULTS | given
-    return Family(s["w_matrix"], s["w_axis"], int(s["groups"]), bool(s["w_random_groups"]),
-                  int(s["minus"]))  # fmt: skip
+    return Family(
+        s["w_matrix"], s["w_axis"], int(s["groups"]), bool(s["w_random_groups"]), int(s["minus"])
+    )
 
 
 def family_problems(values: Mapping[str, Any]) -> list[str]:
@@ -133,8 +138,11 @@ def _contradictions(method: str, values: Mapping[str, Any]) -> list[str]:
     ]
     if not wrong:
         return []
-    flags = [f"--{k}" if v is True else f"--{k} {v}" for k, v in preset.items()
-             if v is not False and v != UNSET.get(k)]  # fmt: skip
+    flags = [
+        f"--{k}" if v is True else f"--{k} {v}"
+        for k, v in preset.items()
+        if v is not False and v != UNSET.get(k)
+    ]
     return [
         f"--method {method} is --method whitened_mse {' '.join(flags)}; {', '.join(wrong)} "
         "contradicts it: use --method whitened_mse for other members of the whitening family"

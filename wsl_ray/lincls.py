@@ -102,8 +102,10 @@ def resolve_settings(args: argparse.Namespace, payload: dict[str, Any]) -> dict[
     }
     for flag in ("arch", "dataset"):
         if not settings[flag]:
-            raise ValueError(f"--{flag}: the checkpoint holds no config; give it (e.g. "
-                             f"--arch resnet50 --dataset imagenet)")  # fmt: skip
+            raise ValueError(
+                f"--{flag}: the checkpoint holds no config; give it (e.g. "
+                f"--arch resnet50 --dataset imagenet)"
+            )
     return settings
 
 
@@ -111,9 +113,10 @@ def load_encoder(payload: dict[str, Any], arch: str, image_size: int) -> FrozenE
     """The encoder's weights are the checkpoint's keys under `model.` (module. parts dropped)."""
     encoder, out_size = get_encoder(arch, image_size)
     weights = {
-        k.removeprefix("model."): v for k, v in state_dict_of(payload).items()
+        k.removeprefix("model."): v
+        for k, v in state_dict_of(payload).items()
         if k.startswith("model.") and not k.startswith("model.fc.")
-    }  # fmt: skip
+    }
     result = encoder.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys or not weights:
         raise ValueError(
@@ -173,9 +176,16 @@ def run(
         state = {"epoch": saved["epoch"], "history": saved["history"]}
     net = context.wrap_model(linear)
     augment = Augment(
-        data.crop_size, data.mean, data.std, num_samples=1, cj_p=0.0, gs_p=0.0,
-        crop_scale=(args.crop_s0, 1.0), interpolation="bilinear", generator=gens["augment"],
-    )  # fmt: skip
+        data.crop_size,
+        data.mean,
+        data.std,
+        num_samples=1,
+        cj_p=0.0,
+        gs_p=0.0,
+        crop_scale=(args.crop_s0, 1.0),
+        interpolation="bilinear",
+        generator=gens["augment"],
+    )
     labelled = data.train_y >= 0  # STL-10's unlabelled images carry -1
     train_x = data.train_x[labelled] if isinstance(data.train_x, torch.Tensor) else data.train_x
     train_y = data.train_y[labelled]
@@ -191,12 +201,28 @@ def run(
     for epoch in range(state["epoch"], args.epochs):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(base_lr, epoch, args.epochs)
-        batches = islice(iterate_batches(
-            train_x, train_y, local_bs, drop_last=False, generator=gens["data"], device=device,
-            rank=rank, world_size=world, with_sizes=True,
-        ), iters)  # fmt: skip
-        bar = tqdm(batches, total=iters, desc=f"lincls epoch {epoch + 1}/{args.epochs}",
-                   leave=False, disable=not progress or rank != 0, dynamic_ncols=True)  # fmt: skip
+        batches = islice(
+            iterate_batches(
+                train_x,
+                train_y,
+                local_bs,
+                drop_last=False,
+                generator=gens["data"],
+                device=device,
+                rank=rank,
+                world_size=world,
+                with_sizes=True,
+            ),
+            iters,
+        )
+        bar = tqdm(
+            batches,
+            total=iters,
+            desc=f"lincls epoch {epoch + 1}/{args.epochs}",
+            leave=False,
+            disable=not progress or rank != 0,
+            dynamic_ncols=True,
+        )
         loss_sum, seen = torch.zeros((), device=device), 0
         for x, y, sizes in bar:
             with autocast:  # crops from the whole image, as SimSiam's lincls.py
@@ -224,8 +250,10 @@ def run(
             _save(ckpt_dir, linear, optimizer, state, gens, settings)
         reporter.report(metrics, ckpt_dir)
         if progress and rank == 0:
-            tqdm.write(f"lincls epoch {epoch + 1:>3}  loss {metrics['loss']:.4f}  "
-                       f"top-1 {metrics['acc1']:.2%}  top-5 {metrics['acc5']:.2%}")  # fmt: skip
+            tqdm.write(
+                f"lincls epoch {epoch + 1:>3}  loss {metrics['loss']:.4f}  "
+                f"top-1 {metrics['acc1']:.2%}  top-5 {metrics['acc5']:.2%}"
+            )
     return summarize(state["history"])
 
 
@@ -248,8 +276,13 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
         return {"epochs": 0}
     last = history[-1]
     best = max(history, key=lambda m: m["acc1"])
-    return {"epochs": last["epoch"], "acc1": last["acc1"], "acc5": last["acc5"],
-            "best_acc1": best["acc1"], "best_epoch": best["epoch"]}  # fmt: skip
+    return {
+        "epochs": last["epoch"],
+        "acc1": last["acc1"],
+        "acc5": last["acc5"],
+        "best_acc1": best["acc1"],
+        "best_epoch": best["epoch"],
+    }
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -262,13 +295,20 @@ def worker_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     world = ctx.get_world_size()
     context = WorkerContext(
-        device=ray.train.torch.get_device(), rank=ctx.get_world_rank(), world_size=world,
+        device=ray.train.torch.get_device(),
+        rank=ctx.get_world_rank(),
+        world_size=world,
         wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
-    )  # fmt: skip
+    )
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        run(argparse.Namespace(**config), RayTrainReporter(),
-            Path(resume_dir) if resume_dir else None, context, progress=False)  # fmt: skip
+        run(
+            argparse.Namespace(**config),
+            RayTrainReporter(),
+            Path(resume_dir) if resume_dir else None,
+            context,
+            progress=False,
+        )
 
 
 def run_with_ray(args: argparse.Namespace) -> dict[str, Any]:

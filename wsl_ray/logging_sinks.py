@@ -65,9 +65,14 @@ class WandbSink:
         log_dir = Path(log_dir).resolve()  # Train V2 workers run in a directory of their own
         log_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=project, id=run_id, name=run_id, group=group, resume="allow",
-            config=config, dir=str(log_dir),
-        )  # fmt: skip
+            project=project,
+            id=run_id,
+            name=run_id,
+            group=group,
+            resume="allow",
+            config=config,
+            dir=str(log_dir),
+        )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.run.log(metrics, step=step)

@@ -41,7 +41,7 @@ SCRIPT_DEFAULTS: dict[str, dict[str, Any]] = {
         "aug": "cw_rgp",
         "sync_bn": True,
         "zero_init_residual": True,
-    },  # fmt: skip
+    },
 }
 # The reference flags whose names differ from ours, and values that name our datasets.
 RENAMED = {"--epochs": "epoch", "--group": "groups", "--weight_decay": "adam_l2"}
@@ -87,9 +87,11 @@ class Recipe:
             value = words[i + 1]
             if name == "dataset" and script != "ImageNet/train.py":
                 value = DATASET_NAMES.get(value, value)
-            values[name] = int(value) if kind.startswith("int") else (
-                float(value) if kind.startswith("float") else value
-            )  # fmt: skip
+            values[name] = (
+                int(value)
+                if kind.startswith("int")
+                else (float(value) if kind.startswith("float") else value)
+            )
             i += 2
         return values
 
@@ -108,50 +110,190 @@ I = "CW-RGP scripts/ImageNet.sh"  # noqa: E741
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        *_lines(W, "wmse4", [
-            ("cifar10", "python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --num_samples 4 --bs 256 --emb 64 --w_size 128", "91.99 / 89.87"),
-            ("cifar100", "python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --num_samples 4 --bs 256 --emb 64 --w_size 128", ""),
-            ("stl10", "python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256", ""),
-            ("tiny_in", "python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256", ""),
-            ("imagenet100", "python -m train --dataset imagenet --epoch 240 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256 --crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2", ""),
-        ]),
-        *_lines(W, "wmse2", [
-            ("cifar10", "python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --w_size 128", "91.55 / 89.69"),
-            ("cifar100", "python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --emb 64 --w_size 128", ""),
-            ("stl10", "python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --emb 128 --w_size 256 --w_iter 4", ""),
-            ("tiny_in", "python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --emb 128 --w_size 256 --w_iter 4", ""),
-            ("imagenet100", "python -m train --dataset imagenet --epoch 240 --lr 2e-3 --emb 128 --w_size 256 --crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2", ""),
-        ]),
-        *_lines(W, "contrastive", [
-            ("cifar10", "python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --method contrastive", ""),
-            ("cifar100", "python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --emb 64 --method contrastive", ""),
-            ("stl10", "python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --emb 128 --method contrastive", ""),
-            ("tiny_in", "python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --emb 128 --method contrastive", ""),
-        ]),
-        *_lines(W, "byol", [
-            ("cifar10", "python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --method byol", ""),
-            ("cifar100", "python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --emb 64 --method byol", ""),
-            ("stl10", "python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --emb 128 --method byol", ""),
-            ("tiny_in", "python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --emb 128 --method byol", ""),
-        ]),
-        *_lines(B, "cwrgp4", [
-            ("cifar10", "python base/train.py --dataset cifar10 --epochs 1000 --lr 3e-3 --num_samples 4 --bs 256 --w_size 64 --group 4", "92.47 / 90.74"),
-            ("cifar100", "python base/train.py --dataset cifar100 --epochs 1000 --lr 3e-3 --num_samples 4 --bs 256 --w_size 64 --group 4", "68.26 / 58.67"),
-            ("stl10", "python base/train.py --dataset stl10 --epochs 2000 --lr 2e-3 --num_samples 4 --bs 256 --w_size 64 --group 4", "92.04 / 88.95"),
-            ("tiny_in", "python base/train.py --dataset tiny_in --epochs 1000 --lr 2e-3 --num_samples 4 --bs 256 --emb 1024 --w_size 128 --group 2 --head_size 2048", "50.24 / 35.99"),
-        ]),
-        *_lines(B, "cwrgp2", [
-            ("cifar10", "python base/train.py --dataset cifar10 --epochs 1000 --lr 3e-3 --bs 256 --w_size 64 --group 4 --w_iter 4", "91.92 / 89.54"),
-            ("cifar100", "python base/train.py --dataset cifar100 --epochs 1000 --lr 3e-3 --w_size 64 --group 4", "67.51 / 57.35"),
-            ("stl10", "python base/train.py --dataset stl10 --epochs 2000 --lr 2e-3 --w_size 64 --group 4", "90.76 / 87.34"),
-            ("tiny_in", "python base/train.py --dataset tiny_in --epochs 1000 --lr 2e-3 --emb 1024 --w_size 128 --group 2 --head_size 2048", "49.23 / 34.04"),
-        ]),
-        *_lines(I, "cwrgp4_imagenet", [
-            ("100ep", "python ImageNet/train.py --md --imagenet_path [imagenet] --cov_w 0.005 --cov_stop 50", "69.7 (lincls)"),
-            ("200ep", "python ImageNet/train.py --epochs 200 --md --imagenet_path [imagenet] --cov_w 0.01 --cov_stop 100", "71.0 (lincls)"),
-        ]),
+        *_lines(
+            W,
+            "wmse4",
+            [
+                (
+                    "cifar10",
+                    "python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --num_samples 4 --bs 256 --emb 64 --w_size 128",
+                    "91.99 / 89.87",
+                ),
+                (
+                    "cifar100",
+                    "python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --num_samples 4 --bs 256 --emb 64 --w_size 128",
+                    "",
+                ),
+                (
+                    "stl10",
+                    "python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256",
+                    "",
+                ),
+                (
+                    "tiny_in",
+                    "python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256",
+                    "",
+                ),
+                (
+                    "imagenet100",
+                    "python -m train --dataset imagenet --epoch 240 --lr 2e-3 --num_samples 4 --bs 256 --emb 128 --w_size 256 --crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2",
+                    "",
+                ),
+            ],
+        ),
+        *_lines(
+            W,
+            "wmse2",
+            [
+                (
+                    "cifar10",
+                    "python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --w_size 128",
+                    "91.55 / 89.69",
+                ),
+                (
+                    "cifar100",
+                    "python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --emb 64 --w_size 128",
+                    "",
+                ),
+                (
+                    "stl10",
+                    "python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --emb 128 --w_size 256 --w_iter 4",
+                    "",
+                ),
+                (
+                    "tiny_in",
+                    "python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --emb 128 --w_size 256 --w_iter 4",
+                    "",
+                ),
+                (
+                    "imagenet100",
+                    "python -m train --dataset imagenet --epoch 240 --lr 2e-3 --emb 128 --w_size 256 --crop_s0 0.08 --cj0 0.8 --cj1 0.8 --cj2 0.8 --cj3 0.2 --gs_p 0.2",
+                    "",
+                ),
+            ],
+        ),
+        *_lines(
+            W,
+            "contrastive",
+            [
+                (
+                    "cifar10",
+                    "python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --method contrastive",
+                    "",
+                ),
+                (
+                    "cifar100",
+                    "python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --emb 64 --method contrastive",
+                    "",
+                ),
+                (
+                    "stl10",
+                    "python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --emb 128 --method contrastive",
+                    "",
+                ),
+                (
+                    "tiny_in",
+                    "python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --emb 128 --method contrastive",
+                    "",
+                ),
+            ],
+        ),
+        *_lines(
+            W,
+            "byol",
+            [
+                (
+                    "cifar10",
+                    "python -m train --dataset cifar10 --epoch 1000 --lr 3e-3 --emb 64 --method byol",
+                    "",
+                ),
+                (
+                    "cifar100",
+                    "python -m train --dataset cifar100 --epoch 1000 --lr 3e-3 --emb 64 --method byol",
+                    "",
+                ),
+                (
+                    "stl10",
+                    "python -m train --dataset stl10 --epoch 2000 --lr 2e-3 --emb 128 --method byol",
+                    "",
+                ),
+                (
+                    "tiny_in",
+                    "python -m train --dataset tiny_in --epoch 1000 --lr 2e-3 --emb 128 --method byol",
+                    "",
+                ),
+            ],
+        ),
+        *_lines(
+            B,
+            "cwrgp4",
+            [
+                (
+                    "cifar10",
+                    "python base/train.py --dataset cifar10 --epochs 1000 --lr 3e-3 --num_samples 4 --bs 256 --w_size 64 --group 4",
+                    "92.47 / 90.74",
+                ),
+                (
+                    "cifar100",
+                    "python base/train.py --dataset cifar100 --epochs 1000 --lr 3e-3 --num_samples 4 --bs 256 --w_size 64 --group 4",
+                    "68.26 / 58.67",
+                ),
+                (
+                    "stl10",
+                    "python base/train.py --dataset stl10 --epochs 2000 --lr 2e-3 --num_samples 4 --bs 256 --w_size 64 --group 4",
+                    "92.04 / 88.95",
+                ),
+                (
+                    "tiny_in",
+                    "python base/train.py --dataset tiny_in --epochs 1000 --lr 2e-3 --num_samples 4 --bs 256 --emb 1024 --w_size 128 --group 2 --head_size 2048",
+                    "50.24 / 35.99",
+                ),
+            ],
+        ),
+        *_lines(
+            B,
+            "cwrgp2",
+            [
+                (
+                    "cifar10",
+                    "python base/train.py --dataset cifar10 --epochs 1000 --lr 3e-3 --bs 256 --w_size 64 --group 4 --w_iter 4",
+                    "91.92 / 89.54",
+                ),
+                (
+                    "cifar100",
+                    "python base/train.py --dataset cifar100 --epochs 1000 --lr 3e-3 --w_size 64 --group 4",
+                    "67.51 / 57.35",
+                ),
+                (
+                    "stl10",
+                    "python base/train.py --dataset stl10 --epochs 2000 --lr 2e-3 --w_size 64 --group 4",
+                    "90.76 / 87.34",
+                ),
+                (
+                    "tiny_in",
+                    "python base/train.py --dataset tiny_in --epochs 1000 --lr 2e-3 --emb 1024 --w_size 128 --group 2 --head_size 2048",
+                    "49.23 / 34.04",
+                ),
+            ],
+        ),
+        *_lines(
+            I,
+            "cwrgp4_imagenet",
+            [
+                (
+                    "100ep",
+                    "python ImageNet/train.py --md --imagenet_path [imagenet] --cov_w 0.005 --cov_stop 50",
+                    "69.7 (lincls)",
+                ),
+                (
+                    "200ep",
+                    "python ImageNet/train.py --epochs 200 --md --imagenet_path [imagenet] --cov_w 0.01 --cov_stop 100",
+                    "71.0 (lincls)",
+                ),
+            ],
+        ),
     ]
-}  # fmt: skip
+}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -124,8 +124,10 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
         for m in VAL_METRICS
     }
     row |= {m: test.get(m, last.get(m)) for m in TEST_METRICS}  # last: legacy experiments
-    row |= {f"config/{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
-            for k, v in sorted(config.items())}  # fmt: skip
+    row |= {
+        f"config/{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+        for k, v in sorted(config.items())
+    }
     row |= {"error": error, "path": folder}
     row["history"] = [{k: _finite(h.get(k)) for k in HISTORY_KEYS} for h in evaluated]
     return row

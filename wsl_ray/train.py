@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=float, default=1)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     parser.add_argument(
-        "--no_tensorboard", dest="tensorboard", action="store_false",
+        "--no_tensorboard",
+        dest="tensorboard",
+        action="store_false",
         help="write no TensorBoard events into --out (direct runs write them by default)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--recipe",
         default=None,

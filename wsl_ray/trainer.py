@@ -255,13 +255,23 @@ def train(
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
         running_loss = HostScalar(device)  # the bar's loss: never waits for the GPU
         batches = iterate_batches(
-            data.train_x, data.train_y, local_bs, generator=gens["data"], device=device,
-            rank=rank, world_size=context.world_size, with_sizes=True,
-        )  # fmt: skip
+            data.train_x,
+            data.train_y,
+            local_bs,
+            generator=gens["data"],
+            device=device,
+            rank=rank,
+            world_size=context.world_size,
+            with_sizes=True,
+        )
         bar = tqdm(
-            batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.epoch}", leave=False,
-            disable=not progress or rank != 0, dynamic_ncols=True,
-        )  # fmt: skip
+            batches,
+            total=iters,
+            desc=f"epoch {epoch + 1}/{cfg.epoch}",
+            leave=False,
+            disable=not progress or rank != 0,
+            dynamic_ncols=True,
+        )
         for n, (x, _, sizes) in enumerate(bar):
             lr = learning_rate(cfg, epoch + n / iters, state.iteration, iters)
             for group in optimizer.param_groups:

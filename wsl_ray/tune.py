@@ -72,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="dataset (space default)")
     p.add_argument("--data_dir", default=None)
     p.add_argument(
-        "--metric", default="val_acc_knn", choices=METRICS,
+        "--metric",
+        default="val_acc_knn",
+        choices=METRICS,
         help="what the search maximises: a validation accuracy, or the label-free RankMe",
-    )  # fmt: skip
+    )
     p.add_argument("--val_size", type=float, default=None, help="validation split (0.1)")
     p.add_argument("--scheduler", default="asha", choices=("asha", "fifo"))
     p.add_argument("--grace", type=int, default=None, help="ASHA grace period in epochs")
@@ -82,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="local path or URI (s3://...)")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name")
     p.add_argument(
-        "--optuna-storage", default=None,
+        "--optuna-storage",
+        default=None,
         help="Optuna storage: a journal file path, or an RDB URL (sqlite:///f.db); default "
         f"EXPERIMENT/{STUDY_FILE}",
-    )  # fmt: skip
+    )
     p.add_argument("--confirm", type=int, default=0, help="re-run the top K configs and default")
     p.add_argument("--seeds", type=int, default=3, help="new seeds per confirmed config")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial")
@@ -96,13 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and trials)")
     p.add_argument("--wandb", default=None, help="log every trial to this wandb project")
     p.add_argument(
-        "--baseline", action="store_true",
+        "--baseline",
+        action="store_true",
         help="evaluate the default config's untrained encoder first, to show what SSL adds",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
         help="fix training flags, or pin searched parameters to one value",
-    )  # fmt: skip
+    )
     return p
 
 
@@ -115,10 +122,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise SpaceError(f"--set {item!r}: write KEY=VALUE, e.g. --set arch=resnet18_w16")
         fixed[key] = parse_setting(key, value)
     named = {
-        "epoch": args.epochs, "eval_every": args.eval_every, "dataset": args.dataset,
-        "data_dir": args.data_dir, "wandb": args.wandb, "seed": args.seed,
-        "val_size": args.val_size, "eval_on": "val",
-    }  # fmt: skip
+        "epoch": args.epochs,
+        "eval_every": args.eval_every,
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "wandb": args.wandb,
+        "seed": args.seed,
+        "val_size": args.val_size,
+        "eval_on": "val",
+    }
     return fixed | {k: v for k, v in named.items() if v is not None}
 
 
@@ -258,11 +270,14 @@ class EpochOptunaSearch(OptunaSearch):
             frozen = self._ot_study.trials[ot_trial.number]
             self._ot_study.add_trial(
                 optuna.trial.create_trial(
-                    params=frozen.params, distributions=frozen.distributions, value=value,
-                    state=state, intermediate_values=frozen.intermediate_values,
+                    params=frozen.params,
+                    distributions=frozen.distributions,
+                    value=value,
+                    state=state,
+                    intermediate_values=frozen.intermediate_values,
                     user_attrs={"result_keys": keys},
                 )
-            )  # fmt: skip
+            )
         self._completed_trials.add(trial_id)
 
 
@@ -441,8 +456,12 @@ def experiment_path(args: argparse.Namespace) -> str:
 
 def check_sweep_flags(args: argparse.Namespace) -> str | None:
     """The first problem with the sweep's own flags, or None."""
-    positive = {"--num_trials": args.num_trials, "--concurrency": args.concurrency,
-                "--workers-per-trial": args.workers_per_trial, "--grace": args.grace}  # fmt: skip
+    positive = {
+        "--num_trials": args.num_trials,
+        "--concurrency": args.concurrency,
+        "--workers-per-trial": args.workers_per_trial,
+        "--grace": args.grace,
+    }
     for flag, value in positive.items():
         if value is not None and value < 1:
             return f"{flag} {value}: must be 1 or more"
@@ -470,8 +489,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 text = read_text(saved)
             except FileNotFoundError:
-                raise SpaceError(f"--resume: no experiment to resume ({saved} is missing); "
-                                 "give its --name and --storage") from None  # fmt: skip
+                raise SpaceError(
+                    f"--resume: no experiment to resume ({saved} is missing); "
+                    "give its --name and --storage"
+                ) from None
             space = parse_space(text, Path(path))
             args.metric = sweep_metric(path)
         else:
@@ -498,13 +519,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.confirm:
             gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpus()
             resources = {
-                "workers": args.workers_per_trial, "gpus": gpus, "cpus": args.cpus_per_trial,
+                "workers": args.workers_per_trial,
+                "gpus": gpus,
+                "cpus": args.cpus_per_trial,
                 "concurrency": _fitting_trials(args, gpus),  # order does not matter here
-            }  # fmt: skip
+            }
             confirmed = run_confirmation(
-                path, space, args.metric, args.confirm, args.seeds, args.seed, resources,
+                path,
+                space,
+                args.metric,
+                args.confirm,
+                args.seeds,
+                args.seed,
+                resources,
                 args.max_failures,
-            )  # fmt: skip
+            )
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

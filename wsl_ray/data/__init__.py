@@ -98,9 +98,11 @@ class ImageData:
         fit, val = self.val_indices()
         labels = self.clf_y
         return (
-            take(self.clf_x, fit), labels[fit.to(labels.device)],
-            take(self.clf_x, val), labels[val.to(labels.device)],
-        )  # fmt: skip
+            take(self.clf_x, fit),
+            labels[fit.to(labels.device)],
+            take(self.clf_x, val),
+            labels[val.to(labels.device)],
+        )
 
     @property
     def val_x(self) -> Images:

@@ -23,9 +23,17 @@ from __future__ import annotations
 import torch
 
 CLASSES = (
-    "circle", "square", "triangle", "plus", "ring",
-    "star", "crescent", "bar", "dumbbell", "half_disc",
-)  # fmt: skip
+    "circle",
+    "square",
+    "triangle",
+    "plus",
+    "ring",
+    "star",
+    "crescent",
+    "bar",
+    "dumbbell",
+    "half_disc",
+)
 MIN_CONTRAST = 0.3  # least difference of shape and background grey levels
 TINT = 0.15  # each channel of a colour is its grey level times 1 +- TINT / 2
 NOISE = 0.03  # standard deviation of the per-pixel noise texture

@@ -99,9 +99,15 @@ def wmse_loss(
     `whitened_mse_loss` with z = cholesky_whiten of each view's sub-batch of `w_size`.
     """
     return whitened_mse_loss(
-        views, w_size, "cholesky", "batch", w_iter=w_iter, eps=eps, normalize=normalize,
+        views,
+        w_size,
+        "cholesky",
+        "batch",
+        w_iter=w_iter,
+        eps=eps,
+        normalize=normalize,
         generator=generator,
-    )  # fmt: skip
+    )
 
 
 def cwrgp_loss(
@@ -119,9 +125,17 @@ def cwrgp_loss(
     w_size x w_size sample covariance within each of `groups` random channel groups).
     """
     return whitened_mse_loss(
-        views, w_size, "zca", "channel", groups, True, w_iter=w_iter, eps=eps,
-        normalize=normalize, generator=generator,
-    )  # fmt: skip
+        views,
+        w_size,
+        "zca",
+        "channel",
+        groups,
+        True,
+        w_iter=w_iter,
+        eps=eps,
+        normalize=normalize,
+        generator=generator,
+    )
 
 
 def sample_covariance_penalty(views: Sequence[torch.Tensor]) -> torch.Tensor:

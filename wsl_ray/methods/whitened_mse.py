@@ -54,10 +54,19 @@ class WhitenedMSE(BaseMethod):
         if world > 1:
             h = gather_batch(h)
         loss = whitened_mse_loss(
-            h, c.w_size, f.matrix, f.axis, f.groups, f.random_groups, f.minus, c.w_iter,
-            c.w_eps, c.norm, self.generators().get("whiten"),
+            h,
+            c.w_size,
+            f.matrix,
+            f.axis,
+            f.groups,
+            f.random_groups,
+            f.minus,
+            c.w_iter,
+            c.w_eps,
+            c.norm,
+            self.generators().get("whiten"),
             share=(rank, world) if world > 1 else None,
-        )  # fmt: skip
+        )
         loss = with_global_value(loss) if world > 1 else loss
         return loss if cov is None else loss + cov
 
