@@ -1,6 +1,6 @@
 """Experiment folders (local or URI) or Parquet files -> one Arrow table, one row per trial.
 
-The rows are the sweep's results schema (wsl_ray.results, README "Results schema"), so a
+The rows are the sweep's results schema (wsl_ray.sweep.results, README "Results schema"), so a
 sweep's own results.parquet and `python -m analysis collect` hold the same columns, and
 every subcommand takes either. The Parquet metadata carries each experiment's search space.
 """
@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from wsl_ray.results import SPACES_KEY, CollectError, collect, filesystem, read_text
+from wsl_ray.sweep.results import SPACES_KEY, CollectError, collect, filesystem, read_text
 
 __all__ = ["CollectError", "collect", "load", "read_space", "write"]
 

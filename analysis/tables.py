@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from wsl_ray.family import FAMILY_METHODS, family_of
+from wsl_ray.methods.family import FAMILY_METHODS, family_of
 
 METHOD_NAMES = {
     "w_mse": "W-MSE",

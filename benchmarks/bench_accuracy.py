@@ -20,8 +20,8 @@ from pathlib import Path
 
 from benchmarks.common import append_results, table
 from wsl_ray.config import Config
-from wsl_ray.device import resolve_device
-from wsl_ray.trainer import train
+from wsl_ray.training.device import resolve_device
+from wsl_ray.training.loop import train
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import append_results, table
 from wsl_ray.data import Augment, load_dataset
-from wsl_ray.device import resolve_device
+from wsl_ray.training.device import resolve_device
 
 
 class PILViews(Dataset):

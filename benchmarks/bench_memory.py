@@ -1,5 +1,5 @@
 """Memory of packed trials: PSS summed over a sweep's processes, with and without the
-node-shared dataset (wsl_ray/shared_data.py), split into the object store and the rest.
+node-shared dataset (wsl_ray/data/shared.py), split into the object store and the rest.
 
     python -m benchmarks.bench_memory [--dataset cifar10 --data_dir DIR] [--trials 4] [--no-share]
 

@@ -1,7 +1,7 @@
 """Seconds per epoch, images/s and evaluation time of the real training loop, and how many
 trial-epochs one GPU gives a sweep.
 
-Each setting runs `wsl_ray.trainer.train` for 1 + `--epochs` epochs, evaluating after every
+Each setting runs `wsl_ray.training.loop.train` for 1 + `--epochs` epochs, evaluating after every
 one. Epoch 1 is the warm-up (compilation, cuDNN autotuning, the first evaluation's CUDA
 graph); the table gives its extra time as "compile s", then the median of the timed epochs
 and of the timed evaluations. Epoch times end with a device sync (the epoch's mean loss is
@@ -30,8 +30,8 @@ from pathlib import Path
 from benchmarks.common import append_results, table
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
-from wsl_ray.device import resolve_device
-from wsl_ray.trainer import train
+from wsl_ray.training.device import resolve_device
+from wsl_ray.training.loop import train
 
 FULL_EPOCH = 50_000
 SETTINGS = {  # the papers' CIFAR-10 settings

@@ -249,7 +249,7 @@ def test_genuine_cifar_pickles_still_load(tmp_path, core):
 def test_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
     """Ray workers run in folders of their own: a trial gets absolute paths, and an unset
     --data_dir becomes the dataset's default folder under the directory of the command."""
-    from wsl_ray.paths import absolute_paths
+    from wsl_ray.utils.paths import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     assert absolute_paths({"dataset": "cifar10"})["data_dir"] == str(tmp_path / "data")

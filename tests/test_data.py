@@ -145,7 +145,7 @@ def test_shapes_is_deterministic_balanced_and_cached():
 
 
 def test_raw_pixels_are_a_poor_feature_for_shapes():
-    from wsl_ray.evaluate import knn_accuracy
+    from wsl_ray.training.evaluate import knn_accuracy
 
     data = shapes.generate(num_train=4000, num_test=1000, seed=1)
     flat = {k: data[k].flatten(1).float() / 255 for k in ("train_x", "test_x")}

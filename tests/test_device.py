@@ -10,11 +10,11 @@ import torch
 
 from wsl_ray.data import Augment, iterate_batches
 from wsl_ray.data.loader import to_device
-from wsl_ray.device import HostScalar, resolve_device
-from wsl_ray.evaluate import probe_step
 from wsl_ray.methods.losses import byol_loss, contrastive_loss
 from wsl_ray.methods.whitening import cholesky_whiten
-from wsl_ray.models import Float32Linear
+from wsl_ray.training.device import HostScalar, resolve_device
+from wsl_ray.training.evaluate import probe_step
+from wsl_ray.training.models import Float32Linear
 
 
 def compiled(fn):
@@ -162,7 +162,7 @@ def test_direct_run_and_benchmarks_import_without_ray_optuna_or_wandb():
     code = (
         "import sys\n"
         "for name in ('ray', 'optuna', 'wandb'): sys.modules[name] = None\n"
-        "import wsl_ray.train, wsl_ray.test, wsl_ray.trainer, benchmarks.bench_train\n"
+        "import wsl_ray.train, wsl_ray.test, wsl_ray.training.loop, benchmarks.bench_train\n"
         "wsl_ray.train.build_parser().parse_args([])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-import wsl_ray.evaluate as evaluate_module
+import wsl_ray.training.evaluate as evaluate_module
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset, stratified_split
-from wsl_ray.evaluate import fit_linear, knn_accuracy, linear_probe, rankme
+from wsl_ray.training.evaluate import fit_linear, knn_accuracy, linear_probe, rankme
 
 
 def brute_force_knn(train_f, train_y, test_f, test_y, k, metric):

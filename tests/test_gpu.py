@@ -9,9 +9,9 @@ import torch
 
 from wsl_ray.config import METHODS, Config
 from wsl_ray.data import Augment, load_dataset
-from wsl_ray.device import HostScalar, place_data, resolve_device
-from wsl_ray.evaluate import fit_linear
-from wsl_ray.trainer import WorkerContext, train
+from wsl_ray.training.device import HostScalar, place_data, resolve_device
+from wsl_ray.training.evaluate import fit_linear
+from wsl_ray.training.loop import WorkerContext, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -12,7 +12,7 @@ import pytest
 
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
-from wsl_ray.trainer import train
+from wsl_ray.training.loop import train
 
 MARGIN = 0.07  # k-NN (and linear) accuracy over the untrained encoder's
 SHORT = dict(

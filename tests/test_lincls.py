@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
 from wsl_ray.lincls import CHECKPOINT_FILE, accuracy, cosine_lr, main
-from wsl_ray.trainer import initial_model
+from wsl_ray.training.loop import initial_model
 
 ARGS = ["--subset", "512", "--bs", "32", "--lr", "0.05", "--crop_s0", "0.5"]
 

@@ -13,8 +13,8 @@ from test_trainer import Crash, CrashingReporter, tiny_config, tiny_data  # noqa
 from wandb.proto import wandb_internal_pb2
 
 from wsl_ray import tune as wsl_tune
-from wsl_ray.logging_sinks import WANDB_ID_FILE, open_sinks
-from wsl_ray.trainer import train
+from wsl_ray.training.loop import train
+from wsl_ray.training.sinks import WANDB_ID_FILE, open_sinks
 
 BLOCK = 32768  # wandb's transaction log: LevelDB-style 32 KiB blocks of checksummed records
 HEADER = 7  # ":W&B", 2 magic bytes, a version byte

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis.tables import paper_table
-from wsl_ray import family
+from wsl_ray.methods import family
 from wsl_ray.config import (
     METHODS,
     TWO_VIEW_METHODS,
@@ -18,9 +18,9 @@ from wsl_ray.config import (
     config_from_args,
     validate_config,
 )
-from wsl_ray.family import Family, family_of
 from wsl_ray.methods import get_method, whitening
-from wsl_ray.models import get_encoder, get_head
+from wsl_ray.methods.family import Family, family_of
+from wsl_ray.training.models import get_encoder, get_head
 
 SMALL = dict(arch="resnet18_w8", bs=32, emb=8, w_size=16, head_size=32, groups=2)
 

@@ -7,7 +7,7 @@ import torch
 from test_trainer import our_lrs, reference_lrs
 
 from wsl_ray.config import Config
-from wsl_ray.optim import LARS, base_lr, build_optimizer, learning_rate
+from wsl_ray.training.optim import LARS, base_lr, build_optimizer, learning_rate
 
 
 def multistep(cfg):

@@ -9,9 +9,9 @@ from test_logging_sinks import offline_runs
 
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
-from wsl_ray.ray_train import make_trainer
-from wsl_ray.shared_data import share_dataset, shared_dataset
-from wsl_ray.trainer import CHECKPOINT_FILE
+from wsl_ray.data.shared import share_dataset, shared_dataset
+from wsl_ray.training.loop import CHECKPOINT_FILE
+from wsl_ray.training.runner import make_trainer
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_the_shared_dataset_is_mapped_read_only_from_the_object_store(local_ray)
 
 def test_lincls_runs_as_a_two_worker_ray_train_job(local_ray, tmp_path):
     from wsl_ray.lincls import build_parser, run_with_ray
-    from wsl_ray.trainer import initial_model
+    from wsl_ray.training.loop import initial_model
 
     cfg = Config(dataset="shapes", arch="resnet18_w8", emb=8, w_size=32, head_size=32, bs=64)
     ckpt = tmp_path / "ssl.pt"

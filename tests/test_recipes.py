@@ -3,11 +3,11 @@
 import pytest
 
 from wsl_ray.config import Config, config_from_args, validate_config
+from wsl_ray.config.recipes import RECIPES, get_recipe
 from wsl_ray.data import DATASETS
-from wsl_ray.models import get_encoder
-from wsl_ray.recipes import RECIPES, get_recipe
-from wsl_ray.search_space import load_space
+from wsl_ray.sweep.space import load_space
 from wsl_ray.train import build_parser, parse_run_args
+from wsl_ray.training.models import get_encoder
 
 # the views' size in the reference datasets/ code (aug_transform's crop)
 REFERENCE_IMAGE_SIZE = {
@@ -81,6 +81,6 @@ def test_imagenet_space_starts_at_the_imagenet_recipe():
 def load_space_description(name):
     import yaml
 
-    from wsl_ray.search_space import space_path
+    from wsl_ray.sweep.space import space_path
 
     return " ".join(yaml.safe_load(space_path(name).read_text())["description"].split())

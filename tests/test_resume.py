@@ -18,9 +18,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from test_tune import SPACE, results, sweep, trial_epochs
 
-from wsl_ray.atomic import atomic_save, remove_stale_tmp
-from wsl_ray.trainer import LocalReporter, NonFiniteLossError, _check_finite
+from wsl_ray.training.loop import LocalReporter, NonFiniteLossError, _check_finite
 from wsl_ray.tune import EXIT_HOOK
+from wsl_ray.utils.atomic import atomic_save, remove_stale_tmp
 
 
 def test_driver_dead_after_a_final_checkpoint_resumes_every_trial(cluster, tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from wsl_ray.config import TWO_VIEW_METHODS, Config, validate_config
-from wsl_ray.search_space import SPACES_DIR, SpaceError, load_space, parse_setting
+from wsl_ray.sweep.space import SPACES_DIR, SpaceError, load_space, parse_setting
 
 SPACES = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 

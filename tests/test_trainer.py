@@ -8,7 +8,7 @@ import torch
 
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
-from wsl_ray.trainer import (
+from wsl_ray.training.loop import (
     CHECKPOINT_FILE,
     LocalReporter,
     NonFiniteLossError,
@@ -170,8 +170,8 @@ def test_final_epoch_is_evaluated_and_summarised(tmp_path, tiny_data):
 
 
 def test_eval_init_reports_the_untrained_encoder_the_run_starts_from(tmp_path, tiny_data):
-    from wsl_ray.evaluate import evaluate
     from wsl_ray.methods import get_method
+    from wsl_ray.training.evaluate import evaluate
 
     cfg = tiny_config(tmp_path, epoch=1, eval_init=True, seed=3)
     summary = train(cfg, data=tiny_data, progress=False)

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from analysis.__main__ import main as analysis_main
 from wsl_ray.config import Config, validate_config
-from wsl_ray.search_space import SpaceError, load_space
+from wsl_ray.sweep.space import SpaceError, load_space
 from wsl_ray.tune import (
     EpochOptunaSearch,
     asha_limits,
@@ -198,7 +198,7 @@ def test_small_epochs_never_reach_rays_grace_assertion():
 def test_divergence_is_recognised_through_rays_wrapping():
     from ray.train import WorkerGroupError
 
-    from wsl_ray.trainer import NonFiniteLossError
+    from wsl_ray.training.loop import NonFiniteLossError
 
     cause = NonFiniteLossError("the loss became nan in epoch 3, iteration 7; the last good ...")
     err = WorkerGroupError("rank 0 failed", {0: cause})

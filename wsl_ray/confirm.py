@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .results import (
+from .sweep.results import (
     CollectError,
     collect_rows,
     format_table,
@@ -31,7 +31,7 @@ from .results import (
     test_metric_for,
     write_parquet,
 )
-from .search_space import SearchSpace, SpaceError, parse_space
+from .sweep.space import SearchSpace, SpaceError, parse_space
 
 DEFAULT_LABEL = "default"
 SEED_OFFSET = 1000  # confirmation seeds are seed + 1000 + i: never a seed the search used

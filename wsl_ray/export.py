@@ -22,9 +22,9 @@ from torchvision import models
 
 from .config import Config
 from .data import DATASETS, load_dataset
-from .models import ARCHS, NARROW
-from .trainer import read_checkpoint
-from .weights import state_dict_of
+from .training.loop import read_checkpoint
+from .training.models import ARCHS, NARROW
+from .training.weights import state_dict_of
 
 ENCODER_PREFIX = "model."  # BaseMethod.model is the encoder; the head and targets are not
 
@@ -95,7 +95,7 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "torchvision") -> dict[
     if NARROW.match(cfg.arch) or cfg.arch not in ARCHS:
         raise ExportError(
             f"--arch {cfg.arch} has no torchvision twin: only {', '.join(ARCHS)} encoders can "
-            "be exported (load a narrow encoder with wsl_ray.models.get_encoder instead)"
+            "be exported (load a narrow encoder with wsl_ray.training.models.get_encoder instead)"
         )
     state = encoder_state(payload)
     last_bn = max(k for k in state if k.startswith("layer4.") and k.endswith(".weight"))

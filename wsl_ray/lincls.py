@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Augment, ImageData, iterate_batches, load_dataset
-from .device import resolve_device
-from .evaluate import embed
-from .models import get_encoder
-from .optim import build_optimizer
-from .trainer import LocalReporter, Reporter, WorkerContext, read_checkpoint
-from .weights import state_dict_of
+from .training.device import resolve_device
+from .training.evaluate import embed
+from .training.loop import LocalReporter, Reporter, WorkerContext, read_checkpoint
+from .training.models import get_encoder
+from .training.optim import build_optimizer
+from .training.weights import state_dict_of
 
 CHECKPOINT_FILE = "lincls.pt"
 
@@ -290,7 +290,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from .ray_train import RayTrainReporter
+    from .training.runner import RayTrainReporter
 
     ctx = ray.train.get_context()
     world = ctx.get_world_size()

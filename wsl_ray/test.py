@@ -12,11 +12,11 @@ import sys
 
 from .config import Config, ConfigError, add_config_flags, validate_config
 from .data import load_dataset
-from .device import resolve_device
-from .evaluate import embed, knn_accuracy, linear_probe
 from .methods import get_method
-from .trainer import CheckpointError, read_checkpoint
-from .weights import load_weights
+from .training.device import resolve_device
+from .training.evaluate import embed, knn_accuracy, linear_probe
+from .training.loop import CheckpointError, read_checkpoint
+from .training.weights import load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:

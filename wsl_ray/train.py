@@ -22,8 +22,8 @@ from .config import (
     config_from_args,
     validate_config,
 )
-from .config_file import add_config_file_flags, read_config_file, resolved_yaml
-from .paths import absolute_paths, writable_folder
+from .config.file import add_config_file_flags, read_config_file, resolved_yaml
+from .utils.paths import absolute_paths, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--recipe",
         default=None,
-        help="start from a paper's setting (wsl_ray/recipes.py, e.g. wmse4_cifar10); "
+        help="start from a paper's setting (wsl_ray/config/recipes.py, e.g. wmse4_cifar10); "
         "flags given beside it override it",
     )
     add_config_file_flags(parser)
@@ -64,7 +64,7 @@ def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> a
     layers: dict[str, Any] = {}
     try:
         if first.recipe:
-            from .recipes import get_recipe
+            from .config.recipes import get_recipe
 
             recipe = get_recipe(first.recipe)
             print(f"recipe {recipe.name} ({recipe.source}): {recipe.line}", file=sys.stderr)
@@ -110,8 +110,8 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
     """Runs the loop as a Ray Train TorchTrainer; the summary comes from its last checkpoint."""
     import ray
 
-    from .ray_train import make_trainer
-    from .trainer import read_checkpoint, summarize
+    from .training.loop import read_checkpoint, summarize
+    from .training.runner import make_trainer
 
     gpus = _gpus_per_worker(args)
     ray.init(ignore_reinit_error=True)
@@ -140,7 +140,7 @@ def check_run_flags(args: argparse.Namespace) -> None:
 def check_checkpoints(cfg: Config, resume: bool) -> None:
     """Reads the checkpoints the run will load (--fname, --resume's), so that a missing,
     corrupt or refused file fails now, before the data is loaded (CheckpointError)."""
-    from .trainer import CHECKPOINT_FILE, read_checkpoint
+    from .training.loop import CHECKPOINT_FILE, read_checkpoint
 
     if resume and (Path(cfg.out) / CHECKPOINT_FILE).exists():
         read_checkpoint(cfg.out, flag="--resume")
@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`s, stop our Ray
     os.environ.setdefault("WANDB_MODE", "offline")
-    from .logging_sinks import open_sinks
-    from .trainer import train
+    from .training.loop import train
+    from .training.sinks import open_sinks
 
     try:
         if args.workers:

@@ -38,12 +38,9 @@ from ray.tune.search.optuna import OptunaSearch
 from .config import Config, ConfigError
 from .confirm import check_counts, report, run_confirmation, sweep_metric
 from .data import ImageData, load_dataset
-from .device import resolve_device
-from .evaluate import evaluate_run
-from .paths import absolute, absolute_paths
-from .ray_train import make_trainer
-from .results import TEST_FILE, filesystem, ranked, read_text, summarize_sweep, write_text
-from .search_space import (
+from .data.shared import share_dataset
+from .sweep.results import TEST_FILE, filesystem, ranked, read_text, summarize_sweep, write_text
+from .sweep.space import (
     CONFIG_KEYS,
     SearchSpace,
     SpaceError,
@@ -51,8 +48,11 @@ from .search_space import (
     parse_setting,
     parse_space,
 )
-from .shared_data import share_dataset
-from .trainer import initial_model
+from .training.device import resolve_device
+from .training.evaluate import evaluate_run
+from .training.loop import initial_model
+from .training.runner import make_trainer
+from .utils.paths import absolute, absolute_paths
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 METRICS = ("val_acc_knn", "val_acc", "val_acc_5", "rankme")

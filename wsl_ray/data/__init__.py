@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_save, remove_stale_tmp
+from ..utils.atomic import atomic_save, remove_stale_tmp
 from . import shapes, sources
 from .augment import Augment
 from .loader import iterate_batches

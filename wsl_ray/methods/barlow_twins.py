@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
-from ..config import Config
 from .base import BaseMethod
 from .losses import barlow_twins_loss
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class BarlowTwins(BaseMethod):

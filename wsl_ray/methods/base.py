@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
-from ..config import Config
-from ..models import get_encoder, get_head
+from ..training.models import get_encoder, get_head
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class BaseMethod(nn.Module):

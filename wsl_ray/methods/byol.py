@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from ..config import Config
-from ..models import Float32Linear
+from ..training.models import Float32Linear
 from .base import BaseMethod
 from .losses import byol_loss
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def target_tau(progress: float, tau0: float = 0.99) -> float:

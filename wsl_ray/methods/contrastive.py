@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
-from ..config import Config
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
 from .losses import contrastive_loss
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class Contrastive(BaseMethod):

@@ -1,6 +1,6 @@
 """The whitened MSE family of the CW-RGP study (Weng et al., NeurIPS 2022).
 
-One method with every whitening of the family (`wsl_ray.family`): W-MSE (Ermolov et al.,
+One method with every whitening of the family (`wsl_ray.methods.family`): W-MSE (Ermolov et al.,
 ICML 2021; `--method w_mse`) is Cholesky whitening on the batch axis, CW-RGP (`--method
 cw_rgp`) ZCA whitening on the channel axis with random groups; `--method whitened_mse`
 takes the matrix, axis and grouping from its flags (PCA, BN and Plain included).
@@ -8,13 +8,17 @@ takes the matrix, axis and grouping from its flags (PCA, BN and Plain included).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from ..config import Config
-from ..family import family_of
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
+from .family import family_of
 from .losses import sample_covariance_penalty, whitened_mse_loss
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class WhitenedMSE(BaseMethod):

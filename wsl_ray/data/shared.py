@@ -21,8 +21,8 @@ import numpy as np
 import ray
 import torch
 
-from .config import Config
-from .data import ImageData
+from ..config import Config
+from . import ImageData
 
 ROLES = ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y")
 

@@ -15,8 +15,8 @@ import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .family import AXES, GENERIC_DEFAULTS, MATRICES, family_problems
-from .models import check_arch
+from ..methods.family import AXES, GENERIC_DEFAULTS, MATRICES, family_problems
+from ..training.models import check_arch
 
 METHODS = (
     "w_mse",

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import Config
+from ..config import Config
 
 WANDB_ID_FILE = "wandb_id.txt"
 # the metrics a direct run writes to TensorBoard, under these tags

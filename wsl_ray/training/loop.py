@@ -22,15 +22,15 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_save
-from .config import Config, validate_config
-from .data import Augment, ImageData, iterate_batches, load_dataset
+from ..config import Config, validate_config
+from ..data import Augment, ImageData, iterate_batches, load_dataset
+from ..methods import BaseMethod, get_method
+from ..methods.whitening import stats as whitening_stats
+from ..utils.atomic import atomic_save
 from .device import HostScalar, place_data, resolve_device, setup_device
 from .evaluate import evaluate_run
-from .logging_sinks import MetricSinks, open_sinks
-from .methods import BaseMethod, get_method
-from .methods.whitening import stats as whitening_stats
 from .optim import base_lr, build_optimizer, learning_rate
+from .sinks import MetricSinks, open_sinks
 from .weights import load_weights
 
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -23,8 +23,8 @@ def absolute(path: str | os.PathLike) -> str:
 def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     """Config values with every path flag absolute; an unset --data_dir becomes the
     dataset's default folder (e.g. ./data), resolved here rather than where a worker runs."""
-    from .config import Config
-    from .data import DATASETS
+    from ..config import Config
+    from ..data import DATASETS
 
     out = dict(values)
     spec = DATASETS.get(out.get("dataset", Config().dataset))

@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, validate_config
+from ..config import Config, ConfigError, validate_config
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 DISTRIBUTIONS = {
     "loguniform": ("low", "high"),
     "uniform": ("low", "high"),

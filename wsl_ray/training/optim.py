@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .config import Config
+from ..config import Config
 
 WARMUP_ITERS = 500
 

@@ -14,10 +14,10 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from .config import SYNC_BN_NEEDS_GPUS, Config, ConfigError
-from .logging_sinks import open_sinks
-from .shared_data import shared_dataset
-from .trainer import WorkerContext, read_checkpoint, train
+from ..config import SYNC_BN_NEEDS_GPUS, Config, ConfigError
+from ..data.shared import shared_dataset
+from .loop import WorkerContext, read_checkpoint, train
+from .sinks import open_sinks
 
 
 class RayTrainReporter:

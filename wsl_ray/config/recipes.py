@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from . import Config
 
 # Defaults of the script each line calls, where they differ from ours (our flags keep
 # W-MSE train.py's names and defaults).

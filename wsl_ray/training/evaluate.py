@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import ImageData, iterate_batches
-from .methods import BaseMethod
+from ..data import ImageData, iterate_batches
+from ..methods import BaseMethod
 
 
 @torch.no_grad()

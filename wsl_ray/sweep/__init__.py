@@ -1,0 +1,1 @@
+"""A sweep's parts: the search space, the trial, the Optuna study, results and confirmation."""
