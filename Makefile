@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export RAY_USAGE_STATS_ENABLED ?= 0
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-slow lint
+.PHONY: install demo test test-fast test-slow lint
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+test-fast: lint  # the suite without the tests that start Ray: the inner loop while editing
+	$(PY) -m pytest -m 'not ray and not slow'
 
 test-slow: install  # the learning checks that do not fit the suite's 15 minutes
 	$(PY) -m pytest -m slow

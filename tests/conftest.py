@@ -21,6 +21,21 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+# Fixtures that start a Ray cluster: a test that uses one is marked `ray`, so that
+# `make test-fast` (`-m "not ray and not slow"`) is the suite without them.
+RAY_FIXTURES = {"cluster", "three_nodes", "local_ray"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ray: starts a Ray cluster (make test-fast leaves it out)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
