@@ -18,10 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import append_results, table
+from benchmarks.common import append_results
 from wsl_ray.config import Config
 from wsl_ray.training.device import resolve_device
 from wsl_ray.training.loop import train
+from wsl_ray.utils.markdown import markdown_table as table
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,9 +19,10 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.common import append_results, table
+from benchmarks.common import append_results
 from wsl_ray.data import Augment, load_dataset
 from wsl_ray.training.device import resolve_device
+from wsl_ray.utils.markdown import markdown_table as table
 
 
 class PILViews(Dataset):

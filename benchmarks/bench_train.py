@@ -27,11 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import append_results, table
+from benchmarks.common import append_results
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
 from wsl_ray.training.device import resolve_device
 from wsl_ray.training.loop import train
+from wsl_ray.utils.markdown import markdown_table as table
 
 FULL_EPOCH = 50_000
 SETTINGS = {  # the papers' CIFAR-10 settings

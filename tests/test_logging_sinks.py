@@ -12,7 +12,7 @@ import pytest
 from test_trainer import Crash, CrashingReporter, tiny_config, tiny_data  # noqa: F401 (fixture)
 from wandb.proto import wandb_internal_pb2
 
-from wsl_ray import tune as wsl_tune
+from wsl_ray.sweep import trial as wsl_trial
 from wsl_ray.training.loop import train
 from wsl_ray.training.sinks import WANDB_ID_FILE, open_sinks
 
@@ -168,11 +168,11 @@ def test_the_trial_function_passes_its_id_and_the_sweep_name_to_wandb(monkeypatc
         def get_trial_dir(self):
             return str(tmp_path / "trial_ab12cd34_7")
 
-    monkeypatch.setattr(wsl_tune, "make_trainer", make_trainer)
-    monkeypatch.setattr(wsl_tune, "EvaluationReportCallback", lambda *a: None)  # needs a session
-    monkeypatch.setattr(wsl_tune.tune, "get_context", lambda: Context())
+    monkeypatch.setattr(wsl_trial, "make_trainer", make_trainer)
+    monkeypatch.setattr(wsl_trial, "EvaluationReportCallback", lambda *a: None)  # needs a session
+    monkeypatch.setattr(wsl_trial.tune, "get_context", lambda: Context())
     experiment = str(tmp_path / "sweeps" / "wmse")
-    wsl_tune.make_trial(1, 0, 1, experiment, "acc_knn")({"lr": 1e-3})
+    wsl_trial.make_trial(1, 0, 1, experiment, "acc_knn")({"lr": 1e-3})
     assert seen["name"] == "train-ab12cd34_7"
     assert seen["wandb"] == {"run_id": "ab12cd34_7", "group": "wmse", "log_dir": experiment}
 

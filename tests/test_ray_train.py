@@ -10,7 +10,7 @@ from test_logging_sinks import offline_runs
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
 from wsl_ray.data.shared import share_dataset, shared_dataset
-from wsl_ray.training.loop import CHECKPOINT_FILE
+from wsl_ray.training.checkpoint import CHECKPOINT_FILE
 from wsl_ray.training.runner import make_trainer
 
 

@@ -8,14 +8,10 @@ import torch
 
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
-from wsl_ray.training.loop import (
-    CHECKPOINT_FILE,
-    LocalReporter,
-    NonFiniteLossError,
-    eval_epochs,
-    learning_rate,
-    train,
-)
+from wsl_ray.training.checkpoint import CHECKPOINT_FILE
+from wsl_ray.training.loop import NonFiniteLossError, eval_epochs, train
+from wsl_ray.training.optim import learning_rate
+from wsl_ray.training.reporting import LocalReporter
 
 
 def reference_lrs(cfg, iters_per_epoch, scheduler):

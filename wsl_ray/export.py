@@ -22,7 +22,7 @@ from torchvision import models
 
 from .config import Config
 from .data import DATASETS, load_dataset
-from .training.loop import read_checkpoint
+from .training.checkpoint import read_checkpoint
 from .training.models import ARCHS, NARROW
 from .training.weights import state_dict_of
 

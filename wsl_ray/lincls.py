@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -37,12 +35,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Augment, ImageData, iterate_batches, load_dataset
-from .training.device import resolve_device
+from .training.checkpoint import read_checkpoint
+from .training.device import gpus_per_worker, resolve_device, setup_device
 from .training.evaluate import embed
-from .training.loop import LocalReporter, Reporter, WorkerContext, read_checkpoint
+from .training.loop import WorkerContext
 from .training.models import get_encoder
 from .training.optim import build_optimizer
+from .training.reporting import LocalReporter, Reporter
 from .training.weights import state_dict_of
+from .utils.atomic import atomic_save
 
 CHECKPOINT_FILE = "lincls.pt"
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fname", required=True, help="checkpoint: ours, W-MSE's or CW-RGP's")
     p.add_argument("--arch", default=None, help="encoder; default: the checkpoint's config")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's config")
-    p.add_argument("--data_dir", default=None)
+    p.add_argument("--data_dir", "--data-dir", default=None)
     p.add_argument("--subset", type=int, default=None, help="at most this many images per role")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--bs", type=int, default=1024, help="batch size, all workers together")
@@ -64,14 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--wd", type=float, default=0.0, help="weight decay")
     p.add_argument("--optimizer", choices=("sgd", "lars"), default="sgd")
-    p.add_argument("--crop_s0", type=float, default=0.08, help="smallest crop area fraction")
+    p.add_argument(
+        "--crop_s0", "--crop-s0", type=float, default=0.08, help="smallest crop area fraction"
+    )
     p.add_argument("--out", default="runs/lincls", help="checkpoint and metrics folder")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0: here)")
-    p.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 if CUDA")
-    p.add_argument("--cpus-per-worker", type=float, default=1)
+    p.add_argument(
+        "--gpus-per-worker",
+        "--gpus_per_worker",
+        type=float,
+        default=None,
+        help="default: 1 if CUDA",
+    )
+    p.add_argument("--cpus-per-worker", "--cpus_per_worker", type=float, default=1)
     return p
 
 
@@ -145,8 +154,9 @@ def run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Trains the linear layer to args.epochs and returns the last and best top-1/top-5."""
-    context = context or WorkerContext(resolve_device(args.device))
-    device, rank, world = context.device, context.rank, context.world_size
+    context = context or WorkerContext(args.device)
+    device, rank, world = resolve_device(context.device), context.rank, context.world_size
+    setup_device(device)
     reporter = reporter or LocalReporter(args.out)
     payload = read_checkpoint(args.fname)
     settings = resolve_settings(args, payload)
@@ -168,7 +178,7 @@ def run(
     state = {"epoch": 0, "history": []}
     file = Path(resume_from) / CHECKPOINT_FILE if resume_from is not None else None
     if file is not None and file.exists():
-        saved = torch.load(file, map_location="cpu", weights_only=True)
+        saved = read_checkpoint(file, flag="--resume")
         linear.load_state_dict(saved["linear"])
         optimizer.load_state_dict(saved["optimizer"])
         for name, g in gens.items():
@@ -247,7 +257,14 @@ def run(
         ckpt_dir = None
         if rank == 0:
             ckpt_dir = reporter.checkpoint_dir()
-            _save(ckpt_dir, linear, optimizer, state, gens, settings)
+            payload = {
+                "linear": linear.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": {name: g.get_state() for name, g in gens.items()},
+                "settings": settings,
+                **state,
+            }
+            atomic_save(payload, ckpt_dir / CHECKPOINT_FILE)
         reporter.report(metrics, ckpt_dir)
         if progress and rank == 0:
             tqdm.write(
@@ -255,20 +272,6 @@ def run(
                 f"top-1 {metrics['acc1']:.2%}  top-5 {metrics['acc5']:.2%}"
             )
     return summarize(state["history"])
-
-
-def _save(path: Path, linear: nn.Module, optimizer, state: dict, gens: dict, settings) -> None:
-    payload = {
-        "linear": linear.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": {name: g.get_state() for name, g in gens.items()},
-        "settings": settings,
-        **state,
-    }
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{CHECKPOINT_FILE}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
-    tmp.replace(path / CHECKPOINT_FILE)
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -287,53 +290,30 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's loop: one DDP rank; resumes from the Train run's latest checkpoint."""
-    import ray.train
-    import ray.train.torch
+    from .training.runner import RayTrainReporter, latest_checkpoint, ray_context
 
-    from .training.runner import RayTrainReporter
-
-    ctx = ray.train.get_context()
-    world = ctx.get_world_size()
-    context = WorkerContext(
-        device=ray.train.torch.get_device(),
-        rank=ctx.get_world_rank(),
-        world_size=world,
-        wrap_model=ray.train.torch.prepare_model if world > 1 else (lambda m: m),
-    )
-    checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        run(
-            argparse.Namespace(**config),
-            RayTrainReporter(),
-            Path(resume_dir) if resume_dir else None,
-            context,
-            progress=False,
-        )
+    with latest_checkpoint() as resume_dir:
+        run(argparse.Namespace(**config), RayTrainReporter(), resume_dir, ray_context(), False)
 
 
 def run_with_ray(args: argparse.Namespace) -> dict[str, Any]:
     """The loop as a TorchTrainer of args.workers workers, named `lincls` under --out."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    gpus = args.gpus_per_worker
-    if gpus is None:
-        gpus = 1 if torch.cuda.is_available() else 0
+    from .training.runner import torch_trainer
+
+    gpus = gpus_per_worker(args.gpus_per_worker)
+    storage = str(Path(args.out).resolve())
     ray.init(ignore_reinit_error=True)
-    resources = {"CPU": args.cpus_per_worker} | ({"GPU": gpus} if gpus else {})
-    trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config=vars(args),
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=args.workers, use_gpu=gpus > 0, resources_per_worker=resources
-        ),
-        run_config=RunConfig(name="lincls", storage_path=str(Path(args.out).resolve())),
-    )
-    result = trainer.fit()
+    try:
+        trainer = torch_trainer(
+            worker_loop, vars(args), args.workers, gpus, args.cpus_per_worker, storage, "lincls"
+        )
+        result = trainer.fit()
+    finally:
+        ray.shutdown()  # the local Ray that ray.init started, on Ctrl-C too
     with result.checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+        saved = read_checkpoint(Path(folder) / CHECKPOINT_FILE, flag="--out")
     return summarize(saved["history"])
 
 

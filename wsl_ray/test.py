@@ -13,9 +13,9 @@ import sys
 from .config import Config, ConfigError, add_config_flags, validate_config
 from .data import load_dataset
 from .methods import get_method
+from .training.checkpoint import CheckpointError, read_checkpoint
 from .training.device import resolve_device
-from .training.evaluate import embed, knn_accuracy, linear_probe
-from .training.loop import CheckpointError, read_checkpoint
+from .training.evaluate import evaluate
 from .training.weights import load_weights
 
 
@@ -60,15 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    train_f, train_y = embed(model, data.clf_x, data.clf_y, data.mean, data.std, device)
-    test_f, test_y = embed(model, data.test_x, data.test_y, data.mean, data.std, device)
-    print(f"{data.summary()}; features of size {train_f.shape[1]}")
+    metrics = evaluate(model, data, device, **cfg.eval_options, probe=args.clf != "knn")
+    print(f"{data.summary()}; features of size {model.embed_size}")
     if args.clf in ("knn", "both"):
-        acc = knn_accuracy(train_f, train_y, test_f, test_y, cfg.knn, cfg.knn_metric)
-        print(f"{cfg.knn}-NN ({cfg.knn_metric}): {acc:.2%}")
+        print(f"{cfg.knn}-NN ({cfg.knn_metric}): {metrics['acc_knn']:.2%}")
     if args.clf in ("sgd", "both"):
-        probe = linear_probe(train_f, train_y, test_f, test_y)
-        print(f"linear: top-1 {probe[1]:.2%}, top-5 {probe[5]:.2%}")
+        print(f"linear: top-1 {metrics['acc']:.2%}, top-5 {metrics['acc_5']:.2%}")
     return 0
 
 

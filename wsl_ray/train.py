@@ -23,25 +23,32 @@ from .config import (
     validate_config,
 )
 from .config.file import add_config_file_flags, read_config_file, resolved_yaml
+from .methods import SPECS
 from .utils.paths import absolute_paths, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wsl_ray.train",
-        description="Self-supervised training: W-MSE, CW-RGP and the whitening family, "
-        "Contrastive, BYOL, Barlow Twins, VICReg, SimSiam, zero-ICL.",
+        description="Self-supervised training: " + ", ".join(s.label for s in SPECS.values()) + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_flags(parser)
     parser.add_argument(
         "--workers", type=int, default=0, help="Ray Train DDP workers (0: in this process)"
     )
-    parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 if CUDA")
-    parser.add_argument("--cpus-per-worker", type=float, default=1)
+    parser.add_argument(
+        "--gpus-per-worker",
+        "--gpus_per_worker",
+        type=float,
+        default=None,
+        help="default: 1 if CUDA",
+    )
+    parser.add_argument("--cpus-per-worker", "--cpus_per_worker", type=float, default=1)
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     parser.add_argument(
         "--no_tensorboard",
+        "--no-tensorboard",
         dest="tensorboard",
         action="store_false",
         help="write no TensorBoard events into --out (direct runs write them by default)",
@@ -77,43 +84,16 @@ def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> a
     return parser.parse_args(argv)
 
 
-def print_summary(summary: dict[str, Any], out: str) -> None:
-    print("\n== summary ==")
-    print(f"epochs {summary.get('epochs', 0)}, time {summary.get('time_total_s', 0):.1f} s")
-    names = {"acc_knn": "k-NN", "acc": "linear top-1", "acc_5": "linear top-5"}
-    for prefix in ("", "val_", "test_"):
-        for metric, name in names.items():
-            key = prefix + metric
-            if key not in summary:
-                continue
-            line = f"{prefix.replace('_', ' ') + name:>18}: final {summary[key]:.2%}"
-            line += f", best {summary['best_' + key]:.2%}" if prefix != "test_" else ""
-            if f"init_{key}" in summary:
-                gain = (summary[key] - summary[f"init_{key}"]) * 100
-                line += f", untrained {summary[f'init_{key}']:.2%} ({gain:+.1f} points)"
-            print(line)
-    if "rankme" in summary:
-        print(f"{'RankMe':>18}: final {summary['rankme']:.2f}, best {summary['best_rankme']:.2f}")
-    print(f"checkpoint and metrics: {out}")
-
-
-def _gpus_per_worker(args: argparse.Namespace) -> float:
-    """--gpus-per-worker, by default 1 where CUDA is available and 0 elsewhere."""
-    if args.gpus_per_worker is not None:
-        return args.gpus_per_worker
-    import torch
-
-    return 1 if torch.cuda.is_available() else 0
-
-
 def run_with_ray(cfg, args) -> dict[str, Any]:
     """Runs the loop as a Ray Train TorchTrainer; the summary comes from its last checkpoint."""
     import ray
 
-    from .training.loop import read_checkpoint, summarize
+    from .training.checkpoint import read_checkpoint
+    from .training.device import gpus_per_worker
+    from .training.reporting import summarize
     from .training.runner import make_trainer
 
-    gpus = _gpus_per_worker(args)
+    gpus = gpus_per_worker(args.gpus_per_worker)
     ray.init(ignore_reinit_error=True)
     try:
         trainer = make_trainer(
@@ -140,7 +120,7 @@ def check_run_flags(args: argparse.Namespace) -> None:
 def check_checkpoints(cfg: Config, resume: bool) -> None:
     """Reads the checkpoints the run will load (--fname, --resume's), so that a missing,
     corrupt or refused file fails now, before the data is loaded (CheckpointError)."""
-    from .training.loop import CHECKPOINT_FILE, read_checkpoint
+    from .training.checkpoint import CHECKPOINT_FILE, read_checkpoint
 
     if resume and (Path(cfg.out) / CHECKPOINT_FILE).exists():
         read_checkpoint(cfg.out, flag="--resume")
@@ -151,12 +131,14 @@ def check_checkpoints(cfg: Config, resume: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_run_args(parser, argv)
+    from .training.device import gpus_per_worker
+
     try:
         check_run_flags(args)
         cfg = config_from_args(args)
         # --sync_bn needs GPU workers (a direct run has none); --print_config suits any machine
-        gpus = None if args.print_config else _gpus_per_worker(args) if args.workers else 0
-        validate_config(cfg, workers=max(args.workers, 1), gpus=gpus)
+        gpus = gpus_per_worker(args.gpus_per_worker) if args.workers else 0
+        validate_config(cfg, workers=max(args.workers, 1), gpus=None if args.print_config else gpus)
         cfg = Config.from_dict(absolute_paths(cfg.to_dict()))  # Ray workers run elsewhere
         writable_folder(cfg.out, "--out")
         check_checkpoints(cfg, args.resume)
@@ -168,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`s, stop our Ray
     os.environ.setdefault("WANDB_MODE", "offline")
     from .training.loop import train
+    from .training.reporting import print_summary
     from .training.sinks import open_sinks
 
     try:

@@ -3,7 +3,7 @@
 `load_dataset(name)` returns an ImageData with
     train_x, train_y   self-supervised training (labels only for bookkeeping)
     clf_x, clf_y       classifier training for evaluation
-    val_x, val_y       validation: a stratified part of the classifier set (`val_split`)
+    validation         a stratified part of the classifier set (`val_indices`)
     test_x, test_y     testing
 as uint8 [N, C, H, W] and int64 [N], plus the normalisation constants, the number of
 classes and the crop size of the augmented views. ImageNet and ImageNet-100 are streamed:
@@ -103,14 +103,6 @@ class ImageData:
             take(self.clf_x, val),
             labels[val.to(labels.device)],
         )
-
-    @property
-    def val_x(self) -> Images:
-        return self.val_split()[2]
-
-    @property
-    def val_y(self) -> torch.Tensor:
-        return self.val_split()[3]
 
     def subset(self, n: int | None) -> ImageData:
         """The first n images of each role (all of them for n=None); in-memory data only."""

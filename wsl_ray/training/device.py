@@ -1,4 +1,5 @@
-"""Where tensors live: one resolved device, GPU-resident data, and host reads that never wait.
+"""Where tensors live: one resolved device (and the default GPUs per Ray worker), GPU-resident
+data, and host reads that never wait.
 
 A CUDA device is always `cuda:N` with its index: `torch.device("cuda") != torch.device("cuda:0")`,
 so a bare `cuda` makes a tensor on cuda:0 look foreign and gets it copied (or pinned) again.
@@ -22,6 +23,14 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def gpus_per_worker(given: float | None = None) -> float:
+    """GPUs for each Ray worker or trial: `given` (a --gpus-per-... flag) when set, else 1
+    where CUDA is available and 0 elsewhere."""
+    if given is not None:
+        return given
+    return 1 if torch.cuda.is_available() else 0
 
 
 def setup_device(device: torch.device) -> None:

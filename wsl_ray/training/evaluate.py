@@ -212,8 +212,10 @@ def evaluate(
     knn_metric: str = "euclidean",
     probe_epochs: int = 500,
     seed: int = 0,
+    probe: bool = True,
 ) -> dict[str, float]:
-    """acc (linear top-1), acc_5 (linear top-5), acc_knn and rankme of the frozen encoder.
+    """acc (linear top-1), acc_5 (linear top-5), acc_knn and rankme of the frozen encoder
+    (acc and acc_5 only with `probe`: fitting the linear classifier is the costly part).
 
     on="test": k-NN and probe fit on the whole classifier set and score on the test set;
     on="val": they fit on the classifier set minus validation and score on validation.
@@ -230,9 +232,12 @@ def evaluate(
         embed(model, x, y, data.mean, data.std, device, index=index) for x, y, index in parts
     )
     acc_knn = knn_accuracy(train_f, train_y, test_f, test_y, knn, knn_metric)
-    generator = torch.Generator(device).manual_seed(seed)
-    probe = linear_probe(train_f, train_y, test_f, test_y, probe_epochs, generator=generator)
-    return {"acc": probe[1], "acc_5": probe[5], "acc_knn": acc_knn, "rankme": rankme(train_f)}
+    metrics = {"acc_knn": acc_knn, "rankme": rankme(train_f)}
+    if probe:
+        generator = torch.Generator(device).manual_seed(seed)
+        top = linear_probe(train_f, train_y, test_f, test_y, probe_epochs, generator=generator)
+        metrics = {"acc": top[1], "acc_5": top[5]} | metrics
+    return metrics
 
 
 def evaluate_run(

@@ -4,20 +4,18 @@ Per iteration: a batch of uint8 images -> `num_samples` augmented views -> the m
 loss -> the optimiser (Adam with coupled L2 by default), its learning rate a pure function
 of the iteration (`optim.learning_rate`), so a resumed run needs no scheduler state.
 Every `--eval_every` epochs the frozen encoder is evaluated (k-NN and linear probe);
-every `--ckpt_every` epochs and at the end a full checkpoint is written and reported.
+every `--ckpt_every` epochs and at the end a full checkpoint is written (`checkpoint`) and
+reported (`reporting`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -26,14 +24,19 @@ from ..config import Config, validate_config
 from ..data import Augment, ImageData, iterate_batches, load_dataset
 from ..methods import BaseMethod, get_method
 from ..methods.whitening import stats as whitening_stats
-from ..utils.atomic import atomic_save
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    TrainState,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .device import HostScalar, place_data, resolve_device, setup_device
 from .evaluate import evaluate_run
 from .optim import base_lr, build_optimizer, learning_rate
+from .reporting import LocalReporter, Reporter, accuracies, epoch_line, summarize
 from .sinks import MetricSinks, open_sinks
 from .weights import load_weights
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,43 +51,6 @@ def eval_epochs(cfg: Config) -> set[int]:
     return {ep + 1 for ep in range(cfg.epoch) if (ep + 1) % every[ep] == 0} | {cfg.epoch}
 
 
-class Reporter(Protocol):
-    """Where metrics and checkpoints go: a local folder, or Ray Train."""
-
-    location: str  # where checkpoints end up, for messages
-
-    def checkpoint_dir(self) -> Path: ...
-
-    def start(self, epoch: int) -> None:
-        """Called before the first epoch, after any resume: `epoch` epochs are done."""
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
-
-
-class LocalReporter:
-    """Writes checkpoints into `out` and appends each epoch's metrics to metrics.jsonl."""
-
-    def __init__(self, out: str | Path):
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.location = str(self.out)
-
-    def checkpoint_dir(self) -> Path:
-        return self.out
-
-    def start(self, epoch: int) -> None:
-        """Keeps metrics.jsonl's lines up to `epoch`: the epochs after the checkpoint being
-        resumed from (or all, for a fresh run) are trained again and would appear twice."""
-        path = self.out / "metrics.jsonl"
-        if path.exists():
-            lines = path.read_text().splitlines(keepends=True)
-            path.write_text("".join(x for x in lines if json.loads(x)["epoch"] <= epoch))
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-
-
 @dataclass
 class WorkerContext:
     """This process's place in a (possibly distributed) run."""
@@ -94,89 +60,6 @@ class WorkerContext:
     world_size: int = 1
     gpu_share: float = 1.0  # the fraction of its GPU this process holds (packed trials)
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = field(default=lambda m: m)
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint holds besides the weights: where the run is and its RNGs."""
-
-    epoch: int = 0  # epochs completed
-    iteration: int = 0  # optimiser steps taken
-    history: list[dict] = field(default_factory=list)
-    init_metrics: dict = field(default_factory=dict)  # the untrained encoder's (--eval_init)
-
-
-def save_checkpoint(
-    path: Path, model: BaseMethod, optimizer, state: TrainState, cfg: Config, gens: dict
-) -> None:
-    """Everything for an exact resume, written atomically to path / checkpoint.pt."""
-    payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": state.epoch,
-        "iteration": state.iteration,
-        "history": state.history,
-        "init_metrics": state.init_metrics,
-        "config": cfg.to_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            **{name: g.get_state() for name, g in gens.items()},
-        },
-    }
-    atomic_save(payload, path / CHECKPOINT_FILE)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, corrupt, or holds more than weights and numbers."""
-
-
-def read_checkpoint(fname: str | Path, flag: str = "--fname") -> dict[str, Any]:
-    """A checkpoint's payload, from its file or from the folder holding checkpoint.pt.
-
-    Loads with weights_only=True (tensors, numbers, strings, containers, None): a file that
-    holds any other object is refused, since unpickling it could run code. Raises
-    CheckpointError, naming `flag` and the file, for a missing, corrupt or refused file.
-    """
-    path = Path(fname)
-    path = path / CHECKPOINT_FILE if path.is_dir() else path
-    if not path.is_file():
-        raise CheckpointError(f"{flag} {path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if not refused:
-            raise CheckpointError(f"{flag} {path} is not a readable PyTorch checkpoint") from None
-        raise CheckpointError(
-            f"{flag} {path}: refused, it holds objects other than tensors, numbers, strings "
-            f"and containers ({refused.group(1)}; weights_only=True loads no code)"
-        ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
-        raise CheckpointError(
-            f"{flag} {path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
-            f"{type(err).__name__}: {str(err).splitlines()[0][:150] if str(err) else ''}"
-        ) from None
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"{flag} {path}: holds a {type(payload).__name__}, not a checkpoint")
-    return payload
-
-
-def load_checkpoint(path: Path, model: BaseMethod, optimizer, gens: dict) -> TrainState:
-    payload = read_checkpoint(path, flag="--resume")
-    missing = {"model", "optimizer", "rng", "epoch", "iteration", "history"} - set(payload)
-    if missing:
-        raise CheckpointError(f"--resume {path}: not a training checkpoint, no {sorted(missing)}")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"]["torch"])
-    if payload["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-    for name, g in gens.items():
-        g.set_state(payload["rng"][name])
-    return TrainState(
-        payload["epoch"], payload["iteration"], payload["history"], payload["init_metrics"]
-    )
 
 
 def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int = 0) -> BaseMethod:
@@ -247,7 +130,7 @@ def train(
     if cfg.eval_init and state.epoch == 0 and rank == 0:
         state.init_metrics = evaluate_run(model, data, device, cfg)
         if progress:
-            tqdm.write(f"untrained encoder: {_accuracies(state.init_metrics, cfg.knn)}")
+            tqdm.write(f"untrained encoder: {accuracies(state.init_metrics, cfg.knn)}")
     start = time.perf_counter()
     reporter.start(state.epoch)
 
@@ -323,7 +206,7 @@ def train(
             saved_epoch = state.epoch
         reporter.report(metrics, ckpt_dir)
         if progress and rank == 0:
-            tqdm.write(_epoch_line(metrics, cfg.knn))
+            tqdm.write(epoch_line(metrics, cfg.knn))
     sinks.close()
     return summarize(state.history, state.init_metrics)
 
@@ -341,46 +224,3 @@ def _check_finite(loss: float, epoch: int, n: int, reporter: Reporter, saved: in
             f"the loss became {loss} in epoch {epoch + 1}, iteration {n + 1}; {where}. "
             "Try a lower --lr, a larger --w_eps, or a larger --w_size."
         )
-
-
-def _epoch_line(m: dict[str, Any], k: int) -> str:
-    line = f"epoch {m['epoch']:>4}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
-    line += f"{m['images_per_s']:,.0f} img/s"
-    if "rankme" in m:  # an evaluated epoch
-        line += f"  | {_accuracies(m, k)}"
-    if m.get("whiten_retries"):
-        line += f"  ({m['whiten_retries']} whitening retries)"
-    return line
-
-
-def _accuracies(m: dict[str, Any], k: int) -> str:
-    parts = [
-        f"{p.replace('_', ' ')}{k}-NN {m[p + 'acc_knn']:.2%}  linear {m[p + 'acc']:.2%}  "
-        f"top-5 {m[p + 'acc_5']:.2%}"
-        for p in ("", "val_", "test_")
-        if p + "acc_knn" in m
-    ]
-    return "  ".join(parts) + (f"  RankMe {m['rankme']:.1f}" if "rankme" in m else "")
-
-
-EVAL_KEYS = (
-    *(p + key for p in ("", "val_", "test_") for key in ("acc", "acc_5", "acc_knn")),
-    "rankme",
-)
-
-
-def summarize(history: list[dict[str, Any]], init_metrics: dict | None = None) -> dict[str, Any]:
-    """Final and best metrics of a run, from its per-epoch history (acc... on test, val_acc...
-    on validation, test_acc... once at the end in --eval_on val); `init_acc_knn` etc. for
-    the untrained encoder when it was evaluated (--eval_init)."""
-    summary: dict[str, Any] = {"epochs": len(history)}
-    if history:
-        summary |= {"loss": history[-1]["loss"], "time_total_s": history[-1]["time_total_s"]}
-    for key in EVAL_KEYS:
-        evaluated = [m for m in history if key in m]
-        if evaluated:
-            summary[key] = evaluated[-1][key]
-            summary[f"best_{key}"] = max(m[key] for m in evaluated)
-        if init_metrics and key in init_metrics:
-            summary[f"init_{key}"] = init_metrics[key]
-    return summary

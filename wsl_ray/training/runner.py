@@ -1,10 +1,15 @@
-"""The training loop on Ray Train workers: one TorchTrainer, DDP across its workers."""
+"""Loops on Ray Train workers: one TorchTrainer, DDP across its workers.
+
+`torch_trainer` runs any worker loop (training's `worker_loop`, lincls's); `ray_context` and
+`latest_checkpoint` give a worker its place in the run and the checkpoint to resume from.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..config import SYNC_BN_NEEDS_GPUS, Config, ConfigError
 from ..data.shared import shared_dataset
-from .loop import WorkerContext, read_checkpoint, train
+from .checkpoint import read_checkpoint
+from .loop import WorkerContext, train
 from .sinks import open_sinks
 
 
@@ -47,30 +53,45 @@ def wrap_model(model: torch.nn.Module, world_size: int, sync_bn: bool) -> torch.
     return ray.train.torch.prepare_model(model) if world_size > 1 else model
 
 
-def worker_loop(config: dict[str, Any]) -> None:
-    """Ray Train's train_loop_per_worker: resumes from the run's latest checkpoint if any."""
-    cfg = Config.from_dict(config["cfg"])
+def ray_context(gpu_share: float = 1.0, sync_bn: bool = False) -> WorkerContext:
+    """This Ray Train worker's device, rank and world, its model wrapped by `wrap_model`."""
     ctx = ray.train.get_context()
     world = ctx.get_world_size()
-    if config.get("threads"):
-        torch.set_num_threads(config["threads"])
-    context = WorkerContext(
+    return WorkerContext(
         device=ray.train.torch.get_device(),
         rank=ctx.get_world_rank(),
         world_size=world,
-        gpu_share=config.get("gpu_share", 1.0),
-        wrap_model=lambda model: wrap_model(model, world, cfg.sync_bn),
+        gpu_share=gpu_share,
+        wrap_model=lambda model: wrap_model(model, world, sync_bn),
     )
+
+
+@contextmanager
+def latest_checkpoint() -> Iterator[Path | None]:
+    """The folder of the Train run's latest checkpoint (None for a fresh run), while open."""
     checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-        if resume_dir and _report_if_complete(Path(resume_dir), cfg):
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        yield Path(folder)
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker: resumes from the run's latest checkpoint if any."""
+    cfg = Config.from_dict(config["cfg"])
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    context = ray_context(config.get("gpu_share", 1.0), cfg.sync_bn)
+    with latest_checkpoint() as resume_dir:
+        if resume_dir and _report_if_complete(resume_dir, cfg):
             return
         sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
         data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
         train(
             cfg,
             RayTrainReporter(),
-            resume_from=Path(resume_dir) if resume_dir else None,
+            resume_from=resume_dir,
             context=context,
             progress=config.get("progress", False),
             sinks=sinks,
@@ -113,17 +134,46 @@ def make_trainer(
     """
     if cfg.sync_bn and not gpus_per_worker:
         raise ConfigError(SYNC_BN_NEEDS_GPUS)
+    config = {
+        "cfg": cfg.to_dict(),
+        "progress": progress,
+        "threads": max(1, int(cpus_per_worker)),
+        "wandb": wandb or {},
+        "shared_data": shared_data,
+        "gpu_share": gpus_per_worker or 1.0,
+    }
+    return torch_trainer(
+        worker_loop,
+        config,
+        workers,
+        gpus_per_worker,
+        cpus_per_worker,
+        storage_path,
+        name,
+        callbacks=callbacks,
+        max_failures=max_failures,
+        keep=2,
+    )
+
+
+def torch_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    config: dict[str, Any],
+    workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+    storage_path: str | None,
+    name: str | None,
+    callbacks: list | None = None,
+    max_failures: int = 0,
+    keep: int | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer running `loop(config)` on `workers` DDP ranks (gloo on CPU, nccl on
+    GPU), keeping the newest `keep` checkpoints (None: all) under storage_path / name."""
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
     return TorchTrainer(
-        worker_loop,
-        train_loop_config={
-            "cfg": cfg.to_dict(),
-            "progress": progress,
-            "threads": max(1, int(cpus_per_worker)),
-            "wandb": wandb or {},
-            "shared_data": shared_data,
-            "gpu_share": gpus_per_worker or 1.0,
-        },
+        loop,
+        train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
@@ -133,6 +183,6 @@ def make_trainer(
             storage_path=storage_path,
             callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep),
         ),
     )
