@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from analysis.tables import paper_table
-from wsl_ray.methods import family
 from wsl_ray.config import (
     METHODS,
     TWO_VIEW_METHODS,
@@ -18,7 +17,7 @@ from wsl_ray.config import (
     config_from_args,
     validate_config,
 )
-from wsl_ray.methods import get_method, whitening
+from wsl_ray.methods import family, get_method, whitening
 from wsl_ray.methods.family import Family, family_of
 from wsl_ray.training.models import get_encoder, get_head
 

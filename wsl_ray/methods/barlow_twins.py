@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .base import BaseMethod
 from .losses import barlow_twins_loss
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -29,3 +30,8 @@ class BarlowTwins(BaseMethod):
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         z = [self.bn(v) for v in self.project(views)]
         return barlow_twins_loss(z, self.cfg.barlow_lambda, self.cfg.barlow_scale)
+
+
+BARLOW_TWINS_SPEC = MethodSpec(
+    "barlow_twins", "Barlow Twins", BarlowTwins, views=2, defaults=CW_RGP_STUDY_DEFAULTS
+)

@@ -12,6 +12,7 @@ import torch.nn as nn
 from ..training.models import Float32Linear
 from .base import BaseMethod
 from .losses import byol_loss
+from .spec import MethodSpec
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -53,3 +54,6 @@ class BYOL(BaseMethod):
 
     def step(self, progress: float) -> None:
         self.update_target(target_tau(progress, self.cfg.byol_tau))
+
+
+BYOL_SPEC = MethodSpec("byol", "BYOL", BYOL)

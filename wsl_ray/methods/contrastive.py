@@ -10,6 +10,7 @@ import torch.nn as nn
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
 from .losses import contrastive_loss
+from .spec import MethodSpec
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -31,3 +32,8 @@ class Contrastive(BaseMethod):
             return contrastive_loss(z, self.cfg.tau, self.cfg.norm)
         loss = contrastive_loss(gather_batch(z), self.cfg.tau, self.cfg.norm, (rank, world))
         return with_global_value(loss)
+
+
+CONTRASTIVE_SPEC = MethodSpec(
+    "contrastive", "Contrastive", Contrastive, flags=("global_negatives",)
+)

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .base import BaseMethod
 from .losses import simsiam_loss
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -46,3 +47,6 @@ class SimSiam(BaseMethod):
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         z = self.project(views)
         return simsiam_loss([self.pred(v) for v in z], z)
+
+
+SIMSIAM_SPEC = MethodSpec("simsiam", "SimSiam", SimSiam, views=2, defaults=CW_RGP_STUDY_DEFAULTS)

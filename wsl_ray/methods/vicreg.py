@@ -6,6 +6,7 @@ import torch
 
 from .base import BaseMethod
 from .losses import vicreg_loss
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
 
 
 class VICReg(BaseMethod):
@@ -16,3 +17,6 @@ class VICReg(BaseMethod):
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         c = self.cfg
         return vicreg_loss(self.project(views), c.vicreg_sim, c.vicreg_var, c.vicreg_cov)
+
+
+VICREG_SPEC = MethodSpec("vicreg", "VICReg", VICReg, views=2, defaults=CW_RGP_STUDY_DEFAULTS)

@@ -8,14 +8,16 @@ takes the matrix, axis and grouping from its flags (PCA, BN and Plain included).
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
 
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
-from .family import family_of
+from .family import family_of, family_problems
 from .losses import sample_covariance_penalty, whitened_mse_loss
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -77,3 +79,91 @@ class WhitenedMSE(BaseMethod):
     def step(self, progress: float) -> None:
         if round(progress * self.cfg.epoch) >= self.cfg.cov_stop:
             self.cov_on = False
+
+
+def _sub_batch_problems(cfg: Config, workers: int, above: int) -> list[str]:
+    """The batch whitened together (per worker, or all of it with --whiten_global) must
+    split into sub-batches of --w_size; the hint is a divisor of it above `above`."""
+    local_bs = cfg.bs // max(workers, 1)
+    w_batch = cfg.bs if cfg.whiten_global else local_bs
+    where = "the batch" if cfg.whiten_global else "the per-worker batch"
+    if cfg.bs % workers == 0 and w_batch % cfg.w_size == 0:
+        return []
+    return [
+        f"--w_size {cfg.w_size} must divide {where} {w_batch} (--bs {cfg.bs} / {workers} "
+        f"worker(s)); e.g. --w_size {_nearest_divisor(w_batch, cfg.w_size, above)}"
+    ]
+
+
+def _nearest_divisor(n: int, target: int, above: int = 0) -> int:
+    """The divisor of n nearest to target among those > above (n itself if none)."""
+    candidates = [d for d in range(above + 1, n + 1) if n % d == 0] or [n]
+    return min(candidates, key=lambda d: (abs(d - target), d))
+
+
+def _w_mse_problems(cfg: Config, workers: int) -> list[str]:
+    """The W-MSE rank condition w_size > emb; warns below 2 emb, where the W-MSE authors
+    saw unstable training."""
+    problems = _sub_batch_problems(cfg, workers, above=cfg.emb)
+    if cfg.w_size <= cfg.emb:
+        problems.append(
+            f"--w_size {cfg.w_size} must exceed --emb {cfg.emb}, or the sub-batch covariance "
+            f"is singular; e.g. --w_size {2 * cfg.emb} or --emb {max(cfg.w_size // 2, 1)}"
+        )
+    elif cfg.w_size < 2 * cfg.emb:
+        warnings.warn(
+            f"--w_size {cfg.w_size} < 2 x --emb {cfg.emb}: the W-MSE authors advise "
+            f"w_size >= 2 emb for stable whitening (e.g. --w_size {2 * cfg.emb})",
+            UserWarning,
+            stacklevel=3,
+        )
+    return problems + family_problems(cfg.to_dict())
+
+
+def _cw_rgp_problems(cfg: Config, workers: int) -> list[str]:
+    """CW-RGP's groups divide --emb into groups of more than --w_size channels."""
+    problems = _sub_batch_problems(cfg, workers, above=1)
+    fitting = [g for g in range(1, cfg.emb + 1) if cfg.emb % g == 0 and cfg.emb // g > cfg.w_size]
+    hint = f"--groups {max(fitting)}" if fitting else f"--emb {2 * cfg.w_size * cfg.groups}"
+    if not (cfg.groups >= 1 and cfg.emb % cfg.groups == 0):
+        problems.append(f"--groups {cfg.groups} must divide --emb {cfg.emb}; e.g. {hint}")
+    per_group = cfg.emb // max(cfg.groups, 1)
+    if per_group <= cfg.w_size:
+        problems.append(
+            f"CW-RGP needs more channels per group than --w_size: --emb {cfg.emb} / --groups "
+            f"{cfg.groups} = {per_group} <= --w_size {cfg.w_size}; e.g. {hint}"
+        )
+    return problems + family_problems(cfg.to_dict())
+
+
+def _whitened_mse_problems(cfg: Config, workers: int) -> list[str]:
+    return _sub_batch_problems(cfg, workers, above=1) + family_problems(cfg.to_dict())
+
+
+W_MSE_SPEC = MethodSpec(
+    "w_mse",
+    "W-MSE",
+    WhitenedMSE,
+    check=_w_mse_problems,
+    flags=("whiten_global",),
+    label_views=True,
+)
+CW_RGP_SPEC = MethodSpec(
+    "cw_rgp",
+    "CW-RGP",
+    WhitenedMSE,
+    defaults=CW_RGP_STUDY_DEFAULTS | {"groups": 1},
+    check=_cw_rgp_problems,
+    flags=("whiten_global",),
+    label_views=True,
+)
+WHITENED_MSE_SPEC = MethodSpec(
+    "whitened_mse",
+    "Whitened MSE",
+    WhitenedMSE,
+    defaults={"zero_init_residual": True},
+    check=_whitened_mse_problems,
+    flags=("whiten_global",),
+    label_views=True,
+    describe=lambda config: family_of(config).label,
+)

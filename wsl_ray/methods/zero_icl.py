@@ -7,6 +7,7 @@ import torch
 
 from .base import BaseMethod
 from .losses import zero_icl_loss
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
 
 
 class ZeroICL(BaseMethod):
@@ -14,3 +15,6 @@ class ZeroICL(BaseMethod):
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         return zero_icl_loss(self.project(views))
+
+
+ZERO_ICL_SPEC = MethodSpec("zero_icl", "zero-ICL", ZeroICL, views=2, defaults=CW_RGP_STUDY_DEFAULTS)

@@ -1,0 +1,149 @@
+"""The value rules of a Config: `validate_config` lists every broken one, naming the flag."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import fields
+from typing import Any
+
+from ..methods import SPECS, get_spec
+from ..training.models import check_arch
+from .schema import SYNC_BN_NEEDS_GPUS, Config, ConfigError
+
+
+def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) -> None:
+    """Raises ConfigError for a configuration that cannot train, naming the flag to change.
+    `gpus` is each worker's GPU share where known (--sync_bn needs one); None: not known yet.
+
+    First, every value must have its field's type and lie in its range (the ranges the
+    relations below divide by are checked before them); then the general relations, the
+    method's own check (its spec's: e.g. W-MSE's rank condition w_size > emb, CW-RGP's group
+    sizes), its number of views, and the flags only some methods take.
+    """
+    check = _Checker()
+    for f in fields(cfg):
+        problem = _type_problem(f.type, getattr(cfg, f.name))
+        check(problem is None, f"--{f.name} {getattr(cfg, f.name)!r}: must be {problem}")
+    check.raise_if_any()
+    for name in (
+        "epoch",
+        "knn",
+        "eval_every",
+        "eval_every_drop",
+        "ckpt_every",
+        "w_size",
+        "w_iter",
+        "head_layers",
+        "head_size",
+        "Tmult",
+    ):
+        check(getattr(cfg, name) >= 1, f"--{name} {getattr(cfg, name)}: must be 1 or more")
+    for name in ("subset", "T0"):
+        value = getattr(cfg, name)
+        check(value is None or value >= 1, f"--{name} {value}: must be 1 or more (or unset)")
+    check(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: must be a number > 0")
+    for name in ("cj_p", "gs_p", "hf_p", "byol_tau"):
+        value = getattr(cfg, name)
+        check(0 <= value <= 1, f"--{name} {value}: must be in [0, 1]")
+    for name in ("cj0", "cj1", "cj2", "adam_l2", "eta_min", "drop_gamma"):
+        check(getattr(cfg, name) >= 0, f"--{name} {getattr(cfg, name)}: must be 0 or more")
+    check(0 <= cfg.cj3 <= 0.5, f"--cj3 {cfg.cj3}: hue jitter must be in [0, 0.5]")
+    check(
+        0 < cfg.crop_s0 <= cfg.crop_s1 <= 1,
+        f"--crop_s0 {cfg.crop_s0} --crop_s1 {cfg.crop_s1}: need 0 < crop_s0 <= crop_s1 <= 1",
+    )
+    check(
+        0 < cfg.crop_r0 <= cfg.crop_r1,
+        f"--crop_r0 {cfg.crop_r0} --crop_r1 {cfg.crop_r1}: need 0 < crop_r0 <= crop_r1",
+    )
+    check(0 <= cfg.w_eps < 1, f"--w_eps {cfg.w_eps}: must be in [0, 1)")
+    check(cfg.tau > 0, f"--tau {cfg.tau}: must be > 0")
+    check(
+        all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in cfg.drop),
+        f"--drop {cfg.drop}: epochs must be integers, 0 or more",
+    )
+    for f in fields(cfg):
+        value, choices = getattr(cfg, f.name), f.metadata.get("choices") or ()
+        unset = value is None and f.default_factory() is None  # the method's preset decides
+        check(
+            not choices or unset or value in choices,
+            f"--{f.name} {value!r}: one of {', '.join(choices)}",
+        )
+    check(
+        cfg.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", cfg.device) is not None,
+        f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N",
+    )
+    check.raise_if_any()
+    check(cfg.num_samples >= 2, f"--num_samples {cfg.num_samples}: need 2 or more views")
+    check(cfg.bs >= workers, f"--bs {cfg.bs} is smaller than the {workers} workers")
+    check(cfg.emb >= 1 and cfg.bs >= 2, "--emb and --bs must be positive (--bs at least 2)")
+    check(
+        0 < cfg.val_size < 1 or (cfg.val_size >= 1 and float(cfg.val_size).is_integer()),
+        f"--val_size {cfg.val_size}: give a fraction in (0, 1) or a whole number of images",
+    )
+    try:
+        check_arch(cfg.arch)
+    except ValueError as err:
+        check(False, str(err))
+    spec = get_spec(cfg.method)
+    for problem in spec.check(cfg, workers):
+        check(False, problem)
+    check(
+        spec.views is None or cfg.num_samples == spec.views,
+        f"--method {cfg.method} takes exactly {spec.views} views: use --num_samples {spec.views}",
+    )
+    for flag in dict.fromkeys(f for s in SPECS.values() for f in s.flags):
+        owners = [name for name, s in SPECS.items() if flag in s.flags]
+        check(
+            not getattr(cfg, flag) or cfg.method in owners,
+            f"--{flag} is for --method {' or '.join(owners)}",
+        )
+    check(
+        not cfg.global_negatives or cfg.bs % workers == 0,
+        f"--global_negatives needs --bs {cfg.bs} divisible by {workers} workers",
+    )
+    check(gpus is None or not cfg.sync_bn or gpus > 0, SYNC_BN_NEEDS_GPUS)
+    check.raise_if_any()
+
+
+_TYPES = {
+    "int": (int, "an integer"),
+    "float": ((int, float), "a number"),
+    "str": (str, "a string"),
+    "bool": (bool, "true or false"),
+    "list": (list, "a list"),
+}
+
+
+def _type_problem(annotation: str, value: Any) -> str | None:
+    """None when `value` fits the field annotation ('int', 'float', 'str | None', ...);
+    otherwise what it must be. Booleans are not numbers here."""
+    names = [t.strip() for t in str(annotation).split("|")]
+    if value is None and "None" in names:
+        return None
+    wanted = [_TYPES[n] for n in names if n in _TYPES]
+    for types, _ in wanted:
+        if isinstance(value, types) and (types is bool or not isinstance(value, bool)):
+            if not (isinstance(value, float) and math.isnan(value)):
+                return None
+    return " or ".join(what for _, what in wanted) + (" (or unset)" if "None" in names else "")
+
+
+class _Checker:
+    """Collects every failed check so that one error lists everything to change."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def __call__(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.problems.append(message)
+
+    def raise_if_any(self) -> None:
+        if len(self.problems) == 1:
+            raise ConfigError(f"invalid configuration: {self.problems[0]}", self.problems)
+        if self.problems:
+            raise ConfigError(
+                "invalid configuration:\n  - " + "\n  - ".join(self.problems), self.problems
+            )

@@ -1,0 +1,230 @@
+"""The training configuration's fields, their defaults and its error type.
+
+The general fields are here; each method's defaults for the fields left unset come from its
+spec (`wsl_ray.methods`). The fields are a superset of the reference `train.py` flags, with
+the same names and defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..methods import METHODS, SPECS, get_spec
+from ..methods.family import AXES, GENERIC_DEFAULTS, MATRICES
+
+# The methods that take exactly two views.
+TWO_VIEW_METHODS = tuple(name for name, spec in SPECS.items() if spec.views == 2)
+OPTIMIZERS = ("adam", "sgd", "lars")
+# Defaults that depend on the method (its spec's `defaults`) or the --aug preset: their fields
+# default to None (unset) and are filled wherever a Config is built (flags, config files, search
+# spaces, dicts), so an explicit value always wins, even one equal to the general default.
+# These are the general ones. The --aug cw_rgp preset (CW-RGP's ImageNet transform.py) greys
+# with p 0.2.
+UNSET_DEFAULTS: dict[str, Any] = {
+    "emb": 64,
+    "groups": GENERIC_DEFAULTS["groups"],
+    "zero_init_residual": False,
+    "gs_p": 0.1,
+}
+AUG_PRESETS = ("wmse", "cw_rgp")
+UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}}
+
+
+SYNC_BN_NEEDS_GPUS = (
+    "--sync_bn needs GPU workers (SyncBatchNorm refuses CPU tensors): give each worker a GPU "
+    "(train: --workers N on a machine with CUDA or --gpus-per-worker G; tune: --gpus-per-trial "
+    "G), or drop --sync_bn"
+)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the flag and a value that works.
+    `problems` lists each failed check (one line each)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+def _f(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    return dataclasses.field(
+        default_factory=lambda: list(default) if isinstance(default, list) else default,
+        metadata={"help": help, **argparse_kwargs},
+    )
+
+
+@dataclass
+class Config:
+    # method and loss
+    method: str = _f("w_mse", "loss type", choices=METHODS)
+    num_samples: int = _f(2, "number of views generated from each image")
+    emb: int = _f(
+        None,
+        "embedding size (default 64; cw_rgp, barlow_twins, vicreg, simsiam, zero_icl: 512)",
+        type=int,
+    )
+    w_size: int = _f(128, "size of the sub-batch whitened together (W-MSE, CW-RGP)")
+    w_iter: int = _f(1, "iterations of whitening matrix estimation (W-MSE, CW-RGP)")
+    w_eps: float = _f(0.0, "shrinkage eps of the covariance, for stability")
+    groups: int = _f(None, "number of random channel groups (CW-RGP; default 1)", type=int)
+    tau: float = _f(0.5, "contrastive loss temperature")
+    byol_tau: float = _f(0.99, "starting EMA rate of BYOL's target network")
+    norm: bool = _f(True, "don't normalise latents (for the Euclidean distance)")
+    # the whitening family (whitened_mse; the presets w_mse and cw_rgp fix these) and others
+    w_matrix: str | None = _f(
+        None, "whitening matrix (whitened_mse; default cholesky)", type=str, choices=MATRICES
+    )
+    w_axis: str | None = _f(
+        None,
+        "whiten over the batch (W-MSE) or the channels (CW-RGP) (whitened_mse; default batch)",
+        type=str,
+        choices=AXES,
+    )
+    w_random_groups: bool = _f(False, "redraw the channel groups at every call (whitened_mse)")
+    minus: int = _f(1, "the covariance divisor is count - minus (whitened_mse)")
+    whiten_global: bool = _f(
+        False, "with --workers N, whiten sub-batches of all workers' embeddings together"
+    )
+    global_negatives: bool = _f(False, "with --workers N, Contrastive negatives of all workers")
+    barlow_lambda: float = _f(0.008, "Barlow Twins: weight of the off-diagonal terms")
+    barlow_scale: str = _f(
+        "emb",
+        "Barlow Twins: divide the cross-correlation by the embedding size (the CW-RGP "
+        "code, affine BN) or by the batch size (the paper, BN without affine)",
+        choices=("emb", "batch"),
+    )
+    vicreg_sim: float = _f(25.0, "VICReg: weight of the invariance term")
+    vicreg_var: float = _f(25.0, "VICReg: weight of the variance term")
+    vicreg_cov: float = _f(1.0, "VICReg: weight of the covariance term")
+    # encoder and head
+    arch: str = _f("resnet18", "encoder: resnet18|34|50, or resnet18_wN for base width N")
+    head_layers: int = _f(2, "number of FC layers in the head")
+    head_size: int = _f(1024, "size of the head's hidden FC layers")
+    add_bn: bool = _f(True, "do not use BatchNorm in the head")
+    zero_init_residual: bool = _f(
+        None,
+        "zero-init the last BN of each residual block (default: on for the CW-RGP study's "
+        "methods: cw_rgp, whitened_mse, barlow_twins, vicreg, simsiam, zero_icl)",
+    )
+    sync_bn: bool = _f(False, "SyncBatchNorm across the DDP workers (GPU workers only)")
+    # augmentation
+    aug: str = _f(
+        "wmse",
+        "augmentation preset: the W-MSE or the CW-RGP ImageNet pipeline",
+        choices=AUG_PRESETS,
+    )
+    cj0: float = _f(0.4, "color jitter brightness")
+    cj1: float = _f(0.4, "color jitter contrast")
+    cj2: float = _f(0.4, "color jitter saturation")
+    cj3: float = _f(0.1, "color jitter hue")
+    cj_p: float = _f(0.8, "color jitter probability")
+    gs_p: float = _f(None, "grayscale probability (default 0.1; --aug cw_rgp: 0.2)", type=float)
+    crop_s0: float = _f(0.2, "crop size from")
+    crop_s1: float = _f(1.0, "crop size to")
+    crop_r0: float = _f(0.75, "crop ratio from")
+    crop_r1: float = _f(4 / 3, "crop ratio to")
+    hf_p: float = _f(0.5, "horizontal flip probability")
+    # optimisation
+    epoch: int = _f(200, "total number of epochs")
+    bs: int = _f(512, "number of original images in a batch (all workers together)")
+    lr: float = _f(1e-3, "learning rate")
+    adam_l2: float = _f(1e-6, "weight decay (L2 penalty added to the gradient) of any --optimizer")
+    lr_warmup: bool = _f(True, "no linear learning rate warm-up over the first 500 iterations")
+    lr_step: str = _f(
+        "step",
+        "learning rate schedule; cos_epoch: cosine to 0 over --epoch, set at each epoch's start",
+        choices=("cos", "step", "none", "cos_epoch"),
+    )
+    optimizer: str = _f("adam", "optimiser; --adam_l2 is its weight decay", choices=OPTIMIZERS)
+    momentum: float = _f(0.9, "momentum of --optimizer sgd and lars")
+    lr_per_256: bool = _f(False, "--lr is per 256 images: the optimiser's lr is lr x bs / 256")
+    cov_w: float = _f(0.0, "weight of CW-RGP's covariance term (ImageNet recipe)")
+    cov_stop: int = _f(50, "epoch from which --cov_w is 0")
+    drop: list = _f([50, 25], "epochs before the end at which lr drops", nargs="*", type=int)
+    drop_gamma: float = _f(0.2, "multiplicative factor of the lr drop")
+    eta_min: float = _f(0.0, "minimum learning rate (--lr_step cos)")
+    T0: int | None = _f(None, "period in epochs (--lr_step cos); default: --epoch", type=int)
+    Tmult: int = _f(1, "period factor (--lr_step cos)")
+    # evaluation
+    knn: int = _f(5, "k of the k-NN classifier")
+    knn_metric: str = _f("euclidean", "k-NN distance", choices=("euclidean", "cosine"))
+    eval_every: int = _f(20, "evaluate every this many epochs")
+    eval_every_drop: int = _f(5, "evaluate every this many epochs after the first lr drop")
+    eval_head: bool = _f(False, "evaluate the head's output instead of the encoder's")
+    eval_init: bool = _f(False, "also evaluate the untrained encoder: the baseline to beat")
+    eval_on: str = _f(
+        "test",
+        "val: fit on clf minus val, score val (test once at the end); test: as the papers",
+        choices=("val", "test"),
+    )
+    val_size: float = _f(0.1, "validation part of the classifier set: a fraction, or a count")
+    # data and run
+    dataset: str = _f("cifar10", "dataset name")
+    data_dir: str | None = _f(None, "where the dataset's files are", type=str)
+    download: bool = _f(False, "download the dataset (needs a network)")
+    subset: int | None = _f(None, "keep at most this many images per role (quick runs)", type=int)
+    out: str = _f("runs", "output directory for checkpoints and metrics")
+    seed: int = _f(0, "random seed")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    compile: bool = _f(False, "torch.compile the encoder")
+    ckpt_every: int = _f(10, "save a full checkpoint every this many epochs")
+    fname: str | None = _f(None, "load model weights from this checkpoint", type=str)
+    wandb: str | None = _f(None, "log to this wandb project (offline unless WANDB_MODE)", type=str)
+
+    def __post_init__(self) -> None:
+        """Fills the fields left unset (None); see `fill_unset`."""
+        print_note_once(defaults_note(self.method, self.aug, fill_unset(self)))
+
+    @property
+    def eval_options(self) -> dict[str, Any]:
+        """The keyword arguments of `evaluate.evaluate` that the flags set."""
+        return {"knn": self.knn, "knn_metric": self.knn_metric, "seed": self.seed}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Builds a config from a (possibly partial) dict; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
+        return cls(**values)
+
+
+def fill_unset(cfg: Config) -> dict[str, Any]:
+    """Gives `cfg`'s unset (None) fields the defaults of its method and --aug preset, else the
+    general ones (`UNSET_DEFAULTS`); returns those the method or the preset decided."""
+    specific = dict(get_spec(cfg.method).defaults) if cfg.method in SPECS else {}
+    specific |= UNSET_AUG_DEFAULTS.get(cfg.aug, {})
+    applied = {}
+    for name, general in UNSET_DEFAULTS.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, specific.get(name, general))
+            if name in specific:
+                applied[name] = specific[name]
+    return applied
+
+
+def defaults_note(method: str, aug: str, applied: dict[str, Any]) -> str | None:
+    """The note that tells which method- or preset-specific defaults `fill_unset` applied
+    (None when it applied none)."""
+    if not applied:
+        return None
+    return f"note: defaults of --method {method} / --aug {aug} applied: " + ", ".join(
+        f"{k} {v}" for k, v in applied.items()
+    )
+
+
+_notes_printed: set[str] = set()
+
+
+def print_note_once(note: str | None) -> None:
+    """Prints a defaults note on stderr, once per process."""
+    if note is not None and note not in _notes_printed:
+        _notes_printed.add(note)
+        print(note, file=sys.stderr)

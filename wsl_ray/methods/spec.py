@@ -1,0 +1,58 @@
+"""What the rest of the project knows about a method: one `MethodSpec` beside each class.
+
+The config gathers its choices, unset defaults and checks from the specs, the tables their
+labels, and `train --help` its list of methods, so a method is described in its own file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .base import BaseMethod
+
+# The CW-RGP study's methods take its base/cfg.py emb 512 and its base/model.py
+# zero_init_residual (its get_model applies it to every method).
+CW_RGP_STUDY_DEFAULTS: dict[str, Any] = {"emb": 512, "zero_init_residual": True}
+
+
+def no_problems(cfg: Config, workers: int) -> list[str]:
+    """The check of a method without rules of its own."""
+    return []
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One `--method` value.
+
+    name      the --method value
+    label     its name in tables, e.g. 'W-MSE'
+    cls       the module that computes its loss
+    views     the number of views it takes exactly (None: any k >= 2)
+    defaults  the values it gives the fields left unset (emb, groups, zero_init_residual)
+    check     its own problems with a config and a number of workers, one message each
+    flags     the flags only it (and methods listing them too) may turn on, e.g. whiten_global
+    label_views  tables append the number of views, 'W-MSE 4', as the papers name them
+    describe  the detail tables add in brackets, from a trial's config values
+    """
+
+    name: str
+    label: str
+    cls: type[BaseMethod]
+    views: int | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    check: Callable[[Config, int], list[str]] = no_problems
+    flags: tuple[str, ...] = ()
+    label_views: bool = False
+    describe: Callable[[Mapping[str, Any]], str] | None = None
+
+    def table_label(self, config: Mapping[str, Any]) -> str:
+        """Its label for a trial whose config values (by flag name) are `config`."""
+        name = self.label
+        if self.describe is not None:
+            name += f" ({self.describe(config | {'method': self.name})})"
+        views = config.get("num_samples") or 2  # the default when a sweep did not set it
+        return f"{name} {views}" if self.label_views else name
