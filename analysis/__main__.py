@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from wsl_ray.sweep.metrics import DEFAULT_METRIC
+
 from . import plots, tables
 from .collect import CollectError, load, read_space, write
 from .importance import importances, stored_study, study_importances
@@ -38,16 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     i = sub.add_parser("importance", help="hyperparameter importances of one experiment")
     i.add_argument("experiment")
-    i.add_argument("--metric", default="val_acc_knn")
+    i.add_argument("--metric", default=DEFAULT_METRIC)
     i.add_argument("--evaluator", choices=("ped-anova", "fanova"), default="ped-anova")
     i.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     p = sub.add_parser("plots", help="PNG plots of one experiment")
     p.add_argument("experiment")
-    p.add_argument("--metric", default="val_acc_knn")
+    p.add_argument("--metric", default=DEFAULT_METRIC)
     p.add_argument("--out", default="plots")
     r = sub.add_parser("rankme", help="RankMe against validation accuracy, and its test gap")
     r.add_argument("source")
-    r.add_argument("--metric", default="val_acc_knn")
+    r.add_argument("--metric", default=DEFAULT_METRIC)
     r.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     return parser
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     "5-NN (%)"
                 )
             elif args.kind == "top":
-                rows = tables.top_trials(table, args.metric or "val_acc_knn", args.top)
+                rows = tables.top_trials(table, args.metric or DEFAULT_METRIC, args.top)
             else:
                 rows = tables.seed_table(table)
             print(tables.render(rows, args.format))

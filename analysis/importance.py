@@ -13,6 +13,9 @@ from typing import Any
 import optuna
 import pyarrow as pa
 
+from wsl_ray.sweep.metrics import DEFAULT_METRIC, metric_spec
+from wsl_ray.sweep.results import RANKED
+
 EVALUATORS = {
     "ped-anova": optuna.importance.PedAnovaImportanceEvaluator,
     "fanova": optuna.importance.FanovaImportanceEvaluator,
@@ -83,7 +86,7 @@ def study_importances(study: optuna.Study, evaluator: str = "ped-anova") -> list
 def importances(
     table: pa.Table,
     space: dict[str, Any],
-    metric: str = "val_acc_knn",
+    metric: str = DEFAULT_METRIC,
     evaluator: str = "ped-anova",
 ) -> list[dict[str, Any]]:
     """[{parameter, importance}] over the trials that reported `metric` (ASHA-stopped ones
@@ -91,7 +94,7 @@ def importances(
     dists = distributions(space["params"])
     trials = []
     for row in table.to_pylist():
-        if row.get(metric) is None or row.get("status") not in ("TERMINATED", "STOPPED", None):
+        if row.get(metric) is None or row.get("status") not in (*RANKED, None):
             continue
         params = {n: row.get(f"config/{n}") for n in dists}
         if any(v is None for v in params.values()):
@@ -101,6 +104,6 @@ def importances(
         )
     if len(trials) < 2:
         raise ValueError(f"importances need at least 2 trials with {metric}, got {len(trials)}")
-    study = optuna.create_study(direction="maximize")
+    study = optuna.create_study(direction=metric_spec(metric).mode + "imize")
     study.add_trials(trials)
     return study_importances(study, evaluator)

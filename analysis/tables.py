@@ -14,22 +14,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from wsl_ray.methods.family import FAMILY_METHODS, family_of
+from wsl_ray.methods import SPECS
+from wsl_ray.sweep.metrics import DEFAULT_METRIC, metric_spec, score
+from wsl_ray.sweep.results import RANKED, RUN_ONLY
+from wsl_ray.utils.markdown import markdown_table
 
-METHOD_NAMES = {
-    "w_mse": "W-MSE",
-    "cw_rgp": "CW-RGP",
-    "contrastive": "Contrastive",
-    "byol": "BYOL",
-    "whitened_mse": "Whitened MSE",
-    "barlow_twins": "Barlow Twins",
-    "vicreg": "VICReg",
-    "simsiam": "SimSiam",
-    "zero_icl": "zero-ICL",
-}
 # config columns that do not define a configuration: what repeats differ in
-NOT_CONFIG = {"config/seed", "config/out", "config/data_dir", "config/wandb", "config/device"}
-RANKED = ("TERMINATED", "STOPPED")
+NOT_CONFIG = {f"config/{k}" for k in RUN_ONLY}
 
 
 def method_label(row: dict[str, Any]) -> str:
@@ -37,12 +28,10 @@ def method_label(row: dict[str, Any]) -> str:
     its whitening, e.g. 'Whitened MSE (ZCA channel, 4 random groups) 2', so that tables
     group the whitening family's trials by matrix, axis and grouping."""
     method = row.get("method")
-    name = METHOD_NAMES.get(method, str(method))
-    if method == "whitened_mse":
-        config = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
-        name += f" ({family_of(config | {'method': method}).label})"
-    views = row.get("config/num_samples") or 2  # the default when a sweep did not set it
-    return f"{name} {views}" if method in FAMILY_METHODS else name
+    if method not in SPECS:
+        return str(method)
+    config = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+    return SPECS[method].table_label(config)
 
 
 def _pct(value: float | None) -> str:
@@ -74,10 +63,10 @@ def paper_table(table: pa.Table, metric: str = "val_acc") -> list[dict[str, Any]
     return rows
 
 
-def top_trials(table: pa.Table, metric: str = "val_acc_knn", k: int = 10) -> list[dict[str, Any]]:
+def top_trials(table: pa.Table, metric: str = DEFAULT_METRIC, k: int = 10) -> list[dict[str, Any]]:
     """The k best trials by `metric`, with the config values that vary between trials."""
     rows = [r for r in table.to_pylist() if r.get(metric) is not None and r["status"] in RANKED]
-    rows.sort(key=lambda r: -r[metric])
+    rows.sort(key=lambda r: -score(metric, r[metric]))
     varying = [
         c
         for c in table.column_names
@@ -142,7 +131,7 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / var if var else math.nan
 
 
-def rankme_report(table: pa.Table, metric: str = "val_acc_knn") -> list[dict[str, Any]]:
+def rankme_report(table: pa.Table, metric: str = DEFAULT_METRIC) -> list[dict[str, Any]]:
     """Does label-free RankMe pick what validation accuracy picks? Spearman's rho between
     RankMe and `metric` over the ranked trials (last evaluation of each), and, among the
     trials that ran their whole budget (they have test metrics), the test accuracy of the
@@ -155,11 +144,11 @@ def rankme_report(table: pa.Table, metric: str = "val_acc_knn") -> list[dict[str
     out = [
         {"quantity": f"Spearman rho (rankme, {metric})", "value": f"{rho:.3f}", "trials": len(both)}
     ]
-    test = "test_" + metric.removeprefix("val_")
+    test = metric_spec(metric).test
     done = [r for r in both if r["status"] == "TERMINATED" and r.get(test) is not None]
     if done:
         by_rankme = max(done, key=lambda r: r["rankme"])
-        by_val = max(done, key=lambda r: r[metric])
+        by_val = max(done, key=lambda r: score(metric, r[metric]))
         out += [
             {
                 "quantity": f"{test} of the RankMe-selected trial ({by_rankme['trial_id']})",
@@ -206,5 +195,4 @@ def render(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
         lines += [" & ".join(row) + r" \\" for row in esc[1:]]
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    return markdown_table(header, cells)

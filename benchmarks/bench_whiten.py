@@ -21,8 +21,9 @@ import time
 import torch
 
 from wsl_ray.methods.losses import cwrgp_loss, wmse_loss
+from wsl_ray.utils.markdown import markdown_table as table
 
-from .common import append_results, table
+from .common import append_results
 
 SETTINGS = {
     "CW-RGP 2 (bs 256, emb 512, w_size 64, groups 4, w_iter 4)": (

@@ -23,12 +23,6 @@ def hardware(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
 
 
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def append_results(title: str, device: torch.device, body: str, command: str) -> None:
     """Prints the results and appends them, dated and with the hardware, to BENCHMARKS.md."""
     stamp = datetime.date.today().isoformat()

@@ -5,8 +5,9 @@ import statistics
 
 import pytest
 
-from wsl_ray.confirm import confirm_configs, summarize_confirmation, t_quantile, welch_interval
+from wsl_ray.sweep.confirmation import confirm_configs, summarize_confirmation
 from wsl_ray.sweep.space import parse_space
+from wsl_ray.sweep.stats import t_quantile, welch_interval
 
 SPACE = """
 config: {method: w_mse, dataset: shapes, bs: 128, epoch: 2, eval_on: val}

@@ -18,8 +18,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from test_tune import SPACE, results, sweep, trial_epochs
 
+from wsl_ray.sweep.tuner import EXIT_HOOK
 from wsl_ray.training.loop import LocalReporter, NonFiniteLossError, _check_finite
-from wsl_ray.tune import EXIT_HOOK
 from wsl_ray.utils.atomic import atomic_save, remove_stale_tmp
 
 

@@ -21,16 +21,10 @@ from optuna.trial import TrialState
 from analysis.__main__ import main as analysis_main
 from wsl_ray.config import Config, validate_config
 from wsl_ray.sweep.space import SpaceError, load_space
-from wsl_ray.tune import (
-    EpochOptunaSearch,
-    asha_limits,
-    build_parser,
-    diverged,
-    fail_stale_trials,
-    overrides_from_args,
-    study_storage,
-    sweep_epochs,
-)
+from wsl_ray.sweep.study import EpochOptunaSearch, fail_stale_trials, study_storage
+from wsl_ray.sweep.trial import diverged
+from wsl_ray.sweep.tuner import asha_limits, sweep_epochs
+from wsl_ray.tune import build_parser, overrides_from_args
 
 RAY = str(Path(sys.executable).parent / "ray")
 # a throwaway test cluster on loopback: no usage stats, no token (a fresh `ray.init()` on this

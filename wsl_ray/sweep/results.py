@@ -30,13 +30,18 @@ import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
-VAL_METRICS = ("val_acc", "val_acc_5", "val_acc_knn", "rankme")
+from .metrics import METRICS, score
+
+VAL_METRICS = tuple(METRICS)
 TEST_METRICS = ("test_acc", "test_acc_5", "test_acc_knn")
 LEGACY = {"acc": "test_acc", "acc_5": "test_acc_5", "acc_knn": "test_acc_knn"}
 HISTORY_KEYS = ("epoch", "loss", "lr", *VAL_METRICS, *TEST_METRICS, "time_total_s")
 TEST_FILE = "test_metrics.json"
 SPACES_KEY = b"wsl_ray.spaces"
-RANKED = ("TERMINATED", "STOPPED")  # statuses whose metrics may be ranked
+STATUSES = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR")  # of a trial, in summary order
+RANKED = STATUSES[:2]  # statuses whose metrics may be ranked
+# training flags that do not change what is trained: configs differing only here are the same
+RUN_ONLY = ("seed", "out", "wandb", "data_dir", "device")
 
 
 class CollectError(ValueError):
@@ -200,79 +205,4 @@ def write_parquet(table: pa.Table, uri: str) -> None:
 def ranked(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """Trials that may be ranked (not failed, not diverged) and have `metric`, best first."""
     usable = [r for r in rows if r["status"] in RANKED and r.get(metric) is not None]
-    return sorted(usable, key=lambda r: -r[metric])
-
-
-def format_table(rows: list[dict[str, Any]], metric: str, searched: list[str], top: int = 5) -> str:
-    """The best `top` trials by `metric`, with their searched values, as Markdown."""
-    header = ["rank", "trial", "status", metric, "epochs", *searched]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, r in enumerate(ranked(rows, metric)[:top], 1):
-        values = [_fmt(r.get(f"config/{name}")) for name in searched]
-        cells = [i, r["trial_id"], r["status"], _metric(metric, r[metric]), r["epochs"], *values]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
-
-
-def _metric(name: str, value: float) -> str:
-    return f"{value:.2f}" if name == "rankme" else f"{value:.2%}"
-
-
-def _gap(name: str, diff: float) -> str:
-    return f"{diff:+.2f}" if name == "rankme" else f"{diff * 100:+.1f} points"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and not math.isnan(value):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def test_metric_for(metric: str) -> str:
-    """The test metric reported for a sweep that selects on `metric` (rankme: k-NN)."""
-    return "test_" + metric.removeprefix("val_") if metric != "rankme" else "test_acc_knn"
-
-
-def summarize_sweep(
-    experiment: str, metric: str, space, baseline: dict[str, float] | None = None
-) -> list[dict[str, Any]]:
-    """Collects the experiment into results.parquet and prints its best trials, how the first
-    (default) point and, if given, the untrained encoder did, and the selected trial's test
-    metric (never seen by the search)."""
-    rows = collect_rows(experiment)
-    searched = [*space.derived, *(k for k in space.params if k not in space.derived)]
-    uri = f"{experiment}/results.parquet"
-    name = experiment.rsplit("/", 1)[-1]
-    write_parquet(rows_table(rows, {name: space.to_yaml()}), uri)
-    statuses = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR")
-    counts = {s: sum(r["status"] == s for r in rows) for s in statuses}
-    print(f"\n== sweep {name}: {len(rows)} trials ==")
-    print(", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
-    print(format_table(rows, metric, searched))
-    best = next(iter(ranked(rows, metric)), None)
-    first = rows[0] if rows else None
-    failed = [r for r in rows if r["status"] == "ERROR"]
-    if failed:
-        print(f"{len(failed)} trial(s) failed; their errors:")
-        print("\n".join(f"  {r['path']}/error.txt" for r in failed))
-    test = test_metric_for(metric)
-    if best:
-        line = f"\nvalidation-selected best ({best['trial_id']}): {metric} "
-        line += _metric(metric, best[metric])
-        if best.get(test) is not None:
-            line += f"; {test} {best[test]:.2%} (computed once at the end, never seen by Tune)"
-        print(line)
-    if space.first and best and first and first.get(metric) is not None:
-        print(
-            f"default config ({first['trial_id']}): {metric} {_metric(metric, first[metric])}; "
-            f"best {_gap(metric, best[metric] - first[metric])} on validation"
-        )
-    if baseline and best:
-        gains = ", ".join(
-            f"{key} {_metric(key, baseline[key])} (best {_gap(key, best[key] - baseline[key])})"
-            for key in dict.fromkeys((metric, "val_acc_knn", "val_acc"))
-            if best.get(key) is not None and key in baseline
-        )
-        print(f"untrained encoder (default config): {gains}")
-    print(f"all trials: {uri}")
-    return rows
+    return sorted(usable, key=lambda r: -score(metric, r[metric]))

@@ -23,6 +23,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,18 @@ import yaml
 
 from ..config import Config, ConfigError, validate_config
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+def _spaces_dir() -> Path:
+    """The named spaces: package data `wsl_ray/search_spaces/` when installed from a wheel; in a
+    source checkout (editable install or `python -m` from the repo root) the top-level
+    `search_spaces/` folder that the wheel is built from."""
+    installed = resources.files("wsl_ray") / "search_spaces"
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 DISTRIBUTIONS = {
     "loguniform": ("low", "high"),
     "uniform": ("low", "high"),

@@ -1,0 +1,181 @@
+"""The sweep run on Ray Tune: Optuna's TPE behind a concurrency limit, ASHA (or FIFO) on the
+epoch, trials sized from the cluster's resources, and the driver-kill test hook."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from ..config import Config
+from ..utils.paths import absolute
+from .confirmation import sweep_metric
+from .metrics import metric_spec
+from .results import read_text, write_text
+from .space import SearchSpace, SpaceError, parse_space
+from .study import EpochOptunaSearch, fail_stale_trials, study_storage, sync_study
+from .trial import make_trial
+
+
+def asha_limits(epochs: int, eval_every: int, grace: int | None) -> tuple[int, int]:
+    """(max_t, grace_period) for ASHA, the grace clamped to the epoch budget: Ray asserts
+    grace_period <= max_t, and --epochs below the space's eval_every would break that."""
+    grace = grace or eval_every
+    if grace < 1:
+        raise SpaceError(f"--grace {grace}: give a whole number of epochs >= 1")
+    if grace > epochs:
+        print(f"note: ASHA grace period {grace} > --epochs {epochs}; using {epochs}")
+    return epochs, min(grace, epochs)
+
+
+def run_sweep(
+    args: argparse.Namespace,
+    space: SearchSpace,
+    limits: tuple[int, int],
+    shared_data: dict[str, Any] | None = None,
+) -> Any:
+    """Runs (or resumes) the sweep and returns Tune's ResultGrid; `limits` is
+    (epoch budget, ASHA grace period) from `sweep_epochs`."""
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
+    path = experiment_path(args)
+    trial = make_trial(
+        args.workers_per_trial, gpus, args.cpus_per_trial, path, args.metric, shared_data
+    )
+    # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
+    trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
+    name = path.rsplit("/", 1)[-1]
+    study, local_study = study_storage(args.optuna_storage, path, name)
+    if args.resume:
+        if not tune.Tuner.can_restore(path):
+            raise SpaceError(f"--resume: no experiment to resume at {path}")
+        sync_study(local_study, path, upload=False)
+        stale = fail_stale_trials(study, name)
+        if stale:
+            print(f"--resume: {stale} trial(s) left RUNNING by the crash marked FAIL in the study")
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    else:
+        write_text(f"{path}/search_space.yaml", space.to_yaml())  # for the analysis package
+        tuner = _new_tuner(args, space, limits, trainable, study, gpus)
+    grid = tuner.fit()
+    sync_study(local_study, path, upload=True)
+    return grid
+
+
+def _new_tuner(
+    args: argparse.Namespace,
+    space: SearchSpace,
+    limits: tuple[int, int],
+    trainable: Any,
+    study: Any,
+    gpus: float,
+) -> tune.Tuner:
+    """The Tuner of a new sweep: TPE (the space's first point first) behind a concurrency
+    limit, ASHA or FIFO on the epoch, the study in `study`, the test hook if set."""
+    name = experiment_path(args).rsplit("/", 1)[-1]
+    mode = metric_spec(args.metric).mode
+    sampler = optuna.samplers.TPESampler(seed=args.seed, multivariate=True, constant_liar=True)
+    epochs, grace = limits
+    searcher = EpochOptunaSearch(
+        space.suggest,
+        metric=args.metric,
+        mode=mode,
+        sampler=sampler,
+        points_to_evaluate=[space.first] if space.first else None,
+        study_name=name,
+        storage=study,
+        epochs=epochs,
+    )
+    concurrency = args.concurrency or fitting_trials(args, gpus)
+    if args.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=epochs, grace_period=grace, reduction_factor=2
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=args.metric,
+            mode=mode,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            scheduler=scheduler,
+            num_samples=args.num_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=absolute(args.storage),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            callbacks=exit_hooks(),
+        ),
+    )
+
+
+def sweep_epochs(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
+    """The trials' epoch budget and ASHA's grace period (clamped to the budget)."""
+    epochs = space.config.get("epoch", Config().epoch)
+    eval_every = space.config.get("eval_every", Config().eval_every)
+    return asha_limits(epochs, eval_every, args.grace)
+
+
+EXIT_HOOK = "WSL_RAY_TEST_EXIT_AFTER_FINAL"
+
+
+class _ExitAfterFinalResult(tune.Callback):
+    """Test hook: with WSL_RAY_TEST_EXIT_AFTER_FINAL=N the driver dies (exit code 99) right
+    after trial N's final result, whose checkpoint is on storage by then, and before Tune
+    records the trial as finished: the moment that a kill of the driver can hit."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        # read now, not when built: Tuner.restore brings the callback back from the pickled
+        # experiment, and the resumed sweep must run to its end
+        number = os.environ.get(EXIT_HOOK)
+        final = result.get("epoch") == trial.config.get("epoch", Config().epoch)
+        if final and number and str(trial.experiment_tag).split("_")[0] == number:
+            os._exit(99)
+
+
+def exit_hooks() -> list[tune.Callback]:
+    """The test hook's callback when WSL_RAY_TEST_EXIT_AFTER_FINAL is set, else none."""
+    return [_ExitAfterFinalResult()] if os.environ.get(EXIT_HOOK) else []
+
+
+def cluster_gpus() -> float:
+    """GPUs per trial worker when --gpus-per-trial is not given: one if the Ray *cluster*
+    has any GPU (ray.cluster_resources; Ray must be initialised), else none. This is a
+    question about the cluster, not about this process's torch.cuda."""
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def fitting_trials(args: argparse.Namespace, gpus: float) -> int:
+    """How many trials the cluster fits at once, from its CPUs (and GPUs)."""
+    resources = ray.cluster_resources()
+    per_trial_cpus = args.workers_per_trial * args.cpus_per_trial
+    fit = int(resources.get("CPU", 1) // max(per_trial_cpus, 1e-9))
+    if gpus:
+        fit = min(fit, int(resources.get("GPU", 0) // (gpus * args.workers_per_trial)))
+    return max(1, fit)
+
+
+def experiment_path(args: argparse.Namespace) -> str:
+    """STORAGE/NAME, the experiment folder (NAME: --name, else the space's file stem)."""
+    name = args.name or Path(args.space).stem
+    return f"{absolute(args.storage).rstrip('/')}/{name}"
+
+
+def saved_sweep(experiment: str) -> tuple[SearchSpace, str]:
+    """(space, metric) as an experiment's sweep ran them, from its folder (for --resume)."""
+    saved = f"{experiment}/search_space.yaml"
+    try:
+        text = read_text(saved)
+    except FileNotFoundError:
+        raise SpaceError(
+            f"--resume: no experiment to resume ({saved} is missing); give its --name and --storage"
+        ) from None
+    return parse_space(text, Path(experiment)), sweep_metric(experiment)
