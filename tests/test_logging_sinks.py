@@ -9,63 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_trainer import Crash, CrashingReporter, tiny_config, tiny_data  # noqa: F401 (fixture)
-from wandb.proto import wandb_internal_pb2
+from helpers import Crash, CrashingReporter, offline_runs, tiny_config
 
 from wsl_ray.sweep import trial as wsl_trial
 from wsl_ray.training.loop import train
 from wsl_ray.training.sinks import WANDB_ID_FILE, open_sinks
-
-BLOCK = 32768  # wandb's transaction log: LevelDB-style 32 KiB blocks of checksummed records
-HEADER = 7  # ":W&B", 2 magic bytes, a version byte
-RECORD_HEADER = 7  # crc32 (4), length (2, little-endian), type (1: full, 2-4: first/mid/last;
-# 0: the rest of the block is zero padding)
-
-
-def read_records(path: Path) -> list:
-    """The protobuf Records of an offline run's `run-ID.wandb` file."""
-    raw, pos, records, pending = path.read_bytes(), HEADER, [], b""
-    while pos + RECORD_HEADER <= len(raw):
-        left = BLOCK - pos % BLOCK
-        if left < RECORD_HEADER:  # the block's zero padding
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", raw[pos : pos + RECORD_HEADER])
-        if kind == 0:  # zero padding up to the end of the block
-            pos += left
-            continue
-        pending += raw[pos + RECORD_HEADER : pos + RECORD_HEADER + length]
-        pos += RECORD_HEADER + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
-def offline_runs(log_dir: Path) -> list[dict]:
-    """Per offline run folder under log_dir/wandb (oldest first): id, group, logged steps."""
-    runs = []
-    for folder in sorted((Path(log_dir) / "wandb").glob("offline-run-*")):
-        (log,) = folder.glob("run-*.wandb")
-        run, steps = None, []
-        for record in read_records(log):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                run = record.run
-            elif kind == "history":
-                steps.append(record.history.step.num)
-        runs.append(
-            {
-                "folder": folder.name,
-                "id": run.run_id,
-                "group": run.run_group,
-                "config": run.config,
-                "steps": steps,
-            }
-        )
-    return runs
 
 
 def crash(cfg, epoch, data, **kwargs):

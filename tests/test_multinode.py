@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import own_ray_cluster
-from test_tune import RAY_ENV, SPACE, trial_epochs, wait_for
+from helpers import RAY_ENV, SPACE, own_ray_cluster, trial_epochs, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 # The second trial is the one killed, after the first finished, while it has reported 1 to

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_trainer import our_lrs, reference_lrs
+from helpers import our_lrs, reference_lrs
 
 from wsl_ray.config import Config
 from wsl_ray.training.optim import LARS, base_lr, build_optimizer, learning_rate

@@ -5,7 +5,7 @@ import os
 import pytest
 import ray
 import torch
-from test_logging_sinks import offline_runs
+from helpers import offline_runs
 
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset

@@ -14,9 +14,9 @@ import sys
 
 import optuna
 import pytest
+from helpers import SPACE, results, sweep, trial_epochs
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from test_tune import SPACE, results, sweep, trial_epochs
 
 from wsl_ray.sweep.tuner import EXIT_HOOK
 from wsl_ray.training.loop import LocalReporter, NonFiniteLossError, _check_finite

@@ -5,42 +5,11 @@ import math
 
 import pytest
 import torch
+from helpers import Crash, CrashingReporter, our_lrs, reference_lrs, tiny_config
 
 from wsl_ray.config import Config
-from wsl_ray.data import load_dataset
 from wsl_ray.training.checkpoint import CHECKPOINT_FILE
 from wsl_ray.training.loop import NonFiniteLossError, eval_epochs, train
-from wsl_ray.training.optim import learning_rate
-from wsl_ray.training.reporting import LocalReporter
-
-
-def reference_lrs(cfg, iters_per_epoch, scheduler):
-    """The lr each iteration of the reference train.py loop would use."""
-    model = torch.nn.Linear(1, 1)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = scheduler(opt)
-    warmup, lrs = 0 if cfg.lr_warmup else 500, []
-    for ep in range(cfg.epoch):
-        for n in range(iters_per_epoch):
-            if warmup < 500:
-                for pg in opt.param_groups:
-                    pg["lr"] = cfg.lr * (warmup + 1) / 500
-                warmup += 1
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.step()  # no gradients: changes nothing, keeps the scheduler's order check quiet
-            if cfg.lr_step == "cos" and warmup >= 500:
-                sched.step(ep + n / iters_per_epoch)  # sets the next iteration's lr
-        if cfg.lr_step == "step":
-            sched.step()
-    return lrs
-
-
-def our_lrs(cfg, iters):
-    return [
-        learning_rate(cfg, e + n / iters, e * iters + n, iters)
-        for e in range(cfg.epoch)
-        for n in range(iters)
-    ]
 
 
 def test_warmup_and_step_schedule_equal_the_reference():
@@ -85,50 +54,6 @@ def test_eval_epochs_follow_the_reference():
     assert epochs[7:10] == [155, 160, 165] and epochs[-1] == 200
     assert sorted(eval_epochs(Config(epoch=7, eval_every=3, drop=[]))) == [3, 6, 7]
     assert sorted(eval_epochs(Config(epoch=7, eval_every=3))) == [3, 6, 7]  # drop beyond the run
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    import os
-
-    os.environ["WSL_RAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    return load_dataset("shapes", num_train=256, num_test=64)
-
-
-def tiny_config(out, **overrides):
-    values = dict(
-        dataset="shapes",
-        arch="resnet18_w8",
-        bs=64,
-        emb=8,
-        w_size=32,
-        head_size=32,
-        epoch=3,
-        lr=3e-3,
-        lr_warmup=False,
-        eval_every=100,
-        ckpt_every=1,
-        w_eps=0.01,
-        out=str(out),
-    )
-    return Config(**(values | overrides))
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashingReporter(LocalReporter):
-    """Dies right after reporting `at_epoch`, as a killed process would."""
-
-    def __init__(self, out, at_epoch):
-        super().__init__(out)
-        self.at_epoch = at_epoch
-
-    def report(self, metrics, checkpoint_dir):
-        super().report(metrics, checkpoint_dir)
-        if metrics["epoch"] == self.at_epoch:
-            raise Crash
 
 
 @pytest.mark.parametrize("method", ["w_mse", "byol"])

@@ -5,15 +5,13 @@ so that a test can kill it, or kill a trial's Train worker, while it runs.
 """
 
 import json
-import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from helpers import SPACE, results, sweep
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -26,79 +24,12 @@ from wsl_ray.sweep.trial import diverged
 from wsl_ray.sweep.tuner import asha_limits, sweep_epochs
 from wsl_ray.tune import build_parser, overrides_from_args
 
-RAY = str(Path(sys.executable).parent / "ray")
-# a throwaway test cluster on loopback: no usage stats, no token (a fresh `ray.init()` on this
-# machine may have left one behind that a later cluster would otherwise demand)
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-SPACE = """
-config:
-  method: w_mse
-  dataset: shapes
-  arch: resnet18_w8
-  head_size: 64
-  bs: 128
-  subset: 512
-  lr_warmup: false
-  w_eps: 0.01
-  ckpt_every: 1
-params:
-  lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
-  emb: {distribution: categorical, choices: [8, 16]}
-  w_ratio: {distribution: categorical, choices: [2, 4]}
-derived: {w_size: emb * w_ratio}
-first: {lr: 3.0e-3, emb: 16, w_ratio: 4}
-"""
-
 
 @pytest.fixture
 def space_file(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(SPACE)
     return path
-
-
-def sweep(cluster, space_file, storage, *args, wait=True, timeout=600):
-    cmd = [
-        sys.executable,
-        "-m",
-        "wsl_ray.tune",
-        "--space",
-        str(space_file),
-        "--storage",
-        str(storage),
-        "--name",
-        "t",
-        *args,
-    ]
-    env = dict(os.environ, RAY_ADDRESS=cluster, **RAY_ENV)
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
-def results(storage):
-    return pq.read_table(storage / "t" / "results.parquet").to_pylist()
-
-
-def trial_epochs(storage):
-    """Per Tune trial folder, the epochs it reported, in order."""
-    epochs = {}
-    for result_file in (storage / "t").glob("*/result.json"):
-        lines = result_file.read_text().splitlines()
-        epochs[result_file.parent.name] = [json.loads(x)["epoch"] for x in lines]
-    return epochs
-
-
-def wait_for(condition, timeout=400):
-    start = time.time()
-    while not condition():
-        assert time.time() - start < timeout, "timed out"
-        time.sleep(1)
 
 
 @pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
