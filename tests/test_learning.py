@@ -32,6 +32,12 @@ def short_run(tmp_path, **settings) -> dict:
     return train(cfg, data=load_dataset("shapes"), progress=False)
 
 
+# On this machine's torch 2.14.1 (2026-12-02) the calibrated seeds below no longer take off on
+# 2 threads: W-MSE seed 1 ends at 14.2% 5-NN from 14.35% after 4 epochs, with the code at 4bc487d
+# (before the redesign's refactors) too, to the last digit; on 1 thread it reaches 29.5%. Until
+# they are recalibrated (issue "Speed", which re-runs the calibration), they run with
+# `make test-slow` and not in the 15-minute suite.
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_short_wmse_run_on_shapes_beats_the_untrained_encoder(tmp_path):
     # seed 1 on 2 threads reaches 38.0% 5-NN after 4 epochs (from 14.4%) with resnet18_w8
@@ -73,6 +79,7 @@ def learning_failures(tmp_path, runs: dict[str, dict]) -> dict[str, str]:
     return failed
 
 
+@pytest.mark.slow  # see the note above the W-MSE check
 @pytest.mark.timeout(900)
 def test_short_runs_of_the_comparison_methods_beat_the_untrained_encoder(tmp_path):
     assert not (failed := learning_failures(tmp_path, COMPARISON)), failed
