@@ -5,7 +5,7 @@ A Tune experiment folder holds a folder per trial, `trial_<id>_<number>_...`, wi
 `params.json` (the trial's config: its whole training configuration plus helper ratios),
 `result.json` (one JSON line per result Tune received: the evaluated epochs), and, for a
 trial that ran its whole epoch budget in --eval_on val, `test_metrics.json` (written beside
-Tune, never reported to it). Columns (README, "Results schema"):
+Tune, never reported to it). Columns (docs/results.md, "Results schema"):
 
     trial_id, trial_number, experiment, method, dataset, status, epochs, epoch_budget,
     time_total_s, val_acc, val_acc_5, val_acc_knn, rankme (last evaluation),

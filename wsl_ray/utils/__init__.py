@@ -1,1 +1,1 @@
-"""Small helpers without domain knowledge: atomic writes and path handling."""
+"""Small helpers without domain knowledge: atomic writes, path handling, Markdown tables."""
