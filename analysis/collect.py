@@ -1,6 +1,6 @@
 """Experiment folders (local or URI) or Parquet files -> one Arrow table, one row per trial.
 
-The rows are the sweep's results schema (wsl_ray.sweep.results, docs/results.md "Results schema"), so a
+The rows are the sweep's results schema (wsl_ray.sweep.results; docs/results.md), so a
 sweep's own results.parquet and `python -m analysis collect` hold the same columns, and
 every subcommand takes either. The Parquet metadata carries each experiment's search space.
 """
