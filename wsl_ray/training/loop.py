@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, validate_config
-from ..data import Augment, ImageData, iterate_batches, load_dataset
+from ..data import Augment, ImageData, ImageFiles, iterate_batches, load_dataset
 from ..methods import BaseMethod, get_method
 from ..methods.whitening import stats as whitening_stats
 from .checkpoint import (
@@ -37,6 +38,41 @@ from .optim import base_lr, build_optimizer, learning_rate
 from .reporting import LocalReporter, Reporter, accuracies, epoch_line, summarize
 from .sinks import MetricSinks, open_sinks
 from .weights import load_weights
+
+
+def epoch_batches(
+    images: torch.Tensor | ImageFiles,
+    labels: torch.Tensor,
+    local_bs: int,
+    iters: int,
+    desc: str,
+    generator: torch.Generator,
+    device: torch.device,
+    context: WorkerContext,
+    progress: bool,
+    drop_last: bool = True,
+) -> tqdm:
+    """One epoch's first `iters` shuffled batches (uint8 images [b, C, H, W], labels [b],
+    sizes [b, 2]) of this rank's share, behind a progress bar on rank 0."""
+    batches = iterate_batches(
+        images,
+        labels,
+        local_bs,
+        drop_last=drop_last,
+        generator=generator,
+        device=device,
+        rank=context.rank,
+        world_size=context.world_size,
+        with_sizes=True,
+    )
+    return tqdm(
+        islice(batches, iters),
+        total=iters,
+        desc=desc,
+        leave=False,
+        disable=not progress or context.rank != 0,
+        dynamic_ncols=True,
+    )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -137,23 +173,17 @@ def train(
     for epoch in range(state.epoch, cfg.epoch):
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
         running_loss = HostScalar(device)  # the bar's loss: never waits for the GPU
-        batches = iterate_batches(
+        desc = f"epoch {epoch + 1}/{cfg.epoch}"
+        bar = epoch_batches(
             data.train_x,
             data.train_y,
             local_bs,
-            generator=gens["data"],
-            device=device,
-            rank=rank,
-            world_size=context.world_size,
-            with_sizes=True,
-        )
-        bar = tqdm(
-            batches,
-            total=iters,
-            desc=f"epoch {epoch + 1}/{cfg.epoch}",
-            leave=False,
-            disable=not progress or rank != 0,
-            dynamic_ncols=True,
+            iters,
+            desc,
+            gens["data"],
+            device,
+            context,
+            progress,
         )
         for n, (x, _, sizes) in enumerate(bar):
             lr = learning_rate(cfg, epoch + n / iters, state.iteration, iters)
