@@ -5,7 +5,18 @@ import warnings
 
 import pytest
 
-from wsl_ray.config import Config, ConfigError, add_config_flags, config_from_args, validate_config
+from wsl_ray.config import (
+    Config,
+    ConfigError,
+    add_config_flags,
+    config_from_args,
+    defaults_note,
+    validate_config,
+)
+from wsl_ray.config.schema import option_fields
+from wsl_ray.methods import SPECS, BaseMethod, MethodSpec
+from wsl_ray.methods.spec import Option
+from wsl_ray.train import main as train_main
 
 
 def test_defaults_are_valid_for_w_mse():
@@ -81,3 +92,28 @@ def test_flags_match_reference_names_and_defaults():
 def test_from_dict_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="unknown config key"):
         Config.from_dict({"w_sise": 64})
+
+
+def test_each_method_option_is_a_field_with_its_flag_in_the_method_group():
+    parser = add_config_flags(argparse.ArgumentParser())
+    groups = {g.title: {a.dest for a in g._group_actions} for g in parser._action_groups}
+    for spec in SPECS.values():
+        for name, option in spec.options.items():
+            assert getattr(Config(), name) == option.default
+            assert name in groups[f"options of --method {spec.name}"]
+    assert "emb" not in set().union(*(g for t, g in groups.items() if "--method" in str(t)))
+
+
+def test_an_option_named_like_a_field_is_refused():
+    clash = MethodSpec("clash", "Clash", BaseMethod, options={"emb": Option(8, "again")})
+    with pytest.raises(TypeError, match="option 'emb' is already a field"):
+        option_fields([clash])
+
+
+def test_the_defaults_note_names_what_the_method_decided(capsys):
+    assert defaults_note(Config()) is None
+    assert defaults_note(Config(method="cw_rgp", emb=256)) == (
+        "note: defaults of --method cw_rgp / --aug wmse applied: groups 1, zero_init_residual True"
+    )
+    assert train_main(["--method", "cw_rgp", "--print_config"]) == 0
+    assert capsys.readouterr().err.count("note: defaults of --method cw_rgp") == 1

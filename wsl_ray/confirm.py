@@ -21,12 +21,13 @@ from .sweep.confirmation import check_counts, report, run_confirmation, sweep_me
 from .sweep.results import CollectError, collect_rows, read_text
 from .sweep.space import SpaceError, parse_space
 from .sweep.summary import format_table
+from .utils.cli import command_name
 from .utils.paths import absolute
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m wsl_ray.confirm", description=__doc__.splitlines()[0]
+        prog=command_name("wsl_ray.confirm"), description=__doc__.splitlines()[0]
     )
     p.add_argument("experiment", help="a finished sweep's folder, e.g. ~/wsl_ray_results/wmse")
     p.add_argument("--confirm", type=int, default=1, help="how many top configurations")

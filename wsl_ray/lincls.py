@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import sys
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +33,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import Augment, ImageData, iterate_batches, load_dataset
+from .data import Augment, ImageData, load_dataset
 from .training.checkpoint import read_checkpoint
 from .training.device import gpus_per_worker, resolve_device, setup_device
 from .training.evaluate import embed
-from .training.loop import WorkerContext
+from .training.loop import WorkerContext, epoch_batches
 from .training.models import get_encoder
 from .training.optim import build_optimizer
 from .training.reporting import LocalReporter, Reporter
 from .training.weights import state_dict_of
 from .utils.atomic import atomic_save
+from .utils.cli import command_name
 
 CHECKPOINT_FILE = "lincls.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m wsl_ray.lincls",
+        prog=command_name("wsl_ray.lincls"),
         description="Linear classification on a frozen encoder (SimSiam / CW-RGP protocol).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -211,27 +211,9 @@ def run(
     for epoch in range(state["epoch"], args.epochs):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(base_lr, epoch, args.epochs)
-        batches = islice(
-            iterate_batches(
-                train_x,
-                train_y,
-                local_bs,
-                drop_last=False,
-                generator=gens["data"],
-                device=device,
-                rank=rank,
-                world_size=world,
-                with_sizes=True,
-            ),
-            iters,
-        )
-        bar = tqdm(
-            batches,
-            total=iters,
-            desc=f"lincls epoch {epoch + 1}/{args.epochs}",
-            leave=False,
-            disable=not progress or rank != 0,
-            dynamic_ncols=True,
+        desc = f"lincls epoch {epoch + 1}/{args.epochs}"
+        bar = epoch_batches(
+            train_x, train_y, local_bs, iters, desc, gens["data"], device, context, progress, False
         )
         loss_sum, seen = torch.zeros((), device=device), 0
         for x, y, sizes in bar:

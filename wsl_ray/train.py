@@ -20,16 +20,18 @@ from .config import (
     ConfigError,
     add_config_flags,
     config_from_args,
+    defaults_note,
     validate_config,
 )
 from .config.file import add_config_file_flags, read_config_file, resolved_yaml
 from .methods import SPECS
+from .utils.cli import command_name
 from .utils.paths import absolute_paths, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m wsl_ray.train",
+        prog=command_name("wsl_ray.train"),
         description="Self-supervised training: " + ", ".join(s.label for s in SPECS.values()) + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_run_flags(args)
         cfg = config_from_args(args)
+        if note := defaults_note(cfg):
+            print(note, file=sys.stderr)
         # --sync_bn needs GPU workers (a direct run has none); --print_config suits any machine
         gpus = gpus_per_worker(args.gpus_per_worker) if args.workers else 0
         validate_config(cfg, workers=max(args.workers, 1), gpus=None if args.print_config else gpus)

@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, defaults_note
 from .data.shared import share_dataset
 from .sweep.confirmation import check_counts, report, run_confirmation
 from .sweep.metrics import DEFAULT_METRIC, METRICS
@@ -41,6 +41,7 @@ from .sweep.tuner import (
     saved_sweep,
     sweep_epochs,
 )
+from .utils.cli import command_name
 from .utils.paths import absolute_paths
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
@@ -49,7 +50,7 @@ METRIC_CHOICES = tuple(dict.fromkeys((DEFAULT_METRIC, *METRICS)))  # the default
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m wsl_ray.tune",
+        prog=command_name("wsl_ray.tune"),
         description="Hyperparameter sweep of self-supervised training on Ray Tune + Optuna.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t: settle it here
         space.config = absolute_paths(space.config)  # trials run in folders of their own
         default = Config.from_dict(space.resolve(space.default_point()))
+        if note := defaults_note(default):
+            print(note, file=sys.stderr)
         data = check_data(default, space.name)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -43,7 +43,7 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"--{name} {value}: must be 1 or more (or unset)")
     check(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: must be a number > 0")
-    for name in ("cj_p", "gs_p", "hf_p", "byol_tau"):
+    for name in ("cj_p", "gs_p", "hf_p"):
         value = getattr(cfg, name)
         check(0 <= value <= 1, f"--{name} {value}: must be in [0, 1]")
     for name in ("cj0", "cj1", "cj2", "adam_l2", "eta_min", "drop_gamma"):
@@ -58,7 +58,11 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         f"--crop_r0 {cfg.crop_r0} --crop_r1 {cfg.crop_r1}: need 0 < crop_r0 <= crop_r1",
     )
     check(0 <= cfg.w_eps < 1, f"--w_eps {cfg.w_eps}: must be in [0, 1)")
-    check(cfg.tau > 0, f"--tau {cfg.tau}: must be > 0")
+    for spec in SPECS.values():
+        for name, option in spec.options.items():
+            value = getattr(cfg, name)
+            valid = option.valid is None or option.valid(value)
+            check(valid, f"--{name} {value}: {option.rule}")
     check(
         all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in cfg.drop),
         f"--drop {cfg.drop}: epochs must be integers, 0 or more",
@@ -99,10 +103,6 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
             not getattr(cfg, flag) or cfg.method in owners,
             f"--{flag} is for --method {' or '.join(owners)}",
         )
-    check(
-        not cfg.global_negatives or cfg.bs % workers == 0,
-        f"--global_negatives needs --bs {cfg.bs} divisible by {workers} workers",
-    )
     check(gpus is None or not cfg.sync_bn or gpus > 0, SYNC_BN_NEEDS_GPUS)
     check.raise_if_any()
 

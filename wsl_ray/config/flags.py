@@ -10,13 +10,19 @@ from .schema import Config
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds one flag per Config field. Booleans that default to True get `--no_<name>`."""
+    """Adds one flag per Config field. Booleans that default to True get `--no_<name>`. A
+    method's own options come in a group of their own, titled by the method."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(Config):
         meta = dict(f.metadata)
         help_text = meta.pop("help")
+        method = meta.pop("method", None)
+        if method is not None and method not in groups:
+            groups[method] = parser.add_argument_group(f"options of --method {method}")
+        group = groups.get(method, parser)
         default = f.default_factory()
         if f.type == "bool" and default is None:  # unset: the method decides
-            parser.add_argument(
+            group.add_argument(
                 f"--{f.name}",
                 dest=f.name,
                 action="store_const",
@@ -24,7 +30,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                 default=None,
                 help=help_text,
             )
-            parser.add_argument(
+            group.add_argument(
                 f"--no_{f.name}",
                 dest=f.name,
                 action="store_const",
@@ -33,18 +39,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
             )
             continue
         if isinstance(default, bool):
-            flag, action = (
-                (f"--no_{f.name}", "store_false")
-                if default
-                else (
-                    f"--{f.name}",
-                    "store_true",
-                )
-            )
-            parser.add_argument(flag, dest=f.name, action=action, help=help_text)
+            flag = f"--no_{f.name}" if default else f"--{f.name}"
+            action = "store_false" if default else "store_true"
+            group.add_argument(flag, dest=f.name, action=action, help=help_text)
             continue
         meta.setdefault("type", type(default))
-        parser.add_argument(f"--{f.name}", default=default, help=help_text, **meta)
+        group.add_argument(f"--{f.name}", default=default, help=help_text, **meta)
     return parser
 
 

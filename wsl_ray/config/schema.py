@@ -1,19 +1,20 @@
 """The training configuration's fields, their defaults and its error type.
 
-The general fields are here; each method's defaults for the fields left unset come from its
-spec (`wsl_ray.methods`). The fields are a superset of the reference `train.py` flags, with
-the same names and defaults.
+The general fields are here; the fields only one method reads (its spec's `options`) and each
+method's defaults for the fields left unset come from its spec (`wsl_ray.methods`). The
+fields are a superset of the reference `train.py` flags, with the same names and defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ..methods import METHODS, SPECS, get_spec
-from ..methods.family import AXES, GENERIC_DEFAULTS, MATRICES
+from ..methods.family import GENERIC_DEFAULTS
+from ..methods.spec import MethodSpec
 
 # The methods that take exactly two views.
 TWO_VIEW_METHODS = tuple(name for name, spec in SPECS.items() if spec.views == 2)
@@ -57,7 +58,9 @@ def _f(default: Any, help: str, **argparse_kwargs: Any) -> Any:
 
 
 @dataclass
-class Config:
+class GeneralConfig:
+    """The fields every method reads; `Config` adds the methods' own."""
+
     # method and loss
     method: str = _f("w_mse", "loss type", choices=METHODS)
     num_samples: int = _f(2, "number of views generated from each image")
@@ -70,35 +73,10 @@ class Config:
     w_iter: int = _f(1, "iterations of whitening matrix estimation (W-MSE, CW-RGP)")
     w_eps: float = _f(0.0, "shrinkage eps of the covariance, for stability")
     groups: int = _f(None, "number of random channel groups (CW-RGP; default 1)", type=int)
-    tau: float = _f(0.5, "contrastive loss temperature")
-    byol_tau: float = _f(0.99, "starting EMA rate of BYOL's target network")
     norm: bool = _f(True, "don't normalise latents (for the Euclidean distance)")
-    # the whitening family (whitened_mse; the presets w_mse and cw_rgp fix these) and others
-    w_matrix: str | None = _f(
-        None, "whitening matrix (whitened_mse; default cholesky)", type=str, choices=MATRICES
-    )
-    w_axis: str | None = _f(
-        None,
-        "whiten over the batch (W-MSE) or the channels (CW-RGP) (whitened_mse; default batch)",
-        type=str,
-        choices=AXES,
-    )
-    w_random_groups: bool = _f(False, "redraw the channel groups at every call (whitened_mse)")
-    minus: int = _f(1, "the covariance divisor is count - minus (whitened_mse)")
     whiten_global: bool = _f(
         False, "with --workers N, whiten sub-batches of all workers' embeddings together"
     )
-    global_negatives: bool = _f(False, "with --workers N, Contrastive negatives of all workers")
-    barlow_lambda: float = _f(0.008, "Barlow Twins: weight of the off-diagonal terms")
-    barlow_scale: str = _f(
-        "emb",
-        "Barlow Twins: divide the cross-correlation by the embedding size (the CW-RGP "
-        "code, affine BN) or by the batch size (the paper, BN without affine)",
-        choices=("emb", "batch"),
-    )
-    vicreg_sim: float = _f(25.0, "VICReg: weight of the invariance term")
-    vicreg_var: float = _f(25.0, "VICReg: weight of the variance term")
-    vicreg_cov: float = _f(1.0, "VICReg: weight of the covariance term")
     # encoder and head
     arch: str = _f("resnet18", "encoder: resnet18|34|50, or resnet18_wN for base width N")
     head_layers: int = _f(2, "number of FC layers in the head")
@@ -175,8 +153,9 @@ class Config:
     wandb: str | None = _f(None, "log to this wandb project (offline unless WANDB_MODE)", type=str)
 
     def __post_init__(self) -> None:
-        """Fills the fields left unset (None); see `fill_unset`."""
-        print_note_once(defaults_note(self.method, self.aug, fill_unset(self)))
+        """Fills the fields left unset (None); see `fill_unset`. `defaults_applied` keeps
+        those its method or --aug preset decided, for `defaults_note`."""
+        self.defaults_applied = fill_unset(self)
 
     @property
     def eval_options(self) -> dict[str, Any]:
@@ -210,21 +189,46 @@ def fill_unset(cfg: Config) -> dict[str, Any]:
     return applied
 
 
-def defaults_note(method: str, aug: str, applied: dict[str, Any]) -> str | None:
-    """The note that tells which method- or preset-specific defaults `fill_unset` applied
-    (None when it applied none)."""
-    if not applied:
+def defaults_note(cfg: Config) -> str | None:
+    """The note that tells which method- or preset-specific defaults `fill_unset` gave `cfg`
+    (None when it gave none); the commands print it once, for the config they start from."""
+    if not cfg.defaults_applied:
         return None
-    return f"note: defaults of --method {method} / --aug {aug} applied: " + ", ".join(
-        f"{k} {v}" for k, v in applied.items()
+    return f"note: defaults of --method {cfg.method} / --aug {cfg.aug} applied: " + ", ".join(
+        f"{k} {v}" for k, v in cfg.defaults_applied.items()
     )
 
 
-_notes_printed: set[str] = set()
+def option_fields(specs: Iterable[MethodSpec]) -> list[tuple[str, str, dataclasses.Field]]:
+    """(name, annotation, field) for each option of `specs`, in order; a name that is
+    already a field is an error (a field of the same name would silently replace it)."""
+    taken = {f.name for f in fields(GeneralConfig)}
+    out = []
+    for spec in specs:
+        for name, option in spec.options.items():
+            if name in taken:
+                raise TypeError(f"--method {spec.name}: its option {name!r} is already a field")
+            taken.add(name)
+            extra = {"choices": option.choices} if option.choices else {}
+            if option.type is not None:
+                extra["type"] = option.type
+            out.append(
+                (
+                    name,
+                    option.annotation,
+                    _f(option.default, option.help, method=spec.name, **extra),
+                )
+            )
+    return out
 
 
-def print_note_once(note: str | None) -> None:
-    """Prints a defaults note on stderr, once per process."""
-    if note is not None and note not in _notes_printed:
-        _notes_printed.add(note)
-        print(note, file=sys.stderr)
+# The general fields, then each method's options in the order of `--method`'s choices.
+Config = dataclasses.make_dataclass(
+    "Config",
+    option_fields(SPECS.values()),
+    bases=(GeneralConfig,),
+    namespace={  # a module of its own, so that pickle finds it (make_dataclass's module= is 3.12+)
+        "__module__": __name__,
+        "__doc__": "A training configuration: `GeneralConfig` and the methods' options.",
+    },
+)

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from .base import BaseMethod
 from .losses import barlow_twins_loss
-from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec, Option
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -33,5 +33,18 @@ class BarlowTwins(BaseMethod):
 
 
 BARLOW_TWINS_SPEC = MethodSpec(
-    "barlow_twins", "Barlow Twins", BarlowTwins, views=2, defaults=CW_RGP_STUDY_DEFAULTS
+    "barlow_twins",
+    "Barlow Twins",
+    BarlowTwins,
+    views=2,
+    defaults=CW_RGP_STUDY_DEFAULTS,
+    options={
+        "barlow_lambda": Option(0.008, "Barlow Twins: weight of the off-diagonal terms"),
+        "barlow_scale": Option(
+            "emb",
+            "Barlow Twins: divide the cross-correlation by the embedding size (the CW-RGP "
+            "code, affine BN) or by the batch size (the paper, BN without affine)",
+            choices=("emb", "batch"),
+        ),
+    },
 )

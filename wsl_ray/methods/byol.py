@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..training.models import Float32Linear
 from .base import BaseMethod
 from .losses import byol_loss
-from .spec import MethodSpec
+from .spec import MethodSpec, Option
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -56,4 +56,16 @@ class BYOL(BaseMethod):
         self.update_target(target_tau(progress, self.cfg.byol_tau))
 
 
-BYOL_SPEC = MethodSpec("byol", "BYOL", BYOL)
+BYOL_SPEC = MethodSpec(
+    "byol",
+    "BYOL",
+    BYOL,
+    options={
+        "byol_tau": Option(
+            0.99,
+            "starting EMA rate of BYOL's target network",
+            valid=lambda v: 0 <= v <= 1,
+            rule="must be in [0, 1]",
+        )
+    },
+)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
 from .losses import contrastive_loss
-from .spec import MethodSpec
+from .spec import MethodSpec, Option
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -34,6 +34,22 @@ class Contrastive(BaseMethod):
         return with_global_value(loss)
 
 
+def _contrastive_problems(cfg: Config, workers: int) -> list[str]:
+    if cfg.global_negatives and cfg.bs % workers:
+        return [f"--global_negatives needs --bs {cfg.bs} divisible by {workers} workers"]
+    return []
+
+
 CONTRASTIVE_SPEC = MethodSpec(
-    "contrastive", "Contrastive", Contrastive, flags=("global_negatives",)
+    "contrastive",
+    "Contrastive",
+    Contrastive,
+    check=_contrastive_problems,
+    options={
+        "tau": Option(
+            0.5, "contrastive loss temperature", valid=lambda v: v > 0, rule="must be > 0"
+        ),
+        "global_negatives": Option(False, "with --workers N, Contrastive negatives of all workers"),
+    },
+    flags=("global_negatives",),
 )

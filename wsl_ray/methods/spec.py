@@ -1,7 +1,8 @@
 """What the rest of the project knows about a method: one `MethodSpec` beside each class.
 
-The config gathers its choices, unset defaults and checks from the specs, the tables their
-labels, and `train --help` its list of methods, so a method is described in its own file.
+The config gathers its choices, its method-only fields (`Option`), unset defaults and checks
+from the specs, the tables their labels, and `train --help` its list of methods, so a method
+is described in its own file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,34 @@ if TYPE_CHECKING:
 CW_RGP_STUDY_DEFAULTS: dict[str, Any] = {"emb": 512, "zero_init_residual": True}
 
 
+@dataclass(frozen=True)
+class Option:
+    """A config field that only its method reads, e.g. Contrastive's `tau`: the config gets
+    one field and one flag per option, named by the key of the spec's `options`.
+
+    default  its value when not given (None: unset; then `type` names what it takes)
+    help     its --help text
+    choices  the values it may take (None: any of its type)
+    type     its type when the default is None (str, int, float)
+    valid    a rule every value must pass, whatever the method, and `rule` says it
+    rule     what `valid` asks for, e.g. 'must be > 0'
+    """
+
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    type: type | None = None
+    valid: Callable[[Any], bool] | None = None
+    rule: str = ""
+
+    @property
+    def annotation(self) -> str:
+        """The field's type as the config's other fields spell it: 'float', 'str | None'."""
+        if self.default is None:
+            return f"{self.type.__name__} | None"
+        return type(self.default).__name__
+
+
 def no_problems(cfg: Config, workers: int) -> list[str]:
     """The check of a method without rules of its own."""
     return []
@@ -34,6 +63,7 @@ class MethodSpec:
     views     the number of views it takes exactly (None: any k >= 2)
     defaults  the values it gives the fields left unset (emb, groups, zero_init_residual)
     check     its own problems with a config and a number of workers, one message each
+    options   the config fields only it reads, by name, e.g. {'tau': Option(0.5, ...)}
     flags     the flags only it (and methods listing them too) may turn on, e.g. whiten_global
     label_views  tables append the number of views, 'W-MSE 4', as the papers name them
     describe  the detail tables add in brackets, from a trial's config values
@@ -45,6 +75,7 @@ class MethodSpec:
     views: int | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Config, int], list[str]] = no_problems
+    options: Mapping[str, Option] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
     label_views: bool = False
     describe: Callable[[Mapping[str, Any]], str] | None = None

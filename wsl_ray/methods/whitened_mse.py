@@ -15,9 +15,9 @@ import torch
 
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
-from .family import family_of, family_problems
+from .family import AXES, MATRICES, family_of, family_problems
 from .losses import sample_covariance_penalty, whitened_mse_loss
-from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec, Option
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -163,6 +163,20 @@ WHITENED_MSE_SPEC = MethodSpec(
     WhitenedMSE,
     defaults={"zero_init_residual": True},
     check=_whitened_mse_problems,
+    # the presets w_mse and cw_rgp fix these (`family.PRESETS`)
+    options={
+        "w_matrix": Option(
+            None, "whitening matrix (whitened_mse; default cholesky)", choices=MATRICES, type=str
+        ),
+        "w_axis": Option(
+            None,
+            "whiten over the batch (W-MSE) or the channels (CW-RGP) (whitened_mse; default batch)",
+            choices=AXES,
+            type=str,
+        ),
+        "w_random_groups": Option(False, "redraw the channel groups at every call (whitened_mse)"),
+        "minus": Option(1, "the covariance divisor is count - minus (whitened_mse)"),
+    },
     flags=("whiten_global",),
     label_views=True,
     describe=lambda config: family_of(config).label,
