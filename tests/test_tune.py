@@ -32,11 +32,13 @@ def space_file(tmp_path):
     return path
 
 
-# On this machine's torch 2.14.1 (2026-12-02) the seeded sampler's trials no longer come in the
-# order the test was calibrated on: all three beat the rung cutoff (val_acc_knn 0.078, 0.098, ...
-# at epoch 1), so ASHA stops none. Like the learning checks it runs with `make test-slow` until
-# the seed is recalibrated (a run of trial configs at epoch 1 predicts ASHA's choice).
-@pytest.mark.slow
+# The search's seed (and the trials'), chosen so that ASHA stops a trial: at epoch 1 the trials'
+# val_acc_knn on 51 validation images are near ties, so which one falls below the rung's median
+# depends on the torch build. On torch 2.14.1 (2026-12-02) seed 0 stops none (0.078, 0.098, ...);
+# seed 1 stops one.
+SWEEP_SEED = 1
+
+
 @pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
 def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, space_file, tmp_path):
     """One small ASHA sweep on validation k-NN, trials one at a time (so the run is
@@ -65,6 +67,8 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, spa
         "1",
         "--seeds",
         "2",
+        "--seed",
+        str(SWEEP_SEED),
         timeout=1100,
     )
     rows = results(tmp_path)
@@ -101,7 +105,7 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, spa
     confirmed = pq.read_table(tmp_path / "t-confirm" / "results.parquet").to_pylist()
     labels = sorted(r["config/confirm_label"] for r in confirmed)
     assert labels in (["default"] * 2, ["default", "default", "top1", "top1"]), labels
-    assert {r["config/seed"] for r in confirmed} == {1000, 1001}
+    assert {r["config/seed"] for r in confirmed} == {SWEEP_SEED + 1000, SWEEP_SEED + 1001}
     assert all(r["status"] == "TERMINATED" and r["test_acc_knn"] is not None for r in confirmed)
     assert "test_acc_knn mean ± std" in out and "beyond noise" in out
     # every analysis subcommand reads the sweep's own output, Parquet file or folder
