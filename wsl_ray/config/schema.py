@@ -227,7 +227,7 @@ Config = dataclasses.make_dataclass(
     "Config",
     option_fields(SPECS.values()),
     bases=(GeneralConfig,),
-    namespace={  # a module of its own, so that pickle finds it (make_dataclass's module= is 3.12+)
+    namespace={  # this module, where pickle looks for Config (make_dataclass(module=) is 3.12+)
         "__module__": __name__,
         "__doc__": "A training configuration: `GeneralConfig` and the methods' options.",
     },
