@@ -1,5 +1,6 @@
 """The CUDA path itself: skipped without a GPU, run first by `benchmarks/gpu_check.sh`."""
 
+import copy
 import dataclasses
 import math
 import os
@@ -9,6 +10,7 @@ import torch
 
 from wsl_ray.config import METHODS, Config
 from wsl_ray.data import Augment, load_dataset
+from wsl_ray.methods import base, get_method
 from wsl_ray.training.device import HostScalar, place_data, resolve_device
 from wsl_ray.training.evaluate import fit_linear
 from wsl_ray.training.loop import WorkerContext, train
@@ -119,3 +121,30 @@ def test_graph_replayed_probe_follows_the_reference_protocol():
         generator=torch.Generator(device).manual_seed(7),
     )
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["w_mse", "byol", "simsiam"])
+def test_one_encoder_call_on_all_views_equals_one_call_each_on_cuda(method, monkeypatch):
+    """channels-last and bf16 autocast, as in training: the loss within bf16 noise and the
+    running statistics within float32 rounding of the per-view calls."""
+    device = resolve_device("cuda")
+    cfg = Config(method=method, **{**SMALL, **METHOD_SETTINGS.get(method, {})})
+    torch.manual_seed(0)
+    one = get_method(method)(cfg, 32).to(device, memory_format=torch.channels_last)
+    each = copy.deepcopy(one)
+    views = [torch.randn(128, 3, 32, 32, device=device) + v for v in range(2)]
+    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    losses = []
+    for model, together in ((one, True), (each, False)):
+        with monkeypatch.context() as patch:
+            if not together:
+                patch.setattr(base, "views_in_one_call", lambda module: False)
+            torch.manual_seed(1)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                losses.append(model(views).item())
+    assert losses[0] == pytest.approx(losses[1], rel=2e-2)
+    for (name, a), b in zip(one.named_buffers(), each.buffers(), strict=True):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, rtol=1e-2, atol=1e-3), name
+        else:
+            assert torch.equal(a, b), name

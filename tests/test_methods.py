@@ -1,6 +1,7 @@
 """Every method trains: forward, backward, and a falling loss on a fixed batch."""
 
 import argparse
+import copy
 import re
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ from wsl_ray.config import (
     config_from_args,
     validate_config,
 )
-from wsl_ray.methods import family, get_method, whitening
+from wsl_ray.methods import base, family, get_method, get_spec, whitening
 from wsl_ray.methods.family import Family, family_of
 from wsl_ray.training.models import get_encoder, get_head
 
@@ -104,7 +105,7 @@ def test_head_layout():
     assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Float32Linear"]  # fp32 before whitening
     assert head(torch.randn(2, 512)).shape == (2, 64)
     kinds = [type(m).__name__ for m in get_head(512, 64)]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Float32Linear"]
+    assert kinds == ["Linear", "ViewBatchNorm1d", "ReLU", "Float32Linear"]
 
 
 # --- the whitening family and the methods of the CW-RGP study --------------------------------
@@ -220,16 +221,59 @@ def test_barlow_twins_batch_norm_follows_the_scale_option():
 def test_simsiam_projector_and_predictor_layout():
     model = get_method("simsiam")(small(Config(method="simsiam", emb=16)), 16)
     kinds = [type(m).__name__ for m in model.head]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear", "BatchNorm1d"]
+    assert kinds == ["Linear", "ViewBatchNorm1d", "ReLU"] * 2 + ["Linear", "ViewBatchNorm1d"]
     assert not model.head[-1].affine and model.head[0].bias is None
     assert model.pred[0].out_features == 512 and model.pred[-1].out_features == 16
 
 
-def test_two_view_methods_project_each_view_with_its_own_batch_statistics():
+def _loss_and_grads(model, views, monkeypatch, one_call: bool):
+    """The loss of `views` and its gradients, all views in one encoder call or one call each."""
+    with monkeypatch.context() as patch:
+        if not one_call:  # the per-view loop, as in the reference code (and under --sync_bn)
+            patch.setattr(base, "views_in_one_call", lambda module: False)
+        torch.manual_seed(5)  # the same whitening sub-batches and groups
+        loss = model(views)
+        loss.backward()
+    return loss.detach()
+
+
+@pytest.mark.parametrize(
+    "method, k",
+    [(m, k) for m in METHODS for k in (2, 4) if get_spec(m).views in (None, k)],
+)
+def test_one_encoder_call_equals_one_call_per_view_in_float64(method, k, monkeypatch):
+    """Loss, every gradient, the running statistics and num_batches_tracked of one call on all
+    views equal those of k calls within 1e-12 (the gradient relative to the largest one: the
+    biases before a per-view BatchNorm have gradient 0 up to round-off)."""
+    torch.manual_seed(0)
+    one = get_method(method)(small_config(method), image_size=16).double()
+    each = copy.deepcopy(one)
+    views = [(1 + v) * torch.randn(16, 3, 16, 16, dtype=torch.float64) + v for v in range(k)]
+    loss = _loss_and_grads(one, views, monkeypatch, one_call=True)
+    expected = _loss_and_grads(each, views, monkeypatch, one_call=False)
+    assert torch.allclose(loss, expected, rtol=1e-12, atol=0)
+    grads = [
+        (a.grad, b.grad)
+        for a, b in zip(one.parameters(), each.parameters(), strict=True)
+        if b.requires_grad
+    ]
+    top = max(b.abs().max() for _, b in grads)
+    assert all((a - b).abs().max() <= 1e-12 * top for a, b in grads)
+    buffers = dict(each.named_buffers())
+    assert buffers, "the methods' BatchNorm layers keep running statistics"
+    for name, value in one.named_buffers():
+        if name.endswith("num_batches_tracked"):  # k in the encoder, 1 in a pooled head
+            assert value == buffers[name] == (k if name.startswith("model.") else value), name
+        else:
+            assert torch.allclose(value, buffers[name], rtol=1e-12, atol=1e-12), name
+
+
+def test_views_share_a_call_but_not_their_batch_statistics():
     model = get_method("vicreg")(small(Config(method="vicreg", emb=8)), 16)
     a, b = torch.randn(8, 3, 16, 16), 5 + 3 * torch.randn(8, 3, 16, 16)
     z = model.project([a, b])
-    assert torch.allclose(z[1], model.project([b, a])[0])  # per view: the order does not matter
+    assert torch.allclose(z[0], model.project([a, a])[0])  # pooled statistics would see b
+    assert torch.allclose(z[1], model.project([b, a])[0])
 
 
 def test_the_paper_table_groups_the_whitening_family_by_its_settings():

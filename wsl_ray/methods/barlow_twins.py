@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
 
+from ..training.models import ViewBatchNorm1d
 from .base import BaseMethod
 from .losses import barlow_twins_loss
 from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec, Option
@@ -25,10 +25,11 @@ class BarlowTwins(BaseMethod):
 
     def __init__(self, cfg: Config, image_size: int):
         super().__init__(cfg, image_size)
-        self.bn = nn.BatchNorm1d(cfg.emb, affine=cfg.barlow_scale == "emb")
+        self.bn = ViewBatchNorm1d(cfg.emb, affine=cfg.barlow_scale == "emb")
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
-        z = [self.bn(v) for v in self.project(views)]
+        z = self.project(views)
+        z = self.per_view(self.bn, list(z)).view_as(z)
         return barlow_twins_loss(z, self.cfg.barlow_lambda, self.cfg.barlow_scale)
 
 

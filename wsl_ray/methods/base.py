@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from ..training.models import get_encoder, get_head
+from ..training.models import get_encoder, get_head, view_statistics, views_in_one_call
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -20,7 +21,8 @@ class BaseMethod(nn.Module):
     scalar loss. As in the reference code, the encoder sees each view as its own batch
     (its BatchNorm statistics are per view) and the head sees all views together, or each
     view on its own when `head_per_view` (the CW-RGP code's Barlow Twins, VICReg, SimSiam
-    and zero-ICL) and in BYOL, whose head and predictor see each view on its own.
+    and zero-ICL) and in BYOL, whose head and predictor see each view on its own. "As its
+    own batch" is one call on all views with per-view statistics (`per_view`).
     """
 
     head_per_view = False
@@ -40,13 +42,26 @@ class BaseMethod(nn.Module):
         the state dict's keys do not change."""
         object.__setattr__(self, "encode", torch.compile(self.model))
 
+    def per_view(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """fn(x) for each view x as its own batch, view-major: [k * bs, ...]. One call of fn
+        on the k views concatenated, each `ViewBatchNorm` in it normalising each view with
+        its own statistics (exactly k calls' maths, running statistics included); k calls
+        where --sync_bn made them SyncBatchNorm."""
+        if not views_in_one_call(self):
+            return torch.cat([fn(x) for x in views])
+        with view_statistics(self, len(views)):
+            return fn(torch.cat(views))
+
     def project(self, views: list[torch.Tensor]) -> torch.Tensor:
         """g(E(x)) for every view: [k, bs, emb], float32 (the head's last layer runs in
         float32 even under autocast, see `models.Float32Linear`)."""
         if self.head_per_view:
-            return torch.stack([self.head(self.encode(x)) for x in views])
-        h = torch.cat([self.encode(x) for x in views])
-        return self.head(h).view(len(views), views[0].shape[0], -1)
+            z = self.per_view(lambda x: self.head(self.encode(x)), views)
+        else:
+            z = self.head(self.per_view(self.encode, views))
+        return z.view(len(views), views[0].shape[0], -1)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from ..training.models import Float32Linear
+from ..training.models import Float32Linear, ViewBatchNorm1d
 from .base import BaseMethod
 from .losses import byol_loss
 from .spec import MethodSpec, Option
@@ -30,7 +30,7 @@ class BYOL(BaseMethod):
         super().__init__(cfg, image_size)
         self.pred = nn.Sequential(
             nn.Linear(cfg.emb, cfg.head_size),
-            nn.BatchNorm1d(cfg.head_size),
+            ViewBatchNorm1d(cfg.head_size),
             nn.ReLU(inplace=True),
             Float32Linear(cfg.head_size, cfg.emb),
         )
@@ -40,10 +40,11 @@ class BYOL(BaseMethod):
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         # per view, as the reference: the head's and predictor's BatchNorm statistics are
         # those of one view, not of all views pooled
-        p = torch.stack([self.pred(self.head(self.model(x))) for x in views])
+        shape = (len(views), views[0].shape[0], -1)
+        p = self.per_view(lambda x: self.pred(self.head(self.encode(x))), views)
         with torch.no_grad():
-            t = torch.stack([self.head_t(self.model_t(x)) for x in views])
-        return byol_loss(p, t, self.cfg.norm)
+            t = self.per_view(lambda x: self.head_t(self.model_t(x)), views)
+        return byol_loss(p.view(shape), t.view(shape), self.cfg.norm)
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from ..training.models import ViewBatchNorm1d
 from .base import BaseMethod
 from .losses import simsiam_loss
 from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
@@ -29,24 +30,24 @@ class SimSiam(BaseMethod):
         width = cfg.head_size
         self.head = nn.Sequential(
             nn.Linear(self.out_size, width, bias=False),
-            nn.BatchNorm1d(width),
+            ViewBatchNorm1d(width),
             nn.ReLU(inplace=True),
             nn.Linear(width, width, bias=False),
-            nn.BatchNorm1d(width),
+            ViewBatchNorm1d(width),
             nn.ReLU(inplace=True),
             nn.Linear(width, cfg.emb, bias=False),
-            nn.BatchNorm1d(cfg.emb, affine=False),
+            ViewBatchNorm1d(cfg.emb, affine=False),
         )
         self.pred = nn.Sequential(
             nn.Linear(cfg.emb, PREDICTOR_HIDDEN, bias=False),
-            nn.BatchNorm1d(PREDICTOR_HIDDEN),
+            ViewBatchNorm1d(PREDICTOR_HIDDEN),
             nn.ReLU(inplace=True),
             nn.Linear(PREDICTOR_HIDDEN, cfg.emb),
         )
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         z = self.project(views)
-        return simsiam_loss([self.pred(v) for v in z], z)
+        return simsiam_loss(self.per_view(self.pred, list(z)).view_as(z), z)
 
 
 SIMSIAM_SPEC = MethodSpec("simsiam", "SimSiam", SimSiam, views=2, defaults=CW_RGP_STUDY_DEFAULTS)
