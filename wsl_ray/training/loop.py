@@ -98,6 +98,33 @@ class WorkerContext:
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = field(default=lambda m: m)
 
 
+def train_step(
+    model: BaseMethod,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    augment: Augment,
+    x: torch.Tensor,
+    sizes: torch.Tensor,
+    progress: float,
+) -> torch.Tensor:
+    """One optimiser step on a batch of uint8 images x [b, C, H, W] (`sizes` [b, 2]: each
+    image's own size): its views, the loss under bf16 autocast on CUDA, backward, the
+    optimiser's step and the method's own (e.g. BYOL's EMA; progress = epoch / epochs).
+    `net` is `model` as called for the loss (DDP-wrapped on several workers). Returns the
+    detached loss, without reading it on the host."""
+    cuda = x.device.type == "cuda"
+    views = augment(x, sizes)  # crops from each whole image (ImageNet: on a canvas)
+    if cuda:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
+        loss = net(views)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.step(progress)
+    return loss.detach()
+
+
 def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int = 0) -> BaseMethod:
     """The model a run of `cfg` starts from on `rank`: torch is seeded with cfg.seed + rank
     first, so a config always starts from the same weights (and --baseline sees them)."""
@@ -161,7 +188,6 @@ def train(
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
     sinks = sinks or open_sinks(cfg, rank)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
         state.init_metrics = evaluate_run(model, data, device, cfg)
@@ -189,16 +215,7 @@ def train(
             lr = learning_rate(cfg, epoch + n / iters, state.iteration, iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            views = augment(x, sizes)  # crops from each whole image (ImageNet: on a canvas)
-            if device.type == "cuda":
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            with autocast:
-                loss = net(views)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.step(epoch / cfg.epoch)
-            loss_sum += loss.detach()
+            loss_sum += train_step(model, net, optimizer, augment, x, sizes, epoch / cfg.epoch)
             state.iteration += 1
             if n % 20 == 19:
                 running_loss.push(loss_sum / (n + 1))
