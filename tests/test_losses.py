@@ -9,10 +9,14 @@ import torch
 
 from wsl_ray.methods.byol import target_tau
 from wsl_ray.methods.losses import (
+    _mean_over_pairs,
+    _mean_pair_distance,
+    _pair_loss,
     barlow_twins_loss,
     byol_loss,
     contrastive_loss,
     cwrgp_loss,
+    sample_covariance_penalty,
     simsiam_loss,
     vicreg_loss,
     whitened_mse_loss,
@@ -58,6 +62,54 @@ def test_wmse_with_four_views_averages_the_six_pairs(gen):
     pairs = [wmse_loss([vs[i], vs[j]], w_size=64).item() for i, j in combinations(range(4), 2)]
     assert len(pairs) == 6
     assert wmse_loss(vs, w_size=64).item() == pytest.approx(np.mean(pairs), rel=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_the_mean_over_view_pairs_from_sums_equals_the_loop_in_float64(gen, k, normalize):
+    z = torch.stack(views(gen, k=k)).double().requires_grad_()
+    from_sums = _mean_pair_distance(z, normalize)
+    (grad,) = torch.autograd.grad(from_sums, z)
+    loop = _mean_over_pairs(z, _pair_loss(normalize))
+    (expected,) = torch.autograd.grad(loop, z)
+    assert from_sums.item() == pytest.approx(loop.item(), rel=1e-12)
+    assert (grad - expected).abs().max() <= 1e-12 * expected.abs().max()
+    whitened = [v.double() for v in views(gen, k=k, bs=128, emb=16)]
+    got = wmse_loss(whitened, w_size=128, normalize=normalize).item()
+    assert got == pytest.approx(reference_wmse(whitened, normalize), rel=1e-10)
+
+
+AUTOCAST_CASES = {
+    "contrastive tau 0.1": lambda v: contrastive_loss(v, tau=0.1),
+    "contrastive tau 0.5": lambda v: contrastive_loss(v, tau=0.5),
+    "covariance term": sample_covariance_penalty,
+    "w_mse": lambda v: wmse_loss(v, w_size=32, generator=torch.Generator().manual_seed(0)),
+    "cw_rgp": lambda v: cwrgp_loss(v, 8, 2, generator=torch.Generator().manual_seed(0)),
+    "byol": lambda v: byol_loss(v, [x.flip(0) for x in v]),
+    "barlow_twins": barlow_twins_loss,
+    "vicreg": vicreg_loss,
+    "simsiam": lambda v: simsiam_loss(v, [x.flip(0) for x in v]),
+    "zero_icl": zero_icl_loss,
+}
+
+
+@pytest.mark.parametrize("loss", AUTOCAST_CASES.values(), ids=AUTOCAST_CASES)
+def test_losses_compute_in_float32_under_bf16_autocast(gen, loss):
+    """The trainer's bf16 autocast leaves every loss in float32: the same value and gradients
+    within 1e-6 relative (its matrix products in bf16 would be off by 1e-3 or more)."""
+    vs = views(gen, bs=64, emb=24)
+
+    def value_and_grads(autocast: bool):
+        inputs = [v.clone().requires_grad_() for v in vs]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = loss(inputs)
+        return value.float(), torch.autograd.grad(value, inputs)
+
+    (value, grads), (expected, expected_grads) = value_and_grads(True), value_and_grads(False)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    for g, e in zip(grads, expected_grads, strict=True):
+        assert (g - e).abs().max() <= 1e-6 * e.abs().max()
 
 
 def test_wmse_of_identical_views_is_zero(gen):
@@ -123,6 +175,9 @@ def test_contrastive_equals_float64_recomputation(gen, tau):
     vs = views(gen, k=3, bs=16)
     expected = np.mean([reference_contrastive(a, b, tau) for a, b in combinations(vs, 2)])
     assert contrastive_loss(vs, tau=tau).item() == pytest.approx(expected, rel=1e-5)
+    in_float64 = contrastive_loss([v.double() for v in vs], tau=tau)  # float64 stays float64
+    assert in_float64.dtype == torch.float64
+    assert in_float64.item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_byol_loss_is_symmetrised_cosine_and_stops_target_gradients(gen):

@@ -21,6 +21,17 @@ import torch.nn.functional as F
 from .whitening import whiten
 
 
+def _no_autocast(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Runs `loss` with autocast off, so that its matrix products stay in float32."""
+
+    @functools.wraps(loss)
+    def wrapped(views: Sequence[torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(device_type=views[0].device.type, enabled=False):
+            return loss(views, *args, **kwargs)
+
+    return wrapped
+
+
 def norm_mse(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """2 - 2 cos(x0, x1), averaged over rows: the MSE of L2-normalised vectors."""
     return 2 - 2 * F.cosine_similarity(x0, x1, dim=-1).mean()
@@ -28,6 +39,24 @@ def norm_mse(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
 
 def _pair_loss(normalize: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return norm_mse if normalize else F.mse_loss
+
+
+def _mean_pair_distance(z: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Mean over the k(k-1)/2 pairs i < j of the views z: [k, N, emb] and over rows of
+    2 - 2 cos(z_i, z_j) (or of ||z_i - z_j||^2 / emb with normalize=False), from sums over
+    views instead of a loop over pairs: with u = z / ||z|| per row,
+        sum_{i<j} u_i . u_j = (||sum_i u_i||^2 - sum_i ||u_i||^2) / 2,
+        sum_{i<j} ||z_i - z_j||^2 = k sum_i ||z_i||^2 - ||sum_i z_i||^2.
+    The same value as `_mean_over_pairs` with `_pair_loss(normalize)`, in a fixed number of
+    ops whatever k (cosines as F.cosine_similarity's, norms clamped at 1e-8)."""
+    k, _, emb = z.shape
+    pairs = k * (k - 1) / 2
+    if normalize:
+        u = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        dots = (u.sum(0).pow(2).sum(-1) - u.pow(2).sum((0, -1))) / 2  # [N]
+        return 2 - 2 * dots.mean() / pairs
+    squares = k * z.pow(2).sum((0, -1)) - z.sum(0).pow(2).sum(-1)  # [N]
+    return squares.mean() / (pairs * emb)
 
 
 def _mean_over_pairs(z: torch.Tensor, loss_f: Callable) -> torch.Tensor:
@@ -83,7 +112,7 @@ def whitened_mse_loss(
         own = torch.arange(rank * bs // world, (rank + 1) * bs // world, device=h.device)
         position = perm.argsort(dim=-1)[:, own]  # [it, bs / world]: where own samples went
         z = z[:, torch.arange(w_iter, device=h.device)[:, None], position]
-    return _mean_over_pairs(z.reshape(k, -1, emb), _pair_loss(normalize))
+    return _mean_pair_distance(z.reshape(k, -1, emb), normalize)
 
 
 def wmse_loss(
@@ -138,6 +167,7 @@ def cwrgp_loss(
     )
 
 
+@_no_autocast
 def sample_covariance_penalty(views: Sequence[torch.Tensor]) -> torch.Tensor:
     """CW-RGP's covariance term (its ImageNet code, `--cov_w`), summed over views.
 
@@ -145,8 +175,7 @@ def sample_covariance_penalty(views: Sequence[torch.Tensor]) -> torch.Tensor:
     channels, x = h - mean_c(h); C = x x^T / (emb - 1) is the bs x bs covariance of the
     samples; the term is sum_{a != b} C_ab^2 / bs. Computed in float32 (or float64).
     """
-    h = _check_views(views)
-    h = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
+    h = _at_least_float32(_check_views(views))
     k, bs, emb = h.shape
     x = h - h.mean(dim=-1, keepdim=True)
     cov = x @ x.transpose(-1, -2) / (emb - 1)  # [k, bs, bs]
@@ -165,7 +194,7 @@ def _nt_xent(
     """
     n = x0.shape[0]
     target = torch.arange(n, device=x0.device) if rows is None else rows
-    self_mask = F.one_hot(target, n).bool()
+    self_mask = target[:, None] == torch.arange(n, device=x0.device)  # no host-side check
 
     def one_side(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         anchors = a[target]
@@ -176,6 +205,7 @@ def _nt_xent(
     return (one_side(x0, x1) + one_side(x1, x0)) / 2
 
 
+@_no_autocast
 def contrastive_loss(
     views: Sequence[torch.Tensor],
     tau: float = 0.5,
@@ -188,7 +218,7 @@ def contrastive_loss(
     the 2N - 1 others, similarity = cos / tau (dot / tau with normalize=False). With `share`
     the anchors are the worker's own rows; the negatives are still every other row.
     """
-    h = _check_views(views).float()
+    h = _at_least_float32(_check_views(views))
     if normalize:
         h = F.normalize(h, dim=-1)
     rows = None
@@ -215,23 +245,16 @@ def byol_loss(
     return sum(loss_f(p[i], t[j]) + loss_f(p[j], t[i]) for i, j in pairs) / len(pairs)
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or float64 if it is float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _two_views(views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The 2 views of a two-view loss, in float32 (float64 stays float64)."""
     if len(views) != 2:
         raise ValueError(f"this loss takes exactly 2 views, got {len(views)}")
-    dtype = torch.float64 if views[0].dtype == torch.float64 else torch.float32
-    return views[0].to(dtype), views[1].to(dtype)
-
-
-def _no_autocast(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Runs `loss` with autocast off, so that its matrix products stay in float32."""
-
-    @functools.wraps(loss)
-    def wrapped(views: Sequence[torch.Tensor], *args, **kwargs) -> torch.Tensor:
-        with torch.autocast(device_type=views[0].device.type, enabled=False):
-            return loss(views, *args, **kwargs)
-
-    return wrapped
+    return _at_least_float32(views[0]), _at_least_float32(views[1])
 
 
 def _off_diagonal(c: torch.Tensor) -> torch.Tensor:
