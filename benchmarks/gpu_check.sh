@@ -3,14 +3,16 @@
 #
 #   benchmarks/gpu_check.sh OUT_DIR [--budget SECONDS] [--quick] [--extra "BENCH ARGS"]
 #
-# Stages run in priority order: the eager GPU tests; one compiled W-MSE 2 epoch; the other
-# settings compiled; the compiled GPU tests; the whitening kernels (CW-RGP's batched ZCA);
+# Stages run in priority order: the eager GPU tests; a profile of 20 W-MSE 2 and W-MSE 4
+# steps (wall and host ms, kernels per step, the GPU's busy fraction); one compiled W-MSE 2
+# epoch; the other settings compiled; the compiled GPU tests; the whitening kernels (CW-RGP's batched ZCA);
 # 4 packed trials; every setting eager; a 25-epoch W-MSE 2 run. Each result is
 # appended to OUT_DIR/results.md the moment it is measured, so a timeout still returns all
 # before it. --budget stops before a stage whose estimate would not fit (default 780 s);
-# --quick runs only the first two stages (under 3 minutes). --extra is added to every
+# --quick runs only the first three stages (under 4 minutes). --extra is added to every
 # benchmark command (e.g. "--dataset shapes --subset 512 --arch resnet18_w8 --device cpu"
-# for a dry run of the script without a GPU).
+# for a dry run of the script without a GPU; with PROFILE_ARGS="--device cpu --arch
+# resnet18_w8 --steps 2" WHITEN_DEVICE=cpu for the profile and whitening stages).
 #
 # Needs only torch, torchvision, numpy and pytest (no Ray, Optuna or wandb): it runs from
 # the checkout with PYTHONPATH=. The CIFAR-10 JPEG copy travels in the git-ignored folder
@@ -63,6 +65,9 @@ fi
 # shellcheck disable=SC2086  # EXTRA is a list of arguments
 stage "GPU tests, eager" 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
     tests/test_device.py -k "not compiled"
+# shellcheck disable=SC2086  # PROFILE_ARGS is a list of arguments
+stage "profile of W-MSE 2 and 4 steps" 60 "$PY" -m benchmarks.profile_step \
+    ${PROFILE_ARGS:---device cuda}
 stage "W-MSE 2 compiled epoch" 100 "$PY" -m benchmarks.bench_train --settings "W-MSE 2" \
     --compile on --epochs 1 $EXTRA
 [ "$QUICK" -eq 1 ] && exit 0

@@ -8,13 +8,17 @@ import sys
 import pytest
 import torch
 
+from wsl_ray.config import METHODS, Config
 from wsl_ray.data import Augment, iterate_batches
 from wsl_ray.data.loader import to_device
+from wsl_ray.methods import get_method, whitening
 from wsl_ray.methods.losses import byol_loss, contrastive_loss
 from wsl_ray.methods.whitening import cholesky_whiten
-from wsl_ray.training.device import HostScalar, resolve_device
+from wsl_ray.training.device import HostScalar, OpCounter, resolve_device
 from wsl_ray.training.evaluate import probe_step
-from wsl_ray.training.models import Float32Linear
+from wsl_ray.training.loop import train_step
+from wsl_ray.training.models import Float32Linear, ViewBatchNorm2d, view_statistics
+from wsl_ray.training.optim import build_optimizer
 
 
 def compiled(fn):
@@ -99,6 +103,46 @@ def test_crops_for_per_image_sizes_are_sampled_in_one_graph():
     eager = aug._sample_crops(6, size)
     torch.manual_seed(0)
     assert torch.equal(compiled(aug._sample_crops)(6, size), eager)
+
+
+def test_all_views_pass_a_view_batch_norm_as_one_graph(gen):
+    layers = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), ViewBatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten()
+    )
+    views = torch.randn(2, 8, 3, 6, 6, generator=gen)
+    with view_statistics(layers, 2):
+        together = compiled(layers)(views.flatten(0, 1))
+    each = torch.cat([layers(v) for v in views])
+    assert torch.allclose(together, each, atol=1e-5)
+
+
+def test_byol_trains_through_the_compiled_encoder():
+    model = get_method("byol")(Config(method="byol", arch="resnet18_w8", emb=8, head_size=16), 16)
+    calls = []
+    object.__setattr__(model, "encode", lambda x: calls.append(len(x)) or model.model(x))
+    model([torch.randn(4, 3, 16, 16)] * 3)
+    assert calls == [12]  # the online network's one call on all three views
+
+
+# The steps that still wait for the GPU, and why: zero-ICL's whitening is an eigh (cuSOLVER
+# syncs), CW-RGP's ZCA reads its Newton-Schulz convergence flag on the host.
+KNOWN_SYNCS = {"zero_icl": {"aten._linalg_eigh"}, "cw_rgp": {"aten._local_scalar_dense"}}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_training_step_never_waits_for_the_gpu(method, monkeypatch):
+    """One whole `train_step` (augmentation, forward, backward, fused Adam, the method's own
+    update) under bf16 autocast dispatches no op that syncs on CUDA, but the known ones.
+    The ZCA takes its CUDA path (Newton-Schulz) here too."""
+    monkeypatch.setattr(whitening, "NS_DEVICES", ("cpu", "cuda"))
+    cfg = Config(method=method, arch="resnet18_w8", bs=32, emb=64, w_size=16, head_size=32)
+    model = get_method(method)(cfg, 16)
+    optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0.0, fused=True)
+    augment = Augment.from_config(cfg, 16, (0.5,) * 3, (0.25,) * 3)
+    x, sizes = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8), torch.full((32, 2), 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), OpCounter() as counter:
+        train_step(model, model, optimizer, augment, x, sizes, 0.5)
+    assert set(counter.syncs) == KNOWN_SYNCS.get(method, set())
 
 
 def test_probe_step_is_one_graph(gen):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -104,3 +105,47 @@ class HostScalar:
     def _collect(self) -> None:
         if self.pending and (not self.cuda or self.event.query()):
             self.value, self.pending = self.buffer.item(), False
+
+
+# aten ops that make the host wait for the GPU on CUDA: a value read on the host, an output
+# whose size depends on the data, eigh (cuSOLVER syncs), Cholesky that raises on failure
+# (its _ex form reports a flag instead)
+SYNCING_OPS = frozenset(
+    {
+        "aten._local_scalar_dense",
+        "aten.nonzero",
+        "aten.masked_select",
+        "aten.unique",
+        "aten._unique2",
+        "aten.is_nonzero",
+        "aten.equal",
+        "aten._linalg_eigh",
+        "aten.linalg_cholesky",
+        "aten.cholesky",
+    }
+)
+
+
+# aten ops that launch no kernel besides the views: allocation and autograd bookkeeping
+NO_KERNEL_OPS = frozenset({"aten.detach", "aten.empty", "aten.empty_strided", "aten.lift_fresh"})
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched in its block (`ops`), those of them that compute
+    (`kernels`: not a view, an allocation or a detach; a CPU-side measure of what a step
+    costs to launch on a GPU), and lists those that sync the host with the GPU on CUDA
+    (`syncs`, from SYNCING_OPS)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.kernels = 0
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket._qualified_op_name.replace("::", ".")
+        self.ops += 1
+        self.kernels += not (func.is_view or name in NO_KERNEL_OPS)
+        if name in SYNCING_OPS:
+            self.syncs.append(name)
+        return func(*args, **(kwargs or {}))
