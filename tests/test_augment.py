@@ -4,6 +4,7 @@ import math
 from collections import Counter
 from dataclasses import fields
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
@@ -17,6 +18,7 @@ from wsl_ray.data.augment import (
     color_jitter,
     gaussian_blur,
     resized_crop_flip,
+    solarize,
 )
 from wsl_ray.data.sources import on_canvas
 
@@ -241,3 +243,58 @@ def test_a_view_from_the_canvas_equals_the_view_from_the_image_alone(crop_first)
     got = aug.apply(canvas, p)
     for i, image in enumerate(alone):
         assert torch.allclose(got[i], aug.apply(image[None], params_row(p, i))[0], atol=1e-5)
+
+
+def test_solarize_equals_pil_on_whole_levels_and_only_where_asked():
+    from PIL import Image, ImageOps
+
+    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    x[0, 0, 0, :4] = torch.tensor([126, 127, 128, 129], dtype=torch.uint8)  # the threshold
+    got = solarize(x.float() / 255, torch.tensor([True, False, True]))
+    for i, on in enumerate((True, False, True)):
+        image = Image.fromarray(x[i].permute(1, 2, 0).numpy())
+        ref = torch.from_numpy(np.array(ImageOps.solarize(image) if on else image))
+        assert torch.equal((got[i] * 255).round().byte(), ref.permute(2, 0, 1)), i
+
+
+def test_solarize_and_blur_take_one_probability_per_view():
+    aug = Augment(
+        32,
+        (0.5,) * 3,
+        (0.25,) * 3,
+        num_samples=2,
+        blur_p=(1.0, 0.1),
+        solarize_p=(0.0, 0.2),
+        generator=torch.Generator().manual_seed(0),
+    )
+    p = aug.sample(2 * 10_000, 32, 32)  # view 0's images, then view 1's
+    solar, blur = p.solarize.view(2, -1).float().mean(1), (p.blur_sigma > 0).view(2, -1)
+    assert solar[0] == 0 and abs(solar[1] - 0.2) < 0.015
+    assert blur[0].all() and abs(blur[1].float().mean() - 0.1) < 0.01
+    with pytest.raises(ValueError, match="one per view"):
+        Augment(32, (0.5,) * 3, (0.25,) * 3, num_samples=4, solarize_p=(0.0, 0.2))
+
+
+def test_solarization_draws_after_the_others_so_their_stream_is_unchanged():
+    def params(**kwargs):
+        gen = torch.Generator().manual_seed(3)
+        return Augment(32, (0.5,) * 3, (0.25,) * 3, generator=gen, **kwargs).sample(64, 32, 32)
+
+    off, on = params(), params(solarize_p=(0.0, 0.5))
+    assert off.solarize is None and on.solarize.any()
+    for f in fields(AugmentParams):
+        if f.name != "solarize":
+            assert torch.equal(getattr(off, f.name), getattr(on, f.name)), f.name
+
+
+def test_the_intl_preset_and_per_view_flags_reach_the_augmentation():
+    cfg = Config(aug="intl", solarize_p=[0.0, 0.2], blur_p=[1.0, 0.1])
+    aug = Augment.from_config(cfg, 32, (0.5,) * 3, (0.5,) * 3)
+    assert (aug.crop_first, aug.interpolation, aug.gs_p) == (True, "bicubic", 0.2)
+    assert (aug.solarize_p, aug.blur_p) == ((0.0, 0.2), (1.0, 0.1))
+    plain = Augment.from_config(Config(solarize_p=[0.3]), 32, (0.5,) * 3, (0.5,) * 3, blur=True)
+    assert (plain.solarize_p, plain.blur_p) == (0.3, 0.5)  # one for all; ImageNet-100's blur
+    views = Augment.from_config(
+        cfg, 32, (0.5,) * 3, (0.5,) * 3, generator=torch.Generator().manual_seed(0)
+    )(torch.randint(0, 256, (8, 3, 40, 40), dtype=torch.uint8))
+    assert len(views) == 2 and views[1].shape == (8, 3, 32, 32)

@@ -66,6 +66,17 @@ ROWS = [
     (("train", "--method", "w_mse", "--w_axis", "channel"), 2, "use --method whitened_mse"),
     (("train", "--recipe", "wmse_mnist"), 2, "unknown --recipe 'wmse_mnist'"),
     (("train", "--config", "{tmp}/none.yaml"), 2, "--config {tmp}/none.yaml: no such file"),
+    # INTL's options and the flags it brought (issue #27)
+    (("train", "--method", "intl", "--intl_iters", "0"), 2, "--intl_iters 0: must be 1 or more"),
+    (("train", "--method", "intl", "--intl_axis", "rows"), 2, "--intl_axis: invalid choice"),
+    (("train", "--method", "intl", "--intl_tl_w", "-1"), 2, "--intl_tl_w -1.0: must be 0 or more"),
+    (("train", "--method", "intl", "--intl_m", "1.5"), 2, "--intl_m 1.5: must be in [0, 1]"),
+    (("train", "--method", "intl", "--bs", "4"), 2, "use --bs 8 or more, or set --intl_tl_w"),
+    (("train", "--solarize_p", "1.5"), 2, "--solarize_p [1.5]: probabilities must be in [0, 1]"),
+    (("train", "--solarize_p", "0", "0.1", "0.2"), 2, "give one probability, or one per view"),
+    (("train", "--blur_p", "-0.1"), 2, "--blur_p [-0.1]: probabilities must be in [0, 1]"),
+    (("train", "--warmup_epochs", "0"), 2, "--warmup_epochs 0: must be 1 or more (or unset)"),
+    (("train", "--w_matrix", "iternorm"), 2, "--w_matrix iternorm contradicts it"),
     # files
     ((*SHAPES, "--out", "/proc/wsl_ray_no"), 2, "--out /proc/wsl_ray_no: cannot create"),
     ((*SHAPES, "--resume", "--out", "{ckpt_dir_corrupt}"), 2, "not a readable PyTorch checkpoint"),

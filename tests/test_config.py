@@ -42,6 +42,15 @@ def test_defaults_are_valid_for_w_mse():
             "--w_size 64; e.g. --groups 1",
         ),
         (dict(arch="vgg"), 1, "unknown --arch 'vgg'"),
+        (
+            dict(method="intl", bs=4),
+            1,
+            r"--bs 4 gives INTL's trace-loss weight \(log2\(bs\) - 3\) x 0.01 = -0.010 < 0",
+        ),
+        (dict(method="intl", intl_axis="batch", emb=4), 1, "--emb 4 gives INTL's trace-loss"),
+        (dict(method="intl", emb=1, intl_tl_w=0.1), 1, "--emb 1: INTL's channel axis needs 2"),
+        (dict(solarize_p=[0.0, 0.2], num_samples=4), 1, r"one per view \(--num_samples 4\)"),
+        (dict(blur_p=[]), 1, r"--blur_p \[\]: probabilities must be in \[0, 1\]"),
     ],
 )
 def test_invalid_configs_raise_a_helpful_message(overrides, workers, message):

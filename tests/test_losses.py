@@ -16,13 +16,17 @@ from wsl_ray.methods.losses import (
     byol_loss,
     contrastive_loss,
     cwrgp_loss,
+    intl_loss,
+    intl_trade_off,
     sample_covariance_penalty,
     simsiam_loss,
+    trace_loss,
     vicreg_loss,
     whitened_mse_loss,
     wmse_loss,
     zero_icl_loss,
 )
+from wsl_ray.methods.whitening import whiten
 
 
 def views(gen, k=2, bs=64, emb=8):
@@ -90,6 +94,7 @@ AUTOCAST_CASES = {
     "vicreg": vicreg_loss,
     "simsiam": lambda v: simsiam_loss(v, [x.flip(0) for x in v]),
     "zero_icl": zero_icl_loss,
+    "intl": lambda v: intl_loss(v, 0.02),
 }
 
 
@@ -354,3 +359,84 @@ def test_zero_icl_equals_the_reference_formula_with_a_detached_whitening(gen):
 def test_two_view_losses_refuse_other_numbers_of_views(gen, loss):
     with pytest.raises(ValueError, match="exactly 2 views, got 3"):
         loss(views(gen, k=3))
+
+
+# ---- INTL ----
+
+
+def reference_intl(vs, trade_off, iters, axis, target=None):
+    """INTL's intl.py / intl_m.py and Whitening2dIterNorm in float64 numpy (axis 0 =
+    channel: each sample centred over its features, an N x N covariance; 1 = batch)."""
+
+    def iternorm(x):
+        xn = x - x.mean(1, keepdims=True) if axis == "channel" else x - x.mean(0)
+        sigma = xn @ xn.T / (x.shape[1] - 1) if axis == "channel" else xn.T @ xn / (len(x) - 1)
+        tr = np.trace(sigma)
+        P = np.eye(len(sigma))
+        for _ in range(iters):
+            P = 1.5 * P - 0.5 * np.linalg.matrix_power(P, 3) @ (sigma / tr)
+        W = P / np.sqrt(tr)
+        return W @ xn if axis == "channel" else xn @ W
+
+    def tl(t):
+        return ((t.var(1 if axis == "channel" else 0, ddof=1) - 1) ** 2).sum()
+
+    def nmse(a, b):
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        return 2 - 2 * (a * b).sum(1).mean()
+
+    t = [iternorm(v.detach().double().numpy()) for v in vs]
+    if target is None:
+        terms = [nmse(t[i], t[0]) + trade_off * (tl(t[i]) + tl(t[0])) for i in range(1, len(t))]
+    else:
+        tk = iternorm(target.detach().double().numpy())
+        terms = [nmse(q, tk) + trade_off * tl(q) for q in t]
+    return sum(terms) / len(terms)
+
+
+def test_trace_loss_by_hand():
+    z = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 3.0]])
+    # per sample over its features: variances 1 and 3
+    assert trace_loss(z, "channel").item() == pytest.approx(0 + 4)
+    # per feature over the samples: variances 0.5, 2, 0
+    assert trace_loss(z, "batch").item() == pytest.approx(0.25 + 1 + 1)
+    assert trace_loss(torch.stack([z, 2 * z]), "batch").shape == (2,)
+
+
+def test_intl_trade_off_follows_the_reference_rule():
+    assert intl_trade_off("channel", 256, 2048) == pytest.approx(0.05)  # log2 of the batch
+    assert intl_trade_off("batch", 256, 2048) == pytest.approx(0.08)  # log2 of the embedding
+    assert intl_trade_off("channel", 128, 8192) == pytest.approx(0.04)  # ImageNet-100
+
+
+@pytest.mark.parametrize("axis", ["channel", "batch"])
+@pytest.mark.parametrize("k, iters", [(2, 4), (4, 4), (3, 1)])
+def test_intl_equals_the_reference_formula(gen, axis, k, iters):
+    vs = [v.double() for v in views(gen, k=k, bs=48, emb=16)]
+    got = intl_loss(vs, 0.03, iters, axis).item()
+    assert got == pytest.approx(reference_intl(vs, 0.03, iters, axis), rel=1e-10)
+
+
+@pytest.mark.parametrize("axis", ["channel", "batch"])
+def test_intl_with_a_target_equals_the_reference_momentum_formula(gen, axis):
+    target, *online = [v.double().requires_grad_() for v in views(gen, k=3, bs=48, emb=16)]
+    got = intl_loss(online, 0.03, 4, axis, target=target)
+    assert got.item() == pytest.approx(reference_intl(online, 0.03, 4, axis, target), rel=1e-10)
+    got.backward()
+    assert target.grad is None and all(v.grad is not None for v in online)  # EMA side: none
+
+
+def test_intl_of_identical_views_is_the_trace_loss_alone(gen):
+    v = views(gen, k=1, bs=32, emb=16)[0].double()
+    t = whiten(v, "iternorm", "channel")
+    expected = 0.05 * 2 * trace_loss(t, "channel").item()
+    assert intl_loss([v, v], 0.05).item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert intl_loss([v, v], 0.0).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_intl_gradients_match_finite_differences(gen):
+    vs = [v.double().requires_grad_() for v in views(gen, k=2, bs=8, emb=6)]
+    for axis in ("channel", "batch"):
+        loss = lambda a, b, ax=axis: intl_loss([a, b], 0.02, 4, ax)  # noqa: E731
+        assert torch.autograd.gradcheck(loss, vs, fast_mode=True)

@@ -2,6 +2,7 @@
 
 import argparse
 import copy
+import math
 import re
 
 import pyarrow as pa
@@ -20,6 +21,7 @@ from wsl_ray.config import (
 )
 from wsl_ray.methods import base, family, get_method, get_spec, whitening
 from wsl_ray.methods.family import Family, family_of
+from wsl_ray.methods.losses import intl_loss
 from wsl_ray.training.models import get_encoder, get_head
 
 SMALL = dict(arch="resnet18_w8", bs=32, emb=8, w_size=16, head_size=32, groups=2)
@@ -305,3 +307,53 @@ def test_the_paper_table_groups_the_whitening_family_by_its_settings():
 
 def test_the_family_names_match_the_whitening_operators():
     assert (family.MATRICES, family.AXES) == (whitening.MATRICES, whitening.AXES)
+
+
+# --- INTL --------------------------------------------------------------------------------------
+
+
+def test_intl_projector_defaults_and_trade_off_follow_the_reference():
+    cfg = small(Config(method="intl", head_layers=3))
+    model = get_method("intl")(cfg, 16)
+    kinds = [type(m).__name__ for m in model.head]
+    assert kinds == ["Linear", "ViewBatchNorm1d", "ReLU"] * 2 + ["Float32Linear"]  # no last BN
+    assert model.head[0].bias is None and model.head[3].bias is None
+    assert model.head[-1].bias is not None and model.head_per_view
+    assert Config(method="intl").emb == 2048 and Config(method="intl").intl_iters == 4
+    assert model.trade_off == pytest.approx((math.log2(cfg.bs) - 3) * 0.01)
+    cfg.intl_axis = "batch"
+    assert get_method("intl")(cfg, 16).trade_off == pytest.approx((math.log2(cfg.emb) - 3) / 100)
+    cfg.intl_tl_w = 0.5
+    assert get_method("intl")(cfg, 16).trade_off == 0.5
+
+
+def test_intl_loss_is_its_formula_on_the_projections():
+    torch.manual_seed(0)
+    model = get_method("intl")(small(Config(method="intl", emb=16)), 16)
+    batch = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    torch.manual_seed(1)
+    loss = model(batch)
+    torch.manual_seed(1)
+    expected = intl_loss(model.project(batch), model.trade_off, 4, "channel")
+    assert torch.allclose(loss, expected)
+
+
+def test_intl_m_target_embeds_view_0_and_follows_the_online_network_by_ema():
+    torch.manual_seed(0)
+    model = get_method("intl")(small(Config(method="intl", emb=16, intl_m=0.9)), 16)
+    online, target = next(model.model.parameters()), next(model.model_t.parameters())
+    assert torch.equal(online, target) and not target.requires_grad
+    batch = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    with torch.no_grad():
+        t = model.head_t(model.model_t(batch[0]))
+        expected = intl_loss(model.project(batch[1:]), model.trade_off, 4, "channel", t)
+    assert torch.allclose(model(batch), expected)  # BN in train mode: the same statistics
+    with torch.no_grad():
+        online.add_(1.0)
+    before = target.clone()
+    model.step(0.0)  # m = intl_m at the start
+    assert torch.allclose(target, 0.9 * before + 0.1 * online)
+    before = target.clone()
+    model.step(1.0)  # m = 1 at the end: the target stays
+    assert torch.equal(target, before)
+    assert not hasattr(get_method("intl")(small(Config(method="intl", emb=16)), 16), "model_t")

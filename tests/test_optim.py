@@ -83,3 +83,25 @@ def test_build_optimizer_names():
     assert type(build_optimizer("lars", params, 0.1, 0.0)) is LARS
     with pytest.raises(ValueError, match="--optimizer"):
         build_optimizer("rmsprop", params, 0.1, 0.0)
+
+
+def intl_reference_lr(base: float, step: int, warmup_steps: int, total_steps: int) -> float:
+    """INTL's cifar/main.py adjust_learning_rate, re-derived."""
+    if step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    step -= warmup_steps
+    q = 0.5 * (1 + math.cos(math.pi * (step + 1) / (total_steps - warmup_steps)))
+    return base * q + base * 0.001 * (1 - q)
+
+
+@pytest.mark.parametrize("bs, iters", [(256, 195), (128, 7)])
+def test_warmup_epochs_and_the_per_iteration_cosine_equal_intl(bs, iters):
+    cfg = Config(
+        lr=0.3, bs=bs, lr_per_256=True, epoch=10, lr_step="cos_step", warmup_epochs=2,
+        eta_min=0.3 * bs / 256 * 0.001,
+    )  # fmt: skip
+    base = 0.3 * bs / 256
+    for i in range(10 * iters):
+        got = learning_rate(cfg, i / iters, i, iters)
+        assert got == pytest.approx(intl_reference_lr(base, i, 2 * iters, 10 * iters)), i
+    assert learning_rate(cfg, 10 - 1 / iters, 10 * iters - 1, iters) == pytest.approx(base / 1000)

@@ -84,3 +84,37 @@ def load_space_description(name):
     from wsl_ray.sweep.space import space_path
 
     return " ".join(yaml.safe_load(space_path(name).read_text())["description"].split())
+
+
+def test_intl_recipes_read_its_two_scripts_defaults():
+    """cifar/cfg.py and cfg.py's defaults under the lines, and the cosine's end at lr / 1000
+    of the optimiser's peak lr x bs / 256."""
+    cifar = get_recipe("intl_cifar100").config()
+    assert (cifar.method, cifar.dataset, cifar.epoch, cifar.bs, cifar.lr, cifar.adam_l2) == (
+        "intl",
+        "cifar100",
+        1000,
+        256,
+        0.3,
+        1e-4,
+    )
+    assert (cifar.head_layers, cifar.head_size, cifar.emb, cifar.intl_iters) == (3, 2048, 2048, 4)
+    assert (cifar.optimizer, cifar.lr_step, cifar.warmup_epochs, cifar.eta_min) == (
+        "sgd",
+        "cos_step",
+        2,
+        pytest.approx(3e-4),
+    )
+    assert (cifar.aug, cifar.cj2, cifar.gs_p, cifar.crop_s0) == ("intl", 0.2, 0.2, 0.08)
+    assert (cifar.solarize_p, cifar.blur_p) == ([0.0, 0.2], None)
+    in100 = get_recipe("intl_imagenet100").config()
+    assert (in100.dataset, in100.arch, in100.bs, in100.head_size, in100.emb) == (
+        "imagenet100",
+        "resnet18",
+        128,
+        4096,
+        8192,
+    )
+    assert (in100.lr, in100.adam_l2, in100.epoch, in100.blur_p) == (0.5, 2.5e-5, 400, [1.0, 0.1])
+    assert in100.eta_min == pytest.approx(0.001 * 0.5 * 128 / 256)
+    assert get_recipe("intl_cifar10").target == "92.60 / 90.03 (top-5 99.80)"

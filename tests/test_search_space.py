@@ -10,14 +10,16 @@ SPACES = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
 
 def test_every_shipped_space_is_valid_and_starts_from_the_papers_defaults():
-    assert {"wmse", "wmse4", "cw_rgp", "contrastive", "byol"} <= set(SPACES)
+    assert {"wmse", "wmse4", "cw_rgp", "contrastive", "byol", "intl"} <= set(SPACES)
     for name in SPACES:
         space = load_space(name)
         space.check()
         first = Config(**space.resolve(space.first))
-        # the ImageNet recipe's SGD; the CW-RGP code's base/cfg.py for its two-view methods
+        # the ImageNet recipe's SGD; the CW-RGP code's base/cfg.py for its two-view methods;
+        # INTL's CIFAR script
         expected = 1e-3 if first.method in TWO_VIEW_METHODS else 3e-3
-        assert first.lr == (0.05 if first.optimizer == "sgd" else expected), name
+        expected = 0.05 if first.optimizer == "sgd" else expected
+        assert first.lr == (0.3 if first.method == "intl" else expected), name
         if first.method == "w_mse":
             assert (first.emb, first.w_size) == (64, 128)
 

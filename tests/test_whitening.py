@@ -1,19 +1,23 @@
-"""cholesky_whiten and channel_whiten against the papers' maths, in float64."""
+"""cholesky_whiten, channel_whiten and the family (IterNorm included) against the papers'
+maths, in float64."""
 
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from wsl_ray.methods import whitening
-from wsl_ray.methods.losses import cwrgp_loss, wmse_loss
+from wsl_ray.methods.losses import cwrgp_loss, intl_loss, wmse_loss
 from wsl_ray.methods.whitening import (
+    AXES,
     MATRICES,
     NS_TOL,
     channel_whiten,
     cholesky_factor,
     cholesky_whiten,
+    iternorm_matrix,
     newton_schulz,
     random_channel_permutations,
     stats,
@@ -254,7 +258,8 @@ def test_whiten_none_is_the_identity_and_bn_refuses_groups(gen):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"matrix": "svd"}, "matrix='svd'; allowed: cholesky, zca, pca, bn, none"),
+        ({"matrix": "svd"}, "matrix='svd'; allowed: cholesky, zca, pca, iternorm, bn, none"),
+        ({"matrix": "iternorm", "iters": 0}, "iters=0 must be an integer >= 1"),
         ({"axis": "rows"}, "axis='rows'; allowed: batch, channel"),
         ({"groups": 3}, "groups=3 must divide the 16 channels"),
         ({"minus": -1}, "minus=-1 must be an integer >= 0"),
@@ -293,6 +298,100 @@ def test_cholesky_factor_retries_each_slice_at_its_first_working_shrinkage(eps, 
     with pytest.warns(RuntimeWarning, match="1 slice"):
         assert stats.take() == {"whiten_retries": retries, "whiten_fallbacks": 1}
     assert stats.take() == {"whiten_retries": 0, "whiten_fallbacks": 0}
+
+
+# ---- IterNorm (INTL): the reference's formula, and exact ZCA in the limit, float64 ----
+
+
+def iternorm_formula(x, axis, groups, order, iters):
+    """INTL's Whitening2dIterNorm re-derived for one slice x: [n, d] numpy, per group.
+
+    Channel axis (its axis 0): each sample centred over all d features, Sigma = X X^T / (c - 1)
+    over the group's c features ([n, n]), out = W X. Batch axis (axis 1): each feature centred
+    over the n samples, Sigma = X^T X / (n - 1) ([c, c]), out = X W. With tr = trace(Sigma),
+    Sigma_N = Sigma / tr, P_0 = I, P <- 1.5 P - 0.5 P^3 Sigma_N (iters times), W = P tr^-1/2.
+    """
+    xc = x - x.mean(0) if axis == "batch" else x - x.mean(1, keepdims=True)
+    c = x.shape[1] // groups
+    blocks = []
+    for k in range(groups):
+        cols = order[k * c : (k + 1) * c]
+        X = xc[:, cols]
+        sigma = X.T @ X / (len(X) - 1) if axis == "batch" else X @ X.T / (c - 1)
+        tr = np.trace(sigma)
+        P = np.eye(len(sigma))
+        for _ in range(iters):
+            P = 1.5 * P - 0.5 * np.linalg.matrix_power(P, 3) @ (sigma / tr)
+        W = P / np.sqrt(tr)
+        blocks.append((cols, X @ W if axis == "batch" else W @ X))
+    return blocks
+
+
+@pytest.mark.parametrize("axis", ["batch", "channel"])
+@pytest.mark.parametrize("groups, rg", [(1, False), (4, False), (4, True)])
+@pytest.mark.parametrize("iters", [1, 4, 7])
+def test_whiten_iternorm_matches_the_reference_formula(gen, axis, groups, rg, iters):
+    x = family_input(gen, axis)  # [2, 3, n, d]
+    z = whiten(x, "iternorm", axis, groups, rg, 1, 0.0, torch.Generator().manual_seed(5), iters)
+    assert z.dtype == torch.float64 and z.shape == x.shape
+    d = x.shape[-1]
+    if rg:
+        g5 = torch.Generator().manual_seed(5)
+        orders = random_channel_permutations((6,), d, torch.device("cpu"), g5).numpy()
+    else:
+        orders = np.tile(np.arange(d), (6, 1))
+    flat_x, flat_z = x.reshape(-1, *x.shape[-2:]).numpy(), z.reshape(-1, *x.shape[-2:]).numpy()
+    for s in range(6):
+        for cols, expected in iternorm_formula(flat_x[s], axis, groups, orders[s], iters):
+            np.testing.assert_allclose(flat_z[s][:, cols], expected, atol=1e-10, rtol=1e-9)
+
+
+def test_iternorm_modulates_each_eigenvalue_by_the_scalar_newton_map(gen):
+    """W S W has S's eigenvectors and eigenvalues q_T^2, where q_0 = sqrt(l) for l an
+    eigenvalue of S / tr(S) and q <- (3 q - q^3) / 2: the spectrum is pulled towards 1, the
+    more so the larger l, and never past it."""
+    S = spd_with_condition(gen, 16, 1e3, "log")
+    W = iternorm_matrix(S, 4)
+    assert torch.allclose(W, W.mT, atol=1e-12)
+    lam = torch.linalg.eigvalsh(S)
+    q = (lam / lam.sum(-1, keepdim=True)).sqrt()
+    for _ in range(4):
+        q = (3 * q - q**3) / 2
+    whitened = torch.linalg.eigvalsh(W @ S @ W)
+    assert torch.allclose(whitened, q.square(), atol=1e-12, rtol=1e-10)
+    assert (whitened < 1).all() and (whitened[..., 1:] >= whitened[..., :-1]).all()
+    assert whitened[..., -1].min() > 0.9 and whitened[..., 0].max() < 0.01  # not whitened
+
+
+def test_iternorm_converges_to_exact_zca_with_many_steps_on_a_well_conditioned_matrix(gen):
+    """At kappa 2 (p = 32) the steps converge to S^-1/2 and stay there; at T = 4 INTL's
+    matrix is still far from it. The whitened output then equals ZCA whitening."""
+    S = spd_with_condition(gen, 32, 2.0, "log")
+    for T in (20, 60):
+        assert relative(iternorm_matrix(S, T), zca_exact(S)) < 1e-13
+    assert relative(iternorm_matrix(S, 4), zca_exact(S)) > 0.1
+    x = torch.randn(2, 400, 8, generator=gen, dtype=torch.float64)  # sample kappa about 2
+    np.testing.assert_allclose(
+        whiten(x, "iternorm", "batch", iters=30).numpy(), whiten(x, "zca").numpy(), atol=1e-12
+    )
+
+
+def test_iternorm_gets_close_to_zca_then_diverges_at_kappa_10(gen):
+    """The uncoupled Newton iteration amplifies rounding once converged unless S is very well
+    conditioned: at kappa 10 it reaches 1e-9 of S^-1/2 after 15 steps, then drifts away.
+    (A property of the reference's IterNorm too; INTL's T = 4 stays before it.)"""
+    S = spd_with_condition(gen, 32, 10.0, "log")
+    assert relative(iternorm_matrix(S, 15), zca_exact(S)) < 1e-9
+    assert relative(iternorm_matrix(S, 25), zca_exact(S)) > 1e-6
+
+
+def test_iternorm_gradients_match_finite_differences(gen):
+    x = correlated(gen, 12, 6).requires_grad_()
+    G = torch.randn(12, 6, generator=gen, dtype=torch.float64)
+    for axis in AXES:
+        assert torch.autograd.gradcheck(
+            lambda v, a=axis: (whiten(v, "iternorm", a) * G).sum(), (x,), atol=1e-7
+        )
 
 
 # ---- Newton-Schulz ZCA against the exact float64 eigh path ----
@@ -406,6 +505,30 @@ def test_wmse_loss_and_cholesky_whitening_compile_without_graph_breaks(gen):
     assert torch.allclose(z, cholesky_whiten(x), atol=1e-5)
     assert all(torch.isfinite(v.grad).all() for v in views) and torch.isfinite(loss)
     assert stats.take()["whiten_retries"] == 0
+
+
+class NoHostReads(TorchDispatchMode):
+    """Fails on the ops that copy a device value to the host (`.item()`, `bool(t)`,
+    `nonzero`, data-dependent shapes): on a GPU each one stalls the CPU until it drains."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            raise AssertionError(f"host read: {func}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_intl_loss_forward_and_backward_read_nothing_on_the_host(gen):
+    """INTL's loss on both axes (and its EMA form), forward and backward, with IterNorm."""
+    views = [correlated(gen, 32, 16).float().requires_grad_() for _ in range(3)]
+    with NoHostReads():
+        losses = [intl_loss(views, 0.02, 4, axis) for axis in AXES]
+        losses.append(intl_loss(views[1:], 0.02, 4, "channel", target=views[0]))
+        sum(losses).backward()
+    assert all(torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0 for v in views)
+    with pytest.raises(AssertionError, match="host read"), NoHostReads():
+        bool(views[0].sum() > 0)  # the mode does catch a read
 
 
 def test_cwrgp_loss_with_newton_schulz_zca_compiles_without_graph_breaks(gen, ns_on_cpu):

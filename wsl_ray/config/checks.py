@@ -39,7 +39,7 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         "Tmult",
     ):
         check(getattr(cfg, name) >= 1, f"--{name} {getattr(cfg, name)}: must be 1 or more")
-    for name in ("subset", "T0"):
+    for name in ("subset", "T0", "warmup_epochs"):
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"--{name} {value}: must be 1 or more (or unset)")
     check(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: must be a number > 0")
@@ -48,6 +48,17 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         check(0 <= value <= 1, f"--{name} {value}: must be in [0, 1]")
     for name in ("cj0", "cj1", "cj2", "adam_l2", "eta_min", "drop_gamma"):
         check(getattr(cfg, name) >= 0, f"--{name} {getattr(cfg, name)}: must be 0 or more")
+    for name in ("blur_p", "solarize_p"):
+        value = getattr(cfg, name)
+        check(
+            value is None or (bool(value) and all(0 <= v <= 1 for v in value)),
+            f"--{name} {value}: probabilities must be in [0, 1]",
+        )
+        check(
+            value is None or len(value) in (1, cfg.num_samples),
+            f"--{name} {value}: give one probability, or one per view "
+            f"(--num_samples {cfg.num_samples})",
+        )
     check(0 <= cfg.cj3 <= 0.5, f"--cj3 {cfg.cj3}: hue jitter must be in [0, 0.5]")
     check(
         0 < cfg.crop_s0 <= cfg.crop_s1 <= 1,

@@ -1,9 +1,10 @@
 """The papers' training settings as named presets: `python -m wsl_ray.train --recipe NAME`.
 
 Each preset is a reference command line, copied literally from the W-MSE README, CW-RGP's
-`scripts/base.sh` or its `scripts/ImageNet.sh`, read on top of the defaults of the script
-it calls (W-MSE's train.py, CW-RGP's base/cfg.py or ImageNet/cfg.py), so that what the
-authors ran and what we run can be compared flag by flag. Flags given with --recipe
+`scripts/base.sh` or its `scripts/ImageNet.sh`, or INTL's `scripts/cifar10.sh`,
+`cifar100.sh` and `in100.sh`, read on top of the defaults of the script it calls (W-MSE's
+train.py, CW-RGP's base/cfg.py or ImageNet/cfg.py, INTL's cifar/cfg.py or cfg.py), so that
+what the authors ran and what we run can be compared flag by flag. Flags given with --recipe
 override the recipe. `target` is the accuracy the paper or README reports for it.
 """
 
@@ -43,10 +44,67 @@ SCRIPT_DEFAULTS: dict[str, dict[str, Any]] = {
         "zero_init_residual": True,
     },
 }
+# INTL's two scripts (cifar/main.py for CIFAR, main.py for ImageNet-100 and -1k): SGD with
+# momentum 0.9 at lr x bs / 256, 2 warm-up epochs then a per-iteration cosine to lr / 1000
+# (`intl_end_lr`), IterNorm on the channel axis with 4 steps, a 3-layer projector, and
+# CifarTransform / ImageNetTransform: a bicubic crop of scale (0.08, 1) first, jitter
+# (0.4, 0.4, 0.2, 0.1) p 0.8, grey 0.2, solarization p 0 and 0.2 for the two views.
+_INTL = {
+    "method": "intl",
+    "epoch": 100,
+    "bs": 256,
+    "lr_per_256": True,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "lr_step": "cos_step",
+    "warmup_epochs": 2,
+    "head_layers": 3,
+    "intl_iters": 4,
+    "intl_axis": "channel",
+    "aug": "intl",
+    "cj2": 0.2,
+    "gs_p": 0.2,
+    "crop_s0": 0.08,
+    "solarize_p": [0.0, 0.2],
+}
+SCRIPT_DEFAULTS["cifar/main.py"] = _INTL | {  # INTL cifar/cfg.py
+    "lr": 0.3,
+    "adam_l2": 1e-4,
+    "head_size": 2048,
+    "emb": 2048,
+    "eval_every": 5,
+}
+SCRIPT_DEFAULTS["main.py"] = _INTL | {  # INTL cfg.py; ImageNetTransform blurs p 1.0 and 0.1
+    "dataset": "imagenet",
+    "arch": "resnet50",
+    "lr": 0.5,
+    "adam_l2": 1e-5,
+    "head_size": 8192,
+    "emb": 8192,
+    "blur_p": [1.0, 0.1],
+}
+
+
+def intl_end_lr(values: dict[str, Any]) -> dict[str, Any]:
+    """INTL's cosine ends at 1 / 1000 of its peak lr x bs / 256: our --eta_min."""
+    return {"eta_min": 0.001 * values["lr"] * values["bs"] / 256}
+
+
+# Values computed from a script's others once a line is read.
+SCRIPT_DERIVED = {"cifar/main.py": intl_end_lr, "main.py": intl_end_lr}
 # The reference flags whose names differ from ours, and values that name our datasets.
-RENAMED = {"--epochs": "epoch", "--group": "groups", "--weight_decay": "adam_l2"}
+RENAMED = {
+    "--epochs": "epoch",
+    "--group": "groups",
+    "--weight_decay": "adam_l2",
+    "--wd": "adam_l2",  # INTL
+    "--projection_size": "head_size",
+    "--projection_layers": "head_layers",
+    "--iters": "intl_iters",
+}
 DATASET_NAMES = {"imagenet": "imagenet100", "in100": "imagenet100"}  # in W-MSE / base code
-IGNORED = {"--md": 0, "--imagenet_path": 1}  # launch flags: number of values they take
+# launch flags: number of values they take
+IGNORED = {"--md": 0, "--imagenet_path": 1, "--data_path": 1}
 # Workers the reference ran on (ImageNet: 4 GPUs, so each whitens 512 / 4 = 128 images)
 REFERENCE_WORKERS = {"ImageNet/train.py": 4}
 
@@ -55,7 +113,7 @@ REFERENCE_WORKERS = {"ImageNet/train.py": 4}
 class Recipe:
     name: str
     source: str  # file the line comes from
-    line: str  # the reference command, verbatim (ImageNet.sh's comments and "\" removed)
+    line: str  # the reference command, verbatim (the scripts' comments and "\" removed)
     target: str  # reported accuracy: "linear / 5-NN" top-1 %, or "" where none is known
 
     def _words(self) -> tuple[str, list[str]]:
@@ -93,7 +151,7 @@ class Recipe:
                 else (float(value) if kind.startswith("float") else value)
             )
             i += 2
-        return values
+        return values | SCRIPT_DERIVED.get(script, lambda v: {})(values)
 
     def config(self) -> Config:
         return Config(**self.values())
@@ -103,6 +161,7 @@ def _lines(source: str, prefix: str, entries: list[tuple[str, str, str]]) -> lis
     return [Recipe(f"{prefix}_{name}", source, line, target) for name, line, target in entries]
 
 
+N = "INTL README"  # its table of CIFAR-10, CIFAR-100 and ImageNet-100 results
 W = "W-MSE README"
 B = "CW-RGP scripts/base.sh"
 I = "CW-RGP scripts/ImageNet.sh"  # noqa: E741
@@ -289,6 +348,27 @@ RECIPES: dict[str, Recipe] = {
                     "200ep",
                     "python ImageNet/train.py --epochs 200 --md --imagenet_path [imagenet] --cov_w 0.01 --cov_stop 100",
                     "71.0 (lincls)",
+                ),
+            ],
+        ),
+        *_lines(
+            N,
+            "intl",
+            [
+                (
+                    "cifar10",
+                    "python cifar/main.py --dataset cifar10 --arch resnet18 --projection_size 2048 --epochs 1000 --lr 0.3 --wd 1e-4 --method intl --data_path ./data/",
+                    "92.60 / 90.03 (top-5 99.80)",
+                ),
+                (
+                    "cifar100",
+                    "python cifar/main.py --dataset cifar100 --arch resnet18 --projection_size 2048 --epochs 1000 --lr 0.3 --wd 1e-4 --method intl --data_path ./data/",
+                    "70.88 / 61.90 (top-5 92.13)",
+                ),
+                (
+                    "imagenet100",
+                    "python main.py --dataset in100 --arch resnet18 --bs 128 --projection_size 4096 --epochs 400 --lr 0.5 --wd 2.5e-5 --method intl --data_path ./data/IN100/",
+                    "81.68 / 73.46 (top-5 95.42)",
                 ),
             ],
         ),

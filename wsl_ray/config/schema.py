@@ -30,8 +30,8 @@ UNSET_DEFAULTS: dict[str, Any] = {
     "zero_init_residual": False,
     "gs_p": 0.1,
 }
-AUG_PRESETS = ("wmse", "cw_rgp")
-UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}}
+AUG_PRESETS = ("wmse", "cw_rgp", "intl")
+UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}, "intl": {"gs_p": 0.2}}
 
 
 SYNC_BN_NEEDS_GPUS = (
@@ -66,7 +66,8 @@ class GeneralConfig:
     num_samples: int = _f(2, "number of views generated from each image")
     emb: int = _f(
         None,
-        "embedding size (default 64; cw_rgp, barlow_twins, vicreg, simsiam, zero_icl: 512)",
+        "embedding size (default 64; cw_rgp, barlow_twins, vicreg, simsiam, zero_icl: 512; "
+        "intl: 2048)",
         type=int,
     )
     w_size: int = _f(128, "size of the sub-batch whitened together (W-MSE, CW-RGP)")
@@ -91,7 +92,7 @@ class GeneralConfig:
     # augmentation
     aug: str = _f(
         "wmse",
-        "augmentation preset: the W-MSE or the CW-RGP ImageNet pipeline",
+        "augmentation preset: the W-MSE, the CW-RGP ImageNet or the INTL pipeline",
         choices=AUG_PRESETS,
     )
     cj0: float = _f(0.4, "color jitter brightness")
@@ -99,22 +100,41 @@ class GeneralConfig:
     cj2: float = _f(0.4, "color jitter saturation")
     cj3: float = _f(0.1, "color jitter hue")
     cj_p: float = _f(0.8, "color jitter probability")
-    gs_p: float = _f(None, "grayscale probability (default 0.1; --aug cw_rgp: 0.2)", type=float)
+    gs_p: float = _f(
+        None, "grayscale probability (default 0.1; --aug cw_rgp and intl: 0.2)", type=float
+    )
     crop_s0: float = _f(0.2, "crop size from")
     crop_s1: float = _f(1.0, "crop size to")
     crop_r0: float = _f(0.75, "crop ratio from")
     crop_r1: float = _f(4 / 3, "crop ratio to")
     hf_p: float = _f(0.5, "horizontal flip probability")
+    blur_p: list | None = _f(
+        None,
+        "Gaussian blur probability, one for all views or one per view (default: 0.5 on "
+        "ImageNet-100 and with --aug cw_rgp, else 0)",
+        nargs="+",
+        type=float,
+    )
+    solarize_p: list = _f(
+        [0.0],
+        "solarization probability, one for all views or one per view (INTL: 0 0.2)",
+        nargs="+",
+        type=float,
+    )
     # optimisation
     epoch: int = _f(200, "total number of epochs")
     bs: int = _f(512, "number of original images in a batch (all workers together)")
     lr: float = _f(1e-3, "learning rate")
     adam_l2: float = _f(1e-6, "weight decay (L2 penalty added to the gradient) of any --optimizer")
     lr_warmup: bool = _f(True, "no linear learning rate warm-up over the first 500 iterations")
+    warmup_epochs: int | None = _f(
+        None, "warm up over this many epochs instead of 500 iterations (INTL: 2)", type=int
+    )
     lr_step: str = _f(
         "step",
-        "learning rate schedule; cos_epoch: cosine to 0 over --epoch, set at each epoch's start",
-        choices=("cos", "step", "none", "cos_epoch"),
+        "learning rate schedule; cos_epoch: cosine to 0 over --epoch, set at each epoch's "
+        "start; cos_step: cosine from the warm-up's end to --eta_min, set at every iteration",
+        choices=("cos", "step", "none", "cos_epoch", "cos_step"),
     )
     optimizer: str = _f("adam", "optimiser; --adam_l2 is its weight decay", choices=OPTIMIZERS)
     momentum: float = _f(0.9, "momentum of --optimizer sgd and lars")
@@ -123,7 +143,7 @@ class GeneralConfig:
     cov_stop: int = _f(50, "epoch from which --cov_w is 0")
     drop: list = _f([50, 25], "epochs before the end at which lr drops", nargs="*", type=int)
     drop_gamma: float = _f(0.2, "multiplicative factor of the lr drop")
-    eta_min: float = _f(0.0, "minimum learning rate (--lr_step cos)")
+    eta_min: float = _f(0.0, "minimum learning rate (--lr_step cos and cos_step)")
     T0: int | None = _f(None, "period in epochs (--lr_step cos); default: --epoch", type=int)
     Tmult: int = _f(1, "period factor (--lr_step cos)")
     # evaluation

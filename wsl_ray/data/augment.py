@@ -6,10 +6,13 @@ It reproduces the reference pipeline, per view and image:
     RandomResizedCrop(size, scale=(crop_s0, crop_s1), ratio=(crop_r0, crop_r1))
     RandomHorizontalFlip(hf_p)
     RandomApply(GaussianBlur(sigma in [0.1, 2]), p=blur_p)   (ImageNet-100 only)
+    RandomApply(Solarization(), p=solarize_p)              (INTL; PIL's threshold 128)
     Normalize(mean, std)
 with torchvision's semantics, as whole-batch tensor code on the data's device. Sampling
 (`sample`) and applying (`apply`) are separate, so each can be checked on its own. Crop,
 resize and flip are two batched matrix products with PIL's antialiased resampling weights.
+Blur and solarization take one probability for all views or one per view (INTL's
+solarization p 0.0 for view 0 and 0.2 for view 1).
 
 Images of several sizes travel as one batch on a canvas: `augment(x, sizes)` takes each
 image's valid (height, width) in the top-left of x, and each crop is drawn inside it, as
@@ -36,11 +39,18 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 # blur only for ImageNet-100). cw_rgp: CW-RGP's ImageNet transform.py (a bilinear crop
 # first, then colour, grey, blur p 0.5 and flip; flip and this blur commute); its
 # grayscale p 0.2 is the preset's default for --gs_p (config.py).
+# intl: INTL's CifarTransform and ImageNetTransform (a bicubic crop first, then colour, grey,
+# blur, solarization and flip; its grayscale p 0.2 is the preset's --gs_p default).
 PRESETS = {
     "wmse": {"crop_first": False, "interpolation": "bicubic", "blur": False},
     "cw_rgp": {"crop_first": True, "interpolation": "bilinear", "blur": True},
+    "intl": {"crop_first": True, "interpolation": "bicubic", "blur": False},
 }
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+# PIL's ImageOps.solarize inverts the levels v >= 128 of uint8 images; on [0, 1] floats that
+# are not whole levels, the ones that would round to 128 or more.
+SOLARIZE_THRESHOLD = 127.5 / 255
+Chance = float | tuple[float, ...]  # one probability for all views, or one per view
 
 
 @dataclass
@@ -54,6 +64,7 @@ class AugmentParams:
     gray: torch.Tensor  # [B] bool
     blur_sigma: torch.Tensor  # [B] float, 0 where no blur
     size: torch.Tensor  # [B, 2] float: each image's height, width (top-left of the canvas)
+    solarize: torch.Tensor | None = None  # [B] bool; None: solarization is off
 
 
 class Augment:
@@ -71,16 +82,22 @@ class Augment:
         crop_scale: tuple[float, float] = (0.2, 1.0),
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hf_p: float = 0.5,
-        blur_p: float = 0.0,
+        blur_p: Chance = 0.0,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         interpolation: str = "bicubic",
         generator: torch.Generator | None = None,
         compile: bool = False,
         crop_first: bool = False,
         device: torch.device | str | None = None,
+        solarize_p: Chance = 0.0,
     ):
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
+        for name, p in (("blur_p", blur_p), ("solarize_p", solarize_p)):
+            if isinstance(p, tuple) and len(p) != num_samples:
+                raise ValueError(
+                    f"{name} {p}: give one probability, or one per view ({num_samples})"
+                )
         self.size, self.num_samples = size, num_samples
         # constants live where the images are: the generator's device unless told otherwise
         self.device = torch.device(device or (generator.device if generator else "cpu"))
@@ -89,7 +106,15 @@ class Augment:
         self._no_jitter = torch.tensor([1.0, 1.0, 1.0, 0.0], device=self.device)
         self.cj, self.cj_p, self.gs_p, self.hf_p = cj, cj_p, gs_p, hf_p
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
-        self.blur_p, self.blur_sigma = blur_p, blur_sigma
+        self.blur_p, self.blur_sigma, self.solarize_p = blur_p, blur_sigma, solarize_p
+        self._blur_on = max(_views(blur_p)) > 0
+        # no draws while off, so that the random stream of the other ops stays as it was
+        self._solarize_on = max(_views(solarize_p)) > 0
+        # per-view probabilities as device constants, made once (no copy in the step)
+        self._chances = {
+            name: torch.tensor(p, device=self.device) if isinstance(p, tuple) else p
+            for name, p in (("blur", blur_p), ("solarize", solarize_p))
+        }
         self.interpolation = interpolation
         self.crop_first = crop_first  # crop before the colour ops (the CW-RGP preset)
         self.generator = generator
@@ -100,9 +125,10 @@ class Augment:
     def from_config(
         cls, cfg: Config, size: int, mean, std, blur: bool = False, generator=None
     ) -> Augment:
-        """The reference pipeline from the training flags (blur_p 0.5 when `blur`);
-        compiled with --compile. --aug picks the preset (PRESETS)."""
+        """The reference pipeline from the training flags (blur_p 0.5 when `blur` unless
+        --blur_p says otherwise); compiled with --compile. --aug picks the preset (PRESETS)."""
         preset = PRESETS[cfg.aug]
+        blur_p = 0.5 if blur or preset["blur"] else 0.0
         return cls(
             size,
             mean,
@@ -114,11 +140,12 @@ class Augment:
             crop_scale=(cfg.crop_s0, cfg.crop_s1),
             crop_ratio=(cfg.crop_r0, cfg.crop_r1),
             hf_p=cfg.hf_p,
-            blur_p=0.5 if blur or preset["blur"] else 0.0,
+            blur_p=blur_p if cfg.blur_p is None else _chance(cfg.blur_p),
             interpolation=preset["interpolation"],
             generator=generator,
             compile=cfg.compile,
             crop_first=preset["crop_first"],
+            solarize_p=_chance(cfg.solarize_p),
         )
 
     def __call__(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -151,7 +178,9 @@ class Augment:
         self, n: int, height: int, width: int, sizes: torch.Tensor | None = None
     ) -> AugmentParams:
         """Draws each image's parameters as torchvision's transforms would, for n images
-        on a height x width canvas, each of size sizes[i] (int [n, 2]; None: the canvas)."""
+        on a height x width canvas, each of size sizes[i] (int [n, 2]; None: the canvas).
+        With per-view probabilities the n images are num_samples views, one after another
+        (as `__call__` stacks them)."""
         if sizes is None:  # one size for all: the broadcast case of the same code
             sizes = full_sizes(1, height, width, self.device)
         size = sizes.float().expand(n, 2)
@@ -159,9 +188,9 @@ class Augment:
         factors = [self._uniform(max(0.0, 1 - v), 1 + v, n) for v in self.cj[:3]]
         hue = self._uniform(-self.cj[3], self.cj[3], n)
         jitter = torch.where(applied[:, None], torch.stack([*factors, hue], 1), self._no_jitter)
-        blur = self._rand(n) < self.blur_p
+        blur = self._rand(n) < self._per_image("blur", n)
         sigma = self._uniform(*self.blur_sigma, n)
-        return AugmentParams(
+        params = AugmentParams(
             crop=self._sample_crops(n, size),
             flip=self._rand(n) < self.hf_p,
             jitter=jitter,
@@ -170,6 +199,19 @@ class Augment:
             blur_sigma=torch.where(blur, sigma, torch.zeros_like(sigma)),
             size=size,
         )
+        if self._solarize_on:  # drawn last: the draws above are those of a run without it
+            params.solarize = self._rand(n) < self._per_image("solarize", n)
+        return params
+
+    def _per_image(self, op: str, n: int) -> float | torch.Tensor:
+        """The probability of `op` for each of n images: one for all, or view v's for its
+        n / k rows."""
+        p = self._chances[op]
+        if not isinstance(p, torch.Tensor):
+            return p
+        if n % len(p):
+            raise ValueError(f"{n} images are not {len(p)} views of equally many")
+        return p.repeat_interleave(n // len(p))
 
     def _sample_crops(self, n: int, size: torch.Tensor) -> torch.Tensor:
         """RandomResizedCrop.get_params for n images at once, image i of size[i] = (height,
@@ -218,10 +260,29 @@ class Augment:
         x = torch.where(p.gray[:, None, None, None], grayscale(x).expand_as(x), x)
         if not self.crop_first:
             x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
-        if self.blur_p > 0:
+        if self._blur_on:
             x = gaussian_blur(x, p.blur_sigma, math.ceil(3 * self.blur_sigma[1]))
+        if p.solarize is not None:
+            x = solarize(x, p.solarize)
         scale = (1 / self.std)[:, None, None]
         return torch.addcmul(-self.mean[:, None, None] * scale, x, scale)
+
+
+def _views(p: Chance) -> tuple[float, ...]:
+    return p if isinstance(p, tuple) else (p,)
+
+
+def _chance(values: list[float]) -> Chance:
+    """A flag's list of probabilities: one value for all views, else one per view."""
+    return float(values[0]) if len(values) == 1 else tuple(float(v) for v in values)
+
+
+def solarize(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageOps.solarize (threshold 128) of the images `where` [B] (bool) is set:
+    each level v of float RGB [B, C, H, W] in [0, 1] becomes 1 - v where v >= 127.5 / 255,
+    i.e. where the uint8 level it rounds to is 128 or more."""
+    flip = where[:, None, None, None] & (x >= SOLARIZE_THRESHOLD)
+    return torch.where(flip, 1 - x, x)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from .barlow_twins import BARLOW_TWINS_SPEC
 from .base import BaseMethod
 from .byol import BYOL_SPEC
 from .contrastive import CONTRASTIVE_SPEC
+from .intl import INTL_SPEC
 from .simsiam import SIMSIAM_SPEC
 from .spec import MethodSpec
 from .vicreg import VICREG_SPEC
@@ -29,6 +30,7 @@ SPECS: dict[str, MethodSpec] = {
         VICREG_SPEC,
         SIMSIAM_SPEC,
         ZERO_ICL_SPEC,
+        INTL_SPEC,
     )
 }
 METHODS = tuple(SPECS)

@@ -1,7 +1,8 @@
 """The whitening family of the CW-RGP study, as data: which whitening a config asks for.
 
 A member of the family is the whitened MSE loss with one whitening transform, chosen by
-  matrix        cholesky | zca | pca, or the controls bn (standardisation) and none (plain MSE)
+  matrix        cholesky | zca | pca | iternorm (INTL's IterNorm, its 4 steps), or the
+                controls bn (standardisation) and none (plain MSE)
   axis          batch (over samples, W-MSE) or channel (over channels, CW-RGP)
   groups        the channels split into this many groups, whitened separately
   random_groups the channel grouping redrawn at every call
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-MATRICES = ("cholesky", "zca", "pca", "bn", "none")
+MATRICES = ("cholesky", "zca", "pca", "iternorm", "bn", "none")
 AXES = ("batch", "channel")
 FAMILY_METHODS = ("w_mse", "cw_rgp", "whitened_mse")
 FAMILY_FLAGS = ("w_matrix", "w_axis", "w_random_groups", "minus")
@@ -43,7 +44,14 @@ GENERIC_DEFAULTS: dict[str, Any] = {
     "w_random_groups": False,
     "minus": 1,
 }
-MATRIX_NAMES = {"cholesky": "Cholesky", "zca": "ZCA", "pca": "PCA", "bn": "BN", "none": "Plain"}
+MATRIX_NAMES = {
+    "cholesky": "Cholesky",
+    "zca": "ZCA",
+    "pca": "PCA",
+    "iternorm": "IterNorm",
+    "bn": "BN",
+    "none": "Plain",
+}
 
 
 @dataclass(frozen=True)

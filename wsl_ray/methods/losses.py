@@ -12,6 +12,7 @@ the rows of the worker's own samples only; the mean of the shares is the global 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from itertools import combinations
 
@@ -165,6 +166,59 @@ def cwrgp_loss(
         normalize=normalize,
         generator=generator,
     )
+
+
+def trace_loss(z: torch.Tensor, axis: str = "channel") -> torch.Tensor:
+    """INTL's trace loss of whitened views z: [..., N, D] (N samples of D features).
+
+    axis "channel": var_i = unbiased variance of sample i over its D features, summed over
+    the N samples; axis "batch": var_j = unbiased variance of feature j over the N samples,
+    summed over the D features. TL = sum (var - 1)^2, one value per leading slice: [...].
+    For a whitened z the variances are the diagonal of its covariance, so TL pulls that
+    covariance's trace (the sum of its eigenvalues) towards full rank.
+    """
+    var = z.var(dim=-1 if axis == "channel" else -2, correction=1)
+    return (var - 1).square().sum(-1)
+
+
+def intl_trade_off(axis: str, bs: int, emb: int) -> float:
+    """INTL's default trace-loss weight: (log2(bs) - 3) / 100 on the channel axis, where the
+    N x N covariance grows with the (global) batch size bs, (log2(emb) - 3) / 100 on the batch
+    axis, where the D x D one grows with the embedding size."""
+    return (math.log2(bs if axis == "channel" else emb) - 3) * 0.01
+
+
+def intl_loss(
+    views: Sequence[torch.Tensor],
+    trade_off: float,
+    iters: int = 4,
+    axis: str = "channel",
+    target: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """INTL (Weng et al., ICLR 2024): the MSE of IterNorm-whitened views plus a trace loss.
+
+    Each view h_i: [N, D] is whitened on its own by IterNorm with `iters` = T steps,
+    t_i = whiten(h_i, "iternorm", axis, iters=T) (no stop-gradient), and with
+    nmse(a, b) = 2 - 2 mean_rows cos(a, b) and TL the `trace_loss`, for k views
+        L = sum_{i=1}^{k-1} [nmse(t_i, t_0) + trade_off (TL(t_i) + TL(t_0))] / (k - 1).
+    With `target` (INTL-M: the EMA network's projection [N, D] of view 0, no gradient), the
+    views are the online network's other k - 1 views and, with t_k the whitened target,
+        L = sum_i [nmse(t_i, t_k) + trade_off TL(t_i)] / (k - 1).
+    All views are whitened in one batched call. Returns a scalar.
+    """
+    h = torch.stack(list(views))  # [k, N, D]
+    if target is None and len(h) < 2:
+        raise ValueError(f"INTL needs at least 2 views, got {len(h)}")
+    if target is not None:
+        h = torch.cat([h, target.detach()[None]])  # the target last
+    t = whiten(h, "iternorm", axis, iters=iters)
+    tl = trace_loss(t, axis)
+    if target is None:
+        anchor, others, anchor_tl = t[0], range(1, len(t)), tl[0]
+    else:
+        anchor, others, anchor_tl = t[-1], range(len(t) - 1), 0
+    terms = [norm_mse(t[i], anchor) + trade_off * (tl[i] + anchor_tl) for i in others]
+    return sum(terms) / len(terms)
 
 
 @_no_autocast

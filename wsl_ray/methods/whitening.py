@@ -1,10 +1,11 @@
 """The whitening family of the W-MSE and CW-RGP papers, as one batched operator.
 
-`whiten(x, matrix, axis, groups, random_groups, minus, eps, generator)` whitens every leading
-slice of x: [..., n, d] (n samples of d features). Its two named settings are W-MSE's
+`whiten(x, matrix, axis, groups, random_groups, minus, eps, generator, iters)` whitens every
+leading slice of x: [..., n, d] (n samples of d features). Its two named settings are W-MSE's
 `cholesky_whiten` (Cholesky, batch axis) and CW-RGP's `channel_whiten` (ZCA, channel axis,
-random groups). Everything computes in float32 (float64 input stays float64), also under bf16
-autocast, and one call factorises every slice and group at once.
+random groups); INTL's IterNorm is matrix "iternorm" with `iters` Newton steps. Everything
+computes in float32 (float64 input stays float64), also under bf16 autocast, and one call
+factorises every slice and group at once.
 
 Nothing here reads a device value on the host, with one exception: on CUDA the ZCA matrix
 comes from a Newton-Schulz iteration whose range is checked once per call (`zca_matrix`).
@@ -20,7 +21,7 @@ import torch
 
 # Shrinkage values tried, in order, for a slice whose Cholesky factorisation failed.
 RETRY_EPS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
-MATRICES = ("cholesky", "zca", "pca", "bn", "none")
+MATRICES = ("cholesky", "zca", "pca", "iternorm", "bn", "none")
 AXES = ("batch", "channel")
 # Exact ZCA and PCA floor the eigenvalues of each matrix at this fraction of the largest.
 EIG_FLOOR = 1e-6
@@ -32,8 +33,10 @@ NS_TOL = {torch.float32: 1e-3, torch.float64: 1e-9}
 # 64 x 64 groups costs less than the iteration's 72 products and their backward
 # (BENCHMARKS.md, "Whitening losses").
 NS_DEVICES = ("cuda",)
+# IterNorm's Newton steps when not given: INTL's default (its --iters 4).
+ITERNORM_ITERS = 4
 
-Matrix = Literal["cholesky", "zca", "pca", "bn", "none"]
+Matrix = Literal["cholesky", "zca", "pca", "iternorm", "bn", "none"]
 Axis = Literal["batch", "channel"]
 
 
@@ -166,7 +169,13 @@ def channel_whiten(
 
 
 def _check(
-    shape: tuple[int, ...], matrix: str, axis: str, groups: int, minus: int, eps: float
+    shape: tuple[int, ...],
+    matrix: str,
+    axis: str,
+    groups: int,
+    minus: int,
+    eps: float,
+    iters: int = ITERNORM_ITERS,
 ) -> None:
     """Raises ValueError naming the bad argument, before any work."""
     if matrix not in MATRICES:
@@ -184,6 +193,8 @@ def _check(
         raise ValueError(f"whiten: minus={minus} must be an integer >= 0")
     if not 0 <= eps < 1:
         raise ValueError(f"whiten: eps={eps} must be in [0, 1)")
+    if matrix == "iternorm" and (not isinstance(iters, int) or iters < 1):
+        raise ValueError(f"whiten: iters={iters} must be an integer >= 1 (IterNorm's steps)")
     if matrix == "none":
         return
     if axis == "batch" and n - minus < 1:
@@ -204,19 +215,21 @@ def whiten(
     minus: int = 1,
     eps: float = 0.0,
     generator: torch.Generator | None = None,
+    iters: int = ITERNORM_ITERS,
 ) -> torch.Tensor:
     """The whitening family of the CW-RGP study, for every leading slice of x: [..., n, d].
 
     With random_groups, each leading slice draws its own permutation of the d channels (from
     `generator`, or the global RNG) and the output is un-permuted; else groups are the
-    contiguous chunks of channels. See `whiten_grouped` for the maths.
+    contiguous chunks of channels. `iters` is IterNorm's number of steps (matrix "iternorm"
+    only). See `whiten_grouped` for the maths.
     """
-    _check(x.shape, matrix, axis, groups, minus, eps)
+    _check(x.shape, matrix, axis, groups, minus, eps, iters)
     perm = None
     if random_groups and matrix not in ("bn", "none"):  # both are permutation-equivariant
         lead = x.shape[:-2].numel()
         perm = random_channel_permutations((lead,), x.shape[-1], x.device, generator)
-    return whiten_grouped(x, perm, matrix, axis, groups, minus, eps)
+    return whiten_grouped(x, perm, matrix, axis, groups, minus, eps, iters)
 
 
 def whiten_grouped(
@@ -227,6 +240,7 @@ def whiten_grouped(
     groups: int = 1,
     minus: int = 1,
     eps: float = 0.0,
+    iters: int = ITERNORM_ITERS,
 ) -> torch.Tensor:
     """`whiten` with the channel permutation given: perm [prod(leading dims), d] or None.
 
@@ -245,14 +259,17 @@ def whiten_grouped(
         pca:      diag(lambda)^-1/2 U^T with S = U diag(lambda) U^T, lambda descending and the
                   eigenvector signs arbitrary (float64 eigh; eigenvalues floored at
                   EIG_FLOOR x the largest);
+        iternorm: IterNorm's P_T / sqrt(tr S) after `iters` = T Newton steps from P_0 = I
+                  (`iternorm_matrix`): symmetric, and S^-1/2 only in the limit T -> inf;
         bn:       diag(S)^-1/2, per-variable standardisation (groups = 1 only);
         none:     identity, and no centring: x is returned as it is (groups = 1 only).
     Then the channels are put back in their original order. The whitened covariance
-    W S W^T is I within each group (diag(W S W^T) = 1 for bn). Returns float32 (float64 for
-    float64 input), also under autocast. The reference's BN method is matrix "bn", minus=0
-    (its eps adds to the variance instead of shrinking it; equal at eps = 0).
+    W S W^T is I within each group (diag(W S W^T) = 1 for bn; for iternorm only
+    approximately, its spectrum shrunk towards 1 rather than set to it). Returns float32
+    (float64 for float64 input), also under autocast. The reference's BN method is matrix
+    "bn", minus=0 (its eps adds to the variance instead of shrinking it; equal at eps = 0).
     """
-    _check(x.shape, matrix, axis, groups, minus, eps)
+    _check(x.shape, matrix, axis, groups, minus, eps, iters)
     *lead, n, d = x.shape
     with torch.autocast(device_type=x.device.type, enabled=False):
         xc = x.to(_compute_dtype(x))
@@ -266,7 +283,7 @@ def whiten_grouped(
         grouped = xc.reshape(-1, n, groups, c).permute(0, 2, 1, 3)  # [B, g, n, c]
         obs = grouped if axis == "batch" else grouped.transpose(-1, -2)  # [B, g, m, p]
         cov = obs.transpose(-1, -2) @ obs / (obs.shape[-2] - minus)  # [B, g, p, p]
-        out = _apply(matrix, cov, eps, obs)
+        out = _apply(matrix, cov, eps, obs, iters)
         out = out if axis == "batch" else out.transpose(-1, -2)
         out = out.permute(0, 2, 1, 3).reshape(-1, n, d)
         if perm is not None:
@@ -274,7 +291,9 @@ def whiten_grouped(
         return out.reshape(*lead, n, d)
 
 
-def _apply(matrix: str, cov: torch.Tensor, eps: float, obs: torch.Tensor) -> torch.Tensor:
+def _apply(
+    matrix: str, cov: torch.Tensor, eps: float, obs: torch.Tensor, iters: int
+) -> torch.Tensor:
     """W o for every observation row o of obs: [..., m, p], W from S = shrunk cov: [..., p, p]."""
     if matrix == "cholesky":
         L = cholesky_factor(cov, eps)
@@ -285,6 +304,8 @@ def _apply(matrix: str, cov: torch.Tensor, eps: float, obs: torch.Tensor) -> tor
         return obs * var.clamp_min(torch.finfo(var.dtype).tiny).rsqrt()[..., None, :]
     if matrix == "zca":
         return obs @ zca_matrix(S)  # W symmetric: o W^T = o W
+    if matrix == "iternorm":
+        return obs @ iternorm_matrix(S, iters)  # symmetric too
     return obs @ pca_matrix(S).transpose(-1, -2)
 
 
@@ -339,6 +360,34 @@ def newton_schulz(S: torch.Tensor, iters: int = NS_ITERS) -> tuple[torch.Tensor,
     with torch.no_grad():
         residual = (W @ S @ W - eye).abs().amax(dim=(-2, -1))
     return W, residual
+
+
+def iternorm_matrix(S: torch.Tensor, iters: int = ITERNORM_ITERS) -> torch.Tensor:
+    """IterNorm's whitening matrix (Huang et al., CVPR 2019), as INTL uses it: [..., p, p].
+
+    With t = tr(S) and S_N = S / t (eigenvalues in [0, 1]), P_0 = I and, `iters` = T times,
+        P <- 1.5 P - 0.5 P^3 S_N,
+    W = P_T / sqrt(t). Each step is Newton's method for S_N^-1/2, acting on every eigenvalue
+    l of S_N on its own: p <- (3 p - p^3 l) / 2 from p = 1 rises monotonically towards
+    l^-1/2, by a factor of about 1.5 per step while far below it. So a few steps whiten the
+    large directions and only partly the small ones: INTL's "spectral modulation" (its
+    T = 4). In exact arithmetic W tends to the ZCA matrix S^-1/2 as T grows (the quadratic
+    phase starts after about log(t / lambda_min) / (2 log 1.5) steps). In floating point
+    this uncoupled form of Newton's iteration is unstable beyond that point unless S is very
+    well conditioned (the known instability of the simplified Newton iteration): float64,
+    p = 32, it reaches 1e-11 of S^-1/2 at kappa 10 after ~15 steps and then diverges
+    (tests/test_whitening.py). INTL's few steps never get there; `zca_matrix` is the
+    converged whitening. Every P is a polynomial
+    in S_N, so W is symmetric and commutes with S. No shrinkage, floor or check of its own
+    (the reference has none): only t is kept above the dtype's tiny, so an all-zero slice
+    gives 0, not NaN. Matrix products only: batched, differentiable, no host reads.
+    """
+    trace = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(S.dtype).tiny)
+    S_N = S / trace[..., None, None]
+    P = _eye(S.shape[-1], S).expand_as(S)
+    for _ in range(iters):
+        P = 1.5 * P - 0.5 * (P @ P @ P @ S_N)
+    return P * trace.rsqrt()[..., None, None]
 
 
 def zca_matrix(S: torch.Tensor) -> torch.Tensor:

@@ -41,17 +41,23 @@ def learning_rate(cfg: Config, epoch: float, iteration: int, iters_per_epoch: in
     """The reference's lr at global iteration `iteration` (0-based), in fractional `epoch`.
 
     With lr = base_lr(cfg):
-    warm-up: lr (iteration + 1) / 500 for the first 500 iterations (unless --no_lr_warmup);
+    warm-up: lr (iteration + 1) / w for the first w iterations, w = 500 or --warmup_epochs
+             x iters_per_epoch (none with --no_lr_warmup);
     then step: lr * drop_gamma ** (number of milestones m = epoch - drop[i] reached), where
                MultiStepLR never reaches m < 0 and the warm-up overwrites (loses) the drops
                at epochs that start inside it, m = 0 included;
           cos:  cosine annealing with warm restarts at the fractional epoch (W-MSE);
           cos_epoch: lr (1 + cos(pi e / epochs)) / 2 at integer epoch e (CW-RGP ImageNet);
                lr itself for the rest of an epoch that started inside the warm-up;
+          cos_step: eta_min + (lr - eta_min) q, q = (1 + cos(pi (i + 1) / (I - w))) / 2 at
+               iteration i counted from the warm-up's end, I = epochs x iters_per_epoch
+               (INTL's adjust_learning_rate, whose eta_min is lr / 1000);
           none: lr.
     """
     lr = base_lr(cfg)
-    warmup = WARMUP_ITERS if cfg.lr_warmup else 0
+    warmup = 0
+    if cfg.lr_warmup:
+        warmup = WARMUP_ITERS if cfg.warmup_epochs is None else cfg.warmup_epochs * iters_per_epoch
     if iteration < warmup:
         return lr * (iteration + 1) / warmup
 
@@ -64,6 +70,9 @@ def learning_rate(cfg: Config, epoch: float, iteration: int, iters_per_epoch: in
         return lr * cfg.drop_gamma ** sum(e >= m and fires(m) for m in milestones)
     if cfg.lr_step == "cos":
         return _cosine_warm_restarts(cfg, lr, epoch)
+    if cfg.lr_step == "cos_step":
+        done, length = iteration - warmup + 1, max(cfg.epoch * iters_per_epoch - warmup, 1)
+        return cfg.eta_min + (lr - cfg.eta_min) * (1 + math.cos(math.pi * done / length)) / 2
     if cfg.lr_step == "cos_epoch":
         return lr * (1 + math.cos(math.pi * e / cfg.epoch)) / 2 if fires(e) else lr
     return lr
