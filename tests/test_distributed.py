@@ -1,4 +1,5 @@
-"""--whiten_global and --global_negatives: 2 DDP workers equal one process on the full batch.
+"""--whiten_global, --global_negatives and INTL: 2 DDP workers equal one process on the full
+batch.
 
 Two gloo processes on CPU (plain torch.distributed, no Ray) each take half of a fixed float64
 batch; the models are in eval mode so that BatchNorm uses the same (running) statistics on
@@ -38,6 +39,9 @@ CASES = {
         zero_init_residual=False,
     ),
     "contrastive": dict(method="contrastive", emb=8, global_negatives=True),
+    # INTL always whitens the global batch, as its reference's all-gather; INTL-M's target too
+    "intl": dict(method="intl", emb=8),
+    "intl_m": dict(method="intl", emb=8, intl_m=0.99),
     "w_mse_local": dict(method="w_mse", emb=8, w_size=16, w_iter=2),  # each rank on its own
 }
 
@@ -58,7 +62,8 @@ def loss_and_grads(model: torch.nn.Module, views: list[torch.Tensor]) -> dict:
     net = model if not dist.is_initialized() else DistributedDataParallel(model)
     loss = net(views)
     loss.backward()
-    return {"loss": loss.item(), "grads": {n: p.grad for n, p in model.named_parameters()}}
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}  # no EMA target
+    return {"loss": loss.item(), "grads": grads}
 
 
 def worker(rank: int, init_file: str, out: str) -> None:
