@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from wsl_ray.sweep.results import SPACES_KEY, CollectError, collect, filesystem, read_text
+from wsl_ray.sweep.results import SPACES_KEY, CollectError, collect
+from wsl_ray.utils.storage import filesystem, read_text
 
 __all__ = ["CollectError", "collect", "load", "read_space", "write"]
 

@@ -50,7 +50,7 @@ def stored_study(experiment: str) -> tuple[optuna.Study | None, str | None]:
 
     import pyarrow.fs
 
-    from wsl_ray.sweep.results import filesystem, read_text
+    from wsl_ray.utils.storage import filesystem, read_text
 
     root = experiment.rstrip("/")
     fs, path = filesystem(f"{root}/optuna.journal")

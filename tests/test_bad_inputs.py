@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import pickle
 from pathlib import Path
 
@@ -39,6 +40,8 @@ ENTRY = {
 TUNE = ("tune", "--storage", "{tmp}/sweeps")
 TRAIN = ("train", "--out", "{tmp}/run")
 SHAPES = (*TRAIN, "--dataset", "shapes")
+STORED = ("tune", "--storage", "{store}")  # experiments made by `stored_experiments`
+RESUME = (*STORED, "--name", "done", "--resume")
 
 ROWS = [
     # training flags accepted silently before
@@ -114,6 +117,18 @@ ROWS = [
     ((*TUNE, "--space", "{space_lr_uniform}"), 2, "lr=0.0: --lr 0.0: must be a number > 0"),
     ((*TUNE, "--space", "{space_int_inside}"), 2, "w_size=96: --w_size 96 must divide"),
     ((*TUNE, "--resume", "--name", "never"), 2, "--resume: no experiment to resume"),
+    # one experiment per name: a plain name, a new sweep never over an old one, a resume of
+    # the stored sweep only, one driver at a time
+    ((*TUNE, "--name", "../../escape"), 2, "--name '../../escape': give a plain name"),
+    ((*TUNE, "--space", "{tmp}/.x.yaml"), 2, "--name (from --space) '.x': give a plain name"),
+    ((*STORED, "--name", "done"), 2, "exists already; continue it with --resume"),
+    ((*RESUME, "--set", "lr=0.1"), 2, "params lr: stored {{"),
+    ((*RESUME, "--epochs", "5"), 2, "config epoch: stored 2, given 5"),
+    ((*RESUME, "--metric", "rankme"), 2, "--metric rankme: this experiment selects on val_acc"),
+    ((*RESUME, "--num_trials", "9"), 2, "--num_trials 9: this experiment ran with 3"),
+    ((*STORED, "--name", "live", "--resume"), 2, "another driver runs this experiment (PID"),
+    ((*STORED, "--name", "nostate", "--resume"), 2, "holds no Tune experiment"),
+    (("tune", "--storage", "{ckpt_text}"), 2, "--storage {ckpt_text}: cannot create this folder"),
     ((*TUNE, "--data_dir", "{tmp}/empty"), 2, "needs the data at this same path"),
     ((*TUNE, "--set", "sync_bn=true", "--gpus-per-trial", "0"), 2, "--sync_bn needs GPU workers"),
     # analysis outputs that cannot be written, inputs that do not exist
@@ -172,7 +187,33 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
         "config: {dataset: shapes, bs: 256, emb: 16}\n"
         "params: {w_size: {distribution: int, low: 64, high: 128, step: 32}}\n",
     )
+    stored_experiments(tmp / "store")
+    files["store"] = str(tmp / "store")
     return files
+
+
+def stored_experiments(store: Path) -> None:
+    """Experiment folders as a sweep leaves them, for the rows above: `done` (stopped, no
+    driver), `live` (its driver, this process, runs) and `nostate` (stopped before Tune
+    wrote its state). Their record: the tests' tiny space, 2 epochs, 3 trials."""
+    import os
+    import socket
+
+    from helpers import SPACE
+
+    from wsl_ray.sweep.experiment import write_record
+    from wsl_ray.sweep.space import parse_space
+    from wsl_ray.utils.paths import absolute_paths
+
+    space = parse_space(SPACE, Path("tiny.yaml"), {"epoch": 2, "seed": 0, "eval_on": "val"})
+    space.config = absolute_paths(space.config)
+    for name in ("done", "live", "nostate"):
+        settings = {"num_trials": 3, "scheduler": "fifo", "seed": 0}
+        write_record(str(store / name), "val_acc_knn", "max", space.to_yaml(), settings)
+        if name != "nostate":
+            (store / name / "tuner.pkl").write_bytes(b"")
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "since": 0}
+    (store / "live" / "driver.lock").write_text(json.dumps(lock))
 
 
 class Evil:

@@ -17,12 +17,15 @@ import os
 import sys
 from pathlib import Path
 
-from .sweep.confirmation import check_counts, report, run_confirmation, sweep_metric
-from .sweep.results import CollectError, collect_rows, read_text
+from .sweep.confirmation import check_counts, report, run_confirmation
+from .sweep.experiment import recorded_metric
+from .sweep.metrics import DEFAULT_METRIC
+from .sweep.results import CollectError, collect_rows
 from .sweep.space import SpaceError, parse_space
 from .sweep.summary import format_table
 from .utils.cli import command_name
 from .utils.paths import absolute
+from .utils.storage import read_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_counts(args.confirm, args.seeds)
         space = parse_space(read_text(f"{experiment}/search_space.yaml"), Path(experiment))
-        metric = args.metric or sweep_metric(experiment)
+        metric = args.metric or recorded_metric(experiment) or DEFAULT_METRIC
         collect_rows(experiment)
     except (CollectError, SpaceError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

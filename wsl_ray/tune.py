@@ -16,7 +16,6 @@ confirmation of the top K and the default over S new seeds (wsl_ray.confirm).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -25,12 +24,21 @@ from typing import Any
 import ray
 
 from .config import Config, ConfigError, defaults_note
+from .data import ImageData
 from .data.shared import share_dataset
 from .sweep.confirmation import check_counts, report, run_confirmation
-from .sweep.metrics import DEFAULT_METRIC, METRICS
+from .sweep.experiment import (
+    FIXED_SETTINGS,
+    ExperimentError,
+    experiment_lock,
+    refuse_existing,
+    resumed_sweep,
+    write_record,
+)
+from .sweep.metrics import DEFAULT_METRIC, METRICS, metric_spec
 from .sweep.preflight import check_data, untrained_baseline
-from .sweep.results import ranked, write_text
-from .sweep.space import SpaceError, load_space, parse_setting
+from .sweep.results import ranked
+from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
 from .sweep.study import STUDY_FILE
 from .sweep.summary import summarize_sweep
 from .sweep.tuner import (
@@ -38,11 +46,11 @@ from .sweep.tuner import (
     experiment_path,
     fitting_trials,
     run_sweep,
-    saved_sweep,
     sweep_epochs,
+    tune_can_restore,
 )
 from .utils.cli import command_name
-from .utils.paths import absolute_paths
+from .utils.paths import absolute_paths, writable_folder
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 METRIC_CHOICES = tuple(dict.fromkeys((DEFAULT_METRIC, *METRICS)))  # the default shown first
@@ -158,6 +166,54 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
     return None
 
 
+def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The flags (their dests) whose value is not the default: what the command line asked."""
+    return {a.dest for a in parser._actions if getattr(args, a.dest, None) != a.default} - {"help"}
+
+
+def sweep_space(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, path: str
+) -> SearchSpace:
+    """The space of the sweep: a new one's from --space and the flags (refused when the
+    experiment folder exists), a resumed one's from its sweep.json, where every explicitly
+    given flag must agree (args.metric then becomes the recorded metric)."""
+    if not args.resume:
+        refuse_existing(path, path.rsplit("/", 1)[-1])
+        return load_space(args.space, overrides_from_args(args))
+    given = given_flags(parser, args)
+    overrides = overrides_from_args(args)
+    space_text = None
+    if "space" in given:  # the space as a new sweep of these flags would run it
+        space_text = space_path(args.space).read_text()
+    else:  # the stored space, with what the flags change
+        defaults = overrides_from_args(parser.parse_args([]))
+        set_keys = {item.partition("=")[0] for item in args.set}
+        overrides = {
+            k: v
+            for k, v in overrides.items()
+            if k in set_keys or k not in defaults or defaults[k] != v
+        }
+    settings = {k: getattr(args, k) for k in FIXED_SETTINGS if k in given}
+    metric = args.metric if "metric" in given else None
+    space, args.metric = resumed_sweep(path, space_text, overrides, metric, settings)
+    if not tune_can_restore(path):
+        raise ExperimentError(
+            f"--resume: {path} holds no Tune experiment (the sweep stopped before its first "
+            "trial); delete the folder and start the sweep again"
+        )
+    return space
+
+
+def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The sweep's settings for its record: those a --resume keeps, and the resources."""
+    return {k: getattr(args, k) for k in FIXED_SETTINGS} | {
+        "workers_per_trial": args.workers_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "cpus_per_trial": args.cpus_per_trial,
+        "optuna_storage": args.optuna_storage,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -165,13 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(problem)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
-    path = experiment_path(args)
     try:
+        path = experiment_path(args)
+        writable_folder(args.storage, "--storage")
         check_counts(args.confirm, args.seeds)
-        if args.resume:  # the space and metric as the sweep ran them, from the experiment folder
-            space, args.metric = saved_sweep(path)
-        else:
-            space = load_space(args.space, overrides_from_args(args))
+        space = sweep_space(parser, args, path)
         space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
         limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t: settle it here
         space.config = absolute_paths(space.config)  # trials run in folders of their own
@@ -179,9 +233,26 @@ def main(argv: list[str] | None = None) -> int:
         if note := defaults_note(default):
             print(note, file=sys.stderr)
         data = check_data(default, space.name)
+        with experiment_lock(path):  # held until the end; taken before Ray starts
+            if not args.resume:  # the objective and space are fixed before the first trial
+                mode = metric_spec(args.metric).mode
+                write_record(path, args.metric, mode, space.to_yaml(), sweep_settings(args))
+            return run(args, path, space, limits, default, data)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def run(
+    args: argparse.Namespace,
+    path: str,
+    space: SearchSpace,
+    limits: tuple[int, int],
+    default: Config,
+    data: ImageData,
+) -> int:
+    """Runs the checked sweep (and its confirmation) on Ray and prints the summary; the exit
+    code: 0, or 1 when no trial finished with the metric."""
     baseline = untrained_baseline(default, data) if args.baseline else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop our Ray
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
@@ -191,8 +262,6 @@ def main(argv: list[str] | None = None) -> int:
             space.check(workers=args.workers_per_trial, gpus=cluster_gpus())
         # one copy per node, owned by this driver: a resumed sweep puts it again
         run_sweep(args, space, limits, share_dataset(data, default))
-        if not args.resume:
-            write_text(f"{path}/sweep.json", json.dumps({"metric": args.metric}))
         if args.confirm:
             gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
             resources = {
@@ -211,9 +280,6 @@ def main(argv: list[str] | None = None) -> int:
                 resources,
                 args.max_failures,
             )
-    except SpaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
     rows = summarize_sweep(path, args.metric, space, baseline)

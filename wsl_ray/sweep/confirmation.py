@@ -10,8 +10,8 @@ import statistics
 from typing import Any
 
 from ..utils.markdown import markdown_records
-from .metrics import DEFAULT_METRIC, metric_spec, score
-from .results import RUN_ONLY, collect_rows, ranked, read_text, rows_table, write_parquet
+from .metrics import metric_spec, score
+from .results import RUN_ONLY, collect_rows, ranked, rows_table, write_parquet
 from .space import SearchSpace, SpaceError
 from .stats import welch_interval
 
@@ -127,6 +127,7 @@ def run_confirmation(
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    from .history import HistoryKeeper
     from .trial import make_trial
 
     resources = resources or {}
@@ -153,6 +154,7 @@ def run_confirmation(
             name=f"{name}-confirm",
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[HistoryKeeper()],
         ),
     )
     tuner.fit()
@@ -177,11 +179,3 @@ def check_counts(confirm: int, seeds: int) -> None:
         raise SpaceError(f"--confirm {confirm}: give the number of top configurations, >= 1")
     if confirm and seeds < 2:
         raise SpaceError(f"--seeds {seeds}: a confirmation needs at least 2 seeds per config")
-
-
-def sweep_metric(experiment: str) -> str:
-    """The metric a sweep selected on (sweep.json, written by wsl_ray.tune)."""
-    try:
-        return json.loads(read_text(f"{experiment}/sweep.json"))["metric"]
-    except FileNotFoundError:
-        return DEFAULT_METRIC

@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
+from ..utils.storage import filesystem, read_text
+from .journal import journal_uri, merged_history, parse_lines
 from .metrics import METRICS, score
 
 VAL_METRICS = tuple(METRICS)
@@ -46,26 +48,6 @@ RUN_ONLY = ("seed", "out", "wandb", "data_dir", "device")
 
 class CollectError(ValueError):
     """An experiment folder that is missing, empty or unreadable."""
-
-
-def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The pyarrow filesystem and path of a local path or a URI (s3://, gs://, ...)."""
-    if "://" in uri:
-        return pyarrow.fs.FileSystem.from_uri(uri)
-    return pyarrow.fs.LocalFileSystem(), str(uri)
-
-
-def read_text(uri: str) -> str:
-    fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
-def write_text(uri: str, text: str) -> None:
-    fs, path = filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
 
 
 def _maybe_json(fs, path: str) -> Any:
@@ -96,9 +78,13 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
         return None
     history = [_renamed(json.loads(line)) for line in lines if line.strip()]
     diverged = history and history[-1].get("diverged")
-    evaluated = [h for h in history if not h.get("diverged")]
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    parts = name.split("_")
+    # each evaluated epoch once, those that a driver kill kept from result.json from the journal
+    journal = _journal(fs, folder, parts[1] if len(parts) > 1 else name)
+    evaluated = merged_history([h for h in history if not h.get("diverged")], journal)
     last = evaluated[-1] if evaluated else {}
-    epochs = history[-1].get("epoch", 0) if history else 0
+    epochs = (history[-1] if diverged else last).get("epoch", 0)
     error = None
     if fs.get_file_info(f"{folder}/error.txt").type != pyarrow.fs.FileType.NotFound:
         with fs.open_input_stream(f"{folder}/error.txt") as f:
@@ -109,8 +95,6 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
         status = "TERMINATED"
     else:
         status = "ERROR" if error else "STOPPED"
-    name = folder.rstrip("/").rsplit("/", 1)[-1]
-    parts = name.split("_")
     test = _renamed(_maybe_json(fs, f"{folder}/{TEST_FILE}") or {})
     row = {
         "trial_id": last.get("trial_id") or (parts[1] if len(parts) > 1 else name),
@@ -136,6 +120,15 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
     row |= {"error": error, "path": folder}
     row["history"] = [{k: _finite(h.get(k)) for k in HISTORY_KEYS} for h in evaluated]
     return row
+
+
+def _journal(fs, folder: str, trial_id: str) -> list[dict[str, Any]]:
+    """The journal of a trial folder's Train run (wsl_ray.sweep.history); [] if none."""
+    try:
+        with fs.open_input_stream(journal_uri(folder.rstrip("/").rsplit("/", 1)[0], trial_id)) as f:
+            return parse_lines(f.read().decode())
+    except FileNotFoundError:
+        return []
 
 
 def collect_rows(uri: str) -> list[dict[str, Any]]:

@@ -16,10 +16,10 @@ from ray.tune.search import ConcurrencyLimiter
 
 from ..config import Config
 from ..utils.paths import absolute
-from .confirmation import sweep_metric
+from .experiment import check_name
+from .history import HistoryKeeper
 from .metrics import metric_spec
-from .results import read_text, write_text
-from .space import SearchSpace, SpaceError, parse_space
+from .space import SearchSpace, SpaceError
 from .study import EpochOptunaSearch, fail_stale_trials, study_storage, sync_study
 from .trial import make_trial
 
@@ -52,16 +52,13 @@ def run_sweep(
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
     name = path.rsplit("/", 1)[-1]
     study, local_study = study_storage(args.optuna_storage, path, name)
-    if args.resume:
-        if not tune.Tuner.can_restore(path):
-            raise SpaceError(f"--resume: no experiment to resume at {path}")
+    if args.resume:  # wsl_ray.tune checked that the folder holds a Tune experiment
         sync_study(local_study, path, upload=False)
         stale = fail_stale_trials(study, name)
         if stale:
             print(f"--resume: {stale} trial(s) left RUNNING by the crash marked FAIL in the study")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
-        write_text(f"{path}/search_space.yaml", space.to_yaml())  # for the analysis package
         tuner = _new_tuner(args, space, limits, trainable, study, gpus)
     grid = tuner.fit()
     sync_study(local_study, path, upload=True)
@@ -112,7 +109,7 @@ def _new_tuner(
             name=name,
             storage_path=absolute(args.storage),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            callbacks=exit_hooks(),
+            callbacks=[HistoryKeeper(), *exit_hooks()],  # before Tune's loggers
         ),
     )
 
@@ -164,18 +161,15 @@ def fitting_trials(args: argparse.Namespace, gpus: float) -> int:
 
 
 def experiment_path(args: argparse.Namespace) -> str:
-    """STORAGE/NAME, the experiment folder (NAME: --name, else the space's file stem)."""
+    """STORAGE/NAME, the experiment folder (NAME: --name, else the space's file stem).
+    Raises ExperimentError for a --name that is not a plain name."""
+    if args.name is not None:
+        check_name(args.name)
     name = args.name or Path(args.space).stem
+    check_name(name, "--name (from --space)")
     return f"{absolute(args.storage).rstrip('/')}/{name}"
 
 
-def saved_sweep(experiment: str) -> tuple[SearchSpace, str]:
-    """(space, metric) as an experiment's sweep ran them, from its folder (for --resume)."""
-    saved = f"{experiment}/search_space.yaml"
-    try:
-        text = read_text(saved)
-    except FileNotFoundError:
-        raise SpaceError(
-            f"--resume: no experiment to resume ({saved} is missing); give its --name and --storage"
-        ) from None
-    return parse_space(text, Path(experiment)), sweep_metric(experiment)
+def tune_can_restore(path: str) -> bool:
+    """Whether the folder holds a Tune experiment's state (no Ray needed)."""
+    return tune.Tuner.can_restore(path)
