@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from wsl_ray.sweep.results import SPACES_KEY, CollectError, collect
+from wsl_ray.sweep.experiment import recorded_metric
+from wsl_ray.sweep.results import METRICS_KEY, SPACES_KEY, CollectError, collect
 from wsl_ray.utils.storage import filesystem, read_text
 
-__all__ = ["CollectError", "collect", "load", "read_space", "write"]
+__all__ = ["CollectError", "collect", "load", "read_space", "sweep_metric", "write"]
 
 
 def _is_parquet(source: str) -> bool:
@@ -38,8 +39,11 @@ def load(source: str | list[str]) -> pa.Table:
         if len(tables) == 1:
             return tables[0]
         spaces = {k: v for t in tables for k, v in _spaces(t).items()}
+        metrics = {k: v for t in tables for k, v in _metrics(t).items()}
         merged = pa.concat_tables(tables, promote_options="permissive")
-        return merged.replace_schema_metadata({SPACES_KEY: json.dumps(spaces)})
+        return merged.replace_schema_metadata(
+            {SPACES_KEY: json.dumps(spaces), METRICS_KEY: json.dumps(metrics)}
+        )
     if any(_is_parquet(s) for s in sources):
         raise CollectError("give either Parquet files or experiment folders, not both")
     return collect(sources)
@@ -52,6 +56,21 @@ def write(table: pa.Table, uri: str) -> None:
 
 def _spaces(table: pa.Table) -> dict[str, str]:
     return json.loads((table.schema.metadata or {}).get(SPACES_KEY, b"{}"))
+
+
+def _metrics(table: pa.Table) -> dict[str, str]:
+    return json.loads((table.schema.metadata or {}).get(METRICS_KEY, b"{}"))
+
+
+def sweep_metric(sources: str | list[str], table: pa.Table | None = None) -> str | None:
+    """The metric the sweep(s) selected on, as recorded in sweep.json (an experiment folder)
+    or in a Parquet file's metadata; None when unrecorded or when the experiments differ."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if all(_is_parquet(s) for s in sources):
+        found = set(_metrics(table if table is not None else load(sources)).values())
+    else:
+        found = {recorded_metric(s.rstrip("/")) for s in sources}
+    return found.pop() if len(found) == 1 else None
 
 
 def read_space(source: str) -> dict[str, Any]:

@@ -152,3 +152,27 @@ def test_importance_reads_the_stored_study(capsys):
     out = capsys.readouterr().out
     assert "the stored Optuna study" in out
     assert {"lr", "emb", "w_ratio"} <= {line.split("|")[1].strip() for line in out.splitlines()[3:]}
+
+
+def test_analysis_ranks_on_the_metric_the_sweep_recorded(tmp_path, capsys):
+    """A sweep on rankme: without --metric, the tables, the plots and the Parquet metadata
+    use the metric of its sweep.json, not the default val_acc_knn."""
+    from wsl_ray.sweep.experiment import write_record
+
+    sweep = shutil.copytree(SWEEP, tmp_path / "s")
+    space = (sweep / "search_space.yaml").read_text()
+    write_record(str(sweep), "rankme", "max", space, {})
+    table = collect([str(sweep)])
+    by_rankme, by_knn = (top_trials(table, m, k=4) for m in ("rankme", "val_acc_knn"))
+    assert [r["trial_id"] for r in by_rankme] != [r["trial_id"] for r in by_knn]
+    assert main(["tables", str(sweep), "--kind", "top"]) == 0
+    shown = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines()]
+    assert shown[2:] == [r["trial_id"] for r in by_rankme], shown
+    out = tmp_path / "all.parquet"
+    assert main(["collect", str(sweep), "--out", str(out)]) == 0
+    metadata = pq.read_schema(out).metadata
+    assert json.loads(metadata[b"wsl_ray.metrics"]) == {"s": "rankme"}
+    from analysis.collect import sweep_metric
+
+    assert sweep_metric(str(out)) == sweep_metric(str(sweep)) == "rankme"
+    assert sweep_metric(str(SWEEP)) == "val_acc_knn"  # its sweep.json of an earlier version

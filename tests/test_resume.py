@@ -38,6 +38,8 @@ def test_driver_dead_after_a_final_checkpoint_resumes_every_trial(cluster, tmp_p
         "fifo",
         "--concurrency",
         "1",
+        "--metric",
+        "rankme",
     )
     monkeypatch.setenv(EXIT_HOOK, "2")  # the driver dies right after trial 2's final result
     proc = sweep(cluster, space, tmp_path, *flags, wait=False)
@@ -45,9 +47,14 @@ def test_driver_dead_after_a_final_checkpoint_resumes_every_trial(cluster, tmp_p
     assert proc.returncode == 99, out[-3000:]
     before = trial_epochs(tmp_path)  # trial 2's lines may not be flushed: the driver died
     assert len(before) == 2 and [1, 2] in before.values(), before
+    record = json.loads((tmp_path / "t" / "sweep.json").read_text())  # written before trial 1
+    assert (record["metric"], record["settings"]["num_trials"]) == ("rankme", 3), record
     monkeypatch.delenv(EXIT_HOOK)
 
-    sweep(cluster, space, tmp_path, "--resume", "--scheduler", "fifo")
+    out = sweep(cluster, space, tmp_path, "--resume", "--scheduler", "fifo")
+    assert "removing the stale lock" in out  # the dead driver's
+    assert "| rank | trial | status | rankme |" in out  # selected on the recorded metric
+    assert not (tmp_path / "t" / "driver.lock").exists()
     rows = results(tmp_path)
     assert len(rows) == 3, rows
     for r in rows:  # every trial ends with its metrics

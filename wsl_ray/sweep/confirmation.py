@@ -165,7 +165,7 @@ def report(confirm_experiment: str, metric: str, space: SearchSpace) -> str:
     """Writes confirm.parquet and prints (and returns) the confirmation table and verdict."""
     rows = collect_rows(confirm_experiment)
     name = confirm_experiment.rsplit("/", 1)[-1]
-    table = rows_table(rows, {name: space.to_yaml()})
+    table = rows_table(rows, {name: space.to_yaml()}, {name: metric})
     write_parquet(table, f"{confirm_experiment}/results.parquet")
     shown, verdict = summarize_confirmation(rows, metric)
     text = f"\n== confirmation over seeds ({name}) ==\n{markdown_records(shown)}\n\n{verdict}"

@@ -15,7 +15,8 @@ Tune, never reported to it). Columns (docs/results.md, "Results schema"):
 
 status: TERMINATED (ran its epoch budget), STOPPED (the scheduler ended it early),
 DIVERGED (its loss became non-finite; ended once, never retried), ERROR (failed).
-The Parquet file's metadata holds each experiment's search space (`wsl_ray.spaces`).
+The Parquet file's metadata holds each experiment's search space (`wsl_ray.spaces`) and the
+metric its sweep selected on (`wsl_ray.metrics`, from sweep.json).
 Experiments run before the validation split reported test metrics as acc, acc_5, acc_knn:
 those are read into the test_* columns.
 """
@@ -31,6 +32,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from ..utils.storage import filesystem, read_text
+from .experiment import recorded_metric
 from .journal import journal_uri, merged_history, parse_lines
 from .metrics import METRICS, score
 
@@ -40,6 +42,7 @@ LEGACY = {"acc": "test_acc", "acc_5": "test_acc_5", "acc_knn": "test_acc_knn"}
 HISTORY_KEYS = ("epoch", "loss", "lr", *VAL_METRICS, *TEST_METRICS, "time_total_s")
 TEST_FILE = "test_metrics.json"
 SPACES_KEY = b"wsl_ray.spaces"
+METRICS_KEY = b"wsl_ray.metrics"
 STATUSES = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR")  # of a trial, in summary order
 RANKED = STATUSES[:2]  # statuses whose metrics may be ranked
 # training flags that do not change what is trained: configs differing only here are the same
@@ -161,14 +164,21 @@ def _column_order(name: str) -> tuple[int, str]:
     return (3 if name in ("error", "path") else 4 if name == "history" else 1, name)
 
 
-def rows_table(rows: list[dict[str, Any]], spaces: dict[str, str] | None = None) -> pa.Table:
+def rows_table(
+    rows: list[dict[str, Any]],
+    spaces: dict[str, str] | None = None,
+    metrics: dict[str, str] | None = None,
+) -> pa.Table:
     """Rows as one Arrow table (columns missing in some rows are null there), with the search
-    spaces (experiment name -> YAML text) in its schema metadata."""
+    spaces (experiment name -> YAML text) and the metrics the sweeps selected on (experiment
+    name -> metric) in its schema metadata."""
     columns = sorted(
         {k for row in rows for k in row} | set(VAL_METRICS) | set(TEST_METRICS), key=_column_order
     )
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
-    return table.replace_schema_metadata({SPACES_KEY: json.dumps(spaces or {})})
+    return table.replace_schema_metadata(
+        {SPACES_KEY: json.dumps(spaces or {}), METRICS_KEY: json.dumps(metrics or {})}
+    )
 
 
 def experiment_spaces(uris: list[str]) -> dict[str, str]:
@@ -184,10 +194,16 @@ def experiment_spaces(uris: list[str]) -> dict[str, str]:
     return spaces
 
 
+def experiment_metrics(uris: list[str]) -> dict[str, str]:
+    """experiment name -> the metric its sweep selected on (its sweep.json), where recorded."""
+    found = {uri.rstrip("/").rsplit("/", 1)[-1]: recorded_metric(uri.rstrip("/")) for uri in uris}
+    return {name: metric for name, metric in found.items() if metric}
+
+
 def collect(experiments: list[str]) -> pa.Table:
     """Every trial of every experiment folder, as one table in the results schema."""
     rows = [row for uri in experiments for row in collect_rows(uri)]
-    return rows_table(rows, experiment_spaces(experiments))
+    return rows_table(rows, experiment_spaces(experiments), experiment_metrics(experiments))
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:

@@ -46,7 +46,7 @@ def summarize_sweep(
     searched = [*space.derived, *(k for k in space.params if k not in space.derived)]
     uri = f"{experiment}/results.parquet"
     name = experiment.rsplit("/", 1)[-1]
-    write_parquet(rows_table(rows, {name: space.to_yaml()}), uri)
+    write_parquet(rows_table(rows, {name: space.to_yaml()}, {name: metric}), uri)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     print(f"\n== sweep {name}: {len(rows)} trials ==")
     print(", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
