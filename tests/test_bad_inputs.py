@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from analysis.__main__ import main as analysis_main
+from wsl_ray.confirm import main as confirm_main
 from wsl_ray.export import main as export_main
 from wsl_ray.lincls import main as lincls_main
 from wsl_ray.test import main as evaluate_main
@@ -36,7 +37,9 @@ ENTRY = {
     "analysis": analysis_main,
     "lincls": lincls_main,
     "export": export_main,
+    "confirm": confirm_main,
 }
+SWEEP = str(Path(__file__).parent / "fixtures" / "sweep_val")  # a finished sweep's folder
 TUNE = ("tune", "--storage", "{tmp}/sweeps")
 TRAIN = ("train", "--out", "{tmp}/run")
 SHAPES = (*TRAIN, "--dataset", "shapes")
@@ -131,6 +134,21 @@ ROWS = [
     (("tune", "--storage", "{ckpt_text}"), 2, "--storage {ckpt_text}: cannot create this folder"),
     ((*TUNE, "--data_dir", "{tmp}/empty"), 2, "needs the data at this same path"),
     ((*TUNE, "--set", "sync_bn=true", "--gpus-per-trial", "0"), 2, "--sync_bn needs GPU workers"),
+    # trial resources: a CPU share > 0, GPUs a fraction of one or whole ones
+    ((*TUNE, "--cpus-per-trial", "0"), 2, "--cpus-per-trial 0.0: must be a number > 0"),
+    ((*TUNE, "--cpus-per-trial", "nan"), 2, "--cpus-per-trial nan: must be a number > 0"),
+    ((*TUNE, "--gpus-per-trial", "1.5"), 2, "give a fraction of one GPU, or whole GPUs"),
+    (
+        (*TUNE, "--gpus-per-trial", "0.5", "--workers-per-trial", "2"),
+        2,
+        "several workers cannot share one GPU",
+    ),
+    # confirmation of a finished sweep: checked before Ray starts
+    (("confirm", SWEEP, "--confirm", "0"), 2, "--confirm 0: give how many top configurations"),
+    (("confirm", SWEEP, "--metric", "bogus"), 2, "--metric: invalid choice: 'bogus'"),
+    (("confirm", SWEEP, "--seeds", "1"), 2, "--seeds 1: a confirmation needs at least 2"),
+    (("confirm", SWEEP, "--gpus-per-trial", "-1"), 2, "--gpus-per-trial -1.0: must be a number"),
+    (("confirm", "{tmp}/nosuch"), 2, "nosuch: no such experiment folder"),
     # analysis outputs that cannot be written, inputs that do not exist
     (
         ("analysis", "collect", "{tmp}", "--out", "/missing/x.parquet"),

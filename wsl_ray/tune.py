@@ -26,7 +26,7 @@ import ray
 from .config import Config, ConfigError, defaults_note
 from .data import ImageData
 from .data.shared import share_dataset
-from .sweep.confirmation import check_counts, report, run_confirmation
+from .sweep.confirmation import check_counts, plan_confirmation, report, run_confirmation
 from .sweep.experiment import (
     FIXED_SETTINGS,
     ExperimentError,
@@ -35,7 +35,7 @@ from .sweep.experiment import (
     resumed_sweep,
     write_record,
 )
-from .sweep.metrics import DEFAULT_METRIC, METRICS, metric_spec
+from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
@@ -45,6 +45,7 @@ from .sweep.tuner import (
     cluster_gpus,
     experiment_path,
     fitting_trials,
+    resource_problem,
     run_sweep,
     sweep_epochs,
     tune_can_restore,
@@ -53,7 +54,6 @@ from .utils.cli import command_name
 from .utils.paths import absolute_paths, writable_folder
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
-METRIC_CHOICES = tuple(dict.fromkeys((DEFAULT_METRIC, *METRICS)))  # the default shown first
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,10 +157,9 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             return f"{flag} {value}: must be 1 or more"
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        return f"--gpus-per-trial {args.gpus_per_trial}: must be 0 or more"
-    if args.cpus_per_trial < 0:
-        return f"--cpus-per-trial {args.cpus_per_trial}: must be 0 or more"
+    resources = (args.workers_per_trial, args.cpus_per_trial, args.gpus_per_trial)
+    if problem := resource_problem(*resources):
+        return problem
     if args.max_failures < -1:
         return f"--max-failures {args.max_failures}: must be 0 or more (-1: retry forever)"
     return None
@@ -270,16 +269,16 @@ def run(
                 "cpus": args.cpus_per_trial,
                 "concurrency": fitting_trials(args, gpus),  # order does not matter here
             }
-            confirmed = run_confirmation(
-                path,
-                space,
-                args.metric,
-                args.confirm,
-                args.seeds,
-                args.seed,
-                resources,
-                args.max_failures,
-            )
+            try:
+                configs = plan_confirmation(
+                    path, space, args.metric, args.confirm, args.seeds, args.seed
+                )
+            except ValueError as err:  # the sweep's summary still follows
+                print(f"note: no confirmation: {err}", file=sys.stderr)
+            else:
+                confirmed = run_confirmation(
+                    path, configs, args.metric, resources, args.max_failures
+                )
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
     rows = summarize_sweep(path, args.metric, space, baseline)

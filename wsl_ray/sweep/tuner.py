@@ -4,6 +4,7 @@ epoch, trials sized from the cluster's resources, and the driver-kill test hook.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,27 @@ def cluster_gpus() -> float:
     has any GPU (ray.cluster_resources; Ray must be initialised), else none. This is a
     question about the cluster, not about this process's torch.cuda."""
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def resource_problem(workers: int, cpus: float, gpus: float | None) -> str | None:
+    """The first problem with a trial's resources (per worker: `cpus` CPUs, `gpus` GPUs,
+    None: decided from the cluster), or None. A worker needs a CPU share > 0 (with none it
+    never starts); GPUs are 0, a fraction of one for a one-worker trial (several NCCL ranks
+    cannot share one GPU), or whole GPUs."""
+    if not math.isfinite(cpus) or cpus <= 0:
+        return f"--cpus-per-trial {cpus}: must be a number > 0 (a CPU share per worker)"
+    if gpus is None:
+        return None
+    if not math.isfinite(gpus) or gpus < 0:
+        return f"--gpus-per-trial {gpus}: must be a number, 0 or more"
+    if gpus > 1 and not float(gpus).is_integer():
+        return f"--gpus-per-trial {gpus}: give a fraction of one GPU, or whole GPUs"
+    if 0 < gpus < 1 and workers > 1:
+        return (
+            f"--gpus-per-trial {gpus} with --workers-per-trial {workers}: several workers "
+            "cannot share one GPU; give 1 (or more) GPUs per worker"
+        )
+    return None
 
 
 def fitting_trials(args: argparse.Namespace, gpus: float) -> int:
