@@ -81,6 +81,12 @@ ROWS = [
     ((*TRAIN, "--data_dir", "{tmp}/empty"), 2, "CIFAR-10 not found: looked for"),
     ((*TRAIN, "--data_dir", "{cifar_garbage}"), 2, "data_batch_1 is not a CIFAR-10 batch"),
     ((*TRAIN, "--data_dir", "{cifar_evil}"), 2, "refusing global posix.system"),
+    ((*TRAIN, "--data_dir", "{cifar_labels}"), 2, "batch has labels from 0 to 49, outside [0, 10)"),
+    (
+        (*TRAIN, "--data_dir", "{cifar_short}"),
+        2,
+        "data_batch_1: this CIFAR-10 batch has 150 labels",
+    ),
     (
         (*TRAIN, "--dataset", "stl10", "--data_dir", "{stl_short}"),
         2,
@@ -191,6 +197,14 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     files["cifar_garbage"] = str(tmp / "garbage")
     write("evil/cifar-10-batches-py/data_batch_1", pickle.dumps(Evil()))
     files["cifar_evil"] = str(tmp / "evil")
+    import numpy as np
+
+    images = np.zeros((200, 3072), dtype=np.uint8)
+    for name, labels in (("labels", [i % 50 for i in range(200)]), ("short", [0] * 150)):
+        batch = pickle.dumps({"data": images, "labels": labels})
+        files[f"cifar_{name}"] = str(
+            Path(write(f"{name}/cifar-10-batches-py/data_batch_1", batch)).parents[1]
+        )
     write("stl/stl10_binary/unlabeled_X.bin", b"\x00" * 10)
     files["stl_short"] = str(tmp / "stl")
     files["space_list"] = write("list.yaml", "- lr\n- emb\n")

@@ -225,14 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         writable_folder(args.storage, "--storage")
         check_counts(args.confirm, args.seeds)
         space = sweep_space(parser, args, path)
-        space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
-        limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t: settle it here
-        space.config = absolute_paths(space.config)  # trials run in folders of their own
-        default = Config.from_dict(space.resolve(space.default_point()))
-        if note := defaults_note(default):
-            print(note, file=sys.stderr)
-        data = check_data(default, space.name)
-        with experiment_lock(path):  # held until the end; taken before Ray starts
+        with experiment_lock(path):  # held until the end; a second driver stops here
+            space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
+            limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t
+            space.config = absolute_paths(space.config)  # trials run in folders of their own
+            default = Config.from_dict(space.resolve(space.default_point()))
+            if note := defaults_note(default):
+                print(note, file=sys.stderr)
+            data = check_data(default, space.name)
             if not args.resume:  # the objective and space are fixed before the first trial
                 mode = metric_spec(args.metric).mode
                 write_record(path, args.metric, mode, space.to_yaml(), sweep_settings(args))

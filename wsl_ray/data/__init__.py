@@ -25,6 +25,7 @@ import torch
 from ..utils.atomic import atomic_save, remove_stale_tmp
 from . import shapes, sources
 from .augment import Augment
+from .checks import DataError, check_roles
 from .loader import iterate_batches
 from .sources import ImageFiles
 
@@ -153,6 +154,7 @@ def _read_stl10(root: Path) -> dict:
         clf_y=raw["train_y"],
         test_x=sources.resize_center_crop(raw["test_x"], 70, 64),
         test_y=raw["test_y"],
+        files=raw["files"],
     )
 
 
@@ -249,8 +251,9 @@ def load_dataset(
 ) -> ImageData:
     """Reads (or generates) a dataset. `val_size` sets the validation part of the classifier
     set (see `stratified_split`); `options` go to the reader (shapes: num_train,
-    num_test, seed). Raises ValueError for an unknown name and FileNotFoundError, naming
-    the path and how to get the data, for missing files."""
+    num_test, seed). Raises ValueError for an unknown name, FileNotFoundError, naming
+    the path and how to get the data, for missing files, and DataError (a ValueError),
+    naming the file, for contents that do not fit the roles (wsl_ray.data.checks)."""
     if name not in DATASETS:
         raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[name]
@@ -268,6 +271,8 @@ def load_dataset(
         raw = spec.read(root, **options)
     raw.setdefault("clf_x", raw["train_x"])
     raw.setdefault("clf_y", raw["train_y"])
+    where = str(root) if spec.default_dir or data_dir else f"the generated {name} data"
+    check_roles(name, raw, spec.num_classes, spec.crop_size, where)
     mean, std = (spec.mean, spec.std) if spec.mean else _channel_stats(raw["train_x"])
     return ImageData(
         name=name,
@@ -284,6 +289,7 @@ def load_dataset(
 __all__ = [
     "Augment",
     "DATASETS",
+    "DataError",
     "ImageData",
     "ImageFiles",
     "iterate_batches",
