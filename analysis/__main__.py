@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from wsl_ray.sweep.metrics import DEFAULT_METRIC
-from wsl_ray.utils.cli import command_name
+from wsl_ray.utils.cli import Parser, command_name
 
 from . import plots, tables
 from .collect import CollectError, load, read_space, sweep_metric, write
@@ -28,9 +28,7 @@ METRIC_HELP = f"selection metric (default: the sweep's, from its sweep.json; els
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=command_name(__package__), description=__doc__.splitlines()[0]
-    )
+    parser = Parser(prog=command_name(__package__), description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="experiment folders -> one Parquet table")
     c.add_argument("experiments", nargs="+")

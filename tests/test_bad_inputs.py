@@ -280,8 +280,19 @@ def test_bad_input_gives_one_clear_line(command, code, phrase, bad_files, monkey
     assert (got, "Traceback" in stderr) == (code, False), stderr
     assert phrase.format(**bad_files) in stderr, stderr
     assert "error" in stderr
+    lines = stderr.strip().splitlines()
+    error_at = next(i for i, line in enumerate(lines) if "error" in line)
+    assert len(lines) - error_at <= 2, stderr  # one line, plus at most a hint (after notes)
     assert not ray.is_initialized()
     assert not Path(bad_files["tmp"], "run", "metrics.jsonl").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("command", sorted(ENTRY))
+def test_every_commands_usage_error_is_one_line_and_a_hint(command):
+    code, stderr = run([command, "--no_such_flag"])
+    assert code == 2 and len(stderr.strip().splitlines()) == 2, stderr
+    line, hint = stderr.strip().splitlines()
+    assert "error: " in line and "--help" in hint
 
 
 def test_crafted_cifar_pickle_is_refused_and_runs_nothing(bad_files):

@@ -24,15 +24,13 @@ from .sweep.results import CollectError, collect_rows
 from .sweep.space import parse_space
 from .sweep.summary import format_table
 from .sweep.tuner import resource_problem
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
 from .utils.paths import absolute
 from .utils.storage import read_text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=command_name("wsl_ray.confirm"), description=__doc__.splitlines()[0]
-    )
+    p = Parser(prog=command_name("wsl_ray.confirm"), description=__doc__.splitlines()[0])
     p.add_argument("experiment", help="a finished sweep's folder, e.g. ~/wsl_ray_results/wmse")
     p.add_argument("--confirm", type=int, default=1, help="how many top configurations (>= 1)")
     p.add_argument("--seeds", type=int, default=3, help="new seeds per configuration (>= 2)")

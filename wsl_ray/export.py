@@ -25,7 +25,7 @@ from .data import DATASETS, load_dataset
 from .training.checkpoint import read_checkpoint
 from .training.models import ARCHS, NARROW
 from .training.weights import state_dict_of
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
 
 ENCODER_PREFIX = "model."  # BaseMethod.model is the encoder; the head and targets are not
 
@@ -114,7 +114,7 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "torchvision") -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=command_name("wsl_ray.export"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

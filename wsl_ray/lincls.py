@@ -43,13 +43,13 @@ from .training.optim import build_optimizer
 from .training.reporting import LocalReporter, Reporter
 from .training.weights import state_dict_of
 from .utils.atomic import atomic_save
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
 
 CHECKPOINT_FILE = "lincls.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=command_name("wsl_ray.lincls"),
         description="Linear classification on a frozen encoder (SimSiam / CW-RGP protocol).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -17,11 +17,11 @@ from .training.checkpoint import CheckpointError, read_checkpoint
 from .training.device import resolve_device
 from .training.evaluate import evaluate
 from .training.weights import load_weights
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=command_name("wsl_ray.test"), description=__doc__)
+    parser = Parser(prog=command_name("wsl_ray.test"), description=__doc__)
     add_config_flags(parser)
     parser.add_argument("--clf", choices=("sgd", "knn", "both"), default="both")
     for action in parser._actions:  # only flags given on the command line override the run's

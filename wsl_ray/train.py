@@ -25,12 +25,12 @@ from .config import (
 )
 from .config.file import add_config_file_flags, read_config_file, resolved_yaml
 from .methods import SPECS
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
 from .utils.paths import absolute_paths, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=command_name("wsl_ray.train"),
         description="Self-supervised training: " + ", ".join(s.label for s in SPECS.values()) + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

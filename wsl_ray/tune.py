@@ -50,14 +50,14 @@ from .sweep.tuner import (
     sweep_epochs,
     tune_can_restore,
 )
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
 from .utils.paths import absolute_paths, writable_folder
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=command_name("wsl_ray.tune"),
         description="Hyperparameter sweep of self-supervised training on Ray Tune + Optuna.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

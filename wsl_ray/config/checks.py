@@ -107,6 +107,14 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
     check.raise_if_any()
 
 
+def type_problem(name: str, value: Any) -> str | None:
+    """For the training flag `name`: None when `value` has its type, else the message
+    `--name value: must be ...` (e.g. for `--set emb=abc`, before any other check)."""
+    field = {f.name: f for f in fields(Config)}.get(name)
+    problem = _type_problem(field.type, value) if field else None
+    return f"--{name} {value!r}: must be {problem}" if problem else None
+
+
 _TYPES = {
     "int": (int, "an integer"),
     "float": ((int, float), "a number"),
