@@ -22,7 +22,7 @@ from wsl_ray.utils.cli import Parser, command_name
 
 from . import plots, tables
 from .collect import CollectError, load, read_space, sweep_metric, write
-from .importance import importances, stored_study, study_importances
+from .importance import check_evaluator, importances, stored_study, study_importances
 
 METRIC_HELP = f"selection metric (default: the sweep's, from its sweep.json; else {DEFAULT_METRIC})"
 
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows = tables.seed_table(table)
             print(tables.render(rows, args.format))
         elif args.command == "importance":
+            check_evaluator(args.evaluator)
             args.metric = args.metric or sweep_metric(args.experiment) or DEFAULT_METRIC
             study, metric = stored_study(args.experiment)
             if study is not None and metric == args.metric:

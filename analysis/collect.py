@@ -21,6 +21,10 @@ from wsl_ray.utils.storage import filesystem, read_text
 __all__ = ["CollectError", "collect", "load", "read_space", "sweep_metric", "write"]
 
 
+# the columns the subcommands read: a table without one was not written by this package
+REQUIRED = ("trial_id", "experiment", "method", "dataset", "status", "epochs", "history")
+
+
 def _is_parquet(source: str) -> bool:
     return source.endswith(".parquet")
 
@@ -36,6 +40,13 @@ def load(source: str | list[str]) -> pa.Table:
                 tables.append(pq.read_table(path, filesystem=fs))
             except FileNotFoundError as err:
                 raise CollectError(f"{s}: no such Parquet file") from err
+            except (pa.ArrowInvalid, OSError) as err:
+                raise CollectError(f"{s}: not a readable Parquet file ({err})") from None
+            if missing := [c for c in REQUIRED if c not in tables[-1].column_names]:
+                raise CollectError(
+                    f"{s}: not a results table of wsl_ray, it lacks the column(s) {missing}; "
+                    "take the sweep's results.parquet, or write one with `analysis collect`"
+                )
         if len(tables) == 1:
             return tables[0]
         spaces = {k: v for t in tables for k, v in _spaces(t).items()}

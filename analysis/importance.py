@@ -8,6 +8,7 @@ using the distributions of the experiment's search space.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import optuna
@@ -20,6 +21,19 @@ EVALUATORS = {
     "ped-anova": optuna.importance.PedAnovaImportanceEvaluator,
     "fanova": optuna.importance.FanovaImportanceEvaluator,
 }
+
+
+NEEDS = {"fanova": "sklearn"}  # evaluator -> the module it imports when it runs
+
+
+def check_evaluator(name: str) -> None:
+    """Raises ValueError, before any work, for an evaluator whose library is missing."""
+    module = NEEDS.get(name)
+    if module and importlib.util.find_spec(module) is None:
+        raise ValueError(
+            f"--evaluator {name} needs scikit-learn: pip install scikit-learn, or use "
+            "--evaluator ped-anova (the default)"
+        )
 
 
 def distributions(

@@ -176,3 +176,15 @@ def test_analysis_ranks_on_the_metric_the_sweep_recorded(tmp_path, capsys):
 
     assert sweep_metric(str(out)) == sweep_metric(str(sweep)) == "rankme"
     assert sweep_metric(str(SWEEP)) == "val_acc_knn"  # its sweep.json of an earlier version
+
+
+def test_fanova_without_scikit_learn_is_refused_before_any_work(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name)
+    )
+    assert main(["importance", str(SWEEP), "--evaluator", "fanova"]) == 2
+    err = capsys.readouterr().err
+    assert "--evaluator fanova needs scikit-learn" in err and "Traceback" not in err

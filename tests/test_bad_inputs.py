@@ -72,6 +72,17 @@ ROWS = [
     (("train", "--method", "w_mse", "--w_axis", "channel"), 2, "use --method whitened_mse"),
     (("train", "--recipe", "wmse_mnist"), 2, "unknown --recipe 'wmse_mnist'"),
     (("train", "--config", "{tmp}/none.yaml"), 2, "--config {tmp}/none.yaml: no such file"),
+    # values by their meaning: a seed the runs can derive seeds from, a momentum below 1, a
+    # width of 1 or more, a k-NN with enough images to vote
+    (("train", "--seed", str(2**64)), 2, f"--seed {2**64}: must be in [0, 2**53)"),
+    (("train", "--seed", "-1"), 2, "--seed -1: must be in [0, 2**53)"),
+    (("train", "--optimizer", "sgd", "--momentum", "2"), 2, "--momentum 2.0: must be in [0, 1)"),
+    (("train", "--arch", "resnet18_w0"), 2, "unknown --arch 'resnet18_w0'"),
+    ((*SHAPES, "--subset", "200", "--knn", "500"), 2, "--knn 500 is more than the 200 classifier"),
+    (("train", "--config", "{config_bad_yaml}"), 2, "not valid YAML (line"),
+    # --resume continues a run that exists, and nothing else
+    ((*SHAPES, "--resume"), 2, "--resume: nothing to continue, {tmp}/run/checkpoint.pt does not"),
+    ((*SHAPES, "--resume", "--fname", "{ckpt_tensor}"), 2, "give one of them"),
     # files
     ((*SHAPES, "--out", "/proc/wsl_ray_no"), 2, "--out /proc/wsl_ray_no: cannot create"),
     ((*SHAPES, "--resume", "--out", "{ckpt_dir_corrupt}"), 2, "not a readable PyTorch checkpoint"),
@@ -101,8 +112,26 @@ ROWS = [
     # linear classification and export of a checkpoint
     (("lincls", "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint"),
     (("lincls", "--fname", "{ckpt_text}"), 2, "is not a readable PyTorch checkpoint"),
-    (("lincls", "--fname", "{ckpt_tensor}", "--epochs", "0"), 2, "--epochs must be at least 1"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--epochs", "0"), 2, "--epochs 0: must be at least 1"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--lr", "nan"), 2, "--lr nan: must be a number > 0"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--lr", "-1"), 2, "--lr -1.0: must be a number > 0"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--momentum", "nan"), 2, "--momentum nan: must be"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--crop_s0", "0"), 2, "--crop_s0 0.0: must be an"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--crop_s0", "2"), 2, "--crop_s0 2.0: must be an"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--out", "{ckpt_text}"), 2, "cannot create this"),
+    (
+        ("lincls", "--fname", "{ckpt_tensor}", "--out", "{tmp}/empty", "--resume"),
+        2,
+        "--resume: nothing to continue, {tmp}/empty/lincls.pt does not exist",
+    ),
     (("export", "{tmp}/none.pt", "--out", "{tmp}/b.pt"), 2, "checkpoint {tmp}/none.pt: no such"),
+    (
+        ("export", "{ckpt_tensor}", "--out", "{tmp}/bb.safetensors", "--format", "torchvision"),
+        2,
+        "names a safetensors file, not --format torchvision; end it in .pt",
+    ),
+    (("export", "{ckpt_tensor}", "--out", "{tmp}"), 2, "is a folder; give the file to write"),
+    (("export", "{ckpt_tensor}", "--out", "/proc/no/b.pt"), 2, "--out's folder /proc/no: cannot"),
     (("export", "{ckpt_object}", "--out", "{tmp}/b.pt"), 2, "weights_only=True loads no code"),
     # sweeps: every row fails before Ray starts
     ((*TUNE, "--num_trials", "-1"), 2, "--num_trials -1: must be 1 or more"),
@@ -167,6 +196,10 @@ ROWS = [
         "plots: cannot create this folder",
     ),
     (("analysis", "collect", "{tmp}/nosuch"), 2, "no such experiment folder"),
+    (("analysis", "tables", "{parquet_no_status}"), 2, "lacks the column(s) ['status']"),
+    (("analysis", "plots", "{parquet_no_history}"), 2, "lacks the column(s) ['history']"),
+    (("analysis", "rankme", "{ckpt_text}.parquet"), 2, "no such Parquet file"),
+    (("analysis", "tables", "{parquet_text}"), 2, "not a readable Parquet file"),
 ]
 
 
@@ -219,6 +252,14 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
         "config: {dataset: shapes, bs: 256, emb: 16}\n"
         "params: {w_size: {distribution: int, low: 64, high: 128, step: 32}}\n",
     )
+    files["config_bad_yaml"] = write("bad_config.yaml", "lr: 0.1\nemb: [1,\n")
+    files["parquet_text"] = write("text.parquet", "not parquet")
+    import pyarrow.parquet as pq
+
+    results = pq.read_table(Path(SWEEP) / "results.parquet")
+    for column in ("status", "history"):
+        files[f"parquet_no_{column}"] = str(tmp / f"no_{column}.parquet")
+        pq.write_table(results.drop([column]), files[f"parquet_no_{column}"])
     stored_experiments(tmp / "store")
     files["store"] = str(tmp / "store")
     return files
@@ -274,7 +315,7 @@ def run(argv: list[str]) -> tuple[int, str]:
 def test_bad_input_gives_one_clear_line(command, code, phrase, bad_files, monkeypatch, tmp_path):
     import ray
 
-    monkeypatch.setenv("WSL_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WSL_RAY_CACHE", bad_files["tmp"] + "/cache")  # shapes made once
     argv = [part.format(**bad_files) for part in command]
     got, stderr = run(argv)
     assert (got, "Traceback" in stderr) == (code, False), stderr
