@@ -188,3 +188,30 @@ def test_fanova_without_scikit_learn_is_refused_before_any_work(monkeypatch, cap
     assert main(["importance", str(SWEEP), "--evaluator", "fanova"]) == 2
     err = capsys.readouterr().err
     assert "--evaluator fanova needs scikit-learn" in err and "Traceback" not in err
+
+
+def test_importance_ranks_only_what_varied_and_says_when_trials_are_few():
+    import optuna
+
+    from analysis.importance import study_importances
+
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "emb": optuna.distributions.CategoricalDistribution([16]),  # pinned by --set
+    }
+    study = optuna.create_study(direction="maximize")
+    for i, lr in enumerate((1e-4, 1e-3, 3e-3, 1e-2)):
+        params = {"lr": lr, "emb": 16}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=dists, value=0.1 * i)
+        )
+    rows = study_importances(study)
+    assert [r["parameter"] for r in rows] == ["lr", "emb", "(only 4 trials)"]
+    assert rows[1]["importance"] == "not varied (always 16)"
+    assert "rough" in rows[2]["importance"]
+
+
+def test_one_run_of_a_configuration_shows_no_spread():
+    table = collect([str(FIXTURE)])
+    one = [r for r in seed_table(table) if r["runs"] == 1]
+    assert one and all(r["test_acc"].endswith("(one seed)") for r in one), one

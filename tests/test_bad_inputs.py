@@ -109,6 +109,8 @@ ROWS = [
     (("test", "--fname", "{ckpt_object}"), 2, "weights_only=True loads no code"),
     (("test", "--fname", "{ckpt_tensor}"), 2, "holds a Tensor, not a checkpoint"),
     (("test", "--knn", "0"), 2, "--knn 0: must be 1 or more"),
+    (("test", "--fname", "{ckpt_lincls}"), 2, "is a lincls checkpoint (a linear classifier"),
+    (("test", "--fname", "{ckpt_backbone}"), 2, "looks like an exported backbone"),
     # linear classification and export of a checkpoint
     (("lincls", "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint"),
     (("lincls", "--fname", "{ckpt_text}"), 2, "is not a readable PyTorch checkpoint"),
@@ -173,6 +175,7 @@ ROWS = [
     ((*TUNE, "--cpus-per-trial", "0"), 2, "--cpus-per-trial 0.0: must be a number > 0"),
     ((*TUNE, "--cpus-per-trial", "nan"), 2, "--cpus-per-trial nan: must be a number > 0"),
     ((*TUNE, "--gpus-per-trial", "1.5"), 2, "give a fraction of one GPU, or whole GPUs"),
+    ((*TUNE, "--wait-for-resources", "-1"), 2, "--wait-for-resources -1.0: give seconds"),
     (
         (*TUNE, "--gpus-per-trial", "0.5", "--workers-per-trial", "2"),
         2,
@@ -224,6 +227,11 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     files["ckpt_object"] = str(tmp / "object.pt")
     torch.save(torch.zeros(3), tmp / "tensor.pt")
     files["ckpt_tensor"] = str(tmp / "tensor.pt")
+    linear = {"weight": torch.zeros(10, 8), "bias": torch.zeros(10)}
+    torch.save({"linear": linear, "optimizer": {}, "epoch": 1}, tmp / "lincls.pt")
+    files["ckpt_lincls"] = str(tmp / "lincls.pt")
+    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, tmp / "backbone.pt")  # as exported
+    files["ckpt_backbone"] = str(tmp / "backbone.pt")
     write("corrupt/checkpoint.pt", b"PK\x03\x04 truncated")
     files["ckpt_dir_corrupt"] = str(tmp / "corrupt")
     write("garbage/cifar-10-batches-py/data_batch_1", b"\x80\x04garbage")

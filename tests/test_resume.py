@@ -218,3 +218,32 @@ def test_results_read_each_epoch_once_and_fill_gaps_from_the_journal(tmp_path):
     history = [(h["epoch"], h["val_acc_knn"], h["test_acc"]) for h in row["history"]]
     assert history == [(1, 0.15, None), (2, 0.2, None), (3, 0.3, None)]
     assert row["status"] == "TERMINATED" and row["epochs"] == 3
+
+
+def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped(tmp_path):
+    """ASHA's stop and a driver kill both leave a trial short of its budget; only a trial
+    that Tune saw end has ended.json (HistoryKeeper.on_trial_complete)."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from wsl_ray.sweep.history import HistoryKeeper
+    from wsl_ray.sweep.journal import journal_uri
+    from wsl_ray.sweep.results import collect_rows
+
+    for number, trial_id in ((1, "aaa"), (2, "bbb")):
+        folder = tmp_path / "exp" / f"trial_{trial_id}_{number:05d}"
+        folder.mkdir(parents=True)
+        (folder / "params.json").write_text(json.dumps({"epoch": 4}))
+        line = {"epoch": 2, "rankme": 2.0, "val_acc_knn": 0.3, "trial_id": trial_id}
+        (folder / "result.json").write_text(json.dumps(line) + "\n")
+        Path(journal_uri(str(tmp_path / "exp"), trial_id)).parent.mkdir()
+        Path(journal_uri(str(tmp_path / "exp"), trial_id)).write_text(json.dumps(line) + "\n")
+    storage = SimpleNamespace(
+        storage_filesystem=pyarrow.fs.LocalFileSystem(),
+        trial_fs_path=str(tmp_path / "exp" / "trial_aaa_00001"),
+    )
+    stopped = SimpleNamespace(trial_id="aaa", storage=storage, last_result={"epoch": 2})
+    HistoryKeeper().on_trial_complete(0, [], stopped)  # ASHA stopped it; trial bbb: a kill
+    statuses = {r["trial_id"]: r["status"] for r in collect_rows(str(tmp_path / "exp"))}
+    assert statuses == {"aaa": "STOPPED", "bbb": "INTERRUPTED"}

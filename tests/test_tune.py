@@ -267,3 +267,26 @@ def test_a_resume_with_the_first_runs_flags_goes_on(tmp_path, space_file):
         resumed = parser.parse_args([*argv, "--storage", str(tmp_path), "--resume"])
         assert sweep_space(parser, resumed, str(tmp_path / "t")).to_yaml() == space.to_yaml()
         assert resumed.metric == "rankme"
+
+
+def test_a_sweep_waits_a_bounded_time_for_resources_then_names_what_is_missing():
+    from wsl_ray.sweep.tuner import missing_resources, wait_for_resources
+
+    assert missing_resources({"CPU": 2.0}, 1, 1, 0) is None
+    assert missing_resources({"CPU": 8.0, "GPU": 0.5}, 1, 1, 0.5) is None
+    problem = missing_resources({"CPU": 2.0}, 2, 1, 1)
+    assert problem == (
+        "each trial asks for 2 GPU (2 worker(s) x 1 CPU, 1 GPU), the cluster has 0 GPU"
+    )
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    with pytest.raises(SpaceError, match="the cluster has 0 GPU, after waiting 12 s"):
+        wait_for_resources(1, 1, 1, 12, lambda: {"CPU": 2.0}, sleep, lambda: now[0])
+    assert now[0] == 12  # waited the whole bound, not forever
+    grown = iter([{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0, "GPU": 1.0}])  # an autoscaler
+    now[0] = 0.0
+    wait_for_resources(1, 1, 1, 60, lambda: next(grown), sleep, lambda: now[0])
+    assert now[0] == 10

@@ -16,6 +16,7 @@ confirmation of the top K and the default over S new seeds (wsl_ray.confirm).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -49,6 +50,7 @@ from .sweep.tuner import (
     run_sweep,
     sweep_epochs,
     tune_can_restore,
+    wait_for_resources,
 )
 from .utils.cli import Parser, command_name
 from .utils.paths import absolute_paths, writable_folder
@@ -108,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus-per-trial", "--gpus_per_trial", type=float, default=None, help="may be fractional"
     )
     p.add_argument("--cpus-per-trial", "--cpus_per_trial", type=float, default=1)
+    p.add_argument(
+        "--wait-for-resources",
+        "--wait_for_resources",
+        type=float,
+        default=300,
+        metavar="SECONDS",
+        help="how long to wait for the cluster to offer one trial's CPUs and GPUs (an "
+        "autoscaler adding nodes) before the sweep stops with what is missing",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and trials)")
     p.add_argument("--wandb", default=None, help="log every trial to this wandb project")
     p.add_argument(
@@ -162,6 +173,8 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
         return problem
     if args.max_failures < -1:
         return f"--max-failures {args.max_failures}: must be 0 or more (-1: retry forever)"
+    if not 0 <= args.wait_for_resources < math.inf:
+        return f"--wait-for-resources {args.wait_for_resources}: give seconds, 0 or more"
     return None
 
 
@@ -259,10 +272,13 @@ def run(
     try:
         if args.gpus_per_trial is None:  # now the cluster's GPUs are known (--sync_bn needs one)
             space.check(workers=args.workers_per_trial, gpus=cluster_gpus())
+        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
+        wait_for_resources(
+            args.workers_per_trial, args.cpus_per_trial, gpus, args.wait_for_resources
+        )
         # one copy per node, owned by this driver: a resumed sweep puts it again
         run_sweep(args, space, limits, share_dataset(data, default))
         if args.confirm:
-            gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
             resources = {
                 "workers": args.workers_per_trial,
                 "gpus": gpus,

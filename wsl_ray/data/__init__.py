@@ -242,6 +242,13 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of the dataset `name`; ValueError listing the names for an unknown one."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -254,9 +261,7 @@ def load_dataset(
     num_test, seed). Raises ValueError for an unknown name, FileNotFoundError, naming
     the path and how to get the data, for missing files, and DataError (a ValueError),
     naming the file, for contents that do not fit the roles (wsl_ray.data.checks)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    spec = dataset_spec(name)
     root = Path(data_dir if data_dir is not None else spec.default_dir).expanduser()
     if download:
         if spec.download is None:
@@ -290,6 +295,7 @@ __all__ = [
     "Augment",
     "DATASETS",
     "DataError",
+    "dataset_spec",
     "ImageData",
     "ImageFiles",
     "iterate_batches",

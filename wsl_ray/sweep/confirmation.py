@@ -15,7 +15,7 @@ from .experiment import experiment_lock
 from .metrics import metric_spec, score
 from .results import RUN_ONLY, CollectError, collect_rows, ranked, rows_table, write_parquet
 from .space import SearchSpace, SpaceError
-from .stats import welch_interval
+from .stats import mean_std, welch_interval
 
 DEFAULT_LABEL = "default"
 SEED_OFFSET = 1000  # confirmation seeds are seed + 1000 + i: never a seed the search used
@@ -104,8 +104,8 @@ def summarize_confirmation(rows: list[dict[str, Any]], metric: str) -> tuple[lis
             {
                 "config": label,
                 "seeds": len(tests),  # the runs that count: those with a test result
-                f"{metric} mean ± std": _mean_std(vals, metric_spec(metric).percent),
-                f"{test} mean ± std": _mean_std(tests, True),
+                f"{metric} mean ± std": mean_std(vals, 100 if metric_spec(metric).percent else 1),
+                f"{test} mean ± std": mean_std(tests, 100),
                 "_test": tests,
                 "_val": score(metric, statistics.fmean(vals)) if vals else -math.inf,
             }
@@ -137,15 +137,6 @@ def summarize_confirmation(rows: list[dict[str, Any]], metric: str) -> tuple[lis
                 t["vs default (95% CI)"] = f"{d * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]"
     shown = [{k: v for k, v in t.items() if not k.startswith("_")} for t in table]
     return shown, verdict
-
-
-def _mean_std(values: list[float], percent: bool) -> str:
-    if not values:
-        return "-"
-    scale = 100 if percent else 1
-    if len(values) == 1:  # one run has no spread: "± 0.00" would claim one
-        return f"{scale * values[0]:.2f} (one seed)"
-    return f"{scale * statistics.fmean(values):.2f} ± {scale * statistics.stdev(values):.2f}"
 
 
 def confirm_folder(experiment: str) -> str:

@@ -9,7 +9,8 @@ callback of the sweep, puts it back: when a trial (re)starts it brings the store
 and progress.csv back into the staging folder if they are not there, and on the trial's
 first result (epoch E) it drops their lines of epochs >= E (trained again) and adds the
 journal's evaluated epochs below E that never reached the storage. Every evaluated epoch is
-then there exactly once.
+then there exactly once. When Tune sees a trial end, the callback writes its `ended.json`,
+which tells a trial the scheduler stopped from one a kill of the driver cut short.
 
 Files are rewritten in place (truncated, not replaced): Tune's loggers hold them open for
 appending, and keep appending to the same file.
@@ -26,7 +27,7 @@ import pyarrow.fs
 from ray import tune
 from ray.tune.utils import flatten_dict
 
-from .journal import journal_uri, merged_history, parse_lines
+from .journal import END_FILE, journal_uri, merged_history, parse_lines
 
 TUNE_FILES = ("result.json", "progress.csv")
 
@@ -98,6 +99,18 @@ class HistoryKeeper(tune.Callback):
         local = Path(trial.local_path)
         repair_result_json(local / "result.json", journal, result["epoch"], trial.trial_id)
         repair_progress_csv(local / "progress.csv", journal, result["epoch"], result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        _mark_ended(trial)
+
+
+def _mark_ended(trial: Any) -> None:
+    """Writes the trial's END_FILE on the storage: Tune saw the trial end (it ran its budget,
+    or the scheduler stopped it); a trial a driver kill or Ctrl-C cut short has none."""
+    storage = trial.storage
+    result = trial.last_result or {}
+    with storage.storage_filesystem.open_output_stream(f"{storage.trial_fs_path}/{END_FILE}") as f:
+        f.write(json.dumps({"epoch": result.get("epoch")}).encode())
 
 
 def _download(fs: pyarrow.fs.FileSystem, remote: str, folder: Path) -> None:

@@ -15,6 +15,7 @@ from ..utils.storage import read_text, write_text
 from .metrics import evaluated
 
 JOURNAL = "history.jsonl"
+END_FILE = "ended.json"  # in a trial folder: Tune saw the trial end (wsl_ray.sweep.history)
 
 
 def journal_uri(experiment: str, trial_id: str) -> str:

@@ -14,6 +14,7 @@ Tune, never reported to it). Columns (docs/results.md, "Results schema"):
     config/<key> (every params.json key), error, path, history (list of per-epoch structs)
 
 status: TERMINATED (ran its epoch budget), STOPPED (the scheduler ended it early),
+INTERRUPTED (cut short by a kill or Ctrl-C of the driver: --resume continues it; not ranked),
 DIVERGED (its loss became non-finite; ended once, never retried), ERROR (failed).
 The Parquet file's metadata holds each experiment's search space (`wsl_ray.spaces`) and the
 metric its sweep selected on (`wsl_ray.metrics`, from sweep.json).
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 
 from ..utils.storage import filesystem, read_text
 from .experiment import recorded_metric
-from .journal import journal_uri, merged_history, parse_lines
+from .journal import END_FILE, journal_uri, merged_history, parse_lines
 from .metrics import METRICS, score
 
 VAL_METRICS = tuple(METRICS)
@@ -43,7 +44,7 @@ HISTORY_KEYS = ("epoch", "loss", "lr", *VAL_METRICS, *TEST_METRICS, "time_total_
 TEST_FILE = "test_metrics.json"
 SPACES_KEY = b"wsl_ray.spaces"
 METRICS_KEY = b"wsl_ray.metrics"
-STATUSES = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR")  # of a trial, in summary order
+STATUSES = ("TERMINATED", "STOPPED", "INTERRUPTED", "DIVERGED", "ERROR")  # in summary order
 RANKED = STATUSES[:2]  # statuses whose metrics may be ranked
 # training flags that do not change what is trained: configs differing only here are the same
 RUN_ONLY = ("seed", "out", "wandb", "data_dir", "device")
@@ -96,8 +97,12 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
         status, error = "DIVERGED", history[-1].get("message")
     elif epochs == config.get("epoch"):
         status = "TERMINATED"
-    else:
-        status = "ERROR" if error else "STOPPED"
+    elif error:
+        status = "ERROR"
+    else:  # a sweep of this version journals its trials and marks those Tune saw end
+        unmarked = fs.get_file_info(f"{folder}/{END_FILE}").type == pyarrow.fs.FileType.NotFound
+        cut_short = bool(journal) and unmarked
+        status = "INTERRUPTED" if cut_short else "STOPPED"
     test = _renamed(_maybe_json(fs, f"{folder}/{TEST_FILE}") or {})
     row = {
         "trial_id": last.get("trial_id") or (parts[1] if len(parts) > 1 else name),

@@ -53,6 +53,11 @@ def summarize_sweep(
     print(format_table(rows, metric, searched))
     best = next(iter(ranked(rows, metric)), None)
     first = rows[0] if rows else None
+    if counts["INTERRUPTED"]:
+        print(
+            f"{counts['INTERRUPTED']} trial(s) interrupted before they ended (not ranked); "
+            f"continue them with --resume --name {name}"
+        )
     failed = [r for r in rows if r["status"] == "ERROR"]
     if failed:
         print(f"{len(failed)} trial(s) failed; their errors:")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,50 @@ def resource_problem(workers: int, cpus: float, gpus: float | None) -> str | Non
             "cannot share one GPU; give 1 (or more) GPUs per worker"
         )
     return None
+
+
+def missing_resources(
+    total: dict[str, float], workers: int, cpus: float, gpus: float
+) -> str | None:
+    """What the cluster (`total`, as ray.cluster_resources) lacks to run one trial of
+    `workers` workers with `cpus` CPUs and `gpus` GPUs each, or None when it fits."""
+    need = {"CPU": workers * cpus, "GPU": workers * gpus}
+    short = [k for k, v in need.items() if v > total.get(k, 0)]
+    if not short:
+        return None
+    has = " and ".join(f"{total.get(k, 0):g} {k}" for k in short)
+    wants = " and ".join(f"{need[k]:g} {k}" for k in short)
+    return (
+        f"each trial asks for {wants} ({workers} worker(s) x {cpus:g} CPU, {gpus:g} GPU), "
+        f"the cluster has {has}"
+    )
+
+
+def wait_for_resources(
+    workers: int,
+    cpus: float,
+    gpus: float,
+    timeout: float,
+    resources: Callable[[], dict[str, float]] = ray.cluster_resources,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Returns once the cluster can run one trial; waits up to `timeout` seconds for an
+    autoscaler to add what is missing, then raises SpaceError naming it (a trial that asks
+    for resources no node has would otherwise stay PENDING forever)."""
+    deadline = clock() + timeout
+    told = False
+    while problem := missing_resources(resources(), workers, cpus, gpus):
+        left = deadline - clock()
+        if left <= 0:
+            raise SpaceError(
+                f"{problem}, after waiting {timeout:g} s (--wait-for-resources); lower "
+                "--gpus-per-trial, --cpus-per-trial or --workers-per-trial, or add nodes"
+            )
+        if not told:
+            print(f"waiting up to {timeout:g} s for the cluster: {problem}", flush=True)
+            told = True
+        sleep(min(5.0, left))
 
 
 def fitting_trials(args: argparse.Namespace, gpus: float) -> int:
