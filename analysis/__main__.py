@@ -78,6 +78,8 @@ def check_out(out: str, folder: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "tables" and args.top < 1:
+            raise ValueError(f"--top {args.top}: show at least 1 trial")
         if args.command in ("collect", "plots"):
             check_out(args.out, folder=args.command == "plots")
         if args.command == "collect":

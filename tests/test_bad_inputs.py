@@ -176,6 +176,10 @@ ROWS = [
     ((*TUNE, "--cpus-per-trial", "nan"), 2, "--cpus-per-trial nan: must be a number > 0"),
     ((*TUNE, "--gpus-per-trial", "1.5"), 2, "give a fraction of one GPU, or whole GPUs"),
     ((*TUNE, "--wait-for-resources", "-1"), 2, "--wait-for-resources -1.0: give seconds"),
+    ((*TUNE, "--set", "seed=5"), 2, "--set seed=5: use the sweep's --seed"),
+    (("train", "--out", ""), 2, "--out '': give a path"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--subset", "0"), 2, "--subset 0: must be at least 1"),
+    (("analysis", "tables", SWEEP, "--kind", "top", "--top", "0"), 2, "--top 0: show at least"),
     (
         (*TUNE, "--gpus-per-trial", "0.5", "--workers-per-trial", "2"),
         2,

@@ -305,7 +305,9 @@ def run_with_ray(args: argparse.Namespace) -> dict[str, Any]:
 
 def flag_problem(args: argparse.Namespace) -> str | None:
     """The first flag whose value cannot work, by what it means, or None."""
-    counts = {"epochs": args.epochs, "bs": args.bs, "subset": args.subset or 1}
+    counts = {"epochs": args.epochs, "bs": args.bs}
+    if args.subset is not None:
+        counts["subset"] = args.subset
     for flag, value in counts.items():
         if value < 1:
             return f"--{flag} {value}: must be at least 1"

@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# training flags that the sweep sets itself: a --set of them would be overwritten
+FLAG_OF = {
+    "seed": "use the sweep's --seed (it seeds the search and the trials)",
+    "eval_on": "sweeps always select on the validation split (eval_on val)",
+}
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Training flags fixed on the command line, on top of the space's `config`."""
     fixed: dict[str, Any] = {}
@@ -143,6 +150,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SpaceError(f"--set {item!r}: write KEY=VALUE, e.g. --set arch=resnet18_w16")
+        if key in FLAG_OF:
+            raise SpaceError(f"--set {item}: {FLAG_OF[key]}")
         fixed[key] = parse_setting(key, value)
     named = {
         "epoch": args.epochs,
