@@ -229,13 +229,15 @@ def test_a_resume_that_changes_the_sweep_is_refused_naming_what(tmp_path, space_
 
     space = load_space(str(space_file), {"epoch": 2})
     space.config = absolute_paths(space.config)
-    write_record(str(tmp_path), "rankme", "max", space.to_yaml(), {"num_trials": 3, "seed": 1})
+    settings = {"num_trials": 3, "seed": 1}
+    write_record(str(tmp_path), "rankme", "max", space.to_yaml(), settings, {"epoch": 2})
     got, metric = resumed_sweep(str(tmp_path), None, {}, None, {})
     assert (got.to_yaml(), metric) == (space.to_yaml(), "rankme")  # the record's, not a default
     same = space_file.read_text()
     assert resumed_sweep(str(tmp_path), same, {"epoch": 2}, "rankme", {"seed": 1})[1] == "rankme"
     cases = [
-        ((same, {}, None, {}), "config epoch: stored 2, given (none)"),
+        ((same.replace("bs: 128", "bs: 256"), {}, None, {}), "config bs: stored 128, given 256"),
+        ((same, {"epoch": 3}, None, {}), "config epoch: stored 2, given 3"),
         ((None, {"lr": 0.1}, None, {}), "params lr: stored {"),
         ((None, {"emb": 8}, None, {}), "first emb: stored 16, given 8"),
         ((None, {}, "val_acc", {}), "--metric val_acc: this experiment selects on rankme"),
@@ -259,11 +261,12 @@ def test_a_resume_with_the_first_runs_flags_goes_on(tmp_path, space_file):
     args = parser.parse_args(first)
     space = load_space(args.space, overrides_from_args(args))
     space.config = absolute_paths(space.config)
-    write_record(str(tmp_path / "t"), "rankme", "max", space.to_yaml(), sweep_settings(args))
+    settings, overrides = sweep_settings(args), overrides_from_args(args)
+    write_record(str(tmp_path / "t"), "rankme", "max", space.to_yaml(), settings, overrides)
     with pytest.raises(ExperimentError, match="exists already"):
         sweep_space(parser, args, str(tmp_path / "t"))
     (tmp_path / "t" / "tuner.pkl").write_bytes(b"")
-    for argv in (first, first[4:6]):  # every flag again, or only the name
+    for argv in (first, first[4:6], first[:2] + first[4:6]):  # all flags, the name, + space
         resumed = parser.parse_args([*argv, "--storage", str(tmp_path), "--resume"])
         assert sweep_space(parser, resumed, str(tmp_path / "t")).to_yaml() == space.to_yaml()
         assert resumed.metric == "rankme"

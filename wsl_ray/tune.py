@@ -202,18 +202,14 @@ def sweep_space(
         refuse_existing(path, path.rsplit("/", 1)[-1])
         return load_space(args.space, overrides_from_args(args))
     given = given_flags(parser, args)
-    overrides = overrides_from_args(args)
-    space_text = None
-    if "space" in given:  # the space as a new sweep of these flags would run it
-        space_text = space_path(args.space).read_text()
-    else:  # the stored space, with what the flags change
-        defaults = overrides_from_args(parser.parse_args([]))
-        set_keys = {item.partition("=")[0] for item in args.set}
-        overrides = {
-            k: v
-            for k, v in overrides.items()
-            if k in set_keys or k not in defaults or defaults[k] != v
-        }
+    space_text = space_path(args.space).read_text() if "space" in given else None
+    defaults = overrides_from_args(parser.parse_args([]))
+    set_keys = {item.partition("=")[0] for item in args.set}
+    overrides = {  # only what the command line changes: the rest keeps its recorded value
+        k: v
+        for k, v in overrides_from_args(args).items()
+        if k in set_keys or k not in defaults or defaults[k] != v
+    }
     settings = {k: getattr(args, k) for k in FIXED_SETTINGS if k in given}
     metric = args.metric if "metric" in given else None
     space, args.metric = resumed_sweep(path, space_text, overrides, metric, settings)
@@ -257,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             data = check_data(default, space.name)
             if not args.resume:  # the objective and space are fixed before the first trial
                 mode = metric_spec(args.metric).mode
-                write_record(path, args.metric, mode, space.to_yaml(), sweep_settings(args))
+                overrides = overrides_from_args(args)
+                settings = sweep_settings(args)
+                write_record(path, args.metric, mode, space.to_yaml(), settings, overrides)
             return run(args, path, space, limits, default, data)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -72,13 +72,23 @@ def refuse_existing(path: str, name: str) -> None:
         )
 
 
-def write_record(path: str, metric: str, mode: str, space_yaml: str, settings: dict) -> None:
-    """Writes EXPERIMENT/sweep.json (what the sweep selects on, its space, its settings) and
-    the space alone as EXPERIMENT/search_space.yaml, which earlier versions read."""
+def write_record(
+    path: str,
+    metric: str,
+    mode: str,
+    space_yaml: str,
+    settings: dict,
+    overrides: dict[str, Any] | None = None,
+) -> None:
+    """Writes EXPERIMENT/sweep.json (what the sweep selects on, its space as run, its
+    settings, and the `overrides` the command line put on the space file: --set and the
+    named flags) and the space alone as EXPERIMENT/search_space.yaml, which earlier versions
+    read."""
     record = {
         "metric": metric,
         "mode": mode,
         "space": space_yaml,
+        "overrides": overrides or {},
         "settings": settings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -219,6 +229,8 @@ def resumed_sweep(
     in its record. What the command line gave explicitly (the text of a --space file,
     `overrides` from --set and the named flags, a --metric, FIXED_SETTINGS values; None or
     empty: not given) must agree with the record, or ExperimentError names each difference.
+    A flag not given keeps its recorded value: a --space file is read with the first run's
+    overrides under the given ones, so only a change (of the file, or by a flag) differs.
     An experiment of an earlier version (no sweep.json) resumes with its search_space.yaml
     and the given (or default) metric."""
     if not holds_experiment(path):
@@ -237,6 +249,8 @@ def resumed_sweep(
         return parse_space(text, Path(path)), metric or DEFAULT_METRIC
     space = parse_space(record["space"], Path(path))
     given = None
+    if space_text is not None:  # the file again, with the first run's flags and the new ones
+        overrides = (record.get("overrides") or {}) | overrides
     if space_text is not None or overrides:
         given_space = parse_space(space_text or record["space"], Path(path), overrides)
         given_space.config = absolute_paths(given_space.config)
