@@ -61,8 +61,12 @@ def load(source: str | list[str]) -> pa.Table:
 
 
 def write(table: pa.Table, uri: str) -> None:
+    """Writes `table` to the Parquet file `uri`; CollectError naming --out when it cannot."""
     fs, path = filesystem(uri)
-    pq.write_table(table, path, filesystem=fs)
+    try:
+        pq.write_table(table, path, filesystem=fs)
+    except OSError as err:
+        raise CollectError(f"--out {uri}: cannot write it ({str(err).splitlines()[0]})") from None
 
 
 def _spaces(table: pa.Table) -> dict[str, str]:

@@ -177,6 +177,13 @@ ROWS = [
     ((*TUNE, "--gpus-per-trial", "1.5"), 2, "give a fraction of one GPU, or whole GPUs"),
     ((*TUNE, "--wait-for-resources", "-1"), 2, "--wait-for-resources -1.0: give seconds"),
     ((*TUNE, "--set", "seed=5"), 2, "--set seed=5: use the sweep's --seed"),
+    ((*TUNE, "--optuna-storage", "/proc/no/j.journal"), 2, "--optuna-storage /proc/no/j.journal"),
+    (("export", "{ckpt_tensor}", "--out", ""), 2, "--out '': give the file to write"),
+    (
+        ("analysis", "collect", SWEEP, "--out", "/proc/x.parquet"),
+        2,
+        "--out /proc/x.parquet: cannot",
+    ),
     (("train", "--out", ""), 2, "--out '': give a path"),
     (("lincls", "--fname", "{ckpt_tensor}", "--subset", "0"), 2, "--subset 0: must be at least 1"),
     (("analysis", "tables", SWEEP, "--kind", "top", "--top", "0"), 2, "--top 0: show at least"),

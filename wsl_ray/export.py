@@ -123,6 +123,8 @@ def output_format(out: str, fmt: str | None) -> str:
     others). Raises ValueError, before any work, for a suffix of the other format (a torch
     pickle named .safetensors), an --out that is a folder, or a folder that cannot be
     created or written."""
+    if not out.strip():
+        raise ValueError(f"--out {out!r}: give the file to write, e.g. backbone.pt")
     named = SUFFIXES.get(Path(out).suffix)
     if fmt and named and fmt != named:
         wanted = next(suffix for suffix, f in SUFFIXES.items() if f == fmt)

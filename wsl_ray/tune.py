@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = experiment_path(args)
         writable_folder(args.storage, "--storage")
+        if args.optuna_storage and "://" not in args.optuna_storage:  # a journal file's folder
+            folder = Path(args.optuna_storage).expanduser().parent
+            writable_folder(folder, f"--optuna-storage {args.optuna_storage}: its folder")
         check_counts(args.confirm, args.seeds)
         space = sweep_space(parser, args, path)
         with experiment_lock(path):  # held until the end; a second driver stops here
