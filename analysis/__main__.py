@@ -18,17 +18,17 @@ import sys
 from pathlib import Path
 
 from wsl_ray.sweep.metrics import DEFAULT_METRIC
-from wsl_ray.utils.cli import command_name
+from wsl_ray.utils.cli import Parser, command_name
 
 from . import plots, tables
-from .collect import CollectError, load, read_space, write
-from .importance import importances, stored_study, study_importances
+from .collect import CollectError, load, read_space, sweep_metric, write
+from .importance import check_evaluator, importances, stored_study, study_importances
+
+METRIC_HELP = f"selection metric (default: the sweep's, from its sweep.json; else {DEFAULT_METRIC})"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=command_name(__package__), description=__doc__.splitlines()[0]
-    )
+    parser = Parser(prog=command_name(__package__), description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="experiment folders -> one Parquet table")
     c.add_argument("experiments", nargs="+")
@@ -37,22 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("sources", nargs="+")
     t.add_argument("--kind", choices=("paper", "top", "seeds"), default="paper")
     t.add_argument(
-        "--metric", default=None, help="selection metric (paper: val_acc, top: val_acc_knn)"
+        "--metric", default=None, help="selection metric (paper: val_acc; top: the sweep's)"
     )
     t.add_argument("--top", type=int, default=10)
     t.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     i = sub.add_parser("importance", help="hyperparameter importances of one experiment")
     i.add_argument("experiment")
-    i.add_argument("--metric", default=DEFAULT_METRIC)
+    i.add_argument("--metric", default=None, help=METRIC_HELP)
     i.add_argument("--evaluator", choices=("ped-anova", "fanova"), default="ped-anova")
     i.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     p = sub.add_parser("plots", help="PNG plots of one experiment")
     p.add_argument("experiment")
-    p.add_argument("--metric", default=DEFAULT_METRIC)
+    p.add_argument("--metric", default=None, help=METRIC_HELP)
     p.add_argument("--out", default="plots")
     r = sub.add_parser("rankme", help="RankMe against validation accuracy, and its test gap")
     r.add_argument("source")
-    r.add_argument("--metric", default=DEFAULT_METRIC)
+    r.add_argument("--metric", default=None, help=METRIC_HELP)
     r.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     return parser
 
@@ -78,6 +78,8 @@ def check_out(out: str, folder: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "tables" and args.top < 1:
+            raise ValueError(f"--top {args.top}: show at least 1 trial")
         if args.command in ("collect", "plots"):
             check_out(args.out, folder=args.command == "plots")
         if args.command == "collect":
@@ -96,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                     "5-NN (%)"
                 )
             elif args.kind == "top":
-                rows = tables.top_trials(table, args.metric or DEFAULT_METRIC, args.top)
+                metric = args.metric or sweep_metric(args.sources, table) or DEFAULT_METRIC
+                rows = tables.top_trials(table, metric, args.top)
             else:
                 rows = tables.seed_table(table)
             print(tables.render(rows, args.format))
         elif args.command == "importance":
+            check_evaluator(args.evaluator)
+            args.metric = args.metric or sweep_metric(args.experiment) or DEFAULT_METRIC
             study, metric = stored_study(args.experiment)
             if study is not None and metric == args.metric:
                 rows = study_importances(study, args.evaluator)
@@ -115,10 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(tables.render(rows, args.format))
         elif args.command == "rankme":
-            rows = tables.rankme_report(load(args.source), args.metric)
+            table = load(args.source)
+            metric = args.metric or sweep_metric(args.source, table) or DEFAULT_METRIC
+            rows = tables.rankme_report(table, metric)
             print(tables.render(rows, args.format))
         else:
             table, space = load(args.experiment), read_space(args.experiment)
+            args.metric = args.metric or sweep_metric(args.experiment, table) or DEFAULT_METRIC
             out = Path(args.out)
             written = [
                 plots.metric_vs_params(table, space["params"], args.metric, out),

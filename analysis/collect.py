@@ -14,9 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from wsl_ray.sweep.results import SPACES_KEY, CollectError, collect, filesystem, read_text
+from wsl_ray.sweep.experiment import recorded_metric
+from wsl_ray.sweep.results import METRICS_KEY, SPACES_KEY, CollectError, collect
+from wsl_ray.utils.storage import filesystem, read_text
 
-__all__ = ["CollectError", "collect", "load", "read_space", "write"]
+__all__ = ["CollectError", "collect", "load", "read_space", "sweep_metric", "write"]
+
+
+# the columns the subcommands read: a table without one was not written by this package
+REQUIRED = ("trial_id", "experiment", "method", "dataset", "status", "epochs", "history")
 
 
 def _is_parquet(source: str) -> bool:
@@ -34,23 +40,52 @@ def load(source: str | list[str]) -> pa.Table:
                 tables.append(pq.read_table(path, filesystem=fs))
             except FileNotFoundError as err:
                 raise CollectError(f"{s}: no such Parquet file") from err
+            except (pa.ArrowInvalid, OSError) as err:
+                raise CollectError(f"{s}: not a readable Parquet file ({err})") from None
+            if missing := [c for c in REQUIRED if c not in tables[-1].column_names]:
+                raise CollectError(
+                    f"{s}: not a results table of wsl_ray, it lacks the column(s) {missing}; "
+                    "take the sweep's results.parquet, or write one with `analysis collect`"
+                )
         if len(tables) == 1:
             return tables[0]
         spaces = {k: v for t in tables for k, v in _spaces(t).items()}
+        metrics = {k: v for t in tables for k, v in _metrics(t).items()}
         merged = pa.concat_tables(tables, promote_options="permissive")
-        return merged.replace_schema_metadata({SPACES_KEY: json.dumps(spaces)})
+        return merged.replace_schema_metadata(
+            {SPACES_KEY: json.dumps(spaces), METRICS_KEY: json.dumps(metrics)}
+        )
     if any(_is_parquet(s) for s in sources):
         raise CollectError("give either Parquet files or experiment folders, not both")
     return collect(sources)
 
 
 def write(table: pa.Table, uri: str) -> None:
+    """Writes `table` to the Parquet file `uri`; CollectError naming --out when it cannot."""
     fs, path = filesystem(uri)
-    pq.write_table(table, path, filesystem=fs)
+    try:
+        pq.write_table(table, path, filesystem=fs)
+    except OSError as err:
+        raise CollectError(f"--out {uri}: cannot write it ({str(err).splitlines()[0]})") from None
 
 
 def _spaces(table: pa.Table) -> dict[str, str]:
     return json.loads((table.schema.metadata or {}).get(SPACES_KEY, b"{}"))
+
+
+def _metrics(table: pa.Table) -> dict[str, str]:
+    return json.loads((table.schema.metadata or {}).get(METRICS_KEY, b"{}"))
+
+
+def sweep_metric(sources: str | list[str], table: pa.Table | None = None) -> str | None:
+    """The metric the sweep(s) selected on, as recorded in sweep.json (an experiment folder)
+    or in a Parquet file's metadata; None when unrecorded or when the experiments differ."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if all(_is_parquet(s) for s in sources):
+        found = set(_metrics(table if table is not None else load(sources)).values())
+    else:
+        found = {recorded_metric(s.rstrip("/")) for s in sources}
+    return found.pop() if len(found) == 1 else None
 
 
 def read_space(source: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@ using the distributions of the experiment's search space.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from typing import Any
 
 import optuna
@@ -20,6 +22,19 @@ EVALUATORS = {
     "ped-anova": optuna.importance.PedAnovaImportanceEvaluator,
     "fanova": optuna.importance.FanovaImportanceEvaluator,
 }
+
+
+NEEDS = {"fanova": "sklearn"}  # evaluator -> the module it imports when it runs
+
+
+def check_evaluator(name: str) -> None:
+    """Raises ValueError, before any work, for an evaluator whose library is missing."""
+    module = NEEDS.get(name)
+    if module and importlib.util.find_spec(module) is None:
+        raise ValueError(
+            f"--evaluator {name} needs scikit-learn: pip install scikit-learn, or use "
+            "--evaluator ped-anova (the default)"
+        )
 
 
 def distributions(
@@ -50,7 +65,7 @@ def stored_study(experiment: str) -> tuple[optuna.Study | None, str | None]:
 
     import pyarrow.fs
 
-    from wsl_ray.sweep.results import filesystem, read_text
+    from wsl_ray.utils.storage import filesystem, read_text
 
     root = experiment.rstrip("/")
     fs, path = filesystem(f"{root}/optuna.journal")
@@ -74,13 +89,39 @@ def stored_study(experiment: str) -> tuple[optuna.Study | None, str | None]:
     return optuna.load_study(study_name=name, storage=storage), metric
 
 
+MIN_TRIALS = 10  # below this many trials an importance ranking is mostly noise
+
+
 def study_importances(study: optuna.Study, evaluator: str = "ped-anova") -> list[dict[str, Any]]:
-    """[{parameter, importance}] of a study's COMPLETE trials, most important first."""
+    """[{parameter, importance}] of a study's COMPLETE trials, most important first. A
+    parameter with one value in all of them (pinned by --set, or never varied) explains
+    nothing: it is listed last as not varied, not ranked. With fewer than MIN_TRIALS trials
+    the last row says that the ranking is rough."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(done) < 2:
         raise ValueError(f"importances need at least 2 complete trials, the study has {len(done)}")
-    scores = optuna.importance.get_param_importances(study, evaluator=EVALUATORS[evaluator]())
-    return [{"parameter": p, "importance": f"{v:.3f}"} for p, v in scores.items()]
+    names = sorted({n for t in done for n in t.params})
+    values = {n: {json.dumps(t.params.get(n), default=str) for t in done} for n in names}
+    varied = [n for n in names if len(values[n]) > 1]
+    if not varied:
+        raise ValueError(f"no parameter takes more than one value in the {len(done)} trials")
+    scores = optuna.importance.get_param_importances(
+        study, evaluator=EVALUATORS[evaluator](), params=varied
+    )
+    rows = [{"parameter": p, "importance": f"{v:.3f}"} for p, v in scores.items()]
+    rows += [
+        {"parameter": n, "importance": f"not varied (always {next(iter(values[n]))})"}
+        for n in names
+        if n not in varied
+    ]
+    if len(done) < MIN_TRIALS:
+        rows.append(
+            {
+                "parameter": f"(only {len(done)} trials)",
+                "importance": f"rough: a ranking needs about {MIN_TRIALS} or more",
+            }
+        )
+    return rows
 
 
 def importances(

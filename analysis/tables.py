@@ -17,6 +17,7 @@ import pyarrow as pa
 from wsl_ray.methods import SPECS
 from wsl_ray.sweep.metrics import DEFAULT_METRIC, metric_spec, score
 from wsl_ray.sweep.results import RANKED, RUN_ONLY
+from wsl_ray.sweep.stats import mean_std
 from wsl_ray.utils.markdown import markdown_table
 
 # config columns that do not define a configuration: what repeats differ in
@@ -84,7 +85,8 @@ def top_trials(table: pa.Table, metric: str = DEFAULT_METRIC, k: int = 10) -> li
 def seed_table(
     table: pa.Table, metrics: tuple[str, ...] = ("test_acc", "test_acc_knn")
 ) -> list[dict]:
-    """Mean ± sample standard deviation over repeats of a configuration (seeds differ)."""
+    """Mean ± sample standard deviation over repeats of a configuration (seeds differ); one
+    run shows its value and "(one seed)", not a spread of zero."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     config_cols = [c for c in table.column_names if c.startswith("config/") and c not in NOT_CONFIG]
     for row in table.to_pylist():
@@ -94,10 +96,7 @@ def seed_table(
         first = rows[0]
         entry = {"method": method_label(first), "dataset": first["dataset"], "runs": len(rows)}
         for m in metrics:
-            values = [r[m] for r in rows if r.get(m) is not None]
-            mean = statistics.fmean(values) if values else None
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            entry[m] = "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+            entry[m] = mean_std([r[m] for r in rows if r.get(m) is not None], 100)
         varying = {c.removeprefix("config/"): first[c] for c in config_cols if _varies(table, c)}
         out.append(entry | varying)
     return sorted(out, key=lambda e: (e["method"], e["dataset"]))

@@ -152,3 +152,66 @@ def test_importance_reads_the_stored_study(capsys):
     out = capsys.readouterr().out
     assert "the stored Optuna study" in out
     assert {"lr", "emb", "w_ratio"} <= {line.split("|")[1].strip() for line in out.splitlines()[3:]}
+
+
+def test_analysis_ranks_on_the_metric_the_sweep_recorded(tmp_path, capsys):
+    """A sweep on rankme: without --metric, the tables, the plots and the Parquet metadata
+    use the metric of its sweep.json, not the default val_acc_knn."""
+    from wsl_ray.sweep.experiment import write_record
+
+    sweep = shutil.copytree(SWEEP, tmp_path / "s")
+    space = (sweep / "search_space.yaml").read_text()
+    write_record(str(sweep), "rankme", "max", space, {})
+    table = collect([str(sweep)])
+    by_rankme, by_knn = (top_trials(table, m, k=4) for m in ("rankme", "val_acc_knn"))
+    assert [r["trial_id"] for r in by_rankme] != [r["trial_id"] for r in by_knn]
+    assert main(["tables", str(sweep), "--kind", "top"]) == 0
+    shown = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines()]
+    assert shown[2:] == [r["trial_id"] for r in by_rankme], shown
+    out = tmp_path / "all.parquet"
+    assert main(["collect", str(sweep), "--out", str(out)]) == 0
+    metadata = pq.read_schema(out).metadata
+    assert json.loads(metadata[b"wsl_ray.metrics"]) == {"s": "rankme"}
+    from analysis.collect import sweep_metric
+
+    assert sweep_metric(str(out)) == sweep_metric(str(sweep)) == "rankme"
+    assert sweep_metric(str(SWEEP)) == "val_acc_knn"  # its sweep.json of an earlier version
+
+
+def test_fanova_without_scikit_learn_is_refused_before_any_work(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name)
+    )
+    assert main(["importance", str(SWEEP), "--evaluator", "fanova"]) == 2
+    err = capsys.readouterr().err
+    assert "--evaluator fanova needs scikit-learn" in err and "Traceback" not in err
+
+
+def test_importance_ranks_only_what_varied_and_says_when_trials_are_few():
+    import optuna
+
+    from analysis.importance import study_importances
+
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "emb": optuna.distributions.CategoricalDistribution([16]),  # pinned by --set
+    }
+    study = optuna.create_study(direction="maximize")
+    for i, lr in enumerate((1e-4, 1e-3, 3e-3, 1e-2)):
+        params = {"lr": lr, "emb": 16}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=dists, value=0.1 * i)
+        )
+    rows = study_importances(study)
+    assert [r["parameter"] for r in rows] == ["lr", "emb", "(only 4 trials)"]
+    assert rows[1]["importance"] == "not varied (always 16)"
+    assert "rough" in rows[2]["importance"]
+
+
+def test_one_run_of_a_configuration_shows_no_spread():
+    table = collect([str(FIXTURE)])
+    one = [r for r in seed_table(table) if r["runs"] == 1]
+    assert one and all(r["test_acc"].endswith("(one seed)") for r in one), one

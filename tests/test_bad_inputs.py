@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import pickle
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from analysis.__main__ import main as analysis_main
+from wsl_ray.confirm import main as confirm_main
 from wsl_ray.export import main as export_main
 from wsl_ray.lincls import main as lincls_main
 from wsl_ray.test import main as evaluate_main
@@ -35,10 +37,14 @@ ENTRY = {
     "analysis": analysis_main,
     "lincls": lincls_main,
     "export": export_main,
+    "confirm": confirm_main,
 }
+SWEEP = str(Path(__file__).parent / "fixtures" / "sweep_val")  # a finished sweep's folder
 TUNE = ("tune", "--storage", "{tmp}/sweeps")
 TRAIN = ("train", "--out", "{tmp}/run")
 SHAPES = (*TRAIN, "--dataset", "shapes")
+STORED = ("tune", "--storage", "{store}")  # experiments made by `stored_experiments`
+RESUME = (*STORED, "--name", "done", "--resume")
 
 ROWS = [
     # training flags accepted silently before
@@ -77,6 +83,17 @@ ROWS = [
     (("train", "--blur_p", "-0.1"), 2, "--blur_p [-0.1]: probabilities must be in [0, 1]"),
     (("train", "--warmup_epochs", "0"), 2, "--warmup_epochs 0: must be 1 or more (or unset)"),
     (("train", "--w_matrix", "iternorm"), 2, "--w_matrix iternorm contradicts it"),
+    # values by their meaning: a seed the runs can derive seeds from, a momentum below 1, a
+    # width of 1 or more, a k-NN with enough images to vote
+    (("train", "--seed", str(2**64)), 2, f"--seed {2**64}: must be in [0, 2**53)"),
+    (("train", "--seed", "-1"), 2, "--seed -1: must be in [0, 2**53)"),
+    (("train", "--optimizer", "sgd", "--momentum", "2"), 2, "--momentum 2.0: must be in [0, 1)"),
+    (("train", "--arch", "resnet18_w0"), 2, "unknown --arch 'resnet18_w0'"),
+    ((*SHAPES, "--subset", "200", "--knn", "500"), 2, "--knn 500 is more than the 200 classifier"),
+    (("train", "--config", "{config_bad_yaml}"), 2, "not valid YAML (line"),
+    # --resume continues a run that exists, and nothing else
+    ((*SHAPES, "--resume"), 2, "--resume: nothing to continue, {tmp}/run/checkpoint.pt does not"),
+    ((*SHAPES, "--resume", "--fname", "{ckpt_tensor}"), 2, "give one of them"),
     # files
     ((*SHAPES, "--out", "/proc/wsl_ray_no"), 2, "--out /proc/wsl_ray_no: cannot create"),
     ((*SHAPES, "--resume", "--out", "{ckpt_dir_corrupt}"), 2, "not a readable PyTorch checkpoint"),
@@ -86,6 +103,12 @@ ROWS = [
     ((*TRAIN, "--data_dir", "{tmp}/empty"), 2, "CIFAR-10 not found: looked for"),
     ((*TRAIN, "--data_dir", "{cifar_garbage}"), 2, "data_batch_1 is not a CIFAR-10 batch"),
     ((*TRAIN, "--data_dir", "{cifar_evil}"), 2, "refusing global posix.system"),
+    ((*TRAIN, "--data_dir", "{cifar_labels}"), 2, "batch has labels from 0 to 49, outside [0, 10)"),
+    (
+        (*TRAIN, "--data_dir", "{cifar_short}"),
+        2,
+        "data_batch_1: this CIFAR-10 batch has 150 labels",
+    ),
     (
         (*TRAIN, "--dataset", "stl10", "--data_dir", "{stl_short}"),
         2,
@@ -97,11 +120,31 @@ ROWS = [
     (("test", "--fname", "{ckpt_object}"), 2, "weights_only=True loads no code"),
     (("test", "--fname", "{ckpt_tensor}"), 2, "holds a Tensor, not a checkpoint"),
     (("test", "--knn", "0"), 2, "--knn 0: must be 1 or more"),
+    (("test", "--fname", "{ckpt_lincls}"), 2, "is a lincls checkpoint (a linear classifier"),
+    (("test", "--fname", "{ckpt_backbone}"), 2, "looks like an exported backbone"),
     # linear classification and export of a checkpoint
     (("lincls", "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint"),
     (("lincls", "--fname", "{ckpt_text}"), 2, "is not a readable PyTorch checkpoint"),
-    (("lincls", "--fname", "{ckpt_tensor}", "--epochs", "0"), 2, "--epochs must be at least 1"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--epochs", "0"), 2, "--epochs 0: must be at least 1"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--lr", "nan"), 2, "--lr nan: must be a number > 0"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--lr", "-1"), 2, "--lr -1.0: must be a number > 0"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--momentum", "nan"), 2, "--momentum nan: must be"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--crop_s0", "0"), 2, "--crop_s0 0.0: must be an"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--crop_s0", "2"), 2, "--crop_s0 2.0: must be an"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--out", "{ckpt_text}"), 2, "cannot create this"),
+    (
+        ("lincls", "--fname", "{ckpt_tensor}", "--out", "{tmp}/empty", "--resume"),
+        2,
+        "--resume: nothing to continue, {tmp}/empty/lincls.pt does not exist",
+    ),
     (("export", "{tmp}/none.pt", "--out", "{tmp}/b.pt"), 2, "checkpoint {tmp}/none.pt: no such"),
+    (
+        ("export", "{ckpt_tensor}", "--out", "{tmp}/bb.safetensors", "--format", "torchvision"),
+        2,
+        "names a safetensors file, not --format torchvision; end it in .pt",
+    ),
+    (("export", "{ckpt_tensor}", "--out", "{tmp}"), 2, "is a folder; give the file to write"),
+    (("export", "{ckpt_tensor}", "--out", "/proc/no/b.pt"), 2, "--out's folder /proc/no: cannot"),
     (("export", "{ckpt_object}", "--out", "{tmp}/b.pt"), 2, "weights_only=True loads no code"),
     # sweeps: every row fails before Ray starts
     ((*TUNE, "--num_trials", "-1"), 2, "--num_trials -1: must be 1 or more"),
@@ -125,8 +168,47 @@ ROWS = [
     ((*TUNE, "--space", "{space_lr_uniform}"), 2, "lr=0.0: --lr 0.0: must be a number > 0"),
     ((*TUNE, "--space", "{space_int_inside}"), 2, "w_size=96: --w_size 96 must divide"),
     ((*TUNE, "--resume", "--name", "never"), 2, "--resume: no experiment to resume"),
+    # one experiment per name: a plain name, a new sweep never over an old one, a resume of
+    # the stored sweep only, one driver at a time
+    ((*TUNE, "--name", "../../escape"), 2, "--name '../../escape': give a plain name"),
+    ((*TUNE, "--space", "{tmp}/.x.yaml"), 2, "--name (from --space) '.x': give a plain name"),
+    ((*STORED, "--name", "done"), 2, "exists already; continue it with --resume"),
+    ((*RESUME, "--set", "lr=0.1"), 2, "params lr: stored {{"),
+    ((*RESUME, "--epochs", "5"), 2, "config epoch: stored 2, given 5"),
+    ((*RESUME, "--metric", "rankme"), 2, "--metric rankme: this experiment selects on val_acc"),
+    ((*RESUME, "--num_trials", "9"), 2, "--num_trials 9: this experiment ran with 3"),
+    ((*STORED, "--name", "live", "--resume"), 2, "another driver runs this experiment (PID"),
+    ((*STORED, "--name", "nostate", "--resume"), 2, "holds no Tune experiment"),
+    (("tune", "--storage", "{ckpt_text}"), 2, "--storage {ckpt_text}: cannot create this folder"),
     ((*TUNE, "--data_dir", "{tmp}/empty"), 2, "needs the data at this same path"),
     ((*TUNE, "--set", "sync_bn=true", "--gpus-per-trial", "0"), 2, "--sync_bn needs GPU workers"),
+    # trial resources: a CPU share > 0, GPUs a fraction of one or whole ones
+    ((*TUNE, "--cpus-per-trial", "0"), 2, "--cpus-per-trial 0.0: must be a number > 0"),
+    ((*TUNE, "--cpus-per-trial", "nan"), 2, "--cpus-per-trial nan: must be a number > 0"),
+    ((*TUNE, "--gpus-per-trial", "1.5"), 2, "give a fraction of one GPU, or whole GPUs"),
+    ((*TUNE, "--wait-for-resources", "-1"), 2, "--wait-for-resources -1.0: give seconds"),
+    ((*TUNE, "--set", "seed=5"), 2, "--set seed=5: use the sweep's --seed"),
+    ((*TUNE, "--optuna-storage", "/proc/no/j.journal"), 2, "--optuna-storage /proc/no/j.journal"),
+    (("export", "{ckpt_tensor}", "--out", ""), 2, "--out '': give the file to write"),
+    (
+        ("analysis", "collect", SWEEP, "--out", "/proc/x.parquet"),
+        2,
+        "--out /proc/x.parquet: cannot",
+    ),
+    (("train", "--out", ""), 2, "--out '': give a path"),
+    (("lincls", "--fname", "{ckpt_tensor}", "--subset", "0"), 2, "--subset 0: must be at least 1"),
+    (("analysis", "tables", SWEEP, "--kind", "top", "--top", "0"), 2, "--top 0: show at least"),
+    (
+        (*TUNE, "--gpus-per-trial", "0.5", "--workers-per-trial", "2"),
+        2,
+        "several workers cannot share one GPU",
+    ),
+    # confirmation of a finished sweep: checked before Ray starts
+    (("confirm", SWEEP, "--confirm", "0"), 2, "--confirm 0: give how many top configurations"),
+    (("confirm", SWEEP, "--metric", "bogus"), 2, "--metric: invalid choice: 'bogus'"),
+    (("confirm", SWEEP, "--seeds", "1"), 2, "--seeds 1: a confirmation needs at least 2"),
+    (("confirm", SWEEP, "--gpus-per-trial", "-1"), 2, "--gpus-per-trial -1.0: must be a number"),
+    (("confirm", "{tmp}/nosuch"), 2, "nosuch: no such experiment folder"),
     # analysis outputs that cannot be written, inputs that do not exist
     (
         ("analysis", "collect", "{tmp}", "--out", "/missing/x.parquet"),
@@ -139,6 +221,10 @@ ROWS = [
         "plots: cannot create this folder",
     ),
     (("analysis", "collect", "{tmp}/nosuch"), 2, "no such experiment folder"),
+    (("analysis", "tables", "{parquet_no_status}"), 2, "lacks the column(s) ['status']"),
+    (("analysis", "plots", "{parquet_no_history}"), 2, "lacks the column(s) ['history']"),
+    (("analysis", "rankme", "{ckpt_text}.parquet"), 2, "no such Parquet file"),
+    (("analysis", "tables", "{parquet_text}"), 2, "not a readable Parquet file"),
 ]
 
 
@@ -163,12 +249,25 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     files["ckpt_object"] = str(tmp / "object.pt")
     torch.save(torch.zeros(3), tmp / "tensor.pt")
     files["ckpt_tensor"] = str(tmp / "tensor.pt")
+    linear = {"weight": torch.zeros(10, 8), "bias": torch.zeros(10)}
+    torch.save({"linear": linear, "optimizer": {}, "epoch": 1}, tmp / "lincls.pt")
+    files["ckpt_lincls"] = str(tmp / "lincls.pt")
+    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, tmp / "backbone.pt")  # as exported
+    files["ckpt_backbone"] = str(tmp / "backbone.pt")
     write("corrupt/checkpoint.pt", b"PK\x03\x04 truncated")
     files["ckpt_dir_corrupt"] = str(tmp / "corrupt")
     write("garbage/cifar-10-batches-py/data_batch_1", b"\x80\x04garbage")
     files["cifar_garbage"] = str(tmp / "garbage")
     write("evil/cifar-10-batches-py/data_batch_1", pickle.dumps(Evil()))
     files["cifar_evil"] = str(tmp / "evil")
+    import numpy as np
+
+    images = np.zeros((200, 3072), dtype=np.uint8)
+    for name, labels in (("labels", [i % 50 for i in range(200)]), ("short", [0] * 150)):
+        batch = pickle.dumps({"data": images, "labels": labels})
+        files[f"cifar_{name}"] = str(
+            Path(write(f"{name}/cifar-10-batches-py/data_batch_1", batch)).parents[1]
+        )
     write("stl/stl10_binary/unlabeled_X.bin", b"\x00" * 10)
     files["stl_short"] = str(tmp / "stl")
     files["space_list"] = write("list.yaml", "- lr\n- emb\n")
@@ -183,7 +282,41 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
         "config: {dataset: shapes, bs: 256, emb: 16}\n"
         "params: {w_size: {distribution: int, low: 64, high: 128, step: 32}}\n",
     )
+    files["config_bad_yaml"] = write("bad_config.yaml", "lr: 0.1\nemb: [1,\n")
+    files["parquet_text"] = write("text.parquet", "not parquet")
+    import pyarrow.parquet as pq
+
+    results = pq.read_table(Path(SWEEP) / "results.parquet")
+    for column in ("status", "history"):
+        files[f"parquet_no_{column}"] = str(tmp / f"no_{column}.parquet")
+        pq.write_table(results.drop([column]), files[f"parquet_no_{column}"])
+    stored_experiments(tmp / "store")
+    files["store"] = str(tmp / "store")
     return files
+
+
+def stored_experiments(store: Path) -> None:
+    """Experiment folders as a sweep leaves them, for the rows above: `done` (stopped, no
+    driver), `live` (its driver, this process, runs) and `nostate` (stopped before Tune
+    wrote its state). Their record: the tests' tiny space, 2 epochs, 3 trials."""
+    import os
+    import socket
+
+    from helpers import SPACE
+
+    from wsl_ray.sweep.experiment import write_record
+    from wsl_ray.sweep.space import parse_space
+    from wsl_ray.utils.paths import absolute_paths
+
+    space = parse_space(SPACE, Path("tiny.yaml"), {"epoch": 2, "seed": 0, "eval_on": "val"})
+    space.config = absolute_paths(space.config)
+    for name in ("done", "live", "nostate"):
+        settings = {"num_trials": 3, "scheduler": "fifo", "seed": 0}
+        write_record(str(store / name), "val_acc_knn", "max", space.to_yaml(), settings)
+        if name != "nostate":
+            (store / name / "tuner.pkl").write_bytes(b"")
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "since": 0}
+    (store / "live" / "driver.lock").write_text(json.dumps(lock))
 
 
 class Evil:
@@ -212,14 +345,25 @@ def run(argv: list[str]) -> tuple[int, str]:
 def test_bad_input_gives_one_clear_line(command, code, phrase, bad_files, monkeypatch, tmp_path):
     import ray
 
-    monkeypatch.setenv("WSL_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WSL_RAY_CACHE", bad_files["tmp"] + "/cache")  # shapes made once
     argv = [part.format(**bad_files) for part in command]
     got, stderr = run(argv)
     assert (got, "Traceback" in stderr) == (code, False), stderr
     assert phrase.format(**bad_files) in stderr, stderr
     assert "error" in stderr
+    lines = stderr.strip().splitlines()
+    error_at = next(i for i, line in enumerate(lines) if "error" in line)
+    assert len(lines) - error_at <= 2, stderr  # one line, plus at most a hint (after notes)
     assert not ray.is_initialized()
     assert not Path(bad_files["tmp"], "run", "metrics.jsonl").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("command", sorted(ENTRY))
+def test_every_commands_usage_error_is_one_line_and_a_hint(command):
+    code, stderr = run([command, "--no_such_flag"])
+    assert code == 2 and len(stderr.strip().splitlines()) == 2, stderr
+    line, hint = stderr.strip().splitlines()
+    assert "error: " in line and "--help" in hint
 
 
 def test_crafted_cifar_pickle_is_refused_and_runs_nothing(bad_files):

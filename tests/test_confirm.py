@@ -38,6 +38,9 @@ def test_welch_interval_follows_its_formula():
         welch_interval([0.5], [0.4, 0.4])
 
 
+FIXED = {"method": "w_mse", "dataset": "shapes", "bs": 128, "epoch": 2, "eval_on": "val"}
+
+
 def row(trial, status, val, lr, emb, seed=0, **extra):
     return {
         "trial_id": trial,
@@ -48,6 +51,7 @@ def row(trial, status, val, lr, emb, seed=0, **extra):
         "config/w_size": 4 * emb,
         "config/seed": seed,
         "config/w_ratio": 4,
+        **{f"config/{k}": v for k, v in FIXED.items()},
         **extra,
     }
 
@@ -87,3 +91,72 @@ def test_the_summary_says_whether_the_best_beats_the_default():
         runs("default", [0.50, 0.60]) + runs("top1", [0.52, 0.61]), "val_acc_knn"
     )
     assert "does NOT beat the default beyond noise" in verdict
+
+
+def test_confirming_twice_takes_new_seeds_and_the_table_counts_them(tmp_path):
+    """A second confirmation (the same --seed) never repeats a seed of a configuration: not
+    one of the first confirmation's, nor the sweep trial's own (here --seed 1000 puts the
+    search's seed 1001 in the way), and the pooled table counts each run once."""
+    space = parse_space(SPACE, tmp_path / "s.yaml")
+    rows = [
+        row("a", "TERMINATED", 0.5, 3e-3, 16, seed=1001),
+        row("c", "TERMINATED", 0.7, 2e-3, 8, seed=1001),
+    ]
+    first = confirm_configs(rows, space, "val_acc_knn", k=1, seeds=2, seed=0)
+    assert [(c["confirm_label"], c["seed"]) for c in first] == [
+        ("default", 1000),
+        ("default", 1002),  # 1001: the sweep trial of the default point used it
+        ("top1", 1000),
+        ("top1", 1002),
+    ]
+    done = [
+        row(f"r{i}", "TERMINATED", 0.5, c["lr"], c["emb"], seed=c["seed"])
+        | {"config/confirm_label": c["confirm_label"], "test_acc_knn": 0.4 + i / 100}
+        for i, c in enumerate(first)
+    ]
+    second = confirm_configs(rows, space, "val_acc_knn", 1, 2, 0, done)
+    assert [(c["confirm_label"], c["seed"]) for c in second] == [
+        ("default", 1003),
+        ("default", 1004),
+        ("top1", 1003),
+        ("top1", 1004),
+    ]
+    pooled = done + [
+        row(f"s{i}", "TERMINATED", 0.5, c["lr"], c["emb"], seed=c["seed"])
+        | {"config/confirm_label": c["confirm_label"], "test_acc_knn": 0.5 + i / 100}
+        for i, c in enumerate(second)
+    ]
+    table, _ = summarize_confirmation(pooled, "val_acc_knn")
+    assert [(t["config"], t["seeds"]) for t in table] == [("default", 4), ("top1", 4)]
+    seeds = [(r["config/confirm_label"], r["config/seed"]) for r in pooled]
+    assert len(set(seeds)) == len(seeds) == 8
+
+
+def test_a_new_top_configuration_gets_a_label_of_its_own(tmp_path):
+    space = parse_space(SPACE, tmp_path / "s.yaml")
+    done = [row("x", "TERMINATED", 0.6, 2e-3, 8, seed=1000) | {"config/confirm_label": "top1"}]
+    rows = [row("d", "TERMINATED", 0.9, 5e-4, 8)]  # a better trial since the first confirm
+    labels = {
+        c["confirm_label"] for c in confirm_configs(rows, space, "val_acc_knn", 1, 2, 0, done)
+    }
+    assert labels == {"default", "top2"}  # top1 names the configuration confirmed before
+
+
+def test_one_run_shows_no_spread(tmp_path):
+    table, _ = summarize_confirmation(
+        [{"config/confirm_label": "default", "val_acc_knn": 0.5, "test_acc_knn": 0.4}],
+        "val_acc_knn",
+    )
+    assert table[0]["test_acc_knn mean ± std"] == "40.00 (one seed)"
+
+
+def test_nothing_to_confirm_is_refused_before_any_run(tmp_path):
+    from wsl_ray.sweep.confirmation import plan_confirmation
+
+    exp = tmp_path / "exp" / "trial_abc_00001"
+    exp.mkdir(parents=True)
+    (exp / "params.json").write_text('{"epoch": 2, "lr": 0.003, "emb": 16, "w_ratio": 4}')
+    (exp / "result.json").write_text('{"epoch": 1, "rankme": 2.0, "val_acc_knn": 0.1}\n')
+    space = parse_space(SPACE, tmp_path / "s.yaml")  # the only trial stopped at epoch 1
+    with pytest.raises(ValueError, match="no TERMINATED trial with a val_acc_knn besides"):
+        plan_confirmation(str(tmp_path / "exp"), space, "val_acc_knn", 1, 2)

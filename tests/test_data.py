@@ -193,3 +193,52 @@ def test_training_files_stream_whole_images_within_500_px_and_keep_their_shape(t
     assert eval_item[0].shape == (3, 224, 224) and eval_item[2].tolist() == [224, 224]
     with pytest.raises(ValueError, match="max_side"):
         ImageFiles(paths, [0, 1, 2], resize=256)
+
+
+def _cifar_batch(path, x, labels):
+    with open(path, "wb") as f:
+        pickle.dump({"data": x.reshape(len(x), -1), "labels": labels}, f)
+
+
+@pytest.mark.parametrize(
+    "labels,phrase",
+    [
+        ([0, 1, 49, 3], "batch has labels from 0 to 49, outside [0, 10)"),
+        ([0, -1, -5, 3], "batch has labels from -5 to 3"),
+        ([0, 1, 2], "batch has 3 labels for 4 images"),
+    ],
+)
+def test_labels_that_do_not_fit_the_images_name_the_file(tmp_path, labels, phrase):
+    """CIFAR-10 batches with labels beyond the 10 classes, negative ones, or fewer labels
+    than images: refused when loaded, naming the files, not trained on."""
+    write_cifar(tmp_path, 10)
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    _cifar_batch(bad, rng_images(4), labels)
+    with pytest.raises(ValueError, match=f"^{bad}: this CIFAR-10 batch") as err:
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert phrase in str(err.value), err.value
+
+
+@pytest.mark.parametrize(
+    "role,change,phrase",
+    [
+        ("test", lambda x, y: (x[:, :1], y), "not uint8 [N, 3, H, W]"),
+        ("test", lambda x, y: (x.float(), y), "holds torch.float32 images"),
+        ("test", lambda x, y: (x[..., :16], y), "holds 32x16 images, not 32x32"),
+        ("clf", lambda x, y: (x, y.float()), "not one integer per image"),
+        ("clf", lambda x, y: (x, y[:0]), "has 0 labels for"),
+        ("test", lambda x, y: (x[:0], y[:0]), "has no images"),
+    ],
+)
+def test_every_role_is_checked_whatever_the_reader(role, change, phrase):
+    from wsl_ray.data.checks import DataError, check_roles
+
+    x, y = torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1, 2, 3])
+    raw = {f"{r}_{k}": v for r in ("train", "clf", "test") for k, v in (("x", x), ("y", y))}
+    raw[f"{role}_x"], raw[f"{role}_y"] = change(x, y)
+    with pytest.raises(DataError, match=f"/data: the cifar10 {role} set") as err:
+        check_roles("cifar10", raw, 10, 32, "/data")
+    assert phrase in str(err.value), err.value
+    raw[f"{role}_x"], raw[f"{role}_y"] = x, y
+    raw["train_y"] = torch.tensor([-1, 0, 9, -1])  # unlabeled training images are fine
+    check_roles("cifar10", raw, 10, 32, "/data")

@@ -174,7 +174,6 @@ def test_a_space_without_first_point_has_a_default_one(tmp_path):
         ("lr", "1e-3", 1e-3),
         ("lr", "3", 3),
         ("emb", "32", 32),
-        ("emb", "abc", "abc"),
         ("arch", "resnet18_w16", "resnet18_w16"),
         ("w_ratio", "2", 2),
         ("drop", "[]", []),
@@ -183,3 +182,9 @@ def test_a_space_without_first_point_has_a_default_one(tmp_path):
 def test_set_values_take_the_flags_type(key, text, value):
     got = parse_setting(key, text)
     assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("key, text", [("emb", "abc"), ("lr", "fast"), ("hf_p", "[1]")])
+def test_set_values_of_the_wrong_type_are_refused_at_once(key, text):
+    with pytest.raises(SpaceError, match=f"^--{key} .*: must be"):
+        parse_setting(key, text)

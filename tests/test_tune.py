@@ -5,6 +5,7 @@ so that a test can kill it, or kill a trial's Train worker, while it runs.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -37,6 +38,7 @@ def space_file(tmp_path):
 # depends on the torch build. On torch 2.14.1 (2026-12-02) seed 0 stops none (0.078, 0.098, ...);
 # seed 1 stops one.
 SWEEP_SEED = 1
+TEXT = {"capture_output": True, "text": True, "check": True}
 
 
 @pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
@@ -186,3 +188,108 @@ def test_the_searcher_tells_the_study_complete_pruned_and_fail(tmp_path):
     searcher.on_trial_complete("stale", {"epoch": 4, "val_acc_knn": 0.5})
     states = [t.state for t in optuna.load_study(study_name="s", storage=storage).trials]
     assert states[-2:] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "/abs", ".", "..", ".hidden", "-x", ""])
+def test_an_experiment_name_is_a_plain_name(name):
+    from wsl_ray.sweep.experiment import ExperimentError, check_name
+
+    with pytest.raises(ExperimentError, match="give a plain name"):
+        check_name(name)
+    check_name("wmse-cifar10_lr=3e-3.v2")  # letters, digits and . _ + = - are fine
+
+
+def test_a_live_driver_holds_the_lock_and_a_dead_ones_is_taken_over(tmp_path):
+    import socket
+
+    from wsl_ray.sweep.experiment import ExperimentError, experiment_lock
+
+    lock = tmp_path / "exp" / "driver.lock"
+    with experiment_lock(str(tmp_path / "exp")):
+        held = json.loads(lock.read_text())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+        with pytest.raises(ExperimentError, match=rf"another driver .*PID {os.getpid()} on"):
+            with experiment_lock(str(tmp_path / "exp")):
+                pass
+    assert not lock.exists()  # released at the end
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **TEXT)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with experiment_lock(str(tmp_path / "exp")):  # a driver killed with SIGKILL left it
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": 0}))
+    with pytest.raises(ExperimentError, match="on elsewhere.*delete the lock file"):
+        with experiment_lock(str(tmp_path / "exp")):
+            pass
+    assert json.loads(lock.read_text())["host"] == "elsewhere"  # another host's lock is kept
+
+
+def test_a_resume_that_changes_the_sweep_is_refused_naming_what(tmp_path, space_file):
+    from wsl_ray.sweep.experiment import ExperimentError, resumed_sweep, write_record
+    from wsl_ray.utils.paths import absolute_paths
+
+    space = load_space(str(space_file), {"epoch": 2})
+    space.config = absolute_paths(space.config)
+    settings = {"num_trials": 3, "seed": 1}
+    write_record(str(tmp_path), "rankme", "max", space.to_yaml(), settings, {"epoch": 2})
+    got, metric = resumed_sweep(str(tmp_path), None, {}, None, {})
+    assert (got.to_yaml(), metric) == (space.to_yaml(), "rankme")  # the record's, not a default
+    same = space_file.read_text()
+    assert resumed_sweep(str(tmp_path), same, {"epoch": 2}, "rankme", {"seed": 1})[1] == "rankme"
+    cases = [
+        ((same.replace("bs: 128", "bs: 256"), {}, None, {}), "config bs: stored 128, given 256"),
+        ((same, {"epoch": 3}, None, {}), "config epoch: stored 2, given 3"),
+        ((None, {"lr": 0.1}, None, {}), "params lr: stored {"),
+        ((None, {"emb": 8}, None, {}), "first emb: stored 16, given 8"),
+        ((None, {}, "val_acc", {}), "--metric val_acc: this experiment selects on rankme"),
+        ((None, {}, None, {"num_trials": 5}), "--num_trials 5: this experiment ran with 3"),
+    ]
+    for given, phrase in cases:
+        with pytest.raises(ExperimentError, match="another sweep than the one stored") as err:
+            resumed_sweep(str(tmp_path), *given)
+        assert phrase in str(err.value), err.value
+
+
+def test_a_resume_with_the_first_runs_flags_goes_on(tmp_path, space_file):
+    """Slurm's resubmitted job repeats the first run's flags and adds --resume."""
+    from wsl_ray.sweep.experiment import ExperimentError, write_record
+    from wsl_ray.tune import sweep_settings, sweep_space
+    from wsl_ray.utils.paths import absolute_paths
+
+    parser = build_parser()
+    first = ["--space", str(space_file), "--storage", str(tmp_path), "--name", "t"]
+    first += ["--epochs", "2", "--seed", "3", "--metric", "rankme", "--num_trials", "3"]
+    args = parser.parse_args(first)
+    space = load_space(args.space, overrides_from_args(args))
+    space.config = absolute_paths(space.config)
+    settings, overrides = sweep_settings(args), overrides_from_args(args)
+    write_record(str(tmp_path / "t"), "rankme", "max", space.to_yaml(), settings, overrides)
+    with pytest.raises(ExperimentError, match="exists already"):
+        sweep_space(parser, args, str(tmp_path / "t"))
+    (tmp_path / "t" / "tuner.pkl").write_bytes(b"")
+    for argv in (first, first[4:6], first[:2] + first[4:6]):  # all flags, the name, + space
+        resumed = parser.parse_args([*argv, "--storage", str(tmp_path), "--resume"])
+        assert sweep_space(parser, resumed, str(tmp_path / "t")).to_yaml() == space.to_yaml()
+        assert resumed.metric == "rankme"
+
+
+def test_a_sweep_waits_a_bounded_time_for_resources_then_names_what_is_missing():
+    from wsl_ray.sweep.tuner import missing_resources, wait_for_resources
+
+    assert missing_resources({"CPU": 2.0}, 1, 1, 0) is None
+    assert missing_resources({"CPU": 8.0, "GPU": 0.5}, 1, 1, 0.5) is None
+    problem = missing_resources({"CPU": 2.0}, 2, 1, 1)
+    assert problem == (
+        "each trial asks for 2 GPU (2 worker(s) x 1 CPU, 1 GPU), the cluster has 0 GPU"
+    )
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    with pytest.raises(SpaceError, match="the cluster has 0 GPU, after waiting 12 s"):
+        wait_for_resources(1, 1, 1, 12, lambda: {"CPU": 2.0}, sleep, lambda: now[0])
+    assert now[0] == 12  # waited the whole bound, not forever
+    grown = iter([{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0, "GPU": 1.0}])  # an autoscaler
+    now[0] = 0.0
+    wait_for_resources(1, 1, 1, 60, lambda: next(grown), sleep, lambda: now[0])
+    assert now[0] == 10

@@ -25,7 +25,8 @@ from .data import DATASETS, load_dataset
 from .training.checkpoint import read_checkpoint
 from .training.models import ARCHS, NARROW
 from .training.weights import state_dict_of
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
+from .utils.paths import writable_folder
 
 ENCODER_PREFIX = "model."  # BaseMethod.model is the encoder; the head and targets are not
 
@@ -113,17 +114,46 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "torchvision") -> dict[
     return info
 
 
+FORMATS = ("torchvision", "safetensors")
+SUFFIXES = {".safetensors": "safetensors", ".pt": "torchvision", ".pth": "torchvision"}
+
+
+def output_format(out: str, fmt: str | None) -> str:
+    """The format to write `out` in: `fmt`, else the one its suffix names (torchvision for
+    others). Raises ValueError, before any work, for a suffix of the other format (a torch
+    pickle named .safetensors), an --out that is a folder, or a folder that cannot be
+    created or written."""
+    if not out.strip():
+        raise ValueError(f"--out {out!r}: give the file to write, e.g. backbone.pt")
+    named = SUFFIXES.get(Path(out).suffix)
+    if fmt and named and fmt != named:
+        wanted = next(suffix for suffix, f in SUFFIXES.items() if f == fmt)
+        raise ValueError(
+            f"--out {out} names a {named} file, not --format {fmt}; end it in {wanted}"
+        )
+    if Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give the file to write, e.g. {out}/b.pt")
+    writable_folder(Path(out).parent, "--out's folder")
+    return fmt or named or "torchvision"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=command_name("wsl_ray.export"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("ckpt", help="checkpoint.pt, or the folder that holds it")
     parser.add_argument("--out", required=True, help="where to write the backbone")
-    parser.add_argument("--format", choices=("torchvision", "safetensors"), default="torchvision")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="default: from --out's suffix (.safetensors: safetensors; else torchvision)",
+    )
     args = parser.parse_args(argv)
     try:
+        args.format = output_format(args.out, args.format)
         info = export(args.ckpt, args.out, args.format)
     except (ValueError, OSError) as err:  # ExportError, CheckpointError, an unwritable --out
         print(f"error: {err}", file=sys.stderr)

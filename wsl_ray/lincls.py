@@ -33,8 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import Augment, ImageData, load_dataset
-from .training.checkpoint import read_checkpoint
+from .config.checks import MAX_SEED
+from .data import Augment, load_dataset
+from .training.checkpoint import read_checkpoint, resume_problem
 from .training.device import gpus_per_worker, resolve_device, setup_device
 from .training.evaluate import embed
 from .training.loop import WorkerContext, epoch_batches
@@ -43,13 +44,14 @@ from .training.optim import build_optimizer
 from .training.reporting import LocalReporter, Reporter
 from .training.weights import state_dict_of
 from .utils.atomic import atomic_save
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
+from .utils.paths import writable_folder
 
 CHECKPOINT_FILE = "lincls.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=command_name("wsl_ray.lincls"),
         description="Linear classification on a frozen encoder (SimSiam / CW-RGP protocol).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -108,6 +110,8 @@ def resolve_settings(args: argparse.Namespace, payload: dict[str, Any]) -> dict[
         "dataset": args.dataset or config.get("dataset"),
         "data_dir": args.data_dir if args.data_dir is not None else config.get("data_dir"),
         "zero_init_residual": bool(config.get("zero_init_residual")),
+        # the images the encoder was trained on, unless --subset says otherwise
+        "subset": args.subset if args.subset is not None else config.get("subset"),
     }
     for flag in ("arch", "dataset"):
         if not settings[flag]:
@@ -160,7 +164,7 @@ def run(
     reporter = reporter or LocalReporter(args.out)
     payload = read_checkpoint(args.fname)
     settings = resolve_settings(args, payload)
-    data: ImageData = load_dataset(settings["dataset"], settings["data_dir"]).subset(args.subset)
+    data = load_dataset(settings["dataset"], settings["data_dir"]).subset(settings["subset"])
     encoder = load_encoder(payload, settings["arch"], data.crop_size).to(device)
     torch.manual_seed(args.seed)
     linear = nn.Linear(encoder.embed_size, data.num_classes)
@@ -299,16 +303,46 @@ def run_with_ray(args: argparse.Namespace) -> dict[str, Any]:
     return summarize(saved["history"])
 
 
+def flag_problem(args: argparse.Namespace) -> str | None:
+    """The first flag whose value cannot work, by what it means, or None."""
+    counts = {"epochs": args.epochs, "bs": args.bs}
+    if args.subset is not None:
+        counts["subset"] = args.subset
+    for flag, value in counts.items():
+        if value < 1:
+            return f"--{flag} {value}: must be at least 1"
+    rules = {  # flag: (value, holds, what it must be)
+        "lr": (args.lr, 0 < args.lr < math.inf, "a number > 0"),
+        "momentum": (args.momentum, 0 <= args.momentum < 1, "in [0, 1)"),
+        "wd": (args.wd, 0 <= args.wd < math.inf, "a number, 0 or more"),
+        "crop_s0": (args.crop_s0, 0 < args.crop_s0 <= 1, "an area fraction in (0, 1]"),
+        "workers": (args.workers, args.workers >= 0, "0 (this process) or more"),
+        "cpus-per-worker": (args.cpus_per_worker, 0 < args.cpus_per_worker < math.inf, "> 0"),
+        "seed": (args.seed, 0 <= args.seed < MAX_SEED, "in [0, 2**53)"),
+    }
+    if args.gpus_per_worker is not None:
+        gpus = args.gpus_per_worker
+        rules["gpus-per-worker"] = (gpus, 0 <= gpus < math.inf, "a number, 0 or more")
+    for flag, (value, holds, what) in rules.items():
+        if not holds:  # NaN fails every comparison, so it lands here too
+            return f"--{flag} {value}: must be {what}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("epochs", "bs"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1")
+    if problem := flag_problem(args):
+        parser.error(problem)
     args.fname = str(Path(args.fname).resolve())  # Ray workers run elsewhere
     if args.data_dir is not None:
         args.data_dir = str(Path(args.data_dir).resolve())
     try:
+        writable_folder(args.out, "--out")
+        found = Path(args.out) / ("lincls" if args.workers else CHECKPOINT_FILE)
+        if args.resume and (problem := resume_problem(found)):
+            raise ValueError(problem)
+        read_checkpoint(args.fname)  # a missing or unsafe --fname fails before any work
         if args.workers:
             summary = run_with_ray(args)
         else:

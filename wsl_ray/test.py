@@ -11,23 +11,47 @@ import argparse
 import sys
 
 from .config import Config, ConfigError, add_config_flags, validate_config
-from .data import load_dataset
+from .data import dataset_spec, load_dataset
 from .methods import get_method
 from .training.checkpoint import CheckpointError, read_checkpoint
 from .training.device import resolve_device
 from .training.evaluate import evaluate
 from .training.weights import load_weights
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=command_name("wsl_ray.test"), description=__doc__)
+    parser = Parser(prog=command_name("wsl_ray.test"), description=__doc__)
     add_config_flags(parser)
     parser.add_argument("--clf", choices=("sgd", "knn", "both"), default="both")
     for action in parser._actions:  # only flags given on the command line override the run's
         if action.dest in Config().to_dict() and action.dest != "fname":
             action.default = argparse.SUPPRESS
     return parser
+
+
+def load_checked(model, payload: dict, fname: str, cfg: Config) -> None:
+    """Loads --fname's weights into `model`, or raises ValueError saying what the file is
+    when it holds no encoder of this kind (a lincls checkpoint, an exported backbone)."""
+    if "linear" in payload and "model" not in payload:
+        raise ValueError(
+            f"--fname {fname} is a lincls checkpoint (a linear classifier on a frozen encoder), "
+            "not an encoder's; give the training checkpoint that lincls ran on"
+        )
+    try:
+        load_weights(model, payload)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as err:
+        exported = "config" not in payload and not {"model", "state_dict"} & set(payload)
+        hint = (
+            " It looks like an exported backbone (wsl_ray.export), which loads into "
+            "torchvision (docs/training.md); test evaluates training checkpoints."
+            if exported
+            else " Override flags to match the checkpoint."
+        )
+        raise ValueError(
+            f"--fname {fname}: its weights do not fit a {cfg.arch} {cfg.method} model with "
+            f"--emb {cfg.emb}: {str(err).splitlines()[0]}.{hint}"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,19 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         device = resolve_device(cfg.device)
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download).subset(cfg.subset)
-        model = get_method(cfg.method)(cfg, data.crop_size).to(device)
+        # the weights first, then the data: a file that is no encoder's checkpoint is named
+        # as such, not blamed on a dataset that its missing config defaulted to
+        model = get_method(cfg.method)(cfg, dataset_spec(cfg.dataset).crop_size).to(device)
         if args.fname:
-            try:
-                load_weights(model, payload)
-            except (RuntimeError, TypeError, AttributeError) as err:
-                raise ValueError(
-                    f"--fname {args.fname}: its weights do not fit a {cfg.arch} {cfg.method} "
-                    f"model with --emb {cfg.emb} (override flags to match the checkpoint): "
-                    f"{str(err).splitlines()[0]}"
-                ) from None
+            load_checked(model, payload, args.fname, cfg)
         else:
             print("evaluating a randomly initialised encoder")
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download).subset(cfg.subset)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,12 +25,12 @@ from .config import (
 )
 from .config.file import add_config_file_flags, read_config_file, resolved_yaml
 from .methods import SPECS
-from .utils.cli import command_name
+from .utils.cli import Parser, command_name
 from .utils.paths import absolute_paths, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=command_name("wsl_ray.train"),
         description="Self-supervised training: " + ", ".join(s.label for s in SPECS.values()) + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -119,13 +119,23 @@ def check_run_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--cpus-per-worker {args.cpus_per_worker}: must be more than 0")
 
 
-def check_checkpoints(cfg: Config, resume: bool) -> None:
+def check_checkpoints(cfg: Config, resume: bool, workers: int) -> None:
     """Reads the checkpoints the run will load (--fname, --resume's), so that a missing,
-    corrupt or refused file fails now, before the data is loaded (CheckpointError)."""
-    from .training.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    corrupt or refused file fails now, before the data is loaded (CheckpointError). A
+    --resume needs a run to continue (checkpoint.pt in --out; with --workers, the Ray Train
+    run --out/train) and starts from nothing else, so --fname beside it is refused."""
+    from .training.checkpoint import CHECKPOINT_FILE, read_checkpoint, resume_problem
 
-    if resume and (Path(cfg.out) / CHECKPOINT_FILE).exists():
-        read_checkpoint(cfg.out, flag="--resume")
+    if resume and cfg.fname:
+        raise ConfigError(
+            f"--resume continues the run in {cfg.out}; --fname {cfg.fname} starts a new one "
+            "from those weights: give one of them"
+        )
+    if resume:
+        if problem := resume_problem(Path(cfg.out) / ("train" if workers else CHECKPOINT_FILE)):
+            raise ConfigError(problem)
+        if not workers:
+            read_checkpoint(cfg.out, flag="--resume")
     elif cfg.fname:
         read_checkpoint(cfg.fname)
 
@@ -145,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         validate_config(cfg, workers=max(args.workers, 1), gpus=None if args.print_config else gpus)
         cfg = Config.from_dict(absolute_paths(cfg.to_dict()))  # Ray workers run elsewhere
         writable_folder(cfg.out, "--out")
-        check_checkpoints(cfg, args.resume)
+        check_checkpoints(cfg, args.resume, args.workers)
     except ValueError as err:  # ConfigError, or a folder that cannot be written
         parser.error(str(err))
     if args.print_config:

@@ -16,40 +16,51 @@ confirmation of the top K and the default over S new seeds (wsl_ray.confirm).
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from .config import Config, ConfigError, defaults_note
+from .data import ImageData
 from .data.shared import share_dataset
-from .sweep.confirmation import check_counts, report, run_confirmation
-from .sweep.metrics import DEFAULT_METRIC, METRICS
+from .sweep.confirmation import check_counts, plan_confirmation, report, run_confirmation
+from .sweep.experiment import (
+    FIXED_SETTINGS,
+    ExperimentError,
+    experiment_lock,
+    refuse_existing,
+    resumed_sweep,
+    write_record,
+)
+from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
 from .sweep.preflight import check_data, untrained_baseline
-from .sweep.results import ranked, write_text
-from .sweep.space import SpaceError, load_space, parse_setting
+from .sweep.results import ranked
+from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
 from .sweep.study import STUDY_FILE
 from .sweep.summary import summarize_sweep
 from .sweep.tuner import (
     cluster_gpus,
     experiment_path,
     fitting_trials,
+    resource_problem,
     run_sweep,
-    saved_sweep,
     sweep_epochs,
+    tune_can_restore,
+    wait_for_resources,
 )
-from .utils.cli import command_name
-from .utils.paths import absolute_paths
+from .utils.cli import Parser, command_name
+from .utils.paths import absolute_paths, writable_folder
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
-METRIC_CHOICES = tuple(dict.fromkeys((DEFAULT_METRIC, *METRICS)))  # the default shown first
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=command_name("wsl_ray.tune"),
         description="Hyperparameter sweep of self-supervised training on Ray Tune + Optuna.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -100,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus-per-trial", "--gpus_per_trial", type=float, default=None, help="may be fractional"
     )
     p.add_argument("--cpus-per-trial", "--cpus_per_trial", type=float, default=1)
+    p.add_argument(
+        "--wait-for-resources",
+        "--wait_for_resources",
+        type=float,
+        default=300,
+        metavar="SECONDS",
+        help="how long to wait for the cluster to offer one trial's CPUs and GPUs (an "
+        "autoscaler adding nodes) before the sweep stops with what is missing",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and trials)")
     p.add_argument("--wandb", default=None, help="log every trial to this wandb project")
     p.add_argument(
@@ -117,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# training flags that the sweep sets itself: a --set of them would be overwritten
+FLAG_OF = {
+    "seed": "use the sweep's --seed (it seeds the search and the trials)",
+    "eval_on": "sweeps always select on the validation split (eval_on val)",
+}
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Training flags fixed on the command line, on top of the space's `config`."""
     fixed: dict[str, Any] = {}
@@ -124,6 +151,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SpaceError(f"--set {item!r}: write KEY=VALUE, e.g. --set arch=resnet18_w16")
+        if key in FLAG_OF:
+            raise SpaceError(f"--set {item}: {FLAG_OF[key]}")
         fixed[key] = parse_setting(key, value)
     named = {
         "epoch": args.epochs,
@@ -149,13 +178,58 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             return f"{flag} {value}: must be 1 or more"
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        return f"--gpus-per-trial {args.gpus_per_trial}: must be 0 or more"
-    if args.cpus_per_trial < 0:
-        return f"--cpus-per-trial {args.cpus_per_trial}: must be 0 or more"
+    resources = (args.workers_per_trial, args.cpus_per_trial, args.gpus_per_trial)
+    if problem := resource_problem(*resources):
+        return problem
     if args.max_failures < -1:
         return f"--max-failures {args.max_failures}: must be 0 or more (-1: retry forever)"
+    if not 0 <= args.wait_for_resources < math.inf:
+        return f"--wait-for-resources {args.wait_for_resources}: give seconds, 0 or more"
     return None
+
+
+def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The flags (their dests) whose value is not the default: what the command line asked."""
+    return {a.dest for a in parser._actions if getattr(args, a.dest, None) != a.default} - {"help"}
+
+
+def sweep_space(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, path: str
+) -> SearchSpace:
+    """The space of the sweep: a new one's from --space and the flags (refused when the
+    experiment folder exists), a resumed one's from its sweep.json, where every explicitly
+    given flag must agree (args.metric then becomes the recorded metric)."""
+    if not args.resume:
+        refuse_existing(path, path.rsplit("/", 1)[-1])
+        return load_space(args.space, overrides_from_args(args))
+    given = given_flags(parser, args)
+    space_text = space_path(args.space).read_text() if "space" in given else None
+    defaults = overrides_from_args(parser.parse_args([]))
+    set_keys = {item.partition("=")[0] for item in args.set}
+    overrides = {  # only what the command line changes: the rest keeps its recorded value
+        k: v
+        for k, v in overrides_from_args(args).items()
+        if k in set_keys or k not in defaults or defaults[k] != v
+    }
+    settings = {k: getattr(args, k) for k in FIXED_SETTINGS if k in given}
+    metric = args.metric if "metric" in given else None
+    space, args.metric = resumed_sweep(path, space_text, overrides, metric, settings)
+    if not tune_can_restore(path):
+        raise ExperimentError(
+            f"--resume: {path} holds no Tune experiment (the sweep stopped before its first "
+            "trial); delete the folder and start the sweep again"
+        )
+    return space
+
+
+def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The sweep's settings for its record: those a --resume keeps, and the resources."""
+    return {k: getattr(args, k) for k in FIXED_SETTINGS} | {
+        "workers_per_trial": args.workers_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+        "cpus_per_trial": args.cpus_per_trial,
+        "optuna_storage": args.optuna_storage,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,23 +239,43 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(problem)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
-    path = experiment_path(args)
     try:
+        path = experiment_path(args)
+        writable_folder(args.storage, "--storage")
+        if args.optuna_storage and "://" not in args.optuna_storage:  # a journal file's folder
+            folder = Path(args.optuna_storage).expanduser().parent
+            writable_folder(folder, f"--optuna-storage {args.optuna_storage}: its folder")
         check_counts(args.confirm, args.seeds)
-        if args.resume:  # the space and metric as the sweep ran them, from the experiment folder
-            space, args.metric = saved_sweep(path)
-        else:
-            space = load_space(args.space, overrides_from_args(args))
-        space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
-        limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t: settle it here
-        space.config = absolute_paths(space.config)  # trials run in folders of their own
-        default = Config.from_dict(space.resolve(space.default_point()))
-        if note := defaults_note(default):
-            print(note, file=sys.stderr)
-        data = check_data(default, space.name)
+        space = sweep_space(parser, args, path)
+        with experiment_lock(path):  # held until the end; a second driver stops here
+            space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
+            limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t
+            space.config = absolute_paths(space.config)  # trials run in folders of their own
+            default = Config.from_dict(space.resolve(space.default_point()))
+            if note := defaults_note(default):
+                print(note, file=sys.stderr)
+            data = check_data(default, space.name)
+            if not args.resume:  # the objective and space are fixed before the first trial
+                mode = metric_spec(args.metric).mode
+                overrides = overrides_from_args(args)
+                settings = sweep_settings(args)
+                write_record(path, args.metric, mode, space.to_yaml(), settings, overrides)
+            return run(args, path, space, limits, default, data)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def run(
+    args: argparse.Namespace,
+    path: str,
+    space: SearchSpace,
+    limits: tuple[int, int],
+    default: Config,
+    data: ImageData,
+) -> int:
+    """Runs the checked sweep (and its confirmation) on Ray and prints the summary; the exit
+    code: 0, or 1 when no trial finished with the metric."""
     baseline = untrained_baseline(default, data) if args.baseline else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop our Ray
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
@@ -189,31 +283,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.gpus_per_trial is None:  # now the cluster's GPUs are known (--sync_bn needs one)
             space.check(workers=args.workers_per_trial, gpus=cluster_gpus())
+        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
+        wait_for_resources(
+            args.workers_per_trial, args.cpus_per_trial, gpus, args.wait_for_resources
+        )
         # one copy per node, owned by this driver: a resumed sweep puts it again
         run_sweep(args, space, limits, share_dataset(data, default))
-        if not args.resume:
-            write_text(f"{path}/sweep.json", json.dumps({"metric": args.metric}))
         if args.confirm:
-            gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
             resources = {
                 "workers": args.workers_per_trial,
                 "gpus": gpus,
                 "cpus": args.cpus_per_trial,
                 "concurrency": fitting_trials(args, gpus),  # order does not matter here
             }
-            confirmed = run_confirmation(
-                path,
-                space,
-                args.metric,
-                args.confirm,
-                args.seeds,
-                args.seed,
-                resources,
-                args.max_failures,
-            )
-    except SpaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            try:
+                configs = plan_confirmation(
+                    path, space, args.metric, args.confirm, args.seeds, args.seed
+                )
+            except ValueError as err:  # the sweep's summary still follows
+                print(f"note: no confirmation: {err}", file=sys.stderr)
+            else:
+                confirmed = run_confirmation(
+                    path, configs, args.metric, resources, args.max_failures
+                )
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
     rows = summarize_sweep(path, args.metric, space, baseline)

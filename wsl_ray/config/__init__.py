@@ -1,7 +1,7 @@
 """One training configuration: its fields (`schema`), its command-line flags (`flags`) and
 its validation (`checks`)."""
 
-from .checks import validate_config
+from .checks import check_data_fit, type_problem, validate_config
 from .flags import add_config_flags, config_from_args
 from .schema import (
     AUG_PRESETS,
@@ -31,5 +31,7 @@ __all__ = [
     "config_from_args",
     "defaults_note",
     "fill_unset",
+    "check_data_fit",
+    "type_problem",
     "validate_config",
 ]

@@ -11,6 +11,8 @@ from ..methods import SPECS, get_spec
 from ..training.models import check_arch
 from .schema import SYNC_BN_NEEDS_GPUS, Config, ConfigError
 
+MAX_SEED = 2**53  # seed * 1000 + rank (the augmentation's generator) stays below 2**63
+
 
 def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) -> None:
     """Raises ConfigError for a configuration that cannot train, naming the flag to change.
@@ -43,6 +45,10 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"--{name} {value}: must be 1 or more (or unset)")
     check(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr {cfg.lr}: must be a number > 0")
+    check(
+        0 <= cfg.seed < MAX_SEED,
+        f"--seed {cfg.seed}: must be in [0, 2**53) (runs derive further seeds from it)",
+    )
     for name in ("cj_p", "gs_p", "hf_p"):
         value = getattr(cfg, name)
         check(0 <= value <= 1, f"--{name} {value}: must be in [0, 1]")
@@ -69,6 +75,7 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         f"--crop_r0 {cfg.crop_r0} --crop_r1 {cfg.crop_r1}: need 0 < crop_r0 <= crop_r1",
     )
     check(0 <= cfg.w_eps < 1, f"--w_eps {cfg.w_eps}: must be in [0, 1)")
+    check(0 <= cfg.momentum < 1, f"--momentum {cfg.momentum}: must be in [0, 1)")
     for spec in SPECS.values():
         for name, option in spec.options.items():
             value = getattr(cfg, name)
@@ -116,6 +123,30 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         )
     check(gpus is None or not cfg.sync_bn or gpus > 0, SYNC_BN_NEEDS_GPUS)
     check.raise_if_any()
+
+
+def check_data_fit(cfg: Config, data: Any) -> None:
+    """Raises ConfigError when the loaded data (an ImageData, after --subset) cannot serve
+    `cfg`: k-NN needs at least --knn classifier images to vote (the classifier set minus the
+    validation split with --eval_on val). Called once the data is loaded, before training."""
+    fit = len(data.clf_y)
+    if cfg.eval_on == "val":
+        fit = len(data.val_indices()[0])
+    if cfg.knn > fit:
+        raise ConfigError(
+            f"invalid configuration: --knn {cfg.knn} is more than the {fit} classifier images "
+            f"the k-NN votes among ({cfg.dataset}, --subset {cfg.subset}, --eval_on "
+            f"{cfg.eval_on}); lower --knn or use more images",
+            [f"--knn {cfg.knn}"],
+        )
+
+
+def type_problem(name: str, value: Any) -> str | None:
+    """For the training flag `name`: None when `value` has its type, else the message
+    `--name value: must be ...` (e.g. for `--set emb=abc`, before any other check)."""
+    field = {f.name: f for f in fields(Config)}.get(name)
+    problem = _type_problem(field.type, value) if field else None
+    return f"--{name} {value!r}: must be {problem}" if problem else None
 
 
 _TYPES = {

@@ -72,7 +72,16 @@ def read_config_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--config {path}: no such file")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ValueError(
+            f"--config {path}: not valid YAML{line}; write `flag: value` lines"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config {path}: cannot read it ({err})") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: write one `flag: value` per line")
     keyed = _keyed_actions(parser)

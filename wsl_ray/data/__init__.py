@@ -25,6 +25,7 @@ import torch
 from ..utils.atomic import atomic_save, remove_stale_tmp
 from . import shapes, sources
 from .augment import Augment
+from .checks import DataError, check_roles
 from .loader import iterate_batches
 from .sources import ImageFiles
 
@@ -153,6 +154,7 @@ def _read_stl10(root: Path) -> dict:
         clf_y=raw["train_y"],
         test_x=sources.resize_center_crop(raw["test_x"], 70, 64),
         test_y=raw["test_y"],
+        files=raw["files"],
     )
 
 
@@ -240,6 +242,13 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of the dataset `name`; ValueError listing the names for an unknown one."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -249,11 +258,10 @@ def load_dataset(
 ) -> ImageData:
     """Reads (or generates) a dataset. `val_size` sets the validation part of the classifier
     set (see `stratified_split`); `options` go to the reader (shapes: num_train,
-    num_test, seed). Raises ValueError for an unknown name and FileNotFoundError, naming
-    the path and how to get the data, for missing files."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    num_test, seed). Raises ValueError for an unknown name, FileNotFoundError, naming
+    the path and how to get the data, for missing files, and DataError (a ValueError),
+    naming the file, for contents that do not fit the roles (wsl_ray.data.checks)."""
+    spec = dataset_spec(name)
     root = Path(data_dir if data_dir is not None else spec.default_dir).expanduser()
     if download:
         if spec.download is None:
@@ -268,6 +276,8 @@ def load_dataset(
         raw = spec.read(root, **options)
     raw.setdefault("clf_x", raw["train_x"])
     raw.setdefault("clf_y", raw["train_y"])
+    where = str(root) if spec.default_dir or data_dir else f"the generated {name} data"
+    check_roles(name, raw, spec.num_classes, spec.crop_size, where)
     mean, std = (spec.mean, spec.std) if spec.mean else _channel_stats(raw["train_x"])
     return ImageData(
         name=name,
@@ -284,6 +294,8 @@ def load_dataset(
 __all__ = [
     "Augment",
     "DATASETS",
+    "DataError",
+    "dataset_spec",
     "ImageData",
     "ImageFiles",
     "iterate_batches",

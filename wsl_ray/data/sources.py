@@ -18,6 +18,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_image
 
+from .checks import DataError, labels_problem
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
@@ -91,17 +93,21 @@ def read_cifar(root: Path, num_classes: int) -> dict[str, torch.Tensor]:
             try:
                 batch = read_pickle(path)
                 xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(batch[key], dtype=np.int64))
+                ys.append(np.asarray(batch[key], dtype=np.int64).reshape(-1))
             except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(
                     f"{path} is not a CIFAR-{num_classes} batch ({type(err).__name__}: {err}). "
                     f"{how}"
                 ) from None
+            if problem := labels_problem(torch.from_numpy(ys[-1]), len(xs[-1]), num_classes):
+                raise DataError(f"{path}: this CIFAR-{num_classes} batch {problem}. {how}")
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     train_x, train_y = load(train_files)
     test_x, test_y = load(test_files)
-    return dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+    train = ", ".join(str(base / f) for f in train_files)
+    files = {"train": train, "clf": train, "test": ", ".join(str(base / f) for f in test_files)}
+    return dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, files=files)
 
 
 def read_stl10(root: Path) -> dict[str, torch.Tensor]:
@@ -129,6 +135,11 @@ def read_stl10(root: Path) -> dict[str, torch.Tensor]:
         train_y=labels("train"),
         test_x=images("test"),
         test_y=labels("test"),
+        files={
+            "train": f"{base}/train_X.bin, train_y.bin, unlabeled_X.bin",
+            "clf": f"{base}/train_X.bin, train_y.bin",
+            "test": f"{base}/test_X.bin, test_y.bin",
+        },
     )
 
 
@@ -231,11 +242,17 @@ def read_fashion_mnist(root: Path) -> dict[str, torch.Tensor]:
     def labels(stem: str) -> torch.Tensor:
         return torch.from_numpy(read_idx(find(stem)).astype(np.int64))
 
+    train = f"{find('train-images-idx3-ubyte')}, {find('train-labels-idx1-ubyte')}"
     return dict(
         train_x=images("train-images-idx3-ubyte"),
         train_y=labels("train-labels-idx1-ubyte"),
         test_x=images("t10k-images-idx3-ubyte"),
         test_y=labels("t10k-labels-idx1-ubyte"),
+        files={
+            "train": train,
+            "clf": train,
+            "test": f"{find('t10k-images-idx3-ubyte')}, {find('t10k-labels-idx1-ubyte')}",
+        },
     )
 
 

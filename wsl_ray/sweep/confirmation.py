@@ -4,41 +4,76 @@ interval of each against the default."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
 from typing import Any
 
 from ..utils.markdown import markdown_records
-from .metrics import DEFAULT_METRIC, metric_spec, score
-from .results import RUN_ONLY, collect_rows, ranked, read_text, rows_table, write_parquet
+from .experiment import experiment_lock
+from .metrics import metric_spec, score
+from .results import RUN_ONLY, CollectError, collect_rows, ranked, rows_table, write_parquet
 from .space import SearchSpace, SpaceError
-from .stats import welch_interval
+from .stats import mean_std, welch_interval
 
 DEFAULT_LABEL = "default"
 SEED_OFFSET = 1000  # confirmation seeds are seed + 1000 + i: never a seed the search used
 
 
 def confirm_configs(
-    rows: list[dict[str, Any]], space: SearchSpace, metric: str, k: int, seeds: int, seed: int
+    rows: list[dict[str, Any]],
+    space: SearchSpace,
+    metric: str,
+    k: int,
+    seeds: int,
+    seed: int,
+    done: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Trial configs of the confirmation: the default point, then the top k TERMINATED
     configurations by `metric` (a top config equal to the default is run once, labelled
-    default), each with `seeds` new seeds; `confirm_label` names the configuration."""
-    chosen: list[tuple[str, dict]] = []
-    chosen.append((DEFAULT_LABEL, space.resolve(space.default_point())))
+    default), each with `seeds` new seeds; `confirm_label` names the configuration.
+
+    A seed is new for a configuration when no run of it used it: neither a sweep trial
+    (`rows`) nor an earlier confirmation (`done`, the rows of `<experiment>-confirm`). The
+    seeds tried are seed + 1000, + 1001, ... (never the search's seed, unless --seed puts
+    it there; then it is skipped). A configuration confirmed before keeps its label; a new
+    one takes the first free `topN`."""
+    done = done or []
+    chosen: list[tuple[str, dict]] = [(DEFAULT_LABEL, space.resolve(space.default_point()))]
     for row in ranked([r for r in rows if r["status"] == "TERMINATED"], metric):
         if len(chosen) - 1 >= k:
             break
         config = space.resolve({n: _value(row[f"config/{n}"]) for n in space.params})
-        if any(_same(config, c) for _, c in chosen):
-            continue
-        chosen.append((f"top{len(chosen)}", config))
-    return [
-        config | {"seed": seed + SEED_OFFSET + i, "confirm_label": label}
-        for label, config in chosen
-        for i in range(seeds)
-    ]
+        if not any(_same(config, c) for _, c in chosen):
+            chosen.append((_label(config, done, [label for label, _ in chosen]), config))
+    configs = []
+    for label, config in chosen:
+        used = {
+            r.get("config/seed")
+            for r in [*rows, *done]
+            if _same(config, _row_config(r, config)) and r["status"] != "ERROR"
+        }
+        fresh = (s for s in itertools.count(seed + SEED_OFFSET) if s not in used)
+        configs += [
+            config | {"seed": s, "confirm_label": label} for s in itertools.islice(fresh, seeds)
+        ]
+    return configs
+
+
+def _row_config(row: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
+    """The values of a results row for the keys of the config `like`."""
+    return {key: _value(row.get(f"config/{key}")) for key in like}
+
+
+def _label(config: dict, done: list[dict[str, Any]], taken: list[str]) -> str:
+    """The label an earlier confirmation gave `config`, else the first free topN."""
+    for r in done:
+        label = r.get("config/confirm_label")
+        if label and label != DEFAULT_LABEL and _same(config, _row_config(r, config)):
+            return label
+    labels = {r.get("config/confirm_label") for r in done} | set(taken)
+    return next(f"top{n}" for n in itertools.count(1) if f"top{n}" not in labels)
 
 
 def _value(v: Any) -> Any:
@@ -68,9 +103,9 @@ def summarize_confirmation(rows: list[dict[str, Any]], metric: str) -> tuple[lis
         table.append(
             {
                 "config": label,
-                "seeds": len(runs),
-                f"{metric} mean ± std": _mean_std(vals, metric_spec(metric).percent),
-                f"{test} mean ± std": _mean_std(tests, True),
+                "seeds": len(tests),  # the runs that count: those with a test result
+                f"{metric} mean ± std": mean_std(vals, 100 if metric_spec(metric).percent else 1),
+                f"{test} mean ± std": mean_std(tests, 100),
                 "_test": tests,
                 "_val": score(metric, statistics.fmean(vals)) if vals else -math.inf,
             }
@@ -104,40 +139,59 @@ def summarize_confirmation(rows: list[dict[str, Any]], metric: str) -> tuple[lis
     return shown, verdict
 
 
-def _mean_std(values: list[float], percent: bool) -> str:
-    if not values:
-        return "-"
-    scale = 100 if percent else 1
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.fmean(values):.2f} ± {scale * std:.2f}"
+def confirm_folder(experiment: str) -> str:
+    """The confirmation's experiment folder, `<experiment>-confirm`, beside the sweep's."""
+    return f"{experiment.rstrip('/')}-confirm"
+
+
+def plan_confirmation(
+    experiment: str, space: SearchSpace, metric: str, k: int, seeds: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The trial configs of a confirmation of `experiment` (see confirm_configs), from its
+    trials and those of its earlier confirmations. Raises ValueError when there is nothing
+    to compare with the default: no TERMINATED configuration besides it."""
+    try:
+        done = collect_rows(confirm_folder(experiment))
+    except CollectError:  # not confirmed before
+        done = []
+    configs = confirm_configs(collect_rows(experiment), space, metric, k, seeds, seed, done)
+    if all(c["confirm_label"] == DEFAULT_LABEL for c in configs):
+        raise ValueError(
+            f"{experiment}: no TERMINATED trial with a {metric} besides the default point; "
+            "there is nothing to confirm against it"
+        )
+    return configs
 
 
 def run_confirmation(
     experiment: str,
-    space: SearchSpace,
+    configs: list[dict[str, Any]],
     metric: str,
-    k: int,
-    seeds: int,
-    seed: int = 0,
     resources: dict[str, Any] | None = None,
     max_failures: int = 2,
 ) -> str:
-    """Runs the confirmation trials (Ray must be initialised) and returns their experiment
-    folder, `<experiment>-confirm`, whose trials `report` reads."""
+    """Runs the confirmation trials `configs` (plan_confirmation's; Ray must be initialised)
+    as trials of `<experiment>-confirm`, holding its lock, and returns that folder, whose
+    trials (these and any earlier ones) `report` reads."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    from .history import HistoryKeeper
     from .trial import make_trial
 
     resources = resources or {}
-    configs = confirm_configs(collect_rows(experiment), space, metric, k, seeds, seed)
-    storage, name = experiment.rstrip("/").rsplit("/", 1)
-    print(f"\nconfirming {len(configs) // seeds} configuration(s) over {seeds} new seeds ...")
+    folder = confirm_folder(experiment)
+    storage, name = folder.rsplit("/", 1)
+    labels = dict.fromkeys(c["confirm_label"] for c in configs)
+    print(
+        f"\nconfirming {len(labels)} configuration(s) ({', '.join(labels)}) over "
+        f"{len(configs) // len(labels)} new seeds each ..."
+    )
     trial = make_trial(
         resources.get("workers", 1),
         resources.get("gpus", 0.0),
         resources.get("cpus", 1),
-        f"{storage}/{name}-confirm",
+        folder,
         metric,
     )
     tuner = tune.Tuner(
@@ -150,20 +204,22 @@ def run_confirmation(
             num_samples=len(configs),
         ),
         run_config=tune.RunConfig(
-            name=f"{name}-confirm",
+            name=name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[HistoryKeeper()],
         ),
     )
-    tuner.fit()
-    return f"{experiment.rstrip('/')}-confirm"
+    with experiment_lock(folder):
+        tuner.fit()
+    return folder
 
 
 def report(confirm_experiment: str, metric: str, space: SearchSpace) -> str:
     """Writes confirm.parquet and prints (and returns) the confirmation table and verdict."""
     rows = collect_rows(confirm_experiment)
     name = confirm_experiment.rsplit("/", 1)[-1]
-    table = rows_table(rows, {name: space.to_yaml()})
+    table = rows_table(rows, {name: space.to_yaml()}, {name: metric})
     write_parquet(table, f"{confirm_experiment}/results.parquet")
     shown, verdict = summarize_confirmation(rows, metric)
     text = f"\n== confirmation over seeds ({name}) ==\n{markdown_records(shown)}\n\n{verdict}"
@@ -177,11 +233,3 @@ def check_counts(confirm: int, seeds: int) -> None:
         raise SpaceError(f"--confirm {confirm}: give the number of top configurations, >= 1")
     if confirm and seeds < 2:
         raise SpaceError(f"--seeds {seeds}: a confirmation needs at least 2 seeds per config")
-
-
-def sweep_metric(experiment: str) -> str:
-    """The metric a sweep selected on (sweep.json, written by wsl_ray.tune)."""
-    try:
-        return json.loads(read_text(f"{experiment}/sweep.json"))["metric"]
-    except FileNotFoundError:
-        return DEFAULT_METRIC

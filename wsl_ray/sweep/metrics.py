@@ -36,6 +36,7 @@ METRICS: dict[str, Metric] = {
     )
 }
 DEFAULT_METRIC = "val_acc_knn"
+METRIC_CHOICES = tuple(dict.fromkeys((DEFAULT_METRIC, *METRICS)))  # the default shown first
 EVALUATED_KEY = "rankme"  # computed at every evaluated epoch, and only then
 
 

@@ -3,7 +3,7 @@ and, on request, the untrained encoder's scores as a baseline."""
 
 from __future__ import annotations
 
-from ..config import Config
+from ..config import Config, check_data_fit
 from ..data import ImageData, load_dataset
 from ..training.device import resolve_device
 from ..training.evaluate import evaluate_run
@@ -23,7 +23,7 @@ def check_data(cfg: Config, space_name: str) -> ImageData:
     """Loads the dataset once before Ray starts: missing files fail here, with the fix."""
     try:
         data = load_dataset(cfg.dataset, cfg.data_dir, val_size=cfg.val_size)
-        data.subset(cfg.subset).val_indices()  # a --val_size that does not fit fails here
+        check_data_fit(cfg, data.subset(cfg.subset))  # a --val_size or --knn that does not fit
         return data
     except FileNotFoundError as err:
         raise FileNotFoundError(

@@ -14,8 +14,10 @@ Tune, never reported to it). Columns (docs/results.md, "Results schema"):
     config/<key> (every params.json key), error, path, history (list of per-epoch structs)
 
 status: TERMINATED (ran its epoch budget), STOPPED (the scheduler ended it early),
+INTERRUPTED (cut short by a kill or Ctrl-C of the driver: --resume continues it; not ranked),
 DIVERGED (its loss became non-finite; ended once, never retried), ERROR (failed).
-The Parquet file's metadata holds each experiment's search space (`wsl_ray.spaces`).
+The Parquet file's metadata holds each experiment's search space (`wsl_ray.spaces`) and the
+metric its sweep selected on (`wsl_ray.metrics`, from sweep.json).
 Experiments run before the validation split reported test metrics as acc, acc_5, acc_knn:
 those are read into the test_* columns.
 """
@@ -30,6 +32,9 @@ import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
+from ..utils.storage import filesystem, read_text
+from .experiment import recorded_metric
+from .journal import END_FILE, journal_uri, merged_history, parse_lines
 from .metrics import METRICS, score
 
 VAL_METRICS = tuple(METRICS)
@@ -38,7 +43,8 @@ LEGACY = {"acc": "test_acc", "acc_5": "test_acc_5", "acc_knn": "test_acc_knn"}
 HISTORY_KEYS = ("epoch", "loss", "lr", *VAL_METRICS, *TEST_METRICS, "time_total_s")
 TEST_FILE = "test_metrics.json"
 SPACES_KEY = b"wsl_ray.spaces"
-STATUSES = ("TERMINATED", "STOPPED", "DIVERGED", "ERROR")  # of a trial, in summary order
+METRICS_KEY = b"wsl_ray.metrics"
+STATUSES = ("TERMINATED", "STOPPED", "INTERRUPTED", "DIVERGED", "ERROR")  # in summary order
 RANKED = STATUSES[:2]  # statuses whose metrics may be ranked
 # training flags that do not change what is trained: configs differing only here are the same
 RUN_ONLY = ("seed", "out", "wandb", "data_dir", "device")
@@ -46,26 +52,6 @@ RUN_ONLY = ("seed", "out", "wandb", "data_dir", "device")
 
 class CollectError(ValueError):
     """An experiment folder that is missing, empty or unreadable."""
-
-
-def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The pyarrow filesystem and path of a local path or a URI (s3://, gs://, ...)."""
-    if "://" in uri:
-        return pyarrow.fs.FileSystem.from_uri(uri)
-    return pyarrow.fs.LocalFileSystem(), str(uri)
-
-
-def read_text(uri: str) -> str:
-    fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
-def write_text(uri: str, text: str) -> None:
-    fs, path = filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
 
 
 def _maybe_json(fs, path: str) -> Any:
@@ -96,9 +82,13 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
         return None
     history = [_renamed(json.loads(line)) for line in lines if line.strip()]
     diverged = history and history[-1].get("diverged")
-    evaluated = [h for h in history if not h.get("diverged")]
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    parts = name.split("_")
+    # each evaluated epoch once, those that a driver kill kept from result.json from the journal
+    journal = _journal(fs, folder, parts[1] if len(parts) > 1 else name)
+    evaluated = merged_history([h for h in history if not h.get("diverged")], journal)
     last = evaluated[-1] if evaluated else {}
-    epochs = history[-1].get("epoch", 0) if history else 0
+    epochs = (history[-1] if diverged else last).get("epoch", 0)
     error = None
     if fs.get_file_info(f"{folder}/error.txt").type != pyarrow.fs.FileType.NotFound:
         with fs.open_input_stream(f"{folder}/error.txt") as f:
@@ -107,10 +97,12 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
         status, error = "DIVERGED", history[-1].get("message")
     elif epochs == config.get("epoch"):
         status = "TERMINATED"
-    else:
-        status = "ERROR" if error else "STOPPED"
-    name = folder.rstrip("/").rsplit("/", 1)[-1]
-    parts = name.split("_")
+    elif error:
+        status = "ERROR"
+    else:  # a sweep of this version journals its trials and marks those Tune saw end
+        unmarked = fs.get_file_info(f"{folder}/{END_FILE}").type == pyarrow.fs.FileType.NotFound
+        cut_short = bool(journal) and unmarked
+        status = "INTERRUPTED" if cut_short else "STOPPED"
     test = _renamed(_maybe_json(fs, f"{folder}/{TEST_FILE}") or {})
     row = {
         "trial_id": last.get("trial_id") or (parts[1] if len(parts) > 1 else name),
@@ -136,6 +128,15 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
     row |= {"error": error, "path": folder}
     row["history"] = [{k: _finite(h.get(k)) for k in HISTORY_KEYS} for h in evaluated]
     return row
+
+
+def _journal(fs, folder: str, trial_id: str) -> list[dict[str, Any]]:
+    """The journal of a trial folder's Train run (wsl_ray.sweep.history); [] if none."""
+    try:
+        with fs.open_input_stream(journal_uri(folder.rstrip("/").rsplit("/", 1)[0], trial_id)) as f:
+            return parse_lines(f.read().decode())
+    except FileNotFoundError:
+        return []
 
 
 def collect_rows(uri: str) -> list[dict[str, Any]]:
@@ -168,14 +169,21 @@ def _column_order(name: str) -> tuple[int, str]:
     return (3 if name in ("error", "path") else 4 if name == "history" else 1, name)
 
 
-def rows_table(rows: list[dict[str, Any]], spaces: dict[str, str] | None = None) -> pa.Table:
+def rows_table(
+    rows: list[dict[str, Any]],
+    spaces: dict[str, str] | None = None,
+    metrics: dict[str, str] | None = None,
+) -> pa.Table:
     """Rows as one Arrow table (columns missing in some rows are null there), with the search
-    spaces (experiment name -> YAML text) in its schema metadata."""
+    spaces (experiment name -> YAML text) and the metrics the sweeps selected on (experiment
+    name -> metric) in its schema metadata."""
     columns = sorted(
         {k for row in rows for k in row} | set(VAL_METRICS) | set(TEST_METRICS), key=_column_order
     )
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
-    return table.replace_schema_metadata({SPACES_KEY: json.dumps(spaces or {})})
+    return table.replace_schema_metadata(
+        {SPACES_KEY: json.dumps(spaces or {}), METRICS_KEY: json.dumps(metrics or {})}
+    )
 
 
 def experiment_spaces(uris: list[str]) -> dict[str, str]:
@@ -191,10 +199,16 @@ def experiment_spaces(uris: list[str]) -> dict[str, str]:
     return spaces
 
 
+def experiment_metrics(uris: list[str]) -> dict[str, str]:
+    """experiment name -> the metric its sweep selected on (its sweep.json), where recorded."""
+    found = {uri.rstrip("/").rsplit("/", 1)[-1]: recorded_metric(uri.rstrip("/")) for uri in uris}
+    return {name: metric for name, metric in found.items() if metric}
+
+
 def collect(experiments: list[str]) -> pa.Table:
     """Every trial of every experiment folder, as one table in the results schema."""
     rows = [row for uri in experiments for row in collect_rows(uri)]
-    return rows_table(rows, experiment_spaces(experiments))
+    return rows_table(rows, experiment_spaces(experiments), experiment_metrics(experiments))
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, ConfigError, validate_config
+from ..config import Config, ConfigError, type_problem, validate_config
 
 
 def _spaces_dir() -> Path:
@@ -115,17 +115,21 @@ class SearchSpace:
         they hold over a range when they hold at its ends.
         """
         values = {name: _values(spec) for name, spec in self.params.items()}
-        bad = []
+        bad: dict[str, list[str]] = {}  # problem -> the points that have it
+        total = 0
         for combo in itertools.product(*values.values()):
+            total += 1
             sampled = dict(zip(values, combo, strict=True))
             try:
                 validate_config(Config(**self.resolve(sampled)), workers, gpus)
             except ConfigError as err:
-                bad += [f"{_point(sampled)}: {problem}" for problem in err.problems]
+                for problem in err.problems:
+                    bad.setdefault(problem, []).append(_point(sampled))
             except (TypeError, ValueError) as err:
-                bad.append(f"{_point(sampled)}: {err}")
+                bad.setdefault(str(err), []).append(_point(sampled))
             if len(bad) > 50:
                 break
+        lines = [_placed(problem, points, total) for problem, points in bad.items()]
         for name, value in self.first.items():
             spec = self.params[name]
             inside = (
@@ -134,21 +138,35 @@ class SearchSpace:
                 else isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]
             )
             if not inside:
-                bad.append(f"first point: {name}={value} is outside its distribution {spec}")
+                lines.append(f"first point: {name}={value} is outside its distribution {spec}")
         if self.first:
             try:
                 validate_config(Config(**self.resolve(self.first)), workers, gpus)
             except ConfigError as err:
-                bad += [f"first point {_point(self.first)}: {p}" for p in err.problems]
-        if bad:
-            bad = list(dict.fromkeys(bad))
-            shown = "\n  ".join(bad[:5]) + (
-                f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+                lines += [
+                    f"first point {_point(self.first)}: {p}" for p in err.problems if p not in bad
+                ]
+        if lines:
+            fix = "narrow the choices or change `config` so that every combination is valid"
+            if len(lines) == 1:
+                raise SpaceError(
+                    f"search space {self.name!r} can produce invalid trials: {lines[0]}; {fix}"
+                )
+            shown = "\n  ".join(lines[:5]) + (
+                f"\n  ... and {len(lines) - 5} more" if len(lines) > 5 else ""
             )
             raise SpaceError(
-                f"search space {self.name!r} can produce invalid trials; narrow the choices or "
-                f"change `config` so that every combination is valid:\n  {shown}"
+                f"search space {self.name!r} can produce invalid trials; {fix}:\n  {shown}"
             )
+
+
+def _placed(problem: str, points: list[str], total: int) -> str:
+    """A problem with where in the `total` combinations it occurs: every one, or an example
+    point (`lr=0.0: --lr 0.0: must be ...`) and how many more."""
+    if len(points) == total:
+        return problem + ("" if total == 1 else f" (all {total} combinations)")
+    more = f" (and {len(points) - 1} more)" if len(points) > 1 else ""
+    return f"{points[0]}: {problem}{more}"
 
 
 MAX_INT_VALUES = 10_000  # an int range checked value by value; a wider one is refused
@@ -171,14 +189,20 @@ def _point(sampled: dict[str, Any]) -> str:
 
 def parse_setting(key: str, text: str) -> Any:
     """The value of `--set key=text`: YAML, except that a training flag of type float takes
-    any number Python reads (YAML 1.1 reads '1e-3' as a string)."""
-    value = yaml.safe_load(text)
+    any number Python reads (YAML 1.1 reads '1e-3' as a string). Raises SpaceError for a
+    value of the wrong type for its training flag."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text  # not YAML: a string, which the type check below judges
     field = {f.name: f for f in fields(Config)}.get(key)
     if field is not None and "float" in str(field.type) and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass  # the type check names the flag and what it must be
+    if problem := type_problem(key, value):
+        raise SpaceError(problem)
     return value
 
 

@@ -47,3 +47,13 @@ def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = t_quantile(0.5 + level / 2, df) * se
     return diff, diff - half, diff + half
+
+
+def mean_std(values: list[float], scale: float = 1.0) -> str:
+    """`mean ± sample std` of `values` times `scale`, for tables: "-" for none, and the
+    value with "(one seed)" for one, which has no spread (not "± 0.00")."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{scale * values[0]:.2f} (one seed)"
+    return f"{scale * statistics.fmean(values):.2f} ± {scale * statistics.stdev(values):.2f}"

@@ -12,7 +12,7 @@ import pyarrow.fs
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from .results import filesystem
+from ..utils.storage import filesystem
 
 STUDY_FILE = "optuna.journal"
 

@@ -46,13 +46,18 @@ def summarize_sweep(
     searched = [*space.derived, *(k for k in space.params if k not in space.derived)]
     uri = f"{experiment}/results.parquet"
     name = experiment.rsplit("/", 1)[-1]
-    write_parquet(rows_table(rows, {name: space.to_yaml()}), uri)
+    write_parquet(rows_table(rows, {name: space.to_yaml()}, {name: metric}), uri)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     print(f"\n== sweep {name}: {len(rows)} trials ==")
     print(", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
     print(format_table(rows, metric, searched))
     best = next(iter(ranked(rows, metric)), None)
     first = rows[0] if rows else None
+    if counts["INTERRUPTED"]:
+        print(
+            f"{counts['INTERRUPTED']} trial(s) interrupted before they ended (not ranked); "
+            f"continue them with --resume --name {name}"
+        )
     failed = [r for r in rows if r["status"] == "ERROR"]
     if failed:
         print(f"{len(failed)} trial(s) failed; their errors:")

@@ -15,8 +15,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..config import Config
 from ..training.runner import make_trainer
+from ..utils.storage import write_text
+from .journal import journal_uri
 from .metrics import evaluated
-from .results import TEST_FILE, write_text
+from .results import TEST_FILE
 from .space import CONFIG_KEYS
 
 
@@ -68,10 +70,11 @@ def make_trial(
     plus helper ratios that are not training flags. A run whose loss diverges ends the
     trial at once with one last result {diverged: True, metric: nan, message}: the trial
     function returns, so Tune does not retry it, while other failures raise and are
-    retried from the last checkpoint (--max-failures). Its wandb run (with --wandb) has
-    id = the trial id and group = the sweep's name, its files in the experiment folder
-    (or, for remote storage, the driver's working directory). `shared_data` is the
-    dataset the driver put in the object store, mapped by the trials instead of loaded.
+    retried from the last checkpoint (--max-failures); rank 0 journals its epochs
+    (wsl_ray.sweep.history). Its wandb run (with --wandb) has id = the trial id and
+    group = the sweep's name, its files in the experiment folder (or, for remote storage,
+    the driver's working directory). `shared_data` is the dataset the driver put in the
+    object store, mapped by the trials instead of loaded.
     """
     name = experiment.rstrip("/").rsplit("/", 1)[-1]
     log_dir = experiment if "://" not in experiment else os.getcwd()
@@ -91,6 +94,7 @@ def make_trial(
             callbacks=[EvaluationReportCallback(f"{folder}/{TEST_FILE}")],
             wandb={"run_id": trial_id, "group": name, "log_dir": log_dir},
             shared_data=shared_data,
+            journal=journal_uri(experiment, trial_id),
         )
         try:
             trainer.fit()

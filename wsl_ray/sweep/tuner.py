@@ -4,7 +4,10 @@ epoch, trials sized from the cluster's resources, and the driver-kill test hook.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +19,10 @@ from ray.tune.search import ConcurrencyLimiter
 
 from ..config import Config
 from ..utils.paths import absolute
-from .confirmation import sweep_metric
+from .experiment import check_name
+from .history import HistoryKeeper
 from .metrics import metric_spec
-from .results import read_text, write_text
-from .space import SearchSpace, SpaceError, parse_space
+from .space import SearchSpace, SpaceError
 from .study import EpochOptunaSearch, fail_stale_trials, study_storage, sync_study
 from .trial import make_trial
 
@@ -52,16 +55,13 @@ def run_sweep(
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
     name = path.rsplit("/", 1)[-1]
     study, local_study = study_storage(args.optuna_storage, path, name)
-    if args.resume:
-        if not tune.Tuner.can_restore(path):
-            raise SpaceError(f"--resume: no experiment to resume at {path}")
+    if args.resume:  # wsl_ray.tune checked that the folder holds a Tune experiment
         sync_study(local_study, path, upload=False)
         stale = fail_stale_trials(study, name)
         if stale:
             print(f"--resume: {stale} trial(s) left RUNNING by the crash marked FAIL in the study")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
-        write_text(f"{path}/search_space.yaml", space.to_yaml())  # for the analysis package
         tuner = _new_tuner(args, space, limits, trainable, study, gpus)
     grid = tuner.fit()
     sync_study(local_study, path, upload=True)
@@ -112,7 +112,7 @@ def _new_tuner(
             name=name,
             storage_path=absolute(args.storage),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            callbacks=exit_hooks(),
+            callbacks=[HistoryKeeper(), *exit_hooks()],  # before Tune's loggers
         ),
     )
 
@@ -153,6 +153,71 @@ def cluster_gpus() -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def resource_problem(workers: int, cpus: float, gpus: float | None) -> str | None:
+    """The first problem with a trial's resources (per worker: `cpus` CPUs, `gpus` GPUs,
+    None: decided from the cluster), or None. A worker needs a CPU share > 0 (with none it
+    never starts); GPUs are 0, a fraction of one for a one-worker trial (several NCCL ranks
+    cannot share one GPU), or whole GPUs."""
+    if not math.isfinite(cpus) or cpus <= 0:
+        return f"--cpus-per-trial {cpus}: must be a number > 0 (a CPU share per worker)"
+    if gpus is None:
+        return None
+    if not math.isfinite(gpus) or gpus < 0:
+        return f"--gpus-per-trial {gpus}: must be a number, 0 or more"
+    if gpus > 1 and not float(gpus).is_integer():
+        return f"--gpus-per-trial {gpus}: give a fraction of one GPU, or whole GPUs"
+    if 0 < gpus < 1 and workers > 1:
+        return (
+            f"--gpus-per-trial {gpus} with --workers-per-trial {workers}: several workers "
+            "cannot share one GPU; give 1 (or more) GPUs per worker"
+        )
+    return None
+
+
+def missing_resources(
+    total: dict[str, float], workers: int, cpus: float, gpus: float
+) -> str | None:
+    """What the cluster (`total`, as ray.cluster_resources) lacks to run one trial of
+    `workers` workers with `cpus` CPUs and `gpus` GPUs each, or None when it fits."""
+    need = {"CPU": workers * cpus, "GPU": workers * gpus}
+    short = [k for k, v in need.items() if v > total.get(k, 0)]
+    if not short:
+        return None
+    has = " and ".join(f"{total.get(k, 0):g} {k}" for k in short)
+    wants = " and ".join(f"{need[k]:g} {k}" for k in short)
+    return (
+        f"each trial asks for {wants} ({workers} worker(s) x {cpus:g} CPU, {gpus:g} GPU), "
+        f"the cluster has {has}"
+    )
+
+
+def wait_for_resources(
+    workers: int,
+    cpus: float,
+    gpus: float,
+    timeout: float,
+    resources: Callable[[], dict[str, float]] = ray.cluster_resources,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Returns once the cluster can run one trial; waits up to `timeout` seconds for an
+    autoscaler to add what is missing, then raises SpaceError naming it (a trial that asks
+    for resources no node has would otherwise stay PENDING forever)."""
+    deadline = clock() + timeout
+    told = False
+    while problem := missing_resources(resources(), workers, cpus, gpus):
+        left = deadline - clock()
+        if left <= 0:
+            raise SpaceError(
+                f"{problem}, after waiting {timeout:g} s (--wait-for-resources); lower "
+                "--gpus-per-trial, --cpus-per-trial or --workers-per-trial, or add nodes"
+            )
+        if not told:
+            print(f"waiting up to {timeout:g} s for the cluster: {problem}", flush=True)
+            told = True
+        sleep(min(5.0, left))
+
+
 def fitting_trials(args: argparse.Namespace, gpus: float) -> int:
     """How many trials the cluster fits at once, from its CPUs (and GPUs)."""
     resources = ray.cluster_resources()
@@ -164,18 +229,15 @@ def fitting_trials(args: argparse.Namespace, gpus: float) -> int:
 
 
 def experiment_path(args: argparse.Namespace) -> str:
-    """STORAGE/NAME, the experiment folder (NAME: --name, else the space's file stem)."""
+    """STORAGE/NAME, the experiment folder (NAME: --name, else the space's file stem).
+    Raises ExperimentError for a --name that is not a plain name."""
+    if args.name is not None:
+        check_name(args.name)
     name = args.name or Path(args.space).stem
+    check_name(name, "--name (from --space)")
     return f"{absolute(args.storage).rstrip('/')}/{name}"
 
 
-def saved_sweep(experiment: str) -> tuple[SearchSpace, str]:
-    """(space, metric) as an experiment's sweep ran them, from its folder (for --resume)."""
-    saved = f"{experiment}/search_space.yaml"
-    try:
-        text = read_text(saved)
-    except FileNotFoundError:
-        raise SpaceError(
-            f"--resume: no experiment to resume ({saved} is missing); give its --name and --storage"
-        ) from None
-    return parse_space(text, Path(experiment)), sweep_metric(experiment)
+def tune_can_restore(path: str) -> bool:
+    """Whether the folder holds a Tune experiment's state (no Ray needed)."""
+    return tune.Tuner.can_restore(path)

@@ -58,6 +58,17 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, corrupt, or holds more than weights and numbers."""
 
 
+def resume_problem(found: Path) -> str | None:
+    """Why a --resume cannot go on, or None: it continues the run whose checkpoint (or Ray
+    Train run folder) is `found`, so that must exist. Shared by the commands with --resume."""
+    if not found.exists():
+        return (
+            f"--resume: nothing to continue, {found} does not exist; drop --resume to start "
+            "a new run there, or give the --out of the run to continue"
+        )
+    return None
+
+
 def read_checkpoint(fname: str | Path, flag: str = "--fname") -> dict[str, Any]:
     """A checkpoint's payload, from its file or from the folder holding checkpoint.pt.
 

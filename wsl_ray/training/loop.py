@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..config import Config, validate_config
+from ..config import Config, check_data_fit, validate_config
 from ..data import Augment, ImageData, ImageFiles, iterate_batches, load_dataset
 from ..methods import BaseMethod, get_method
 from ..methods.whitening import stats as whitening_stats
@@ -153,6 +153,7 @@ def train(
     device, rank = resolve_device(context.device), context.rank
     setup_device(device)
     data = (data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)).subset(cfg.subset)
+    check_data_fit(cfg, data)  # before the first epoch, not at its evaluation
     place_data(data, device, context.gpu_share)
 
     model = initial_model(cfg, data.crop_size, device, rank)

@@ -21,10 +21,11 @@ BLOCKS = {"18": [2, 2, 2, 2], "34": [3, 4, 6, 3]}
 
 def check_arch(arch: str) -> None:
     """Raises ValueError with the accepted names when `arch` is not one."""
-    if arch not in ARCHS and not NARROW.match(arch):
+    narrow = NARROW.match(arch)
+    if arch not in ARCHS and (not narrow or int(narrow.group(2)) < 1):
         raise ValueError(
             f"unknown --arch {arch!r}: use one of {', '.join(ARCHS)}, or resnet18_wN / "
-            "resnet34_wN for a narrow ResNet of base width N (e.g. resnet18_w16)"
+            "resnet34_wN for a narrow ResNet of base width N >= 1 (e.g. resnet18_w16)"
         )
 
 

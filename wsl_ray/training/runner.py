@@ -21,23 +21,34 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..config import SYNC_BN_NEEDS_GPUS, Config, ConfigError
 from ..data.shared import shared_dataset
+from ..sweep.journal import Journal
 from .checkpoint import read_checkpoint
 from .loop import WorkerContext, train
 from .sinks import open_sinks
 
 
 class RayTrainReporter:
-    """Reports each epoch to Ray Train; rank 0's checkpoint folder is uploaded to storage."""
+    """Reports each epoch to Ray Train; rank 0's checkpoint folder is uploaded to storage.
+    With `journal` (a path or URI), rank 0 first records the epoch there: the history that
+    survives a kill of the sweep's driver (wsl_ray.sweep.history)."""
 
     location = "the Ray Train run's storage"
+
+    def __init__(self, journal: str | None = None):
+        rank0 = ray.train.get_context().get_world_rank() == 0
+        self.journal = Journal(journal) if journal and rank0 else None
 
     def checkpoint_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="wsl_ray_ckpt_"))
 
     def start(self, epoch: int) -> None:
-        """Ray Train keeps the reported history itself."""
+        """Cuts the journal back to `epoch`, the checkpoint resumed from."""
+        if self.journal:
+            self.journal.start(epoch)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if self.journal:  # before the checkpoint is reported: it never covers a missing epoch
+            self.journal.append(metrics)
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint_dir:
@@ -90,7 +101,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
         train(
             cfg,
-            RayTrainReporter(),
+            RayTrainReporter(config.get("journal")),
             resume_from=resume_dir,
             context=context,
             progress=config.get("progress", False),
@@ -123,13 +134,15 @@ def make_trainer(
     progress: bool = False,
     wandb: dict[str, str] | None = None,
     shared_data: dict[str, Any] | None = None,
+    journal: str | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer running `cfg` on `workers` DDP ranks (gloo on CPU, nccl on GPU).
 
     A run with the same (storage_path, name) restores itself from its last checkpoint.
     `wandb` holds rank 0's wandb run: {"run_id", "group", "log_dir" (absolute)}; without
     it a run logging to wandb keeps a stable id in cfg.out. `shared_data` is the node-shared
-    dataset of shared_data.share_dataset.
+    dataset of shared_data.share_dataset. `journal` is where rank 0 records each epoch
+    before reporting it (a sweep trial's, wsl_ray.sweep.history.journal_uri).
     Raises ConfigError for --sync_bn without GPU workers.
     """
     if cfg.sync_bn and not gpus_per_worker:
@@ -141,6 +154,7 @@ def make_trainer(
         "wandb": wandb or {},
         "shared_data": shared_data,
         "gpu_share": gpus_per_worker or 1.0,
+        "journal": journal,
     }
     return torch_trainer(
         worker_loop,

@@ -32,13 +32,14 @@ def remove_stale_tmp(folder: Path) -> list[Path]:
     removed = []
     for path in folder.glob("*.tmp*"):
         match = TMP.search(path.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this PID exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -31,6 +31,8 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     if out.get("data_dir") is None and spec is not None and spec.default_dir:
         out["data_dir"] = spec.default_dir
     for key in PATH_KEYS:
+        if out.get(key) is not None and not str(out[key]).strip():
+            raise ValueError(f"--{key} {out[key]!r}: give a path (an empty one names nothing)")
         if out.get(key) is not None:
             out[key] = absolute(out[key])
     return out
@@ -41,6 +43,8 @@ def writable_folder(path: str | os.PathLike, flag: str) -> None:
     ValueError naming `flag` when it cannot be created or written."""
     if "://" in str(path):
         return
+    if not str(path).strip():
+        raise ValueError(f"{flag} {path!r}: give a folder (an empty path means nothing)")
     folder = Path(path).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
