@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from wsl_ray.sweep.confirmation import confirm_configs, summarize_confirmation
+from wsl_ray.sweep.confirmation import confirm_configs, default_is_best, summarize_confirmation
 from wsl_ray.sweep.space import parse_space
 from wsl_ray.sweep.stats import t_quantile, welch_interval
 
@@ -72,8 +72,11 @@ def test_confirm_configs_are_the_default_and_distinct_top_terminated_trials(tmp_
         ("top1", 1006, 2e-3),
     ]
     assert all(c["eval_on"] == "val" and "w_ratio" not in c for c in configs)
-    rows[2]["val_acc_knn"] = 0.4  # now the default is the best: the next one is confirmed
+    assert not default_is_best(rows, space, "val_acc_knn")
+    # now the default is the best: the next-best one is confirmed against it
+    rows[2]["val_acc_knn"], rows[3]["val_acc_knn"] = 0.4, 0.45
     assert {c["lr"] for c in confirm_configs(rows, space, "val_acc_knn", 1, 2, 0)} == {3e-3, 5e-4}
+    assert default_is_best(rows, space, "val_acc_knn")
 
 
 def test_the_summary_says_whether_the_best_beats_the_default():

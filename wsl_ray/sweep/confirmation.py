@@ -154,13 +154,27 @@ def plan_confirmation(
         done = collect_rows(confirm_folder(experiment))
     except CollectError:  # not confirmed before
         done = []
-    configs = confirm_configs(collect_rows(experiment), space, metric, k, seeds, seed, done)
+    rows = collect_rows(experiment)
+    configs = confirm_configs(rows, space, metric, k, seeds, seed, done)
     if all(c["confirm_label"] == DEFAULT_LABEL for c in configs):
         raise ValueError(
             f"{experiment}: no TERMINATED trial with a {metric} besides the default point; "
             "there is nothing to confirm against it"
         )
+    if default_is_best(rows, space, metric):
+        print(
+            "note: the sweep's validation-selected best is the default point itself (tuning "
+            "found nothing better on validation); the confirmation compares the next-best "
+            "configuration(s) with it"
+        )
     return configs
+
+
+def default_is_best(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -> bool:
+    """Whether the best TERMINATED trial by `metric` trains the space's default point."""
+    best = ranked([r for r in rows if r["status"] == "TERMINATED"], metric)[:1]
+    default = space.resolve(space.default_point())
+    return any(_same(default, _row_config(r, default)) for r in best)
 
 
 def run_confirmation(
