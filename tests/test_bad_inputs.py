@@ -6,7 +6,7 @@ process (`main(argv)`), which is 100x faster than a subprocess each; an uncaught
 fails the row, so no row may end in a traceback. Rows that would start Ray must fail first:
 after every row Ray is still not started. Add a row whenever a new flag arrives.
 
-Placeholders in the arguments: {tmp} a fresh folder; {ckpt_text}, {ckpt_object},
+Placeholders in the arguments: {tmp} a fresh folder; {ckpt_text}, {ckpt_yaml}, {ckpt_object},
 {ckpt_tensor}, {cifar_garbage}, {cifar_evil}, {stl_short}, {space_*}: the files made by
 `bad_files` below.
 """
@@ -117,6 +117,7 @@ ROWS = [
     # evaluation of a checkpoint
     (("test", "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint file"),
     (("test", "--fname", "{ckpt_text}"), 2, "is not a readable PyTorch checkpoint"),
+    (("test", "--fname", "{ckpt_yaml}"), 2, "is not a readable PyTorch checkpoint"),
     (("test", "--fname", "{ckpt_object}"), 2, "weights_only=True loads no code"),
     (("test", "--fname", "{ckpt_tensor}"), 2, "holds a Tensor, not a checkpoint"),
     (("test", "--knn", "0"), 2, "--knn 0: must be 1 or more"),
@@ -245,6 +246,7 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
         return str(path)
 
     files["ckpt_text"] = write("text.pt", "not a checkpoint")
+    files["ckpt_yaml"] = write("config.yaml", "a: [\n")  # the unpickler underflows its stack
     torch.save({"model": {}, "thing": Anything()}, tmp / "object.pt")
     files["ckpt_object"] = str(tmp / "object.pt")
     torch.save(torch.zeros(3), tmp / "tensor.pt")
@@ -416,3 +418,10 @@ def test_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
         "out": str(tmp_path / "runs"),
         "data_dir": "s3://bucket/d",
     }
+
+
+def test_the_docs_count_this_table():
+    text = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text()
+    assert (
+        f"**{len(ROWS)} bad inputs**" in text and f"**all {len(ROWS)} give a clear error**" in text
+    )
