@@ -247,3 +247,23 @@ def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped(tmp_path):
     HistoryKeeper().on_trial_complete(0, [], stopped)  # ASHA stopped it; trial bbb: a kill
     statuses = {r["trial_id"]: r["status"] for r in collect_rows(str(tmp_path / "exp"))}
     assert statuses == {"aaa": "STOPPED", "bbb": "INTERRUPTED"}
+
+
+def test_a_sigterm_after_ray_starts_still_runs_finally(cluster):
+    """ray.init installs Ray's fatal-signal handler for SIGTERM (it aborts: exit -6, no
+    `finally`); init_ray puts ours back, so a terminated driver stops its Ray and says so."""
+    code = (
+        "import os, signal, time\n"
+        "from wsl_ray.utils.ray_start import init_ray\n"
+        f"init_ray({cluster!r})\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(60)\n"
+        "finally:\n"
+        "    print('finally ran', flush=True)\n"
+    )
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 143 and "finally ran" in done.stdout, done.stderr[-2000:]

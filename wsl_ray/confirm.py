@@ -26,6 +26,7 @@ from .sweep.summary import format_table
 from .sweep.tuner import resource_problem
 from .utils.cli import Parser, command_name
 from .utils.paths import absolute
+from .utils.ray_start import init_ray
 from .utils.storage import read_text
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ray
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    init_ray(os.environ.get("RAY_ADDRESS"))
     try:
         resources = {"cpus": args.cpus_per_trial, "gpus": args.gpus_per_trial}
         folder = run_confirmation(experiment, configs, metric, resources, args.max_failures)

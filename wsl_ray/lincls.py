@@ -46,6 +46,7 @@ from .training.weights import state_dict_of
 from .utils.atomic import atomic_save
 from .utils.cli import Parser, command_name
 from .utils.paths import writable_folder
+from .utils.ray_start import init_ray
 
 CHECKPOINT_FILE = "lincls.pt"
 
@@ -290,7 +291,7 @@ def run_with_ray(args: argparse.Namespace) -> dict[str, Any]:
 
     gpus = gpus_per_worker(args.gpus_per_worker)
     storage = str(Path(args.out).resolve())
-    ray.init(ignore_reinit_error=True)
+    init_ray()
     try:
         trainer = torch_trainer(
             worker_loop, vars(args), args.workers, gpus, args.cpus_per_worker, storage, "lincls"

@@ -27,6 +27,7 @@ from .config.file import add_config_file_flags, read_config_file, resolved_yaml
 from .methods import SPECS
 from .utils.cli import Parser, command_name
 from .utils.paths import absolute_paths, writable_folder
+from .utils.ray_start import init_ray
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +97,7 @@ def run_with_ray(cfg, args) -> dict[str, Any]:
     from .training.runner import make_trainer
 
     gpus = gpus_per_worker(args.gpus_per_worker)
-    ray.init(ignore_reinit_error=True)
+    init_ray()
     try:
         trainer = make_trainer(
             cfg, args.workers, gpus, args.cpus_per_worker, cfg.out, name="train", progress=True

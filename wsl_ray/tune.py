@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from .sweep.tuner import (
 )
 from .utils.cli import Parser, command_name
 from .utils.paths import absolute_paths, writable_folder
+from .utils.ray_start import init_ray
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 
@@ -277,8 +277,7 @@ def run(
     """Runs the checked sweep (and its confirmation) on Ray and prints the summary; the exit
     code: 0, or 1 when no trial finished with the metric."""
     baseline = untrained_baseline(default, data) if args.baseline else None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop our Ray
-    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    init_ray(os.environ.get("RAY_ADDRESS"))  # a SIGTERM then runs `finally`: stops our Ray
     confirmed = None
     try:
         if args.gpus_per_trial is None:  # now the cluster's GPUs are known (--sync_bn needs one)
