@@ -34,13 +34,12 @@ from typing import Any
 
 import optuna
 import pyarrow.fs
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from ..utils.paths import absolute
 from ..utils.storage import filesystem, read_text
 from .experiment import ExperimentError, read_record, space_differences
-from .metrics import metric_spec
+from .metrics import DEFAULT_METRIC, metric_spec
 from .results import RUN_ONLY, CollectError, collect_rows
 from .space import SearchSpace, contains, parse_space
 from .study import STUDY_FILE
@@ -88,15 +87,24 @@ def load_warm_start(path: str, space: SearchSpace, metric: str, top: int) -> War
     `metric` (see the module docstring); raises ExperimentError saying what to change."""
     where = absolute(path)
     flag = f"--warm_start {path}"
-    if "://" not in where and Path(where).is_file():
-        trials, names, mode, earlier_metric, config = _read_journal(where, flag)
-    else:
-        trials, names, mode, earlier_metric, config = _read_folder(where, flag)
+    journal = "://" not in where and Path(where).is_file()
+    trials = (_read_journal if journal else _read_folder)(where, flag, metric, space)
+    kept = _in_space(trials, space, flag)
+    print(_counted(kept, where))
+    return WarmStart(where, kept, _top(kept, metric_spec(metric).mode, top, flag))
+
+
+def _check_compatible(
+    flag: str, earlier: str | None, mode: str, names: list[str], metric: str, space: SearchSpace
+) -> None:
+    """Raises ExperimentError unless the earlier sweep (on `earlier`, None: unrecorded, in
+    direction `mode`, searching `names`) selected as this one does, on no parameter that
+    `space` lacks."""
     want = metric_spec(metric).mode
-    if (earlier_metric or metric, mode) != (metric, want):
+    if (earlier or metric, mode) != (metric, want):
         raise ExperimentError(
-            f"{flag}: that experiment selected on {earlier_metric or 'its metric'} ({mode}), "
-            f"this sweep on {metric} ({want}); give --metric {earlier_metric or metric} or "
+            f"{flag}: that experiment selected on {earlier or 'its metric'} ({mode}), "
+            f"this sweep on {metric} ({want}); give --metric {earlier or metric} or "
             "warm-start from a sweep of the same metric"
         )
     lacking = sorted(set(names) - set(space.params))
@@ -106,15 +114,10 @@ def load_warm_start(path: str, space: SearchSpace, metric: str, top: int) -> War
             "not: search them in the new space too, or pin them there (--set NAME=VALUE for a "
             "training flag) to keep the trials at that value"
         )
-    if config is not None and (changed := _config_changes(config, space)):
-        print(f"note: {flag}: its trials ran with other settings: {'; '.join(changed)}")
-    kept = _in_space(trials, space, flag)
-    print(_counted(kept, where))
-    return WarmStart(where, kept, _top(kept, want, top, flag))
 
 
-def _read_folder(path: str, flag: str) -> tuple[list[Earlier], list[str], str, str, dict]:
-    """(trials, searched names, mode, metric, config) of an experiment folder."""
+def _read_folder(path: str, flag: str, metric: str, space: SearchSpace) -> list[Earlier]:
+    """The finished trials of an experiment folder, once it is checked against the sweep."""
     fs, where = filesystem(path)
     if fs.get_file_info(where).type != pyarrow.fs.FileType.Directory:
         raise ExperimentError(f"{flag}: no such experiment folder or Optuna journal")
@@ -127,8 +130,11 @@ def _read_folder(path: str, flag: str) -> tuple[list[Earlier], list[str], str, s
             "give the folder of a `python -m wsl_ray.tune` sweep, or its optuna.journal"
         ) from None
     earlier = parse_space(text, Path(path))
-    metric = record.get("metric") or "val_acc_knn"
-    mode = record.get("mode") or metric_spec(metric).mode
+    selected = record.get("metric") or DEFAULT_METRIC
+    mode = record.get("mode") or metric_spec(selected).mode
+    _check_compatible(flag, selected, mode, list(earlier.params), metric, space)
+    if changed := _config_changes(earlier.config, space):
+        print(f"note: {flag}: its trials ran with other settings: {'; '.join(changed)}")
     try:
         rows = collect_rows(path)
     except CollectError as err:
@@ -142,31 +148,35 @@ def _read_folder(path: str, flag: str) -> tuple[list[Earlier], list[str], str, s
         steps = {h["epoch"]: h[metric] for h in row["history"] if h.get(metric) is not None}
         value = row[metric] if state == TrialState.COMPLETE else None
         trials.append(Earlier(row["trial_number"], state, value, steps, config))
-    return trials, list(earlier.params), mode, metric, yaml.safe_load(text).get("config") or {}
+    return trials
 
 
-def _read_journal(path: str, flag: str) -> tuple[list[Earlier], list[str], str, str | None, None]:
-    """(trials, searched names, mode, metric or None, None) of an Optuna journal file."""
+def _read_journal(path: str, flag: str, metric: str, space: SearchSpace) -> list[Earlier]:
+    """The COMPLETE and PRUNED trials of the one study of an Optuna journal file, once it is
+    checked against the sweep (its metric from a sweep.json beside it, or the study's
+    metric name, where either exists)."""
     try:
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
         names = optuna.study.get_all_study_names(storage)
     except (ValueError, UnicodeDecodeError):
-        raise ExperimentError(f"{flag}: a file, but not an Optuna journal") from None
+        names = []
     if len(names) != 1:
         raise ExperimentError(
-            f"{flag}: the journal holds {len(names)} studies ({', '.join(names) or 'none'}); "
-            "give a journal of one sweep"
+            f"{flag}: a file, but not the Optuna journal of one study (it holds "
+            f"{len(names)}: {', '.join(names) or 'none'}); give a sweep's optuna.journal"
         )
     study = optuna.load_study(study_name=names[0], storage=storage)
     mode = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
     record = read_record(str(Path(path).parent)) if Path(path).name == STUDY_FILE else None
-    metric = (record or {}).get("metric") or (study.metric_names or [None])[0]
+    selected = (record or {}).get("metric") or (study.metric_names or [None])[0]
     trials = [
         Earlier(t.number, t.state, t.value, dict(t.intermediate_values), t.params)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     ]
-    searched = sorted({n for t in trials for n in t.config})
-    return trials, searched, mode, metric, None
+    _check_compatible(
+        flag, selected, mode, sorted({n for t in trials for n in t.config}), metric, space
+    )
+    return trials
 
 
 def _config_changes(config: dict[str, Any], space: SearchSpace) -> list[str]:
