@@ -11,6 +11,7 @@ as DIVERGED, and is not retried. The Optuna study is stored (a JournalStorage fi
 experiment folder by default) with PRUNED for trials that ASHA ended early. At the end: a
 summary of the best trials, `results.parquet`, and with `--confirm K --seeds S` a
 confirmation of the top K and the default over S new seeds (wsl_ray.confirm).
+`--warm_start PATH` starts the study with an earlier experiment's trials (wsl_ray.sweep.warm_start).
 """
 
 from __future__ import annotations
