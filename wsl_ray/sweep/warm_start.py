@@ -66,7 +66,6 @@ class WarmStart:
     """What a new sweep starts from: the trials to add to its study and, best first, the
     parameter points of the top K complete ones, to run before anything else."""
 
-    source: str
     trials: list[FrozenTrial]
     top: list[dict[str, Any]]
 
@@ -78,7 +77,7 @@ def warm_start_problem(args: argparse.Namespace) -> str | None:
     if args.warm_start_top and not args.warm_start:
         return f"--warm_start_top {args.warm_start_top} needs --warm_start PATH (the trials)"
     if args.warm_start and args.resume:
-        return "--warm_start seeds a new sweep's study; --resume continues the study it has"
+        return "--warm_start seeds a new sweep's study, --resume continues its own: drop one"
     return None
 
 
@@ -91,7 +90,7 @@ def load_warm_start(path: str, space: SearchSpace, metric: str, top: int) -> War
     trials = (_read_journal if journal else _read_folder)(where, flag, metric, space)
     kept = _in_space(trials, space, flag)
     print(_counted(kept, where))
-    return WarmStart(where, kept, _top(kept, metric_spec(metric).mode, top, flag))
+    return WarmStart(kept, _top(kept, metric_spec(metric).mode, top, flag))
 
 
 def _check_compatible(
