@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,dashboard]'
 	touch $@
 
 demo: install  # a small W-MSE sweep on shapes, selected on validation, confirmed over 2 seeds

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -306,3 +307,37 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def optuna_dashboard(storage: Path):
+    """The real optuna-dashboard (its console script, as docs/sweeps.md runs it) serving the
+    Optuna storage file `storage` on 127.0.0.1 at a free port; yields `get(path)`, which
+    returns the JSON of one of its API paths, once the server answers."""
+    port = _free_port()
+    script = Path(sys.executable).with_name("optuna-dashboard")
+    cmd = [str(script), str(storage), "--host", "127.0.0.1", "--port", str(port), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+
+    def get(path: str):
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return json.loads(response.read().decode())
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get("/api/meta")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(
+                        f"optuna-dashboard: no answer: {proc.stderr.read()}"
+                    ) from None
+                time.sleep(0.2)
+        yield get
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -190,6 +190,24 @@ ROWS = [
     ((*TUNE, "--wait-for-resources", "-1"), 2, "--wait-for-resources -1.0: give seconds"),
     ((*TUNE, "--set", "seed=5"), 2, "--set seed=5: use the sweep's --seed"),
     ((*TUNE, "--optuna-storage", "/proc/no/j.journal"), 2, "--optuna-storage /proc/no/j.journal"),
+    # --warm_start: an earlier experiment of the same metric and parameters (issue #24)
+    ((*TUNE, "--warm_start", "{tmp}/nosuch"), 2, "nosuch: no such experiment folder or Optuna"),
+    ((*TUNE, "--warm_start", "{tmp}/empty"), 2, "not an experiment folder (it has no sweep.json"),
+    ((*TUNE, "--warm_start", "{ckpt_text}"), 2, "a file, but not the Optuna journal of one study"),
+    ((*TUNE, "--warm_start", "{store}/done"), 2, "no trials found (a trial folder holds"),
+    (
+        (*TUNE, "--space", "{space_lr_only}", "--warm_start", "{store}/done"),
+        2,
+        "it searched emb, w_ratio, which the space 'lr_only' does not",
+    ),
+    (
+        (*TUNE, "--warm_start", "{store}/done", "--metric", "rankme"),
+        2,
+        "selected on val_acc_knn (max), this sweep on rankme (max); give --metric val_acc_knn",
+    ),
+    ((*TUNE, "--warm_start_top", "-1"), 2, "--warm_start_top -1: must be 0 or more"),
+    ((*TUNE, "--warm_start_top", "2"), 2, "--warm_start_top 2 needs --warm_start PATH"),
+    ((*RESUME, "--warm_start", "{store}/done"), 2, "--warm_start seeds a new sweep's study"),
     (("export", "{ckpt_tensor}", "--out", ""), 2, "--out '': give the file to write"),
     (
         ("analysis", "collect", SWEEP, "--out", "/proc/x.parquet"),
@@ -283,6 +301,11 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
         "int_inside.yaml",
         "config: {dataset: shapes, bs: 256, emb: 16}\n"
         "params: {w_size: {distribution: int, low: 64, high: 128, step: 32}}\n",
+    )
+    files["space_lr_only"] = write(
+        "lr_only.yaml",
+        "config: {dataset: shapes, bs: 128, emb: 16, w_size: 32}\n"
+        "params: {lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}}\n",
     )
     files["config_bad_yaml"] = write("bad_config.yaml", "lr: 0.1\nemb: [1,\n")
     files["parquet_text"] = write("text.parquet", "not parquet")

@@ -4,6 +4,7 @@ The sweeps run `python -m wsl_ray.tune` as a separate driver process, as a user 
 so that a test can kill it, or kill a trial's Train worker, while it runs.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import optuna
 import pyarrow.parquet as pq
 import pytest
-from helpers import SPACE, results, sweep
+from helpers import SPACE, optuna_dashboard, results, sweep
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -41,13 +42,17 @@ SWEEP_SEED = 1
 TEXT = {"capture_output": True, "text": True, "check": True}
 
 
-@pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
-def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, space_file, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_sweep(cluster, tmp_path_factory):
     """One small ASHA sweep on validation k-NN, trials one at a time (so the run is
     reproducible: ASHA's cutoff depends on the order trials reach a rung), then a
-    confirmation of the best and the default over 2 new seeds; analysis on its output.
+    confirmation of the best and the default over 2 new seeds: (its storage, its output).
     Three trials suffice: the seeded sampler's second trial is the one ASHA stops, and each
-    trial costs about 20 s of Ray Train start-up for 4 s of training."""
+    trial costs about 20 s of Ray Train start-up for 4 s of training. Run once, for the
+    tests below."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(SPACE)
     out = sweep(
         cluster,
         space_file,
@@ -73,6 +78,13 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, spa
         str(SWEEP_SEED),
         timeout=1100,
     )
+    return tmp_path, out
+
+
+@pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
+def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(tiny_sweep):
+    """The sweep's trials, study, summary, confirmation, and analysis on its output."""
+    tmp_path, out = tiny_sweep
     rows = results(tmp_path)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED", "STOPPED"}, rows
     assert {"val_acc_knn", "val_acc", "rankme", "test_acc_knn", "test_acc"} <= set(rows[0])
@@ -117,6 +129,26 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(cluster, spa
         assert analysis_main(["plots", source, "--out", str(tmp_path / "plots")]) == 0
         assert analysis_main(["rankme", source]) == 0
     assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("optuna_dashboard") is None,
+    reason="optuna-dashboard is not installed: pip install -e '.[dashboard]' (make install does)",
+)
+@pytest.mark.timeout(1200)  # the sweep's, when this test runs alone
+def test_the_sweeps_study_opens_in_optuna_dashboard(tiny_sweep):
+    """The real optuna-dashboard on the sweep's journal: through its HTTP JSON API, the
+    study, its three trials with their PRUNED and COMPLETE states and the epochs reported."""
+    tmp_path, _ = tiny_sweep
+    with optuna_dashboard(tmp_path / "t" / "optuna.journal") as get:
+        studies = get("/api/studies")["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["t"]
+        assert studies[0]["directions"] == ["maximize"]
+        trials = get(f"/api/studies/{studies[0]['study_id']}")["trials"]
+    assert len(trials) == 3 and {t["state"] for t in trials} == {"Complete", "Pruned"}, trials
+    for t in trials:
+        steps = [v["step"] for v in t["intermediate_values"]]
+        assert steps == ([1, 2] if t["state"] == "Complete" else [1]), t
 
 
 def test_small_epochs_never_reach_rays_grace_assertion():

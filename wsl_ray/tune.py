@@ -11,6 +11,7 @@ as DIVERGED, and is not retried. The Optuna study is stored (a JournalStorage fi
 experiment folder by default) with PRUNED for trials that ASHA ended early. At the end: a
 summary of the best trials, `results.parquet`, and with `--confirm K --seeds S` a
 confirmation of the top K and the default over S new seeds (wsl_ray.confirm).
+`--warm_start PATH` starts the study with an earlier experiment's trials (wsl_ray.sweep.warm_start).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ from .sweep.tuner import (
     tune_can_restore,
     wait_for_resources,
 )
+from .sweep.warm_start import WarmStart, load_warm_start, warm_start_problem
 from .utils.cli import Parser, command_name
-from .utils.paths import absolute_paths, writable_folder
+from .utils.paths import absolute, absolute_paths, writable_folder
 from .utils.ray_start import init_ray
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
@@ -126,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         action="store_true",
         help="evaluate the default config's untrained encoder first, to show what SSL adds",
+    )
+    p.add_argument(
+        "--warm_start",
+        "--warm-start",
+        default=None,
+        metavar="PATH",
+        help="an earlier experiment folder or Optuna journal: its finished trials join the "
+        "new study before the first suggestion (docs/sweeps.md, Warm starts)",
+    )
+    p.add_argument(
+        "--warm_start_top",
+        "--warm-start-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="run the earlier experiment's top K configurations first",
     )
     p.add_argument(
         "--set",
@@ -229,13 +247,15 @@ def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
         "gpus_per_trial": args.gpus_per_trial,
         "cpus_per_trial": args.cpus_per_trial,
         "optuna_storage": args.optuna_storage,
+        "warm_start": absolute(args.warm_start) if args.warm_start else None,
+        "warm_start_top": args.warm_start_top,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if problem := check_sweep_flags(args):
+    if problem := check_sweep_flags(args) or warm_start_problem(args):
         parser.error(problem)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -249,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         space = sweep_space(parser, args, path)
         with experiment_lock(path):  # held until the end; a second driver stops here
             space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
+            warm = (
+                load_warm_start(args.warm_start, space, args.metric, args.warm_start_top)
+                if args.warm_start
+                else None
+            )
             limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t
             space.config = absolute_paths(space.config)  # trials run in folders of their own
             default = Config.from_dict(space.resolve(space.default_point()))
@@ -260,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides = overrides_from_args(args)
                 settings = sweep_settings(args)
                 write_record(path, args.metric, mode, space.to_yaml(), settings, overrides)
-            return run(args, path, space, limits, default, data)
+            return run(args, path, space, limits, default, data, warm)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -273,9 +298,10 @@ def run(
     limits: tuple[int, int],
     default: Config,
     data: ImageData,
+    warm: WarmStart | None = None,
 ) -> int:
     """Runs the checked sweep (and its confirmation) on Ray and prints the summary; the exit
-    code: 0, or 1 when no trial finished with the metric."""
+    code: 0, or 1 when no trial finished with the metric. `warm`: from --warm_start."""
     baseline = untrained_baseline(default, data) if args.baseline else None
     init_ray(os.environ.get("RAY_ADDRESS"))  # a SIGTERM then runs `finally`: stops our Ray
     confirmed = None
@@ -287,7 +313,7 @@ def run(
             args.workers_per_trial, args.cpus_per_trial, gpus, args.wait_for_resources
         )
         # one copy per node, owned by this driver: a resumed sweep puts it again
-        run_sweep(args, space, limits, share_dataset(data, default))
+        run_sweep(args, space, limits, share_dataset(data, default), warm)
         if args.confirm:
             resources = {
                 "workers": args.workers_per_trial,

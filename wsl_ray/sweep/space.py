@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
 from ..config import Config, ConfigError, type_problem, validate_config
@@ -77,24 +78,35 @@ class SearchSpace:
         values, which Tune adds to the trial's config: a trial's config is then its whole
         training configuration (plus helper ratios)."""
         sampled = {}
+        for name, dist in self.distributions().items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                sampled[name] = trial.suggest_categorical(name, list(dist.choices))
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                sampled[name] = trial.suggest_int(
+                    name, dist.low, dist.high, step=dist.step, log=dist.log
+                )
+            else:
+                sampled[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        values = {**self.config, **sampled}
+        return self.config | {key: _evaluate(expr, values) for key, expr in self.derived.items()}
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """The Optuna distribution of each searched parameter, under its `params` name: the
+        names and ranges the study sees (helper ratios such as w_ratio, not derived keys)."""
+        found: dict[str, optuna.distributions.BaseDistribution] = {}
         for name, spec in self.params.items():
             kind = spec["distribution"]
             if kind == "categorical":
-                sampled[name] = trial.suggest_categorical(name, spec["choices"])
+                found[name] = optuna.distributions.CategoricalDistribution(spec["choices"])
             elif kind == "int":
-                sampled[name] = trial.suggest_int(
-                    name,
-                    spec["low"],
-                    spec["high"],
-                    step=spec.get("step", 1),
-                    log=spec.get("log", False),
+                found[name] = optuna.distributions.IntDistribution(
+                    spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False)
                 )
             else:
-                sampled[name] = trial.suggest_float(
-                    name, spec["low"], spec["high"], log=kind == "loguniform"
+                found[name] = optuna.distributions.FloatDistribution(
+                    spec["low"], spec["high"], log=kind == "loguniform"
                 )
-        values = {**self.config, **sampled}
-        return self.config | {key: _evaluate(expr, values) for key, expr in self.derived.items()}
+        return found
 
     def to_yaml(self) -> str:
         """The space as run (command-line overrides included), for the experiment folder."""
@@ -132,12 +144,7 @@ class SearchSpace:
         lines = [_placed(problem, points, total) for problem, points in bad.items()]
         for name, value in self.first.items():
             spec = self.params[name]
-            inside = (
-                value in spec["choices"]
-                if spec["distribution"] == "categorical"
-                else isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]
-            )
-            if not inside:
+            if not contains(spec, value):
                 lines.append(f"first point: {name}={value} is outside its distribution {spec}")
         if self.first:
             try:
@@ -158,6 +165,18 @@ class SearchSpace:
             raise SpaceError(
                 f"search space {self.name!r} can produce invalid trials; {fix}:\n  {shown}"
             )
+
+
+def contains(spec: dict[str, Any], value: Any) -> bool:
+    """Whether `value` is a point of the parameter distribution `spec`: one of its choices,
+    or a number in [low, high] (for an int range, an integer low + n * step)."""
+    if spec["distribution"] == "categorical":
+        return value in spec["choices"]
+    if not isinstance(value, (int, float)) or not spec["low"] <= value <= spec["high"]:
+        return False
+    if spec["distribution"] == "int":
+        return float(value).is_integer() and (value - spec["low"]) % spec.get("step", 1) == 0
+    return True
 
 
 def _placed(problem: str, points: list[str], total: int) -> str:

@@ -25,6 +25,7 @@ from .metrics import metric_spec
 from .space import SearchSpace, SpaceError
 from .study import EpochOptunaSearch, fail_stale_trials, study_storage, sync_study
 from .trial import make_trial
+from .warm_start import WarmStart, first_points, seed_study
 
 
 def asha_limits(epochs: int, eval_every: int, grace: int | None) -> tuple[int, int]:
@@ -43,9 +44,11 @@ def run_sweep(
     space: SearchSpace,
     limits: tuple[int, int],
     shared_data: dict[str, Any] | None = None,
+    warm: WarmStart | None = None,
 ) -> Any:
     """Runs (or resumes) the sweep and returns Tune's ResultGrid; `limits` is
-    (epoch budget, ASHA grace period) from `sweep_epochs`."""
+    (epoch budget, ASHA grace period) from `sweep_epochs`; `warm`: the earlier trials that
+    a new sweep's study starts with (--warm_start)."""
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
     path = experiment_path(args)
     trial = make_trial(
@@ -62,7 +65,7 @@ def run_sweep(
             print(f"--resume: {stale} trial(s) left RUNNING by the crash marked FAIL in the study")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
-        tuner = _new_tuner(args, space, limits, trainable, study, gpus)
+        tuner = _new_tuner(args, space, limits, trainable, study, gpus, warm)
     grid = tuner.fit()
     sync_study(local_study, path, upload=True)
     return grid
@@ -75,11 +78,15 @@ def _new_tuner(
     trainable: Any,
     study: Any,
     gpus: float,
+    warm: WarmStart | None = None,
 ) -> tune.Tuner:
-    """The Tuner of a new sweep: TPE (the space's first point first) behind a concurrency
-    limit, ASHA or FIFO on the epoch, the study in `study`, the test hook if set."""
+    """The Tuner of a new sweep: TPE (the warm start's top points, then the space's first
+    point, first) behind a concurrency limit, ASHA or FIFO on the epoch, the study in `study`
+    (holding the warm trials), the test hook if set."""
     name = experiment_path(args).rsplit("/", 1)[-1]
     mode = metric_spec(args.metric).mode
+    if warm:
+        seed_study(study, name, mode, warm)
     sampler = optuna.samplers.TPESampler(seed=args.seed, multivariate=True, constant_liar=True)
     epochs, grace = limits
     searcher = EpochOptunaSearch(
@@ -87,7 +94,7 @@ def _new_tuner(
         metric=args.metric,
         mode=mode,
         sampler=sampler,
-        points_to_evaluate=[space.first] if space.first else None,
+        points_to_evaluate=first_points(warm, space.first),
         study_name=name,
         storage=study,
         epochs=epochs,
