@@ -57,6 +57,8 @@ ROWS = [
     (("train", "--crop_s0", "0.9", "--crop_s1", "0.5"), 2, "need 0 < crop_s0 <= crop_s1"),
     (("train", "--drop", "-3"), 2, "--drop [-3]"),
     (("train", "--device", "gpu"), 2, "--device 'gpu': use auto, cpu, cuda or cuda:N"),
+    (("train", "--cuda_graph", "on", "--device", "cpu"), 2, "--cuda_graph on needs --device cuda"),
+    (("train", "--cuda_graph", "yes"), 2, "--cuda_graph: invalid choice"),
     # ZeroDivisionError before; --ckpt_every 0 failed after the first epoch
     (("train", "--w_size", "0"), 2, "--w_size 0: must be 1 or more"),
     (("train", "--eval_every", "0"), 2, "--eval_every 0: must be 1 or more"),

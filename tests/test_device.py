@@ -12,13 +12,14 @@ from wsl_ray.config import METHODS, Config
 from wsl_ray.data import Augment, iterate_batches
 from wsl_ray.data.loader import to_device
 from wsl_ray.methods import get_method, whitening
+from wsl_ray.methods.byol import target_tau
 from wsl_ray.methods.losses import byol_loss, contrastive_loss
 from wsl_ray.methods.whitening import cholesky_whiten
 from wsl_ray.training.device import HostScalar, OpCounter, resolve_device
 from wsl_ray.training.evaluate import probe_step
-from wsl_ray.training.loop import train_step
+from wsl_ray.training.graph import TrainStep
 from wsl_ray.training.models import Float32Linear, ViewBatchNorm2d, view_statistics
-from wsl_ray.training.optim import build_optimizer
+from wsl_ray.training.optim import build_optimizer, set_lr
 
 
 def compiled(fn):
@@ -125,24 +126,104 @@ def test_byol_trains_through_the_compiled_encoder():
 
 
 # The steps that still wait for the GPU, and why: zero-ICL's whitening is an eigh (cuSOLVER
-# syncs), CW-RGP's ZCA reads its Newton-Schulz convergence flag on the host.
+# syncs), CW-RGP's ZCA reads its Newton-Schulz convergence flag on the host. Exactly these
+# methods' steps stay eager on CUDA (`graph_blocker`); every other step is graph-ready.
 KNOWN_SYNCS = {"zero_icl": {"aten._linalg_eigh"}, "cw_rgp": {"aten._local_scalar_dense"}}
+
+
+def graph_ready_step(cfg: Config, model, generator: torch.Generator | None = None) -> TrainStep:
+    """The training step a CUDA graph captures, run eagerly: a graph-ready fused Adam
+    (tensor lr, capturable), the method's schedule and update."""
+    optimizer = build_optimizer("adam", model.parameters(), 1e-3, 1e-6, graph_ready=True)
+    augment = Augment.from_config(cfg, 16, (0.5,) * 3, (0.25,) * 3, generator=generator)
+    return TrainStep(model, model, optimizer, augment)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_training_step_never_waits_for_the_gpu(method, monkeypatch):
-    """One whole `train_step` (augmentation, forward, backward, fused Adam, the method's own
-    update) under bf16 autocast dispatches no op that syncs on CUDA, but the known ones.
+    """Two graph-ready training steps (augmentation, forward, backward, capturable fused
+    Adam, the method's update; the lr set in place between them) under bf16 autocast
+    dispatch no op that syncs on CUDA, but the known ones of the methods that stay eager,
+    and no tensor made from host data (a host-to-device copy, which a capture refuses).
     The ZCA takes its CUDA path (Newton-Schulz) here too."""
     monkeypatch.setattr(whitening, "NS_DEVICES", ("cpu", "cuda"))
     cfg = Config(method=method, arch="resnet18_w8", bs=32, emb=64, w_size=16, head_size=32)
     model = get_method(method)(cfg, 16)
-    optimizer = build_optimizer("adam", model.parameters(), 1e-3, 0.0, fused=True)
-    augment = Augment.from_config(cfg, 16, (0.5,) * 3, (0.25,) * 3)
+    step = graph_ready_step(cfg, model)
     x, sizes = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8), torch.full((32, 2), 16)
     with torch.autocast("cpu", dtype=torch.bfloat16), OpCounter() as counter:
-        train_step(model, model, optimizer, augment, x, sizes, 0.5)
+        for n in range(2):
+            set_lr(step.optimizer, 1e-3 * (n + 1))
+            step(x, sizes, 0.5)
     assert set(counter.syncs) == KNOWN_SYNCS.get(method, set())
+    assert (model.graph_blocker() is None) == (method not in KNOWN_SYNCS)
+    assert counter.host_tensors == 0
+
+
+def old_loop(model, optimizer, augment, batches, lrs, progresses) -> None:
+    """The training loop before the graph-ready step, as a reference: a float lr set per
+    step, the EMA weight a Python float, W-MSE's covariance switch flipped after a step."""
+    for (x, sizes), lr, progress in zip(batches, lrs, progresses, strict=True):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = model(augment(x, sizes))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if hasattr(model, "model_t"):
+            online = [*model.model.parameters(), *model.head.parameters()]
+            target = [*model.model_t.parameters(), *model.head_t.parameters()]
+            torch._foreach_lerp_(target, online, 1 - target_tau(progress, model.cfg.byol_tau))
+        if (
+            getattr(model, "cov_on", False)
+            and round(progress * model.cfg.epoch) >= model.cfg.cov_stop
+        ):
+            model.cov_on = False
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(method="w_mse", cov_w=0.5, cov_stop=1), dict(method="byol"), dict(method="contrastive")],
+    ids=["w_mse+cov", "byol", "contrastive"],
+)
+def test_graph_ready_steps_equal_the_old_loop_in_float64(settings):
+    """Four float64 steps over two epochs (lr and progress change every step; W-MSE's
+    covariance term switches off after epoch 1's first step): the graph-ready step's
+    parameters and buffers equal the old loop's bitwise."""
+    cfg = Config(arch="resnet18_w8", bs=16, emb=8, w_size=8, head_size=16, epoch=2, **settings)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(get_method(cfg.method)(cfg, 16).double())
+    gen = torch.Generator().manual_seed(1)
+    batches = [
+        (
+            torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=gen),
+            torch.full((16, 2), 16),
+        )
+        for _ in range(4)
+    ]
+    lrs, progresses = [1e-3, 2e-3, 3e-3, 1e-3], [0.0, 0.0, 0.5, 0.5]
+    to64 = lambda augment: lambda x, s: [v.double() for v in augment(x, s)]  # noqa: E731
+    augments = [
+        Augment.from_config(
+            cfg, 16, (0.5,) * 3, (0.25,) * 3, generator=torch.Generator().manual_seed(2)
+        )
+        for _ in range(2)
+    ]
+    start = {k: v.clone() for k, v in models[0].state_dict().items()}
+    old = build_optimizer("adam", models[0].parameters(), 1.0, 1e-6, fused=True)
+    torch.manual_seed(3)  # the whitening's sub-batches
+    old_loop(models[0], old, to64(augments[0]), batches, lrs, progresses)
+    step = graph_ready_step(cfg, models[1])
+    step.augment = to64(augments[1])
+    torch.manual_seed(3)
+    for (x, sizes), lr, progress in zip(batches, lrs, progresses, strict=True):
+        set_lr(step.optimizer, lr)
+        step(x, sizes, progress)
+    ours, theirs = models[1].state_dict(), models[0].state_dict()
+    assert not torch.equal(theirs["head.0.weight"], start["head.0.weight"])  # it trained
+    assert [k for k in theirs if not torch.equal(ours[k], theirs[k])] == []
 
 
 def test_probe_step_is_one_graph(gen):

@@ -157,6 +157,8 @@ def test_cw_rgp_covariance_weight_stops_at_cov_stop():
     assert model.cov_on
     model.step(1 / 4)
     assert model.cov_on  # epoch 1 < cov_stop
+    model.step(2 / 4)
+    assert model.cov_on  # the first iteration of epoch 2 still has it, as the reference's
     model.step(2 / 4)  # after an iteration of epoch 2, as the reference's step(epoch)
     assert not model.cov_on
 

@@ -4,16 +4,21 @@ import copy
 import dataclasses
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import Crash, CrashingReporter, tiny_config
 
 from wsl_ray.config import METHODS, Config
 from wsl_ray.data import Augment, load_dataset
 from wsl_ray.methods import base, get_method
+from wsl_ray.training.checkpoint import read_checkpoint
 from wsl_ray.training.device import HostScalar, place_data, resolve_device
 from wsl_ray.training.evaluate import fit_linear
+from wsl_ray.training.graph import WARMUP_STEPS, TrainStep
 from wsl_ray.training.loop import WorkerContext, train
+from wsl_ray.training.optim import build_optimizer, set_lr
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -148,3 +153,57 @@ def test_one_encoder_call_on_all_views_equals_one_call_each_on_cuda(method, monk
             assert torch.allclose(a, b, rtol=1e-2, atol=1e-3), name
         else:
             assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("method", ["w_mse", "byol"])
+def test_replayed_steps_never_sync_and_follow_the_eager_steps(method):
+    """The CUDA-graph step against the same step run eagerly, from the same weights on the
+    same batches and augmentation draws (generators seeded alike): losses agree within bf16
+    noise at every step, and the replays (after the warm-up and the capture) run under
+    set_sync_debug_mode("error"), which raises on any host sync."""
+    device = resolve_device("cuda")
+    cfg = Config(**SMALL, method=method, device="cuda")
+    batches = [
+        (
+            torch.randint(0, 256, (cfg.bs, 3, 32, 32), dtype=torch.uint8, device=device),
+            torch.full((cfg.bs, 2), 32, device=device),
+        )
+        for _ in range(WARMUP_STEPS + 4)
+    ]
+    losses = {}
+    for capture in (False, True):
+        torch.manual_seed(0)
+        model = get_method(method)(cfg, 32).to(device, memory_format=torch.channels_last)
+        optimizer = build_optimizer("adam", model.parameters(), 1e-3, 1e-6, graph_ready=True)
+        gen = torch.Generator(device).manual_seed(1)
+        augment = Augment.from_config(cfg, 32, (0.5,) * 3, (0.25,) * 3, generator=gen)
+        step = TrainStep(model, model, optimizer, augment, [gen], capture=capture)
+        out = []
+        for n, (x, sizes) in enumerate(batches):
+            set_lr(optimizer, 1e-3 * (n + 1))
+            replay = capture and n > WARMUP_STEPS  # the capture's own step may sync
+            torch.cuda.set_sync_debug_mode("error" if replay else 0)
+            try:
+                out.append(step(x, sizes, n / len(batches)).clone())
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        losses[capture] = torch.stack(out).float().cpu()
+    assert torch.allclose(losses[True], losses[False], rtol=2e-2), losses
+
+
+def test_a_graph_run_resumes_exactly_from_its_checkpoint(tmp_path):
+    """A CUDA-graph run crashed after epoch 2 and resumed ends where the uninterrupted run
+    ends: the same augmentation generator state (replays advance it as eager draws do, and
+    it checkpoints), and losses within bf16 noise (GPU kernels are not bitwise
+    deterministic)."""
+    data = load_dataset("shapes", num_train=256, num_test=64)
+    runs = {}
+    for name in ("straight", "resumed"):
+        cfg = tiny_config(tmp_path / name, device="cuda", cuda_graph="on")
+        if name == "resumed":
+            with pytest.raises(Crash):
+                train(cfg, CrashingReporter(cfg.out, at_epoch=2), data=data, progress=False)
+        runs[name] = train(cfg, resume_from=Path(cfg.out), data=data, progress=False)
+    rng = {n: read_checkpoint(tmp_path / n)["rng"]["augment"] for n in runs}
+    assert torch.equal(rng["straight"], rng["resumed"])
+    assert runs["resumed"]["loss"] == pytest.approx(runs["straight"]["loss"], rel=2e-2)

@@ -20,6 +20,7 @@ from wsl_ray.config import (
     validate_config,
 )
 from wsl_ray.methods import base, family, get_method, get_spec, whitening
+from wsl_ray.methods.byol import ema_update
 from wsl_ray.methods.family import Family, family_of
 from wsl_ray.methods.losses import intl_loss
 from wsl_ray.training.models import get_encoder, get_head
@@ -59,7 +60,7 @@ def test_byol_target_follows_the_online_network_by_ema():
     with torch.no_grad():
         online.add_(1.0)
     before = target.clone()
-    model.update_target(0.9)
+    ema_update(model, torch.tensor(0.1))  # tau 0.9
     assert torch.allclose(target, 0.9 * before + 0.1 * online)
 
 

@@ -96,6 +96,10 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         cfg.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", cfg.device) is not None,
         f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N",
     )
+    check(
+        cfg.cuda_graph != "on" or cfg.device.startswith("cuda"),
+        f"--cuda_graph on needs --device cuda (not {cfg.device}); or use --cuda_graph auto",
+    )
     check.raise_if_any()
     check(cfg.num_samples >= 2, f"--num_samples {cfg.num_samples}: need 2 or more views")
     check(cfg.bs >= workers, f"--bs {cfg.bs} is smaller than the {workers} workers")

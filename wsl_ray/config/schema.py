@@ -168,6 +168,12 @@ class GeneralConfig:
     seed: int = _f(0, "random seed")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     compile: bool = _f(False, "torch.compile the encoder")
+    cuda_graph: str = _f(
+        "auto",
+        "the training step as one CUDA graph: auto (on CUDA where it applies, else eager with "
+        "a note), on (refuse to run eagerly), off",
+        choices=("auto", "on", "off"),
+    )
     ckpt_every: int = _f(10, "save a full checkpoint every this many epochs")
     fname: str | None = _f(None, "load model weights from this checkpoint", type=str)
     wandb: str | None = _f(None, "log to this wandb project (offline unless WANDB_MODE)", type=str)

@@ -80,5 +80,36 @@ class BaseMethod(nn.Module):
         """Random generators the method owns, by name, for the trainer to checkpoint."""
         return {}
 
+    def schedule(self, progress: float) -> None:
+        """Before each training step, on the host (progress = epoch / total epochs): sets
+        what this step's progress decides, in place (BYOL's EMA rate in a device tensor) or
+        as a switch that `graph_key` names. Nothing by default."""
+
+    def update(self) -> None:
+        """After each optimiser step, device work only (no host value, so a CUDA graph
+        captures it): e.g. BYOL's EMA. Nothing by default."""
+
     def step(self, progress: float) -> None:
-        """Called after every optimiser step with progress = epoch / total epochs."""
+        """One step's own update outside the training loop: `schedule` then `update`."""
+        self.schedule(progress)
+        self.update()
+
+    def graph_key(self) -> tuple:
+        """The host-side switches a captured training step depends on: a CUDA graph of the
+        step is captured again when they change (W-MSE's covariance term at --cov_stop)."""
+        return ()
+
+    def graph_blocker(self) -> str | None:
+        """Why this method's training step cannot be one CUDA graph (it reads a device
+        value on the host, or calls a solver that syncs), or None."""
+        return None
+
+    def device_scalar(self, name: str, value: float) -> torch.Tensor:
+        """The method's 0-dim tensor attribute `name`, on its parameters' device and dtype,
+        set to `value` in place (made on first use; not in the state dict)."""
+        t = self.__dict__.get(name)
+        first = next(self.parameters())
+        if t is None or t.device != first.device or t.dtype != first.dtype:
+            t = torch.zeros((), dtype=first.dtype, device=first.device)
+            object.__setattr__(self, name, t)
+        return t.fill_(value)

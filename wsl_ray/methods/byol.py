@@ -46,15 +46,23 @@ class BYOL(BaseMethod):
             t = self.per_view(lambda x: self.head_t(self.model_t(x)), views)
         return byol_loss(p.view(shape), t.view(shape), self.cfg.norm)
 
-    @torch.no_grad()
-    def update_target(self, tau: float) -> None:
-        """target <- tau target + (1 - tau) online, for the encoder's and head's parameters."""
-        online = [*self.model.parameters(), *self.head.parameters()]
-        target = [*self.model_t.parameters(), *self.head_t.parameters()]
-        torch._foreach_lerp_(target, online, 1 - tau)
+    def schedule(self, progress: float) -> None:
+        """This step's EMA weight 1 - tau(progress), into a device tensor in place."""
+        self.device_scalar("ema_weight", 1 - target_tau(progress, self.cfg.byol_tau))
 
-    def step(self, progress: float) -> None:
-        self.update_target(target_tau(progress, self.cfg.byol_tau))
+    def update(self) -> None:
+        ema_update(self, self.ema_weight)
+
+
+@torch.no_grad()
+def ema_update(method: BaseMethod, weight: torch.Tensor) -> None:
+    """target <- target + w (online - target) = tau target + (1 - tau) online, w = 1 - tau a
+    0-dim device tensor, for the encoder's and head's parameters (model_t, head_t). One
+    weight tensor per parameter (lerp's list form): its scalar form would read w on the
+    host."""
+    online = [*method.model.parameters(), *method.head.parameters()]
+    target = [*method.model_t.parameters(), *method.head_t.parameters()]
+    torch._foreach_lerp_(target, online, [weight] * len(target))
 
 
 BYOL_SPEC = MethodSpec(

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..training.models import Float32Linear, ViewBatchNorm1d
 from .base import BaseMethod
-from .byol import target_tau
+from .byol import ema_update, target_tau
 from .distributed import gather_batch, rank_and_world
 from .losses import intl_loss, intl_trade_off
 from .spec import MethodSpec, Option
@@ -67,16 +67,17 @@ class INTL(BaseMethod):
             target = None if target is None else gather_batch(target[None])[0]
         return intl_loss(h, self.trade_off, c.intl_iters, c.intl_axis, target)
 
-    @torch.no_grad()
-    def step(self, progress: float) -> None:
+    def schedule(self, progress: float) -> None:
         """INTL-M: target <- m target + (1 - m) online for the encoder's and head's
         parameters (not the BatchNorm statistics), m = 1 - (1 - m0) (1 + cos(pi p)) / 2
-        rising from --intl_m to 1, as the reference's adjust_momentum."""
-        if not self.momentum:
-            return
-        m = target_tau(progress, self.cfg.intl_m)
-        online = [*self.model.parameters(), *self.head.parameters()]
-        torch._foreach_lerp_([*self.model_t.parameters(), *self.head_t.parameters()], online, 1 - m)
+        rising from --intl_m to 1, as the reference's adjust_momentum: 1 - m into a device
+        tensor here, the update in `update`."""
+        if self.momentum:
+            self.device_scalar("ema_weight", 1 - target_tau(progress, self.cfg.intl_m))
+
+    def update(self) -> None:
+        if self.momentum:
+            ema_update(self, self.ema_weight)
 
 
 def trade_off(cfg: Config) -> float:

@@ -27,9 +27,10 @@ class WhitenedMSE(BaseMethod):
     """With --whiten_global under DDP, the loss whitens the global batch (see `forward`).
 
     --cov_w adds CW-RGP's covariance term (its ImageNet code) over each worker's own batch,
-    switched off by `step` once an iteration of epoch --cov_stop has run (the reference
+    switched off by `schedule` once an iteration of epoch --cov_stop has run (the reference
     switches after its optimiser step, so the first iteration of epoch cov_stop still has
     it; a run resumed past cov_stop has it for its first iteration, as the reference's).
+    The switch is host state (`graph_key`): a captured step is captured again when it flips.
     """
 
     def __init__(self, cfg: Config, image_size: int):
@@ -37,6 +38,7 @@ class WhitenedMSE(BaseMethod):
         self.family = family_of(cfg.to_dict())
         self.generator: torch.Generator | None = None
         self.cov_on = cfg.cov_w != 0
+        self.cov_stop_reached = False  # by an earlier step of this process
 
     def generators(self) -> dict[str, torch.Generator]:
         """--whiten_global draws its sub-batches and groups from a generator seeded with
@@ -76,9 +78,20 @@ class WhitenedMSE(BaseMethod):
         loss = with_global_value(loss) if world > 1 else loss
         return loss if cov is None else loss + cov
 
-    def step(self, progress: float) -> None:
-        if round(progress * self.cfg.epoch) >= self.cfg.cov_stop:
+    def schedule(self, progress: float) -> None:
+        if self.cov_stop_reached:
             self.cov_on = False
+        self.cov_stop_reached = round(progress * self.cfg.epoch) >= self.cfg.cov_stop
+
+    def graph_key(self) -> tuple:
+        return (self.cov_on,)
+
+    def graph_blocker(self) -> str | None:
+        if self.family.matrix == "zca":
+            return "its ZCA reads the Newton-Schulz convergence flag on the host"
+        if self.family.matrix == "pca":
+            return "its PCA is an eigh (cuSOLVER syncs)"
+        return None
 
 
 def _sub_batch_problems(cfg: Config, workers: int, above: int) -> list[str]:

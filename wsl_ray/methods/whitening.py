@@ -47,7 +47,8 @@ class FactorisationStats:
     (a slice that succeeds at the second retry level counts 2); `fallbacks` counts slices that
     no shrinkage in RETRY_EPS could factorise (only non-finite or absurdly scaled input), which
     are then standardised per feature instead of whitened (and counted K - 1 retries, K the
-    number of levels tried). The counts stay on the device of the data; `take()` reads them.
+    number of levels tried). The counts stay on the device of the data, one tensor per device
+    for the whole run, updated in place; `take()` reads and zeroes them.
     """
 
     def __init__(self) -> None:
@@ -69,7 +70,7 @@ class FactorisationStats:
         for counts in self._counts.values():
             r, f = counts.tolist()
             retries, fallbacks = retries + r, fallbacks + f
-        self._counts = {}
+            counts.zero_()  # in place: a captured CUDA graph keeps adding into this tensor
         if fallbacks:
             warnings.warn(
                 f"whitening: {fallbacks} slice(s) could not be factorised even with "

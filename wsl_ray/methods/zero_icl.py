@@ -16,5 +16,8 @@ class ZeroICL(BaseMethod):
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         return zero_icl_loss(self.project(views))
 
+    def graph_blocker(self) -> str | None:
+        return "its whitening is an eigh (cuSOLVER syncs)"
+
 
 ZERO_ICL_SPEC = MethodSpec("zero_icl", "zero-ICL", ZeroICL, views=2, defaults=CW_RGP_STUDY_DEFAULTS)

@@ -134,13 +134,15 @@ class OpCounter(TorchDispatchMode):
     """Counts the aten ops dispatched in its block (`ops`), those of them that compute
     (`kernels`: not a view, an allocation or a detach; a CPU-side measure of what a step
     costs to launch on a GPU), and lists those that sync the host with the GPU on CUDA
-    (`syncs`, from SYNCING_OPS)."""
+    (`syncs`, from SYNCING_OPS), and counts the tensors made from host data (`host_tensors`:
+    `torch.tensor(...)`, a host-to-device copy on CUDA, which a graph capture refuses)."""
 
     def __init__(self):
         super().__init__()
         self.ops = 0
         self.kernels = 0
         self.syncs: list[str] = []
+        self.host_tensors = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket._qualified_op_name.replace("::", ".")
@@ -148,4 +150,5 @@ class OpCounter(TorchDispatchMode):
         self.kernels += not (func.is_view or name in NO_KERNEL_OPS)
         if name in SYNCING_OPS:
             self.syncs.append(name)
+        self.host_tensors += name == "aten.lift_fresh"
         return func(*args, **(kwargs or {}))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..config import Config, check_data_fit, validate_config
+from ..config import Config, ConfigError, check_data_fit, validate_config
 from ..data import Augment, ImageData, ImageFiles, iterate_batches, load_dataset
 from ..methods import BaseMethod, get_method
 from ..methods.whitening import stats as whitening_stats
@@ -34,7 +34,8 @@ from .checkpoint import (
 )
 from .device import HostScalar, place_data, resolve_device, setup_device
 from .evaluate import evaluate_run
-from .optim import base_lr, build_optimizer, learning_rate
+from .graph import TrainStep, graph_fallback, step_on_device
+from .optim import base_lr, build_optimizer, learning_rate, set_graph_ready, set_lr
 from .reporting import LocalReporter, Reporter, accuracies, epoch_line, summarize
 from .sinks import MetricSinks, open_sinks
 from .weights import load_weights
@@ -107,22 +108,11 @@ def train_step(
     sizes: torch.Tensor,
     progress: float,
 ) -> torch.Tensor:
-    """One optimiser step on a batch of uint8 images x [b, C, H, W] (`sizes` [b, 2]: each
-    image's own size): its views, the loss under bf16 autocast on CUDA, backward, the
-    optimiser's step and the method's own (e.g. BYOL's EMA; progress = epoch / epochs).
-    `net` is `model` as called for the loss (DDP-wrapped on several workers). Returns the
-    detached loss, without reading it on the host."""
-    cuda = x.device.type == "cuda"
-    views = augment(x, sizes)  # crops from each whole image (ImageNet: on a canvas)
-    if cuda:
-        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
-        loss = net(views)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    model.step(progress)
-    return loss.detach()
+    """One eager optimiser step (progress = epoch / epochs): the method's `schedule`, then
+    `graph.step_on_device` (views, loss, backward, optimiser, the method's update). Returns
+    the detached loss, without reading it on the host."""
+    model.schedule(progress)
+    return step_on_device(model, net, optimizer, augment, x, sizes)
 
 
 def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int = 0) -> BaseMethod:
@@ -161,6 +151,15 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
         model.compile_encoder()
+    eager_because = graph_fallback(cfg, model, device, context.world_size)
+    capture = eager_because is None
+    if cfg.cuda_graph == "on" and not capture:
+        raise ConfigError(
+            f"--cuda_graph on: the step cannot be one CUDA graph here: "
+            f"{eager_because}; use --cuda_graph auto"
+        )
+    if device.type == "cuda" and cfg.cuda_graph == "auto" and not capture and rank == 0:
+        print(f"note: the training step runs eagerly, not as a CUDA graph: {eager_because}")
     optimizer = build_optimizer(
         cfg.optimizer,
         model.parameters(),
@@ -168,6 +167,7 @@ def train(
         cfg.adam_l2,
         cfg.momentum,
         fused=device.type == "cuda",
+        graph_ready=capture,
     )  # fused Adam: one kernel for all parameters instead of ~600 per-parameter ops
     gens = {
         "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
@@ -177,6 +177,8 @@ def train(
     state = TrainState()
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
         state = load_checkpoint(resume_from, model, optimizer, gens)
+        if cfg.optimizer == "adam":
+            set_graph_ready(optimizer, capture)  # the saved groups' lr and flag came back
     elif cfg.fname:
         load_weights(model, read_checkpoint(cfg.fname), verbose=rank == 0)
     saved_epoch = state.epoch  # of the newest checkpoint, 0 for none
@@ -188,6 +190,7 @@ def train(
     iters = len(data.train_x) // cfg.bs
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
+    step = TrainStep(model, net, optimizer, augment, list(gens.values()), capture)
     sinks = sinks or open_sinks(cfg, rank)
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
@@ -214,9 +217,8 @@ def train(
         )
         for n, (x, _, sizes) in enumerate(bar):
             lr = learning_rate(cfg, epoch + n / iters, state.iteration, iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum += train_step(model, net, optimizer, augment, x, sizes, epoch / cfg.epoch)
+            set_lr(optimizer, lr)
+            loss_sum += step(x, sizes, epoch / cfg.epoch)
             state.iteration += 1
             if n % 20 == 19:
                 running_loss.push(loss_sum / (n + 1))

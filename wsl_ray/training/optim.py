@@ -130,13 +130,48 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     fused: bool = False,
+    graph_ready: bool = False,
 ) -> torch.optim.Optimizer:
     """adam: Adam with coupled L2 (the CIFAR reference); sgd: SGD with momentum (the CW-RGP
-    ImageNet recipe); lars: LARS above (our addition for pre-training)."""
+    ImageNet recipe); lars: LARS above (our addition for pre-training).
+
+    graph_ready (adam only): fused Adam with `capturable=True` and the lr a 0-dim tensor on
+    the parameters' device (`set_graph_ready`), so that a CUDA graph can capture its step
+    and `set_lr` changes the lr in place between replays."""
     if name == "adam":
+        if graph_ready:
+            params = list(params)
+            optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+            return set_graph_ready(optimizer)
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown --optimizer {name!r}; choose adam, sgd or lars")
+
+
+def set_graph_ready(optimizer: torch.optim.Optimizer, ready: bool = True) -> torch.optim.Optimizer:
+    """Makes a fused Adam's step capturable (`ready`) or plain again. Ready: each group's lr
+    becomes a 0-dim tensor on its parameters' device (float32 on CUDA, the parameters' dtype
+    elsewhere, so float64 tests step exactly as with a float lr) and `capturable` is set;
+    not ready: a float lr, capturable off. Call it after `load_state_dict` too, which puts
+    back the saved groups' values (another run's lr and capturable). Returns the optimizer."""
+    for group in optimizer.param_groups:
+        first, value = group["params"][0], float(group["lr"])
+        group["capturable"] = ready
+        if not ready:
+            group["lr"] = value
+        elif not isinstance(group["lr"], torch.Tensor) or group["lr"].device != first.device:
+            dtype = torch.float32 if first.device.type == "cuda" else first.dtype
+            group["lr"] = torch.tensor(value, dtype=dtype, device=first.device)
+    return optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Sets every group's lr: in place where it is a tensor (a graph-ready optimiser)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr

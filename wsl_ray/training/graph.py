@@ -1,0 +1,140 @@
+"""The training step, and the same step captured once as a CUDA graph and replayed.
+
+A step launches about a thousand kernels (BENCHMARKS.md, "Kernel ops per training step"); a
+replayed CUDA graph launches them all in one call. What a graph needs of the step: no host
+read of a device value, no allocation that changes between steps, and every value that
+changes between steps in a tensor updated in place: the batch (copied into static buffers),
+the lr (a tensor in a capturable fused Adam, `optim.set_graph_ready`), BYOL's and INTL's EMA
+weight (`BaseMethod.schedule`), the whitening's failure counts (updated in place), and the
+random generators (registered with the graph, so every replay draws new numbers and their
+states checkpoint as usual). Host-side switches (W-MSE's covariance term) are the method's
+`graph_key`: the step is captured again when they change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..config import Config
+from ..data import Augment
+from ..methods import BaseMethod
+
+# Eager steps before the capture, on a side stream: they create the optimiser's state, the
+# whitening counters and the EMA weight, and let cuDNN pick its kernels.
+WARMUP_STEPS = 3
+
+
+def step_on_device(
+    model: BaseMethod,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    augment: Augment,
+    x: torch.Tensor,
+    sizes: torch.Tensor,
+) -> torch.Tensor:
+    """The device work of one optimiser step on uint8 images x [b, C, H, W] (`sizes` [b, 2]:
+    each image's own size): its views, the loss under bf16 autocast on CUDA (no weight-cast
+    cache, which a graph cannot keep), backward, the optimiser's step and the method's own
+    `update` (BYOL's EMA). `net` is `model` as called for the loss (DDP-wrapped on several
+    workers). Returns the detached loss, without reading it on the host."""
+    cuda = x.device.type == "cuda"
+    views = augment(x, sizes)  # crops from each whole image (ImageNet: on a canvas)
+    if cuda:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda, cache_enabled=False):
+        loss = net(views)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.update()
+    return loss.detach()
+
+
+def graph_fallback(
+    cfg: Config, model: BaseMethod, device: torch.device, workers: int
+) -> str | None:
+    """Why a run's step stays eager on `device` (None: it is captured as a CUDA graph)."""
+    if device.type != "cuda":
+        return "not on CUDA"
+    if cfg.cuda_graph == "off":
+        return "--cuda_graph off"
+    if workers > 1:
+        return "several workers (DDP's all-reduce inside a captured step is untested)"
+    if cfg.optimizer != "adam":
+        return f"--optimizer {cfg.optimizer} (only the fused Adam is capturable here)"
+    if cfg.compile:
+        return "--compile (the compiled encoder is not captured)"
+    return model.graph_blocker()
+
+
+class TrainStep:
+    """`step(x, sizes, progress)`: one training step (the method's host-side `schedule`, then
+    `step_on_device`), eager or, with `capture` (CUDA only), replayed from a CUDA graph.
+
+    With capture, the first WARMUP_STEPS calls run eagerly on a side stream; the next one
+    captures the step on static copies of the batch, with `generators` (the CUDA generators
+    the step draws from) registered with the graph, and replays it; later calls copy their
+    batch into the static buffers and replay, capturing again when `model.graph_key()`
+    changes. The returned loss is then the graph's output tensor: read or add it before the
+    next call. The optimiser must be graph-ready (`optim.set_graph_ready`).
+    """
+
+    def __init__(
+        self,
+        model: BaseMethod,
+        net: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        augment: Augment,
+        generators: list[torch.Generator] = (),
+        capture: bool = False,
+    ):
+        self.model, self.net, self.optimizer, self.augment = model, net, optimizer, augment
+        self.generators = [g for g in generators if g.device.type == "cuda"]
+        self.capture = capture
+        self.eager_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.key: tuple | None = None
+        self.static: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.loss: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, sizes: torch.Tensor, progress: float) -> torch.Tensor:
+        self.model.schedule(progress)
+        if not self.capture:
+            return self._eager(x, sizes)
+        if self.eager_steps < WARMUP_STEPS:
+            self.eager_steps += 1
+            return _on_side_stream(lambda: self._eager(x, sizes))
+        if self.static is None:
+            self.static = (x.clone(), sizes.to(x.device).clone())
+        self.static[0].copy_(x, non_blocking=True)
+        self.static[1].copy_(sizes, non_blocking=True)
+        if self.graph is None or self.key != self.model.graph_key():
+            self._capture()
+        self.graph.replay()
+        return self.loss
+
+    def _eager(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        return step_on_device(self.model, self.net, self.optimizer, self.augment, x, sizes)
+
+    def _capture(self) -> None:
+        self.graph = self.loss = None  # frees the previous graph's memory first
+        graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:
+            graph.register_generator_state(generator)
+        self.optimizer.zero_grad(set_to_none=True)  # gradients come from the graph's pool
+        with torch.cuda.graph(graph):
+            self.loss = self._eager(*self.static)
+        self.graph, self.key = graph, self.model.graph_key()
+
+
+def _on_side_stream(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """fn() on a fresh CUDA stream that waits for the current one and is waited for by it
+    (how warm-up before a capture must run)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return out
