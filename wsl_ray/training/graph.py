@@ -89,10 +89,11 @@ class TrainStep:
         augment: Augment,
         generators: list[torch.Generator] = (),
         capture: bool = False,
+        strict: bool = False,
     ):
         self.model, self.net, self.optimizer, self.augment = model, net, optimizer, augment
         self.generators = [g for g in generators if g.device.type == "cuda"]
-        self.capture = capture
+        self.capture, self.strict = capture, strict
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: tuple | None = None
@@ -111,9 +112,24 @@ class TrainStep:
         self.static[0].copy_(x, non_blocking=True)
         self.static[1].copy_(sizes, non_blocking=True)
         if self.graph is None or self.key != self.model.graph_key():
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as err:  # the capture has not run on a GPU yet: see below
+                if self.strict:
+                    raise
+                return self._give_up_capture(err, x, sizes)
         self.graph.replay()
         return self.loss
+
+    def _give_up_capture(self, err: RuntimeError, x: torch.Tensor, sizes: torch.Tensor):
+        """After a failed capture (--cuda_graph auto), the rest of the run steps eagerly: a
+        capture records kernels without running them, so this step runs again, eager. The
+        graph path has passed its CPU proofs but not yet a GPU (tests/test_gpu.py's cases);
+        this keeps an unforeseen capture error from ending a run."""
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"note: the step could not be captured as a CUDA graph ({message}); eager from now")
+        self.capture, self.graph, self.loss, self.static = False, None, None, None
+        return self._eager(x, sizes)
 
     def _eager(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         return step_on_device(self.model, self.net, self.optimizer, self.augment, x, sizes)

@@ -190,7 +190,8 @@ def train(
     iters = len(data.train_x) // cfg.bs
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
-    step = TrainStep(model, net, optimizer, augment, list(gens.values()), capture)
+    strict = cfg.cuda_graph == "on"  # auto falls back to eager if a capture fails
+    step = TrainStep(model, net, optimizer, augment, list(gens.values()), capture, strict)
     sinks = sinks or open_sinks(cfg, rank)
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
