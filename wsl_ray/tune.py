@@ -38,6 +38,7 @@ from .sweep.experiment import (
     write_record,
 )
 from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
+from .sweep.plan import Resources, sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
@@ -134,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="fix training flags, or pin searched parameters to one value",
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="check the sweep, measure one trial's steps and evaluation on this cluster, print "
+        "its trial-epochs, wall time and GPU-hours (CPU-hours), and exit without a trial",
+    )
     return p
 
 
@@ -183,6 +190,8 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
         return problem
     if args.max_failures < -1:
         return f"--max-failures {args.max_failures}: must be 0 or more (-1: retry forever)"
+    if args.plan and args.resume:
+        return "--plan plans a new sweep: drop --resume (or --plan, to continue the sweep)"
     if not 0 <= args.wait_for_resources < math.inf:
         return f"--wait-for-resources {args.wait_for_resources}: give seconds, 0 or more"
     return None
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             if note := defaults_note(default):
                 print(note, file=sys.stderr)
             data = check_data(default, space.name)
-            if not args.resume:  # the objective and space are fixed before the first trial
+            if not (args.resume or args.plan):  # objective and space fixed before a trial
                 mode = metric_spec(args.metric).mode
                 overrides = overrides_from_args(args)
                 settings = sweep_settings(args)
@@ -275,8 +284,9 @@ def run(
     data: ImageData,
 ) -> int:
     """Runs the checked sweep (and its confirmation) on Ray and prints the summary; the exit
-    code: 0, or 1 when no trial finished with the metric."""
-    baseline = untrained_baseline(default, data) if args.baseline else None
+    code: 0, or 1 when no trial finished with the metric. With --plan: prints the plan
+    instead, and starts no trial."""
+    baseline = untrained_baseline(default, data) if args.baseline and not args.plan else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop our Ray
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     confirmed = None
@@ -288,7 +298,17 @@ def run(
             args.workers_per_trial, args.cpus_per_trial, gpus, args.wait_for_resources
         )
         # one copy per node, owned by this driver: a resumed sweep puts it again
-        run_sweep(args, space, limits, share_dataset(data, default))
+        shared = share_dataset(data, default)
+        if args.plan:
+            resources = Resources(
+                args.workers_per_trial,
+                args.cpus_per_trial,
+                gpus,
+                args.concurrency or fitting_trials(args, gpus),
+            )
+            print(sweep_plan(args, path, limits, default, data, shared, resources))
+            return 0
+        run_sweep(args, space, limits, shared)
         if args.confirm:
             resources = {
                 "workers": args.workers_per_trial,

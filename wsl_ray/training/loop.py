@@ -132,6 +132,44 @@ def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int =
     return get_method(cfg.method)(cfg, crop_size).to(device)
 
 
+@dataclass
+class RunParts:
+    """What a run trains with: the model, its optimiser, the seeded generators (data order,
+    augmentation, the method's own) and the augmentation."""
+
+    model: BaseMethod
+    optimizer: torch.optim.Optimizer
+    gens: dict[str, torch.Generator]
+    augment: Augment
+
+
+def run_parts(cfg: Config, data: ImageData, device: torch.device, rank: int = 0) -> RunParts:
+    """The model (channels-last on CUDA, its encoder compiled with --compile), optimiser,
+    generators and augmentation a run of `cfg` on `rank` starts from, before any checkpoint."""
+    model = initial_model(cfg, data.crop_size, device, rank)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile_encoder()
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        model.parameters(),
+        base_lr(cfg),
+        cfg.adam_l2,
+        cfg.momentum,
+        fused=device.type == "cuda",
+    )  # fused Adam: one kernel for all parameters instead of ~600 per-parameter ops
+    gens = {
+        "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
+        "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
+        **model.generators(),  # e.g. --whiten_global's, the same on every rank
+    }
+    augment = Augment.from_config(
+        cfg, data.crop_size, data.mean, data.std, data.blur, gens["augment"]
+    )
+    return RunParts(model, optimizer, gens, augment)
+
+
 def train(
     cfg: Config,
     reporter: Reporter | None = None,
@@ -156,24 +194,8 @@ def train(
     check_data_fit(cfg, data)  # before the first epoch, not at its evaluation
     place_data(data, device, context.gpu_share)
 
-    model = initial_model(cfg, data.crop_size, device, rank)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model.compile_encoder()
-    optimizer = build_optimizer(
-        cfg.optimizer,
-        model.parameters(),
-        base_lr(cfg),
-        cfg.adam_l2,
-        cfg.momentum,
-        fused=device.type == "cuda",
-    )  # fused Adam: one kernel for all parameters instead of ~600 per-parameter ops
-    gens = {
-        "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
-        "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
-        **model.generators(),  # e.g. --whiten_global's, the same on every rank
-    }
+    parts = run_parts(cfg, data, device, rank)
+    model, optimizer, gens, augment = parts.model, parts.optimizer, parts.gens, parts.augment
     state = TrainState()
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
         state = load_checkpoint(resume_from, model, optimizer, gens)
@@ -181,9 +203,6 @@ def train(
         load_weights(model, read_checkpoint(cfg.fname), verbose=rank == 0)
     saved_epoch = state.epoch  # of the newest checkpoint, 0 for none
     net = context.wrap_model(model)
-    augment = Augment.from_config(
-        cfg, data.crop_size, data.mean, data.std, data.blur, gens["augment"]
-    )
     local_bs = cfg.bs // context.world_size
     iters = len(data.train_x) // cfg.bs
     if iters == 0:
