@@ -14,7 +14,11 @@ trials reaching the first decision and n_j reaching decision j:
 
 keep = 0: the lower bound (every trial ASHA can stop is stopped); keep = 1: the upper bound
 (none stops, N * E); keep = 1/2: the expected figure when each later arrival is above the
-rung's median with probability 1/2 (it is, exactly, for independent continuous values).
+rung's median with probability 1/2 (it is, exactly, for independent continuous values). When
+evaluations skip a rung (eval_every above the grace), Ray compares a trial with the skipped
+rung at a later result, and that rung also holds the last results of the trials stopped
+before (recorded when they end): those are low, so more than 1 in 2 pass there and the
+expected figure is somewhat low (tests/test_plan.py simulates both cases).
 
 A trial-epoch costs `iters` training steps and, on an evaluated epoch, one evaluation; both
 are measured on the space's first point in a one-worker Ray Train run with a trial worker's
