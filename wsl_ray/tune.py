@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from .sweep.experiment import (
     write_record,
 )
 from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
-from .sweep.plan import Resources, sweep_plan
+from .sweep.plan import Resources, planned_trial_epochs, sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
@@ -299,22 +300,20 @@ def run(
         )
         # one copy per node, owned by this driver: a resumed sweep puts it again
         shared = share_dataset(data, default)
+        fit = fitting_trials(args, gpus)
+        trials = Resources(args.workers_per_trial, args.cpus_per_trial, gpus, fit)
         if args.plan:
-            resources = Resources(
-                args.workers_per_trial,
-                args.cpus_per_trial,
-                gpus,
-                args.concurrency or fitting_trials(args, gpus),
-            )
-            print(sweep_plan(args, path, limits, default, data, shared, resources))
+            print(sweep_plan(args, path, limits, default, data, shared, trials))
             return 0
+        started = time.monotonic()
         run_sweep(args, space, limits, shared)
+        wall_s = time.monotonic() - started
         if args.confirm:
             resources = {
                 "workers": args.workers_per_trial,
                 "gpus": gpus,
                 "cpus": args.cpus_per_trial,
-                "concurrency": fitting_trials(args, gpus),  # order does not matter here
+                "concurrency": fit,  # order does not matter here
             }
             try:
                 configs = plan_confirmation(
@@ -328,7 +327,8 @@ def run(
                 )
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
-    rows = summarize_sweep(path, args.metric, space, baseline)
+    planned = planned_trial_epochs(args.num_trials, default, limits[1], args.scheduler)
+    rows = summarize_sweep(path, args.metric, space, baseline, (trials, planned, wall_s))
     if confirmed:
         report(confirmed, args.metric, space)
     if not ranked(rows, args.metric):

@@ -28,12 +28,12 @@ resources (so on a cluster it runs where trials run), and so is a trial's start-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import resource
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -50,6 +50,7 @@ from ..training.loop import eval_epochs, run_parts, train_step
 from ..training.runner import torch_trainer
 from ..utils.markdown import markdown_table
 from ..utils.storage import filesystem
+from .bill import duration
 
 REDUCTION_FACTOR = 2  # the sweep's ASHA (sweep.tuner)
 PLAN_STEPS = 5  # timed training steps, after one warm-up step
@@ -115,7 +116,7 @@ def planned_trial_epochs(trials: int, cfg: Config, grace: int, scheduler: str) -
     return {k: sweep_trial_epochs(trials, cfg.epoch, decisions, v) for k, v in KEEP.items()}
 
 
-@dataclass
+@dataclasses.dataclass
 class Measurement:
     """One trial worker's costs on the space's first point, in seconds and bytes."""
 
@@ -134,6 +135,27 @@ class Measurement:
     def epoch_s(self) -> float:
         """Seconds per trial-epoch: its steps and its share of the trial's evaluations."""
         return self.iters * self.step_s + self.eval_s * self.evals / self.epochs
+
+
+@dataclasses.dataclass
+class Resources:
+    """One trial's resources and how many trials the cluster fits at once (the confirmation
+    runs that many; the sweep --concurrency, if given)."""
+
+    workers: int
+    cpus: float  # per worker
+    gpus: float  # per worker
+    concurrency: int
+
+    @property
+    def unit(self) -> str:
+        """What the bill counts: GPU-hours when trials hold GPUs, else CPU-hours."""
+        return "GPU" if self.gpus else "CPU"
+
+    @property
+    def per_trial(self) -> float:
+        """The units (GPUs, else CPUs) one trial holds."""
+        return self.workers * (self.gpus or self.cpus)
 
 
 def _measure_loop(config: dict[str, Any]) -> None:
@@ -238,26 +260,6 @@ def data_bytes(data: ImageData) -> int | None:
     return sum(a.numel() * a.element_size() for a in arrays.values())
 
 
-@dataclass
-class Resources:
-    """One trial's resources and how many trials run at once."""
-
-    workers: int
-    cpus: float  # per worker
-    gpus: float  # per worker
-    concurrency: int
-
-    @property
-    def unit(self) -> str:
-        """What the bill counts: GPU-hours when trials hold GPUs, else CPU-hours."""
-        return "GPU" if self.gpus else "CPU"
-
-    @property
-    def per_trial(self) -> float:
-        """The units (GPUs, else CPUs) one trial holds."""
-        return self.workers * (self.gpus or self.cpus)
-
-
 def run_cost(
     trial_epochs: float, trials: int, epochs: int, m: Measurement, r: Resources
 ) -> tuple[float, float]:
@@ -273,31 +275,26 @@ def run_cost(
     return wall, busy * r.per_trial / 3600
 
 
-def duration(seconds: float) -> str:
-    """45 s, 12.3 min or 3.4 h."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
 def _size(n: int | None) -> str:
     return "streamed from files" if n is None else f"{n / 2**20:.0f} MiB"
 
 
 def plan_text(
     name: str,
+    args: argparse.Namespace,
     cfg: Config,
-    trials: int,
     grace: int,
-    scheduler: str,
-    confirm: tuple[int, int],
     m: Measurement,
     r: Resources,
     data_size: int | None,
 ) -> str:
     """The plan a person reads in a few seconds: a title, a table of the sweep's trial-epochs,
-    wall time and hours (lower, expected, upper, and the confirmation `confirm` = (K, S)),
-    how it was measured, one sentence, and a warning for a slow trial-epoch."""
+    wall time and hours (lower, expected, upper; then the confirmation of args.confirm
+    configurations and the default over args.seeds seeds), how it was measured, one
+    sentence, and a warning for a slow trial-epoch. The sweep runs args.concurrency trials
+    at once when given, else r.concurrency, as the confirmation does."""
+    trials, scheduler = args.num_trials, args.scheduler
+    sweep_r = dataclasses.replace(r, concurrency=args.concurrency or r.concurrency)
     figures = planned_trial_epochs(trials, cfg, grace, scheduler)
     rungs = [f"{m_:g}" for m_ in milestones(cfg.epoch, grace) if m_ < cfg.epoch]
     evaluated = ", ".join(str(e) for e in sorted(eval_epochs(cfg)))
@@ -307,7 +304,7 @@ def plan_text(
     else:
         how = "no trial stops early"
     lines = [f"plan of sweep {name}: {trials} trials x {cfg.epoch} epochs, evaluated at epoch "]
-    lines[0] += f"{evaluated}; {how}; {r.concurrency} trial(s) at once"
+    lines[0] += f"{evaluated}; {how}; {min(trials, sweep_r.concurrency)} trial(s) at once"
     rows, costs = [], {}
     labels = {
         "lower bound": "sweep, lower bound (ASHA stops all it can)",
@@ -315,9 +312,9 @@ def plan_text(
         "upper bound": "sweep, upper bound (none stops)",
     }
     for key, label in labels.items():
-        costs[key] = run_cost(figures[key], trials, cfg.epoch, m, r)
+        costs[key] = run_cost(figures[key], trials, cfg.epoch, m, sweep_r)
         rows.append([label, f"{figures[key]:g}", duration(costs[key][0]), f"{costs[key][1]:.2f}"])
-    k, seeds = confirm
+    k, seeds = args.confirm, args.seeds
     after = ""
     if k:
         runs = (k + 1) * seeds
@@ -367,7 +364,4 @@ def sweep_plan(
     print("--plan: measuring one trial's training steps and evaluation ...", flush=True)
     m = measure_trial(cfg, data, shared, r, f"{path.rstrip('/')}-plan")
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    confirm = (args.confirm, args.seeds)
-    return plan_text(
-        name, cfg, args.num_trials, limits[1], args.scheduler, confirm, m, r, data_bytes(data)
-    )
+    return plan_text(name, args, cfg, limits[1], m, r, data_bytes(data))
