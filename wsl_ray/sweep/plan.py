@@ -124,7 +124,7 @@ class Measurement:
     step_s: float
     warmup_s: float  # the first step: allocations, autotuning, --compile
     eval_s: float
-    startup_s: float  # task start, imports, data mapped, model built
+    startup_s: float  # Ray Train run start to first step: worker group, imports, data, model
     iters: int  # training steps per epoch
     evals: int  # evaluated epochs per trial
     epochs: int
