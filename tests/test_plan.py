@@ -93,3 +93,28 @@ def test_a_running_trials_expected_epochs_left():
     assert expected_left(8, 16, decisions) == 8  # past its last rung: it runs to the end
     assert expected_left(4, 16, decisions) == 4 + 8 / 2
     assert expected_left(0, 16, decisions) == 1 + 1 / 2 + 2 / 4 + 4 / 8 + 8 / 16
+
+
+def test_the_live_eta_counts_running_and_waiting_trials_at_their_seconds_per_epoch(capsys):
+    from types import SimpleNamespace
+
+    from wsl_ray.sweep.progress import SweepProgress
+
+    decisions = sweep_decisions(config(4, 2), 2, "asha")  # a rung at epoch 2
+    now = [0.0]
+    progress = SweepProgress(4, 4, decisions, 13 / 4, clock=lambda: now[0])
+    a = SimpleNamespace(trial_id="a", status="RUNNING", last_result={})
+    b = SimpleNamespace(trial_id="b", status="RUNNING", last_result={})
+    progress.on_trial_start(0, [a, b], a)
+    progress.on_trial_start(0, [a, b], b)
+    now[0] = 60.0
+    progress.on_trial_result(0, [a, b], a, {"epoch": 2})  # a: 30 s per epoch
+    assert "no epoch timed" not in capsys.readouterr().out
+    a.last_result = {"epoch": 2}
+    now[0] = 80.0
+    progress.on_trial_result(0, [a, b], b, {"epoch": 2})  # b: 40 s per epoch
+    # a and b are past their rung: 2 epochs each; 2 trials not started: 13/4 each
+    left = 2 + 2 + 2 * 13 / 4
+    line = capsys.readouterr().out
+    assert f"({left:.1f} trial-epochs at 35.0 s, 2 running)" in line, line
+    assert f"about {left * 35 / 2 / 60:.1f} min left" in line and "a 30.0, b 40.0" in line
