@@ -51,6 +51,7 @@ from .sweep.tuner import (
     fitting_trials,
     resource_problem,
     run_sweep,
+    start_ray,
     sweep_epochs,
     tune_can_restore,
     wait_for_resources,
@@ -289,7 +290,7 @@ def run(
     instead, and starts no trial."""
     baseline = untrained_baseline(default, data) if args.baseline and not args.plan else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally`: stop our Ray
-    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    start_ray()
     confirmed = None
     try:
         if args.gpus_per_trial is None:  # now the cluster's GPUs are known (--sync_bn needs one)

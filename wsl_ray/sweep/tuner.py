@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,24 @@ class _ExitAfterFinalResult(tune.Callback):
 def exit_hooks() -> list[tune.Callback]:
     """The test hook's callback when WSL_RAY_TEST_EXIT_AFTER_FINAL is set, else none."""
     return [_ExitAfterFinalResult()] if os.environ.get(EXIT_HOOK) else []
+
+
+def start_ray() -> None:
+    """Connects to the cluster at RAY_ADDRESS, or starts a local Ray whose processes are told
+    its dashboard's address (RAY_API_SERVER_ADDRESS, inherited from this process). Ray
+    Train's PlacementGroupCleaner otherwise finds the dashboard by autodetection, which fails
+    while another Ray instance runs on the machine ("Found multiple active Ray instances"):
+    a trial that ASHA stopped then keeps its placement group, and the next trials wait for
+    its CPUs until WorkerGroupStartupTimeoutError."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, ignore_reinit_error=True)
+        return
+    with socket.socket() as s:  # a free port for the dashboard
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+    ray.init(include_dashboard=True, dashboard_port=port, ignore_reinit_error=True)
 
 
 def cluster_gpus() -> float:
