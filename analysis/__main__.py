@@ -17,11 +17,12 @@ import os
 import sys
 from pathlib import Path
 
+from wsl_ray.sweep.bill import bill_line
 from wsl_ray.sweep.metrics import DEFAULT_METRIC
 from wsl_ray.utils.cli import Parser, command_name
 
 from . import plots, tables
-from .collect import CollectError, load, read_space, sweep_metric, write
+from .collect import CollectError, bills, load, read_space, sweep_metric, write
 from .importance import check_evaluator, importances, stored_study, study_importances
 
 METRIC_HELP = f"selection metric (default: the sweep's, from its sweep.json; else {DEFAULT_METRIC})"
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows = tables.seed_table(table)
             print(tables.render(rows, args.format))
+            if args.format == "markdown":  # csv and latex stay the table alone
+                for name, bill in bills(table).items():
+                    print(f"{name} {bill_line(bill)}")
         elif args.command == "importance":
             check_evaluator(args.evaluator)
             args.metric = args.metric or sweep_metric(args.experiment) or DEFAULT_METRIC

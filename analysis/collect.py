@@ -2,7 +2,8 @@
 
 The rows are the sweep's results schema (wsl_ray.sweep.results; docs/results.md), so a
 sweep's own results.parquet and `python -m analysis collect` hold the same columns, and
-every subcommand takes either. The Parquet metadata carries each experiment's search space.
+every subcommand takes either. The Parquet metadata carries each experiment's search space,
+metric and bill.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from wsl_ray.sweep.experiment import recorded_metric
-from wsl_ray.sweep.results import METRICS_KEY, SPACES_KEY, CollectError, collect
+from wsl_ray.sweep.results import BILLS_KEY, METRICS_KEY, SPACES_KEY, CollectError, collect
 from wsl_ray.utils.storage import filesystem, read_text
 
 __all__ = ["CollectError", "collect", "load", "read_space", "sweep_metric", "write"]
@@ -49,11 +50,12 @@ def load(source: str | list[str]) -> pa.Table:
                 )
         if len(tables) == 1:
             return tables[0]
-        spaces = {k: v for t in tables for k, v in _spaces(t).items()}
-        metrics = {k: v for t in tables for k, v in _metrics(t).items()}
         merged = pa.concat_tables(tables, promote_options="permissive")
         return merged.replace_schema_metadata(
-            {SPACES_KEY: json.dumps(spaces), METRICS_KEY: json.dumps(metrics)}
+            {
+                key: json.dumps({k: v for t in tables for k, v in _meta(t, key).items()})
+                for key in (SPACES_KEY, METRICS_KEY, BILLS_KEY)
+            }
         )
     if any(_is_parquet(s) for s in sources):
         raise CollectError("give either Parquet files or experiment folders, not both")
@@ -69,12 +71,22 @@ def write(table: pa.Table, uri: str) -> None:
         raise CollectError(f"--out {uri}: cannot write it ({str(err).splitlines()[0]})") from None
 
 
+def _meta(table: pa.Table, key: bytes) -> dict[str, Any]:
+    """One entry of the table's metadata: experiment name -> its space, metric or bill."""
+    return json.loads((table.schema.metadata or {}).get(key, b"{}"))
+
+
 def _spaces(table: pa.Table) -> dict[str, str]:
-    return json.loads((table.schema.metadata or {}).get(SPACES_KEY, b"{}"))
+    return _meta(table, SPACES_KEY)
 
 
 def _metrics(table: pa.Table) -> dict[str, str]:
-    return json.loads((table.schema.metadata or {}).get(METRICS_KEY, b"{}"))
+    return _meta(table, METRICS_KEY)
+
+
+def bills(table: pa.Table) -> dict[str, dict]:
+    """experiment name -> the bill of its sweep (sweep.json's), for those that have one."""
+    return _meta(table, BILLS_KEY)
 
 
 def sweep_metric(sources: str | list[str], table: pa.Table | None = None) -> str | None:

@@ -236,6 +236,9 @@ def own_ray_cluster(head_cpus: int, worker_cpus: tuple[int, ...] = ()):
         RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",
         RAY_raylet_start_wait_time_s="120",
+        # Ray Train's placement-group cleaner finds the dashboard here, not by autodetection,
+        # which fails while another Ray runs on this machine (wsl_ray.utils.ray_start.init_ray)
+        RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dashboard}",
     )
     start = [RAY, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     try:

@@ -152,6 +152,7 @@ ROWS = [
     # sweeps: every row fails before Ray starts
     ((*TUNE, "--num_trials", "-1"), 2, "--num_trials -1: must be 1 or more"),
     ((*TUNE, "--concurrency", "0"), 2, "--concurrency 0: must be 1 or more"),
+    ((*TUNE, "--plan", "--resume"), 2, "--plan plans a new sweep: drop --resume"),
     ((*TUNE, "--max-failures", "-2"), 2, "--max-failures -2"),
     ((*TUNE, "--epochs", "0"), 2, "--epoch 0: must be 1 or more"),
     ((*TUNE, "--eval_every", "0"), 2, "--eval_every 0: must be 1 or more"),

@@ -7,6 +7,7 @@ so that a test can kill it, or kill a trial's Train worker, while it runs.
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -82,7 +83,7 @@ def tiny_sweep(cluster, tmp_path_factory):
 
 
 @pytest.mark.timeout(1200)  # 4 minutes on 2 idle cores; 11 when the machine is shared
-def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(tiny_sweep):
+def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(tiny_sweep, capsys):
     """The sweep's trials, study, summary, confirmation, and analysis on its output."""
     tmp_path, out = tiny_sweep
     rows = results(tmp_path)
@@ -122,10 +123,23 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(tiny_sweep):
     assert {r["config/seed"] for r in confirmed} == {SWEEP_SEED + 1000, SWEEP_SEED + 1001}
     assert all(r["status"] == "TERMINATED" and r["test_acc_knn"] is not None for r in confirmed)
     assert "test_acc_knn mean ± std" in out and "beyond noise" in out
+    # the live ETA and the bill: trial-epochs run beside the plan's (3 trials, rung at epoch 1)
+    assert "eta: about" in out and " s/epoch: " in out
+    bill = json.loads((tmp_path / "t" / "sweep.json").read_text())["bill"]
+    run = sum(r["epochs"] for r in rows)
+    assert bill["trial_epochs"] == run
+    assert bill["planned_trial_epochs"] == {"lower bound": 4, "expected": 5, "upper bound": 6}
+    assert bill["unit"] == "CPU" and bill["hours"] > 0
+    assert bill["trial_epochs_per_hour"] == pytest.approx(run / bill["hours"])
+    metadata = pq.read_table(tmp_path / "t" / "results.parquet").schema.metadata
+    assert json.loads(metadata[b"wsl_ray.bills"]) == {"t": bill}
+    assert f"bill: {run} trial-epochs run (planned: 5 expected, 4 to 6)" in out
     # every analysis subcommand reads the sweep's own output, Parquet file or folder
     parquet = str(tmp_path / "t" / "results.parquet")
     for source in (parquet, str(tmp_path / "t")):
+        capsys.readouterr()
         assert analysis_main(["tables", source, "--kind", "paper"]) == 0
+        assert f"t bill: {run} trial-epochs run" in capsys.readouterr().out
         assert analysis_main(["plots", source, "--out", str(tmp_path / "plots")]) == 0
         assert analysis_main(["rankme", source]) == 0
     assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 10_000
@@ -149,6 +163,18 @@ def test_the_sweeps_study_opens_in_optuna_dashboard(tiny_sweep):
     for t in trials:
         steps = [v["step"] for v in t["intermediate_values"]]
         assert steps == ([1, 2] if t["state"] == "Complete" else [1]), t
+
+
+@pytest.mark.timeout(300)
+def test_plan_measures_and_starts_no_trial(cluster, space_file, tmp_path):
+    """--plan of a small sweep: its figures and a time, and no trial, record or study."""
+    flags = ("--num_trials", "3", "--epochs", "2", "--eval_every", "1", "--grace", "1")
+    out = sweep(cluster, space_file, tmp_path, *flags, "--plan", timeout=280)
+    # a rung at epoch 1: 3 trial-epochs there, then the first and 1 in 2 of the others
+    assert "| sweep, expected (1 in 2 promoted per rung) | 5 |" in out, out[-3000:]
+    assert re.search(r"The sweep should take about [\d.]+ (s|min)", out), out[-3000:]
+    # the storage holds only the space file and the empty folder that the driver lock made
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["t", "tiny.yaml"]
 
 
 def test_small_epochs_never_reach_rays_grace_assertion():

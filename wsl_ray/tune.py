@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from .sweep.experiment import (
     write_record,
 )
 from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
+from .sweep.plan import Resources, planned_trial_epochs, sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
@@ -152,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="fix training flags, or pin searched parameters to one value",
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="check the sweep, measure one trial's steps and evaluation on this cluster, print "
+        "its trial-epochs, wall time and GPU-hours (CPU-hours), and exit without a trial",
+    )
     return p
 
 
@@ -201,6 +209,8 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
         return problem
     if args.max_failures < -1:
         return f"--max-failures {args.max_failures}: must be 0 or more (-1: retry forever)"
+    if args.plan and args.resume:
+        return "--plan plans a new sweep: drop --resume (or --plan, to continue the sweep)"
     if not 0 <= args.wait_for_resources < math.inf:
         return f"--wait-for-resources {args.wait_for_resources}: give seconds, 0 or more"
     return None
@@ -280,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             if note := defaults_note(default):
                 print(note, file=sys.stderr)
             data = check_data(default, space.name)
-            if not args.resume:  # the objective and space are fixed before the first trial
+            if not (args.resume or args.plan):  # objective and space fixed before a trial
                 mode = metric_spec(args.metric).mode
                 overrides = overrides_from_args(args)
                 settings = sweep_settings(args)
@@ -301,8 +311,9 @@ def run(
     warm: WarmStart | None = None,
 ) -> int:
     """Runs the checked sweep (and its confirmation) on Ray and prints the summary; the exit
-    code: 0, or 1 when no trial finished with the metric. `warm`: from --warm_start."""
-    baseline = untrained_baseline(default, data) if args.baseline else None
+    code: 0, or 1 when no trial finished with the metric. `warm`: from --warm_start. With
+    --plan: prints the plan instead, and starts no trial."""
+    baseline = untrained_baseline(default, data) if args.baseline and not args.plan else None
     init_ray(os.environ.get("RAY_ADDRESS"))  # a SIGTERM then runs `finally`: stops our Ray
     confirmed = None
     try:
@@ -313,13 +324,21 @@ def run(
             args.workers_per_trial, args.cpus_per_trial, gpus, args.wait_for_resources
         )
         # one copy per node, owned by this driver: a resumed sweep puts it again
-        run_sweep(args, space, limits, share_dataset(data, default), warm)
+        shared = share_dataset(data, default)
+        fit = fitting_trials(args, gpus)
+        trials = Resources(args.workers_per_trial, args.cpus_per_trial, gpus, fit)
+        if args.plan:
+            print(sweep_plan(args, path, limits, default, data, shared, trials))
+            return 0
+        started = time.monotonic()
+        run_sweep(args, space, limits, shared, warm)
+        wall_s = time.monotonic() - started
         if args.confirm:
             resources = {
                 "workers": args.workers_per_trial,
                 "gpus": gpus,
                 "cpus": args.cpus_per_trial,
-                "concurrency": fitting_trials(args, gpus),  # order does not matter here
+                "concurrency": fit,  # order does not matter here
             }
             try:
                 configs = plan_confirmation(
@@ -333,7 +352,8 @@ def run(
                 )
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
-    rows = summarize_sweep(path, args.metric, space, baseline)
+    planned = planned_trial_epochs(args.num_trials, default, limits[1], args.scheduler)
+    rows = summarize_sweep(path, args.metric, space, baseline, (trials, planned, wall_s))
     if confirmed:
         report(confirmed, args.metric, space)
     if not ranked(rows, args.metric):

@@ -96,6 +96,13 @@ def write_record(
     write_text(f"{path}/{RECORD}", json.dumps(record, indent=1))
 
 
+def add_to_record(path: str, key: str, value: Any) -> None:
+    """Sets `key` in EXPERIMENT/sweep.json (e.g. the bill, at the end of the sweep)."""
+    record = read_record(path)
+    if record is not None:  # an experiment of an earlier version has none to add to
+        write_text(f"{path}/{RECORD}", json.dumps(record | {key: value}, indent=1))
+
+
 def read_record(path: str) -> dict[str, Any] | None:
     """EXPERIMENT/sweep.json as a dict; None when there is none (a sweep of an earlier version).
     Raises ExperimentError for a file that is not a sweep record."""

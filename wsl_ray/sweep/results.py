@@ -16,8 +16,9 @@ Tune, never reported to it). Columns (docs/results.md, "Results schema"):
 status: TERMINATED (ran its epoch budget), STOPPED (the scheduler ended it early),
 INTERRUPTED (cut short by a kill or Ctrl-C of the driver: --resume continues it; not ranked),
 DIVERGED (its loss became non-finite; ended once, never retried), ERROR (failed).
-The Parquet file's metadata holds each experiment's search space (`wsl_ray.spaces`) and the
-metric its sweep selected on (`wsl_ray.metrics`, from sweep.json).
+The Parquet file's metadata holds each experiment's search space (`wsl_ray.spaces`), the
+metric its sweep selected on (`wsl_ray.metrics`, from sweep.json) and its bill
+(`wsl_ray.bills`: trial-epochs, hours, planned trial-epochs; sweep.json's `bill`).
 Experiments run before the validation split reported test metrics as acc, acc_5, acc_knn:
 those are read into the test_* columns.
 """
@@ -33,7 +34,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from ..utils.storage import filesystem, read_text
-from .experiment import recorded_metric
+from .experiment import read_record, recorded_metric
 from .journal import END_FILE, journal_uri, merged_history, parse_lines
 from .metrics import METRICS, score
 
@@ -44,6 +45,7 @@ HISTORY_KEYS = ("epoch", "loss", "lr", *VAL_METRICS, *TEST_METRICS, "time_total_
 TEST_FILE = "test_metrics.json"
 SPACES_KEY = b"wsl_ray.spaces"
 METRICS_KEY = b"wsl_ray.metrics"
+BILLS_KEY = b"wsl_ray.bills"
 STATUSES = ("TERMINATED", "STOPPED", "INTERRUPTED", "DIVERGED", "ERROR")  # in summary order
 RANKED = STATUSES[:2]  # statuses whose metrics may be ranked
 # training flags that do not change what is trained: configs differing only here are the same
@@ -173,16 +175,21 @@ def rows_table(
     rows: list[dict[str, Any]],
     spaces: dict[str, str] | None = None,
     metrics: dict[str, str] | None = None,
+    bills: dict[str, dict] | None = None,
 ) -> pa.Table:
     """Rows as one Arrow table (columns missing in some rows are null there), with the search
-    spaces (experiment name -> YAML text) and the metrics the sweeps selected on (experiment
-    name -> metric) in its schema metadata."""
+    spaces (experiment name -> YAML text), the metrics the sweeps selected on (experiment
+    name -> metric) and their bills (experiment name -> bill) in its schema metadata."""
     columns = sorted(
         {k for row in rows for k in row} | set(VAL_METRICS) | set(TEST_METRICS), key=_column_order
     )
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
     return table.replace_schema_metadata(
-        {SPACES_KEY: json.dumps(spaces or {}), METRICS_KEY: json.dumps(metrics or {})}
+        {
+            SPACES_KEY: json.dumps(spaces or {}),
+            METRICS_KEY: json.dumps(metrics or {}),
+            BILLS_KEY: json.dumps(bills or {}),
+        }
     )
 
 
@@ -205,10 +212,21 @@ def experiment_metrics(uris: list[str]) -> dict[str, str]:
     return {name: metric for name, metric in found.items() if metric}
 
 
+def experiment_bills(uris: list[str]) -> dict[str, dict]:
+    """experiment name -> its bill (sweep.json's), for the experiments that have one."""
+    records = {uri.rstrip("/").rsplit("/", 1)[-1]: read_record(uri.rstrip("/")) for uri in uris}
+    return {name: r["bill"] for name, r in records.items() if r and r.get("bill")}
+
+
 def collect(experiments: list[str]) -> pa.Table:
     """Every trial of every experiment folder, as one table in the results schema."""
     rows = [row for uri in experiments for row in collect_rows(uri)]
-    return rows_table(rows, experiment_spaces(experiments), experiment_metrics(experiments))
+    return rows_table(
+        rows,
+        experiment_spaces(experiments),
+        experiment_metrics(experiments),
+        experiment_bills(experiments),
+    )
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:

@@ -1,5 +1,5 @@
 """The end-of-sweep summary: the best trials as a Markdown table, how the default point
-(and the untrained encoder) did, and the selected trial's test metric."""
+(and the untrained encoder) did, the selected trial's test metric, and the sweep's bill."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 from ..utils.markdown import markdown_table
+from .bill import bill_line, sweep_bill
+from .experiment import add_to_record
 from .metrics import metric_spec
 from .results import STATUSES, collect_rows, ranked, rows_table, write_parquet
 
@@ -37,16 +39,26 @@ def _fmt(value: Any) -> str:
 
 
 def summarize_sweep(
-    experiment: str, metric: str, space, baseline: dict[str, float] | None = None
+    experiment: str,
+    metric: str,
+    space,
+    baseline: dict[str, float] | None = None,
+    costs: tuple[Any, dict[str, float], float] | None = None,
 ) -> list[dict[str, Any]]:
     """Collects the experiment into results.parquet and prints its best trials, how the first
-    (default) point and, if given, the untrained encoder did, and the selected trial's test
-    metric (never seen by the search)."""
+    (default) point and, if given, the untrained encoder did, the selected trial's test
+    metric (never seen by the search) and, given `costs` (the trials' resources, the plan's
+    trial-epochs, the wall seconds), the bill, also written into sweep.json and the Parquet
+    metadata."""
     rows = collect_rows(experiment)
     searched = [*space.derived, *(k for k in space.params if k not in space.derived)]
     uri = f"{experiment}/results.parquet"
     name = experiment.rsplit("/", 1)[-1]
-    write_parquet(rows_table(rows, {name: space.to_yaml()}, {name: metric}), uri)
+    bill = sweep_bill(rows, *costs) if costs else None
+    if bill:
+        add_to_record(experiment, "bill", bill)
+    bills = {name: bill} if bill else {}
+    write_parquet(rows_table(rows, {name: space.to_yaml()}, {name: metric}, bills), uri)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     print(f"\n== sweep {name}: {len(rows)} trials ==")
     print(", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
@@ -81,5 +93,7 @@ def summarize_sweep(
             if best.get(key) is not None and key in baseline
         )
         print(f"untrained encoder (default config): {gains}")
+    if bill:
+        print(bill_line(bill))
     print(f"all trials: {uri}")
     return rows

@@ -22,6 +22,8 @@ from ..utils.paths import absolute
 from .experiment import check_name
 from .history import HistoryKeeper
 from .metrics import metric_spec
+from .plan import planned_trial_epochs, sweep_decisions
+from .progress import SweepProgress
 from .space import SearchSpace, SpaceError
 from .study import EpochOptunaSearch, fail_stale_trials, study_storage, sync_study
 from .trial import make_trial
@@ -119,9 +121,18 @@ def _new_tuner(
             name=name,
             storage_path=absolute(args.storage),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            callbacks=[HistoryKeeper(), *exit_hooks()],  # before Tune's loggers
+            # HistoryKeeper before Tune's loggers
+            callbacks=[HistoryKeeper(), live_eta(args, space, grace), *exit_hooks()],
         ),
     )
+
+
+def live_eta(args: argparse.Namespace, space: SearchSpace, grace: int) -> SweepProgress:
+    """The sweep's ETA printer (wsl_ray.sweep.progress), from its first point's epochs."""
+    cfg = Config.from_dict(space.resolve(space.default_point()))
+    expected = planned_trial_epochs(args.num_trials, cfg, grace, args.scheduler)["expected"]
+    decisions = sweep_decisions(cfg, grace, args.scheduler)
+    return SweepProgress(args.num_trials, cfg.epoch, decisions, expected / args.num_trials)
 
 
 def sweep_epochs(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:

@@ -122,6 +122,50 @@ def initial_model(cfg: Config, crop_size: int, device: torch.device, rank: int =
     return get_method(cfg.method)(cfg, crop_size).to(device)
 
 
+@dataclass
+class RunParts:
+    """What a run trains with: the model, its optimiser, the seeded generators (data order,
+    augmentation, the method's own) and the augmentation."""
+
+    model: BaseMethod
+    optimizer: torch.optim.Optimizer
+    gens: dict[str, torch.Generator]
+    augment: Augment
+    eager_because: str | None  # why the step is not one CUDA graph (None: it is captured)
+
+
+def run_parts(
+    cfg: Config, data: ImageData, device: torch.device, rank: int = 0, workers: int = 1
+) -> RunParts:
+    """The model (channels-last on CUDA, its encoder compiled with --compile), optimiser
+    (graph-ready where the step is captured), generators and augmentation a run of `cfg` on
+    `rank` of `workers` starts from, before any checkpoint."""
+    model = initial_model(cfg, data.crop_size, device, rank)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile_encoder()
+    eager_because = graph_fallback(cfg, model, device, workers)
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        model.parameters(),
+        base_lr(cfg),
+        cfg.adam_l2,
+        cfg.momentum,
+        fused=device.type == "cuda",
+        graph_ready=eager_because is None,
+    )  # fused Adam: one kernel for all parameters instead of ~600 per-parameter ops
+    gens = {
+        "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
+        "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
+        **model.generators(),  # e.g. --whiten_global's, the same on every rank
+    }
+    augment = Augment.from_config(
+        cfg, data.crop_size, data.mean, data.std, data.blur, gens["augment"]
+    )
+    return RunParts(model, optimizer, gens, augment, eager_because)
+
+
 def train(
     cfg: Config,
     reporter: Reporter | None = None,
@@ -146,34 +190,16 @@ def train(
     check_data_fit(cfg, data)  # before the first epoch, not at its evaluation
     place_data(data, device, context.gpu_share)
 
-    model = initial_model(cfg, data.crop_size, device, rank)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model.compile_encoder()
-    eager_because = graph_fallback(cfg, model, device, context.world_size)
-    capture = eager_because is None
+    parts = run_parts(cfg, data, device, rank, context.world_size)
+    model, optimizer, gens, augment = parts.model, parts.optimizer, parts.gens, parts.augment
+    capture = parts.eager_because is None
     if cfg.cuda_graph == "on" and not capture:
         raise ConfigError(
             f"--cuda_graph on: the step cannot be one CUDA graph here: "
-            f"{eager_because}; use --cuda_graph auto"
+            f"{parts.eager_because}; use --cuda_graph auto"
         )
     if device.type == "cuda" and cfg.cuda_graph == "auto" and not capture and rank == 0:
-        print(f"note: the training step runs eagerly, not as a CUDA graph: {eager_because}")
-    optimizer = build_optimizer(
-        cfg.optimizer,
-        model.parameters(),
-        base_lr(cfg),
-        cfg.adam_l2,
-        cfg.momentum,
-        fused=device.type == "cuda",
-        graph_ready=capture,
-    )  # fused Adam: one kernel for all parameters instead of ~600 per-parameter ops
-    gens = {
-        "data": torch.Generator().manual_seed(cfg.seed),  # the same order on every rank
-        "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
-        **model.generators(),  # e.g. --whiten_global's, the same on every rank
-    }
+        print(f"note: the training step runs eagerly, not as a CUDA graph: {parts.eager_because}")
     state = TrainState()
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
         state = load_checkpoint(resume_from, model, optimizer, gens)
@@ -183,9 +209,6 @@ def train(
         load_weights(model, read_checkpoint(cfg.fname), verbose=rank == 0)
     saved_epoch = state.epoch  # of the newest checkpoint, 0 for none
     net = context.wrap_model(model)
-    augment = Augment.from_config(
-        cfg, data.crop_size, data.mean, data.std, data.blur, gens["augment"]
-    )
     local_bs = cfg.bs // context.world_size
     iters = len(data.train_x) // cfg.bs
     if iters == 0:

@@ -1,0 +1,367 @@
+"""What a sweep will cost, before it runs (`--plan`): a measured trial-epoch, and the
+trial-epochs ASHA implies.
+
+ASHA's rungs are computed as Ray's AsyncHyperBandScheduler (one bracket) computes them:
+milestones grace * rf**k for k < int(log(max_t / grace) / log(rf) + 1). A trial reports its
+evaluated epochs; at a result of epoch e < max_t Ray compares it with the highest milestone
+<= e whose rung has not recorded it yet (so a trial that skipped a rung is compared with it
+later), and stops it when its metric is below the median of the rung's earlier values; the
+first trial to reach a rung always continues; a result at max_t ends the trial. The epochs
+at which a trial meets a rung (`decision_epochs`) are the same for every trial, so with N
+trials reaching the first decision and n_j reaching decision j:
+
+    n_{j+1} = 1 + (n_j - 1) * keep,   trial-epochs = sum_j n_j (d_j - d_{j-1}) + n_last (E - d_k)
+
+keep = 0: the lower bound (every trial ASHA can stop is stopped); keep = 1: the upper bound
+(none stops, N * E); keep = 1/2: the expected figure when each later arrival is above the
+rung's median with probability 1/2 (it is, exactly, for independent continuous values). When
+evaluations skip a rung (eval_every above the grace), Ray compares a trial with the skipped
+rung at a later result, and that rung also holds the last results of the trials stopped
+before (recorded when they end): those are low, so more than 1 in 2 pass there and the
+expected figure is somewhat low (tests/test_plan.py simulates both cases).
+
+A trial-epoch costs `iters` training steps and, on an evaluated epoch, one evaluation; both
+are measured on the space's first point in a one-worker Ray Train run with a trial worker's
+resources (so on a cluster it runs where trials run), and so is a trial's start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import resource
+import shutil
+import tempfile
+import time
+from itertools import islice
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from ..config import Config
+from ..data import ImageData, iterate_batches, load_dataset
+from ..data.shared import ROLES, shared_dataset
+from ..training.device import place_data, resolve_device, setup_device
+from ..training.evaluate import evaluate_run
+from ..training.loop import eval_epochs, run_parts, train_step
+from ..training.runner import torch_trainer
+from ..utils.markdown import markdown_table
+from ..utils.storage import filesystem
+from .bill import duration
+
+REDUCTION_FACTOR = 2  # the sweep's ASHA (sweep.tuner)
+PLAN_STEPS = 5  # timed training steps, after one warm-up step
+SLOW_EPOCH_S = 600  # a trial-epoch slower than this gets a warning
+KEEP = {"lower bound": 0.0, "expected": 0.5, "upper bound": 1.0}
+
+
+def milestones(max_t: int, grace: int, rf: float = REDUCTION_FACTOR) -> list[float]:
+    """ASHA's rung milestones (epochs), lowest first, as Ray's _Bracket computes them."""
+    count = int(math.log(max_t / grace) / math.log(rf) + 1)
+    return [grace * rf**k for k in range(count)]
+
+
+def decision_epochs(
+    result_epochs: list[int], max_t: int, grace: int, rf: float = REDUCTION_FACTOR
+) -> list[int]:
+    """The result epochs at which ASHA compares a trial with a rung (and may stop it)."""
+    recorded: set[float] = set()
+    decisions = []
+    for epoch in sorted(result_epochs):
+        if epoch >= max_t:  # Ray stops the trial here: it ran its budget
+            break
+        rung = next(
+            (m for m in reversed(milestones(max_t, grace, rf)) if m <= epoch and m not in recorded),
+            None,
+        )
+        if rung is not None:
+            recorded.add(rung)
+            decisions.append(epoch)
+    return decisions
+
+
+def sweep_trial_epochs(trials: int, epochs: int, decisions: list[int], keep: float) -> float:
+    """Trial-epochs of `trials` trials of `epochs` epochs when, at each decision epoch, the
+    first arrival and a fraction `keep` of the others continue (module docstring)."""
+    alive, total, at = float(trials), 0.0, 0
+    for decision in decisions:
+        total += alive * (decision - at)
+        alive, at = min(alive, 1.0 + (alive - 1.0) * keep), decision
+    return total + alive * (epochs - at)
+
+
+def expected_left(epoch: int, epochs: int, decisions: list[int], keep: float = 0.5) -> float:
+    """A running trial's expected epochs left after `epoch` when it passes each decision
+    still ahead of it with probability `keep` (the live ETA's estimate)."""
+    alive, left, at = 1.0, 0.0, epoch
+    for decision in (d for d in decisions if d > epoch):
+        left += alive * (decision - at)
+        alive, at = alive * keep, decision
+    return left + alive * (epochs - at)
+
+
+def sweep_decisions(cfg: Config, grace: int, scheduler: str) -> list[int]:
+    """The decision epochs of a sweep of trials like `cfg` (none under FIFO)."""
+    if scheduler != "asha":
+        return []
+    return decision_epochs(sorted(eval_epochs(cfg)), cfg.epoch, grace)
+
+
+def planned_trial_epochs(trials: int, cfg: Config, grace: int, scheduler: str) -> dict[str, float]:
+    """{lower bound, expected, upper bound}: the sweep's trial-epochs (module docstring)."""
+    decisions = sweep_decisions(cfg, grace, scheduler)
+    return {k: sweep_trial_epochs(trials, cfg.epoch, decisions, v) for k, v in KEEP.items()}
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One trial worker's costs on the space's first point, in seconds and bytes."""
+
+    steps: int  # timed steps (after one warm-up step, timed apart)
+    step_s: float
+    warmup_s: float  # the first step: allocations, autotuning, --compile
+    eval_s: float
+    startup_s: float  # Ray Train run start to first step: worker group, imports, data, model
+    iters: int  # training steps per epoch
+    evals: int  # evaluated epochs per trial
+    epochs: int
+    memory_bytes: int  # peak GPU memory allocated, or the process's peak RSS on CPU
+    memory_kind: str
+
+    @property
+    def epoch_s(self) -> float:
+        """Seconds per trial-epoch: its steps and its share of the trial's evaluations."""
+        return self.iters * self.step_s + self.eval_s * self.evals / self.epochs
+
+
+@dataclasses.dataclass
+class Resources:
+    """One trial's resources and how many trials the cluster fits at once (the confirmation
+    runs that many; the sweep --concurrency, if given)."""
+
+    workers: int
+    cpus: float  # per worker
+    gpus: float  # per worker
+    concurrency: int
+
+    @property
+    def unit(self) -> str:
+        """What the bill counts: GPU-hours when trials hold GPUs, else CPU-hours."""
+        return "GPU" if self.gpus else "CPU"
+
+    @property
+    def per_trial(self) -> float:
+        """The units (GPUs, else CPUs) one trial holds."""
+        return self.workers * (self.gpus or self.cpus)
+
+
+def _measure_loop(config: dict[str, Any]) -> None:
+    """The measuring Train worker: config["steps"] + 1 training steps of a config["local_bs"]
+    batch and one evaluation, reported to Ray Train as one result."""
+    cfg = Config.from_dict(config["cfg"])
+    torch.set_num_threads(config["threads"])
+    device = resolve_device(ray.train.torch.get_device())
+    setup_device(device)
+    data = shared_dataset(config["shared"], cfg) or load_dataset(
+        cfg.dataset, cfg.data_dir, val_size=cfg.val_size
+    )
+    data = data.subset(cfg.subset)
+    place_data(data, device, config["gpu_share"])
+    parts = run_parts(cfg, data, device)
+    batches = iterate_batches(
+        data.train_x,
+        data.train_y,
+        config["local_bs"],
+        generator=parts.gens["data"],
+        device=device,
+        with_sizes=True,
+    )
+    ready = time.time()
+    marks = [time.perf_counter()]
+    for x, _, sizes in islice(batches, config["steps"] + 1):
+        loss = train_step(parts.model, parts.model, parts.optimizer, parts.augment, x, sizes, 0)
+        loss.item()  # waits for the device: the step is complete
+        marks.append(time.perf_counter())
+    start = time.perf_counter()
+    evaluate_run(parts.model, data, device, cfg)
+    cuda = device.type == "cuda"
+    folder = tempfile.mkdtemp(prefix="wsl_ray_plan_")  # Train keeps metrics with a checkpoint
+    ray.train.report(
+        {
+            "ready": ready,
+            "steps": len(marks) - 2,
+            "step_s": (marks[-1] - marks[1]) / max(1, len(marks) - 2),
+            "warmup_s": marks[1] - marks[0],
+            "eval_s": time.perf_counter() - start,
+            "memory_bytes": torch.cuda.max_memory_allocated(device)
+            if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "memory_kind": "peak GPU memory" if cuda else "peak RSS",
+        },
+        checkpoint=ray.train.Checkpoint.from_directory(folder),
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure_trial(
+    cfg: Config,
+    data: ImageData,
+    shared: dict | None,
+    r: Resources,
+    run_folder: str,
+) -> Measurement:
+    """Measures one trial worker of `cfg` in a one-worker Ray Train run with a trial worker's
+    resources `r`, started as a trial starts its own (Ray must be initialised): PLAN_STEPS
+    training steps after a warm-up step, and one evaluation. `data` is the sweep's dataset
+    (loaded by the driver), `shared` its object-store copy. The run's folder `run_folder`
+    (on the sweep's storage, which every node reaches) is deleted after it. The start-up is
+    the time from the run's start to its first step: Ray Train's worker group, imports, data
+    and model."""
+    iters = max(1, len(data.subset(cfg.subset).train_x) // cfg.bs)
+    config = {
+        "cfg": cfg.to_dict(),
+        "shared": shared,
+        "steps": max(1, min(PLAN_STEPS, iters - 1)),
+        "local_bs": cfg.bs // r.workers,
+        "threads": max(1, int(r.cpus)),
+        "gpu_share": r.gpus or 1.0,
+    }
+    storage, name = run_folder.rstrip("/").rsplit("/", 1)
+    trainer = torch_trainer(_measure_loop, config, 1, r.gpus, r.cpus, storage, name)
+    submitted = time.time()
+    try:
+        found = trainer.fit().metrics
+    finally:
+        fs, where = filesystem(run_folder)
+        fs.delete_dir(where)
+    return Measurement(
+        steps=found["steps"],
+        step_s=found["step_s"],
+        warmup_s=found["warmup_s"],
+        eval_s=found["eval_s"],
+        startup_s=found["ready"] - submitted,
+        iters=iters,
+        evals=len(eval_epochs(cfg)),
+        epochs=cfg.epoch,
+        memory_bytes=found["memory_bytes"],
+        memory_kind=found["memory_kind"],
+    )
+
+
+def data_bytes(data: ImageData) -> int | None:
+    """Bytes of the dataset's arrays (one copy per node in the object store); None when it
+    is streamed from files."""
+    arrays = {id(a): a for a in (getattr(data, r) for r in ROLES)}
+    if not all(isinstance(a, torch.Tensor) for a in arrays.values()):
+        return None
+    return sum(a.numel() * a.element_size() for a in arrays.values())
+
+
+def run_cost(
+    trial_epochs: float, trials: int, epochs: int, m: Measurement, r: Resources
+) -> tuple[float, float]:
+    """(wall seconds, unit-hours) of `trials` trials that run `trial_epochs` in all: the
+    trial-epochs spread over r.concurrency trials at once (never less than one trial's whole
+    budget, run in sequence) plus one start-up per round of trials; the hours are the
+    trials' time (start-ups included) times the units each holds."""
+    at_once = min(r.concurrency, trials)
+    wall = (
+        max(trial_epochs / at_once, epochs) * m.epoch_s + math.ceil(trials / at_once) * m.startup_s
+    )
+    busy = trial_epochs * m.epoch_s + trials * m.startup_s
+    return wall, busy * r.per_trial / 3600
+
+
+def _size(n: int | None) -> str:
+    return "streamed from files" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def plan_text(
+    name: str,
+    args: argparse.Namespace,
+    cfg: Config,
+    grace: int,
+    m: Measurement,
+    r: Resources,
+    data_size: int | None,
+) -> str:
+    """The plan a person reads in a few seconds: a title, a table of the sweep's trial-epochs,
+    wall time and hours (lower, expected, upper; then the confirmation of args.confirm
+    configurations and the default over args.seeds seeds), how it was measured, one
+    sentence, and a warning for a slow trial-epoch. The sweep runs args.concurrency trials
+    at once when given, else r.concurrency, as the confirmation does."""
+    trials, scheduler = args.num_trials, args.scheduler
+    sweep_r = dataclasses.replace(r, concurrency=args.concurrency or r.concurrency)
+    figures = planned_trial_epochs(trials, cfg, grace, scheduler)
+    rungs = [f"{m_:g}" for m_ in milestones(cfg.epoch, grace) if m_ < cfg.epoch]
+    evaluated = ", ".join(str(e) for e in sorted(eval_epochs(cfg)))
+    if scheduler == "asha" and rungs:
+        how = f"ASHA rungs at epoch {', '.join(rungs)} (grace {grace}, reduction factor "
+        how += f"{REDUCTION_FACTOR}, max_t {cfg.epoch})"
+    else:
+        how = "no trial stops early"
+    lines = [f"plan of sweep {name}: {trials} trials x {cfg.epoch} epochs, evaluated at epoch "]
+    lines[0] += f"{evaluated}; {how}; {min(trials, sweep_r.concurrency)} trial(s) at once"
+    rows, costs = [], {}
+    labels = {
+        "lower bound": "sweep, lower bound (ASHA stops all it can)",
+        "expected": "sweep, expected (1 in 2 promoted per rung)",
+        "upper bound": "sweep, upper bound (none stops)",
+    }
+    for key, label in labels.items():
+        costs[key] = run_cost(figures[key], trials, cfg.epoch, m, sweep_r)
+        rows.append([label, f"{figures[key]:g}", duration(costs[key][0]), f"{costs[key][1]:.2f}"])
+    k, seeds = args.confirm, args.seeds
+    after = ""
+    if k:
+        runs = (k + 1) * seeds
+        wall, hours = run_cost(runs * cfg.epoch, runs, cfg.epoch, m, r)
+        rows.append(
+            [f"confirmation ({k + 1} configs x {seeds} seeds)", runs * cfg.epoch, duration(wall)]
+            + [f"{hours:.2f}"]
+        )
+        after = f", then its confirmation about {duration(wall)} ({hours:.2f} {r.unit}-hours)"
+    table = markdown_table(["run", "trial-epochs", "wall time", f"{r.unit}-hours"], rows)
+    gpus = f", {r.gpus:g} GPU" if r.gpus else ""
+    measured = (
+        f"measured on the first point in a one-worker Ray Train run with {r.cpus:g} CPU{gpus} "
+        f"(a trial worker's): {m.steps} training steps after a warm-up step "
+        f"({m.warmup_s:.1f} s, not counted), {m.step_s:.2f} s each x {m.iters} per epoch, "
+        f"and one evaluation ({m.eval_s:.1f} s, {m.evals} per trial): {m.epoch_s:.1f} s per "
+        f"trial-epoch; start-up {m.startup_s:.1f} s (Ray Train's worker group, imports, data, "
+        f"model), counted once per trial. Memory: {m.memory_bytes / 2**20:.0f} MiB per trial "
+        f"({m.memory_kind}), data {_size(data_size)} per node (object store)."
+    )
+    expected, lower, upper = costs["expected"], costs["lower bound"], costs["upper bound"]
+    sentence = (
+        f"The sweep should take about {duration(expected[0])} (between {duration(lower[0])} "
+        f"and {duration(upper[0])}) and {expected[1]:.2f} {r.unit}-hours{after}."
+    )
+    lines += [table, measured, sentence]
+    if m.epoch_s > SLOW_EPOCH_S:
+        lines.append(
+            f"warning: one trial-epoch takes {duration(m.epoch_s)} here; a narrower encoder "
+            "(--set arch=resnet18_w8), fewer images (--set subset=N) or a GPU "
+            "(--gpus-per-trial) makes it faster"
+        )
+    return "\n".join(lines)
+
+
+def sweep_plan(
+    args: argparse.Namespace,
+    path: str,
+    limits: tuple[int, int],
+    cfg: Config,
+    data: ImageData,
+    shared: dict | None,
+    r: Resources,
+) -> str:
+    """The plan of the checked sweep `args` (Ray initialised): measures one trial worker of
+    the first point `cfg` and returns plan_text's text."""
+    print("--plan: measuring one trial's training steps and evaluation ...", flush=True)
+    m = measure_trial(cfg, data, shared, r, f"{path.rstrip('/')}-plan")
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return plan_text(name, args, cfg, limits[1], m, r, data_bytes(data))
