@@ -15,12 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,dashboard]'
 	touch $@
 
-demo: install  # a small W-MSE sweep on shapes, selected on validation, confirmed over 2 seeds
+DEMO := --space wmse --dataset shapes --num_trials 4 --epochs 4 --eval_every 2 --grace 2 \
+	--seed 1 --baseline --confirm 1 --seeds 3 --storage runs/sweeps --name demo \
+	--set arch=resnet18_w8 subset=5000 bs=128 emb=32 head_size=256 crop_s0=0.5 \
+	lr_warmup=false lr_step=none
+
+demo: install  # a small W-MSE sweep on shapes: its plan, then the sweep, confirmed over 3 seeds
 	rm -rf runs/sweeps/demo runs/sweeps/demo-confirm
-	$(PY) -m wsl_ray.tune --space wmse --dataset shapes --num_trials 4 --epochs 4 \
-		--eval_every 2 --grace 2 --seed 1 --baseline --confirm 1 --seeds 2 \
-		--storage runs/sweeps --name demo --set arch=resnet18_w8 subset=5000 bs=128 emb=32 \
-		head_size=256 crop_s0=0.5 lr_warmup=false lr_step=none
+	$(PY) -m wsl_ray.tune $(DEMO) --plan
+	$(PY) -m wsl_ray.tune $(DEMO)
 
 lint: install
 	$(PY) -m ruff check .
