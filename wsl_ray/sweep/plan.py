@@ -34,7 +34,7 @@ import resource
 import shutil
 import tempfile
 import time
-from itertools import islice
+from itertools import count, islice
 from typing import Any
 
 import ray.train
@@ -46,14 +46,15 @@ from ..data import ImageData, iterate_batches, load_dataset
 from ..data.shared import ROLES, shared_dataset
 from ..training.device import place_data, resolve_device, setup_device
 from ..training.evaluate import evaluate_run
-from ..training.loop import eval_epochs, run_parts, train_step
+from ..training.graph import WARMUP_STEPS, TrainStep
+from ..training.loop import eval_epochs, run_parts
 from ..training.runner import torch_trainer
 from ..utils.markdown import markdown_table
 from ..utils.storage import filesystem
 from .bill import duration
 
 REDUCTION_FACTOR = 2  # the sweep's ASHA (sweep.tuner)
-PLAN_STEPS = 5  # timed training steps, after one warm-up step
+PLAN_STEPS = 5  # timed training steps, after the untimed warm-up (and a CUDA graph's capture)
 SLOW_EPOCH_S = 600  # a trial-epoch slower than this gets a warning
 KEEP = {"lower bound": 0.0, "expected": 0.5, "upper bound": 1.0}
 
@@ -120,9 +121,10 @@ def planned_trial_epochs(trials: int, cfg: Config, grace: int, scheduler: str) -
 class Measurement:
     """One trial worker's costs on the space's first point, in seconds and bytes."""
 
-    steps: int  # timed steps (after one warm-up step, timed apart)
+    steps: int  # timed steps, after the warm-up (timed apart)
     step_s: float
-    warmup_s: float  # the first step: allocations, autotuning, --compile
+    warmup_s: float  # the steps before: allocations, autotuning, --compile, a graph's capture
+    warmup_steps: int  # 1, or WARMUP_STEPS eager steps and the capture where the step is a graph
     eval_s: float
     startup_s: float  # Ray Train run start to first step: worker group, imports, data, model
     iters: int  # training steps per epoch
@@ -159,8 +161,10 @@ class Resources:
 
 
 def _measure_loop(config: dict[str, Any]) -> None:
-    """The measuring Train worker: config["steps"] + 1 training steps of a config["local_bs"]
-    batch and one evaluation, reported to Ray Train as one result."""
+    """The measuring Train worker: the trial's own step (`TrainStep`: one CUDA graph where
+    the trial's would be one) on config["local_bs"] batches, config["steps"] times after its
+    warm-up (one step; on a captured step also the eager warm-up steps and the capture), and
+    one evaluation, reported to Ray Train as one result."""
     cfg = Config.from_dict(config["cfg"])
     torch.set_num_threads(config["threads"])
     device = resolve_device(ray.train.torch.get_device())
@@ -171,19 +175,33 @@ def _measure_loop(config: dict[str, Any]) -> None:
     data = data.subset(cfg.subset)
     place_data(data, device, config["gpu_share"])
     parts = run_parts(cfg, data, device)
-    batches = iterate_batches(
-        data.train_x,
-        data.train_y,
-        config["local_bs"],
-        generator=parts.gens["data"],
-        device=device,
-        with_sizes=True,
+    capture = parts.eager_because is None
+    step = TrainStep(
+        parts.model,
+        parts.model,
+        parts.optimizer,
+        parts.augment,
+        list(parts.gens.values()),
+        capture,
+        strict=cfg.cuda_graph == "on",
     )
+    batches = (  # epoch after epoch: the warm-up and the timed steps may outnumber one epoch
+        batch
+        for _ in count()
+        for batch in iterate_batches(
+            data.train_x,
+            data.train_y,
+            config["local_bs"],
+            generator=parts.gens["data"],
+            device=device,
+            with_sizes=True,
+        )
+    )
+    warmup = WARMUP_STEPS + 1 if capture else 1
     ready = time.time()
     marks = [time.perf_counter()]
-    for x, _, sizes in islice(batches, config["steps"] + 1):
-        loss = train_step(parts.model, parts.model, parts.optimizer, parts.augment, x, sizes, 0)
-        loss.item()  # waits for the device: the step is complete
+    for x, _, sizes in islice(batches, warmup + config["steps"]):
+        step(x, sizes, 0.0).item()  # waits for the device: the step is complete
         marks.append(time.perf_counter())
     start = time.perf_counter()
     evaluate_run(parts.model, data, device, cfg)
@@ -192,9 +210,10 @@ def _measure_loop(config: dict[str, Any]) -> None:
     ray.train.report(
         {
             "ready": ready,
-            "steps": len(marks) - 2,
-            "step_s": (marks[-1] - marks[1]) / max(1, len(marks) - 2),
-            "warmup_s": marks[1] - marks[0],
+            "steps": len(marks) - 1 - warmup,
+            "step_s": (marks[-1] - marks[warmup]) / (len(marks) - 1 - warmup),
+            "warmup_s": marks[warmup] - marks[0],
+            "warmup_steps": warmup,
             "eval_s": time.perf_counter() - start,
             "memory_bytes": torch.cuda.max_memory_allocated(device)
             if cuda
@@ -215,16 +234,16 @@ def measure_trial(
 ) -> Measurement:
     """Measures one trial worker of `cfg` in a one-worker Ray Train run with a trial worker's
     resources `r`, started as a trial starts its own (Ray must be initialised): PLAN_STEPS
-    training steps after a warm-up step, and one evaluation. `data` is the sweep's dataset
-    (loaded by the driver), `shared` its object-store copy. The run's folder `run_folder`
-    (on the sweep's storage, which every node reaches) is deleted after it. The start-up is
-    the time from the run's start to its first step: Ray Train's worker group, imports, data
-    and model."""
+    of the trial's training steps after their warm-up (`_measure_loop`), and one evaluation.
+    `data` is the sweep's dataset (loaded by the driver), `shared` its object-store copy. The
+    run's folder `run_folder` (on the sweep's storage, which every node reaches) is deleted
+    after it. The start-up is the time from the run's start to its first step: Ray Train's
+    worker group, imports, data and model."""
     iters = max(1, len(data.subset(cfg.subset).train_x) // cfg.bs)
     config = {
         "cfg": cfg.to_dict(),
         "shared": shared,
-        "steps": max(1, min(PLAN_STEPS, iters - 1)),
+        "steps": PLAN_STEPS,
         "local_bs": cfg.bs // r.workers,
         "threads": max(1, int(r.cpus)),
         "gpu_share": r.gpus or 1.0,
@@ -241,6 +260,7 @@ def measure_trial(
         steps=found["steps"],
         step_s=found["step_s"],
         warmup_s=found["warmup_s"],
+        warmup_steps=found["warmup_steps"],
         eval_s=found["eval_s"],
         startup_s=found["ready"] - submitted,
         iters=iters,
@@ -273,6 +293,10 @@ def run_cost(
     )
     busy = trial_epochs * m.epoch_s + trials * m.startup_s
     return wall, busy * r.per_trial / 3600
+
+
+def _warmup(steps: int) -> str:
+    return "a warm-up step" if steps == 1 else f"{steps - 1} warm-up steps and the graph's capture"
 
 
 def _size(n: int | None) -> str:
@@ -328,7 +352,7 @@ def plan_text(
     gpus = f", {r.gpus:g} GPU" if r.gpus else ""
     measured = (
         f"measured on the first point in a one-worker Ray Train run with {r.cpus:g} CPU{gpus} "
-        f"(a trial worker's): {m.steps} training steps after a warm-up step "
+        f"(a trial worker's): {m.steps} training steps after {_warmup(m.warmup_steps)} "
         f"({m.warmup_s:.1f} s, not counted), {m.step_s:.2f} s each x {m.iters} per epoch, "
         f"and one evaluation ({m.eval_s:.1f} s, {m.evals} per trial): {m.epoch_s:.1f} s per "
         f"trial-epoch; start-up {m.startup_s:.1f} s (Ray Train's worker group, imports, data, "
