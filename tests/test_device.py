@@ -95,15 +95,13 @@ def test_augment_apply_is_one_graph(sizes):
     assert torch.allclose(compiled(aug.apply)(x, params), aug.apply(x, params), atol=1e-5)
 
 
-def test_crops_for_per_image_sizes_are_sampled_in_one_graph():
-    """Per-image areas, tries and central-crop fallbacks: no sync, no data-dependent shape
-    (the global RNG stands in for the generator, which a graph cannot take)."""
-    aug = Augment(16, (0.5,) * 3, (0.25,) * 3, crop_ratio=(0.5, 0.9))
-    size = SIZES.float()
-    torch.manual_seed(0)
-    eager = aug._sample_crops(6, size)
-    torch.manual_seed(0)
-    assert torch.equal(compiled(aug._sample_crops)(6, size), eager)
+def test_parameters_for_per_image_sizes_are_made_in_one_graph():
+    """Per-image areas, tries and central-crop fallbacks, per-view coins and the jitter order,
+    from one draw: no sync, no data-dependent shape."""
+    aug = Augment(16, (0.5,) * 3, (0.25,) * 3, crop_ratio=(0.5, 0.9), blur_p=(0.5, 1.0))
+    u, size = aug.draw(6), SIZES.float()
+    eager, graph = aug.params(u, size), compiled(aug.params)(u, size)
+    assert all(torch.equal(getattr(graph, f), getattr(eager, f)) for f in vars(eager))
 
 
 def test_all_views_pass_a_view_batch_norm_as_one_graph(gen):

@@ -19,8 +19,11 @@ image's valid (height, width) in the top-left of x, and each crop is drawn insid
 RandomResizedCrop draws it from that image alone; the canvas' padding never reaches a view.
 
 On a GPU nothing here waits for the device: the random parameters are drawn there (with the
-augmentation's generator, outside any compiled region), the constants are made there once,
-and every shape (including the blur's kernel) is fixed by the settings, not by the data.
+augmentation's generator, outside any compiled region), in one draw of DRAWS uniform numbers
+per image, the constants are made there once, and every shape (including the blur's kernel)
+is fixed by the settings, not by the data. The views can be written in the dtype and memory
+format the encoder takes (bf16 channels-last under CUDA autocast), so that it does not
+convert them; the arithmetic is float32 whatever autocast is around it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 # are not whole levels, the ones that would round to 128 or more.
 SOLARIZE_THRESHOLD = 127.5 / 255
 Chance = float | tuple[float, ...]  # one probability for all views, or one per view
+TRIES = 10  # RandomResizedCrop's tries at a crop box before its central fallback
+# The columns of the one uniform draw per image (`Augment.sample`), each mapped onto its
+# range by one affine map: the four colour-jitter factors (brightness, contrast, saturation,
+# hue), the blur's sigma, the crop's TRIES area fractions and TRIES log aspect ratios, the
+# crop's top and left, four keys whose ranks give the colour-jitter order, and the coins.
+JITTER, SIGMA = slice(0, 4), 4
+SCALE, LOG_RATIO = slice(5, 5 + TRIES), slice(5 + TRIES, 5 + 2 * TRIES)
+POSITION = slice(5 + 2 * TRIES, 7 + 2 * TRIES)
+ORDER = slice(7 + 2 * TRIES, 11 + 2 * TRIES)
+COINS = slice(11 + 2 * TRIES, 16 + 2 * TRIES)  # jitter applied, blur, flip, grey, solarize
+DRAWS = COINS.stop
 
 
 @dataclass
@@ -64,11 +78,12 @@ class AugmentParams:
     gray: torch.Tensor  # [B] bool
     blur_sigma: torch.Tensor  # [B] float, 0 where no blur
     size: torch.Tensor  # [B, 2] float: each image's height, width (top-left of the canvas)
-    solarize: torch.Tensor | None = None  # [B] bool; None: solarization is off
+    solarize: torch.Tensor  # [B] bool (drawn, and all False, also while solarization is off)
 
 
 class Augment:
-    """Draws views of a uint8 batch: `augment(x)` -> list of num_samples [B, C, size, size]."""
+    """Draws views of a uint8 batch: `augment(x)` -> list of num_samples [B, C, size, size]
+    in `out_dtype`, channels-last where `channels_last`."""
 
     def __init__(
         self,
@@ -90,6 +105,8 @@ class Augment:
         crop_first: bool = False,
         device: torch.device | str | None = None,
         solarize_p: Chance = 0.0,
+        out_dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
     ):
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be bicubic or bilinear, got {interpolation!r}")
@@ -103,27 +120,67 @@ class Augment:
         self.device = torch.device(device or (generator.device if generator else "cpu"))
         self.mean = torch.tensor(mean, device=self.device)
         self.std = torch.tensor(std, device=self.device)
+        scale = (1 / self.std)[:, None, None]  # Normalize as x scale + shift, made once
+        self._normalize = (-self.mean[:, None, None] * scale, scale)
         self._no_jitter = torch.tensor([1.0, 1.0, 1.0, 0.0], device=self.device)
         self.cj, self.cj_p, self.gs_p, self.hf_p = cj, cj_p, gs_p, hf_p
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
         self.blur_p, self.blur_sigma, self.solarize_p = blur_p, blur_sigma, solarize_p
         self._blur_on = max(_views(blur_p)) > 0
-        # no draws while off, so that the random stream of the other ops stays as it was
         self._solarize_on = max(_views(solarize_p)) > 0
-        # per-view probabilities as device constants, made once (no copy in the step)
-        self._chances = {
-            name: torch.tensor(p, device=self.device) if isinstance(p, tuple) else p
-            for name, p in (("blur", blur_p), ("solarize", solarize_p))
-        }
+        self._low, self._span = self._draw_ranges()
+        self._chances = self._coin_chances()
+        self._hw_sign = torch.tensor([-1.0, 1.0], device=self.device)  # h ~ 1 / ratio, w ~ ratio
         self.interpolation = interpolation
         self.crop_first = crop_first  # crop before the colour ops (the CW-RGP preset)
         self.generator = generator
+        self.out_dtype, self.channels_last = out_dtype, channels_last
         # torch.compile fuses the ~30 elementwise passes: 3x faster on 2 CPU cores
         self._apply = torch.compile(self.apply, dynamic=False) if compile else self.apply
 
+    def _draw_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """low [DRAWS], span [DRAWS]: column j of a draw is low_j + span_j u, u ~ U[0, 1); the
+        jitter factors on [max(0, 1 - v), 1 + v] (hue [-v, v]), sigma on blur_sigma, the crop's
+        area fractions on crop_scale and log ratios on log(crop_ratio); the rest stay U[0, 1)."""
+        low, high = [0.0] * DRAWS, [1.0] * DRAWS
+        ranges = [(max(0.0, 1 - v), 1 + v) for v in self.cj[:3]] + [(-self.cj[3], self.cj[3])]
+        ranges.append(self.blur_sigma)
+        ranges += [self.crop_scale] * TRIES + [tuple(map(math.log, self.crop_ratio))] * TRIES
+        for j, (lo, hi) in enumerate(ranges):
+            low[j], high[j] = lo, hi
+        span = [hi - lo for lo, hi in zip(low, high, strict=True)]
+        return torch.tensor(low, device=self.device), torch.tensor(span, device=self.device)
+
+    def _coin_chances(self) -> torch.Tensor:
+        """[V, 1, 5]: the probability of each coin (COINS' order) for the images of view v,
+        V = num_samples where blur or solarization has one probability per view, else 1."""
+        per_view = any(isinstance(p, tuple) for p in (self.blur_p, self.solarize_p))
+        views = self.num_samples if per_view else 1
+        rows = [
+            [
+                [
+                    self.cj_p,
+                    _of_view(self.blur_p, v),
+                    self.hf_p,
+                    self.gs_p,
+                    _of_view(self.solarize_p, v),
+                ]
+            ]
+            for v in range(views)
+        ]
+        return torch.tensor(rows, device=self.device)
+
     @classmethod
     def from_config(
-        cls, cfg: Config, size: int, mean, std, blur: bool = False, generator=None
+        cls,
+        cfg: Config,
+        size: int,
+        mean,
+        std,
+        blur: bool = False,
+        generator=None,
+        out_dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
     ) -> Augment:
         """The reference pipeline from the training flags (blur_p 0.5 when `blur` unless
         --blur_p says otherwise); compiled with --compile. --aug picks the preset (PRESETS)."""
@@ -146,10 +203,12 @@ class Augment:
             compile=cfg.compile,
             crop_first=preset["crop_first"],
             solarize_p=_chance(cfg.solarize_p),
+            out_dtype=out_dtype,
+            channels_last=channels_last,
         )
 
     def __call__(self, x: torch.Tensor, sizes: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """x: uint8 [B, C, H, W] -> num_samples normalised float32 views [B, C, size, size].
+        """x: uint8 [B, C, H, W] -> num_samples normalised views [B, C, size, size].
 
         sizes: int [B, 2], each image's (height, width) in the top-left of x, the rest
         being zero padding (None: every image fills x).
@@ -166,13 +225,12 @@ class Augment:
         views = self._apply(xk, self.sample(len(xk), x.shape[-2], x.shape[-1], sizes))
         return list(views.chunk(k))
 
-    def _rand(self, *shape: int) -> torch.Tensor:
-        """Uniform [0, 1) numbers on self.device, from the generator (wherever it lives)."""
+    def draw(self, n: int) -> torch.Tensor:
+        """n rows of DRAWS uniform numbers, each column on its range (`_draw_ranges`): all the
+        random numbers of n images, in one draw from the generator (wherever it lives)."""
         draw_on = self.generator.device if self.generator is not None else self.device
-        return torch.rand(*shape, generator=self.generator, device=draw_on).to(self.device)
-
-    def _uniform(self, lo: float, hi: float, n: int) -> torch.Tensor:
-        return lo + (hi - lo) * self._rand(n)
+        u = torch.rand(n, DRAWS, generator=self.generator, device=draw_on).to(self.device)
+        return torch.addcmul(self._low, u, self._span)
 
     def sample(
         self, n: int, height: int, width: int, sizes: torch.Tensor | None = None
@@ -183,93 +241,87 @@ class Augment:
         (as `__call__` stacks them)."""
         if sizes is None:  # one size for all: the broadcast case of the same code
             sizes = full_sizes(1, height, width, self.device)
-        size = sizes.float().expand(n, 2)
-        applied = self._rand(n) < self.cj_p
-        factors = [self._uniform(max(0.0, 1 - v), 1 + v, n) for v in self.cj[:3]]
-        hue = self._uniform(-self.cj[3], self.cj[3], n)
-        jitter = torch.where(applied[:, None], torch.stack([*factors, hue], 1), self._no_jitter)
-        blur = self._rand(n) < self._per_image("blur", n)
-        sigma = self._uniform(*self.blur_sigma, n)
-        params = AugmentParams(
-            crop=self._sample_crops(n, size),
-            flip=self._rand(n) < self.hf_p,
-            jitter=jitter,
-            jitter_order=self._rand(n, 4).argsort(dim=1),
-            gray=self._rand(n) < self.gs_p,
-            blur_sigma=torch.where(blur, sigma, torch.zeros_like(sigma)),
+        return self.params(self.draw(n), sizes.float().expand(n, 2))
+
+    def params(self, u: torch.Tensor, size: torch.Tensor) -> AugmentParams:
+        """The parameters of n images from their draws u [n, DRAWS] (`draw`) and sizes
+        [n, 2] (float): each coin is u < its probability, the jitter order the ranks of four
+        uniform keys (a uniform permutation), the crops `crops`."""
+        views = len(self._chances)
+        if len(u) % views:
+            raise ValueError(f"{len(u)} images are not {views} views of equally many")
+        coins = u[:, COINS].view(views, len(u) // views, -1) < self._chances
+        applied, blur, flip, gray, solarize = coins.view(len(u), -1).unbind(dim=1)
+        return AugmentParams(
+            crop=self.crops(u, size),
+            flip=flip,
+            jitter=torch.where(applied[:, None], u[:, JITTER], self._no_jitter),
+            jitter_order=u[:, ORDER].argsort(dim=1),
+            gray=gray,
+            blur_sigma=u[:, SIGMA] * blur,
             size=size,
+            solarize=solarize,
         )
-        if self._solarize_on:  # drawn last: the draws above are those of a run without it
-            params.solarize = self._rand(n) < self._per_image("solarize", n)
-        return params
 
-    def _per_image(self, op: str, n: int) -> float | torch.Tensor:
-        """The probability of `op` for each of n images: one for all, or view v's for its
-        n / k rows."""
-        p = self._chances[op]
-        if not isinstance(p, torch.Tensor):
-            return p
-        if n % len(p):
-            raise ValueError(f"{n} images are not {len(p)} views of equally many")
-        return p.repeat_interleave(n // len(p))
-
-    def _sample_crops(self, n: int, size: torch.Tensor) -> torch.Tensor:
+    def crops(self, u: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         """RandomResizedCrop.get_params for n images at once, image i of size[i] = (height,
-        width) (float [n, 2]): 10 tries of area fraction s ~ U(scale), log ratio r ~
-        U(log ratio), w = round(sqrt(s r hw)), h = round(sqrt(s hw / r)); the first that
-        fits, at a uniform position, else the central crop."""
-        tries = 10
-        height, width = size[:, :1], size[:, 1:]  # [n, 1]
-        area = height * width
-        scale = self.crop_scale[0] + (self.crop_scale[1] - self.crop_scale[0]) * self._rand(
-            n, tries
-        )
-        log_r = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
-        ratio = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * self._rand(n, tries))
-        w = torch.round(torch.sqrt(area * scale * ratio))
-        h = torch.round(torch.sqrt(area * scale / ratio))
-        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        first = ok.float().argmax(dim=1, keepdim=True)  # index of the first valid try
-        w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
-        top = torch.floor(self._rand(n) * (height[:, 0] - h + 1))
-        left = torch.floor(self._rand(n) * (width[:, 0] - w + 1))
-        crops = torch.stack([top, left, h, w], dim=1)
+        width) (float [n, 2]), from their draws u [n, DRAWS]: TRIES tries of area fraction
+        s ~ U(scale), log ratio r ~ U(log ratio), h = round(sqrt(s hw / e^r)),
+        w = round(sqrt(s hw e^r)); the first that fits, at a uniform position, else the
+        central crop. Returns [n, 4]: top, left, h, w."""
+        area = u[:, SCALE] * size.prod(dim=1, keepdim=True)  # [n, TRIES]
+        ratio = torch.exp(u[:, LOG_RATIO, None] * self._hw_sign)  # [n, TRIES, 2]: 1/r, r
+        hw = torch.round(torch.sqrt(area[..., None] * ratio))
+        ok = ((hw > 0) & (hw <= size[:, None])).all(dim=2)  # [n, TRIES]
+        first = ok.float().argmax(dim=1)  # the first try that fits
+        hw = hw.gather(1, first[:, None, None].expand(-1, 1, 2))[:, 0]  # [n, 2]
+        top_left = torch.floor(u[:, POSITION] * (size + 1 - hw))  # uniform in 0..size - hw
+        crops = torch.cat([top_left, hw], dim=1)
         return torch.where(ok.any(dim=1, keepdim=True), crops, self._central_crop(size))
 
     def _central_crop(self, size: torch.Tensor) -> torch.Tensor:
         """RandomResizedCrop's fallback box [n, 4] for images of size [n, 2]: the whole
         image, its aspect ratio clamped into crop_ratio, centred. In float64, as Python's
         floats give torchvision's."""
-        height, width = size.double().unbind(dim=1)
+        size = size.double()
+        height, width = size.unbind(dim=1)
         in_ratio = width / height
         low, high = self.crop_ratio
         h = torch.where(in_ratio < low, torch.round(width / low), height)
         w = torch.where(in_ratio > high, torch.round(height * high), width)
-        top = torch.div(height - h, 2, rounding_mode="floor")
-        left = torch.div(width - w, 2, rounding_mode="floor")
-        return torch.stack([top, left, h, w], dim=1).float()
+        hw = torch.stack([h, w], dim=1)
+        top_left = torch.div(size - hw, 2, rounding_mode="floor")
+        return torch.cat([top_left, hw], dim=1).float()
 
     def apply(self, x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
-        """Deterministic part: uint8 [B, C, H, W] and parameters -> float views."""
-        x = x.float().mul_(1 / 255)
-        if self.crop_first:
-            x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
-        # before the crop the contrast's mean grey is over each image, not its canvas
-        area = None if self.crop_first else p.size.prod(dim=1)
-        x = color_jitter(x, p.jitter, p.jitter_order, area)
-        x = torch.where(p.gray[:, None, None, None], grayscale(x).expand_as(x), x)
-        if not self.crop_first:
-            x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
-        if self._blur_on:
-            x = gaussian_blur(x, p.blur_sigma, math.ceil(3 * self.blur_sigma[1]))
-        if p.solarize is not None:
-            x = solarize(x, p.solarize)
-        scale = (1 / self.std)[:, None, None]
-        return torch.addcmul(-self.mean[:, None, None] * scale, x, scale)
+        """Deterministic part: uint8 [B, C, H, W] and parameters -> views in out_dtype
+        (channels-last where asked), computed in float32 (autocast off)."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x * (1 / 255)  # float32
+            if self.crop_first:
+                x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
+            # before the crop the contrast's mean grey is over each image, not its canvas
+            area = None if self.crop_first else p.size.prod(dim=1)
+            x = color_jitter(x, p.jitter, p.jitter_order, area)
+            x = torch.where(p.gray[:, None, None, None], grayscale(x).expand_as(x), x)
+            if not self.crop_first:
+                x = resized_crop_flip(x, p.crop, p.flip, self.size, self.interpolation)
+            if self._blur_on:
+                x = gaussian_blur(x, p.blur_sigma, math.ceil(3 * self.blur_sigma[1]))
+            if self._solarize_on:
+                x = solarize(x, p.solarize)
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            out = torch.empty(x.shape, dtype=self.out_dtype, device=x.device, memory_format=layout)
+            shift, scale = self._normalize
+            return torch.addcmul(shift, x, scale, out=out)  # cast and laid out as it is written
 
 
 def _views(p: Chance) -> tuple[float, ...]:
     return p if isinstance(p, tuple) else (p,)
+
+
+def _of_view(p: Chance, view: int) -> float:
+    return p[view] if isinstance(p, tuple) else p
 
 
 def _chance(values: list[float]) -> Chance:
@@ -293,27 +345,42 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b)[:, None]
 
 
-def _blend_round(
+def _blend_coefficients(
+    jitter: torch.Tensor, order: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image coefficients f, a, b [B, 6] of the six blend rounds of `color_jitter`.
+
+    Round r < 3 is position r of each image's order, run before the hue (active where the
+    hue comes later); round r >= 3 is position r - 2, run after it (active where the hue
+    came earlier). An active round's op o gets f = jitter[o], a = 1 - f for saturation,
+    b = 1 - f for contrast; an inactive one (or the hue's own position) f = 1, a = b = 0.
+    """
+    hue_seen = (order == HUE).cumsum(dim=1)[:, :3]  # [B, 3]: 1 from the hue's position on
+    before = hue_seen == 0
+    active = torch.cat([before, ~before], dim=1)
+    ops = torch.cat([order[:, :3], order[:, 1:]], dim=1)  # [B, 6]
+    f = torch.where(active, jitter.gather(1, ops), 1.0)
+    a = (1 - f) * (ops == SATURATION)
+    b = (1 - f) * (ops == CONTRAST)
+    return f, a, b
+
+
+def _blend(
     x: torch.Tensor,
-    op: torch.Tensor,
-    jitter: torch.Tensor,
-    active: torch.Tensor,
+    f: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
     area: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Applies to each image its op (brightness, contrast or saturation), where active.
-
-    Each is torchvision's blend clamp(f x + (1 - f) other, 0, 1) with other = 0, the mean
-    grey level, or the grey image; an inactive image gets f = 1 (identity). Written as
-    clamp(f x + a gray + b mean(gray)) with per-image coefficients, in one pass. The mean
-    grey level is sum(gray) / area (area [B]; None: H W).
-    """
-    f = jitter.gather(1, op.clamp(max=SATURATION)[:, None])[:, 0]
-    f = torch.where(active & (op != HUE), f, torch.ones_like(f))
-    a = torch.where(op == SATURATION, 1 - f, torch.zeros_like(f))[:, None, None, None]
-    b = torch.where(op == CONTRAST, 1 - f, torch.zeros_like(f))[:, None, None, None]
+    """Torchvision's blend clamp(f x + (1 - f) other, 0, 1) of each image with other = 0
+    (brightness), its mean grey level (contrast) or its grey image (saturation), written as
+    clamp(f x + a gray + b mean(gray), 0, 1) with per-image coefficients [B] in one pass;
+    f = 1, a = b = 0 is the identity. The mean grey level is sum(gray) / area (area [B];
+    None: H W)."""
     gray = grayscale(x)
     pixels = gray.shape[-2] * gray.shape[-1] if area is None else area[:, None, None, None]
-    other = a * gray + b * (gray.sum(dim=(-2, -1), keepdim=True) / pixels)
+    b_mean = b[:, None, None, None] * (gray.sum(dim=(-2, -1), keepdim=True) / pixels)
+    other = torch.addcmul(b_mean, a[:, None, None, None], gray)
     return torch.addcmul(other, f[:, None, None, None], x).clamp_(0, 1)
 
 
@@ -326,7 +393,8 @@ def color_jitter(
     """ColorJitter with per-image factors [B, 4] and op order [B, 4], for float RGB in [0, 1].
 
     The blend ops before hue in each image's order run first (rounds 0-2), then hue (one
-    HSV round trip for the whole batch), then the blend ops after it (rounds 1-3).
+    HSV round trip for the whole batch), then the blend ops after it (rounds 3-5, positions
+    1-3); `_blend_coefficients` gives every round's coefficients at once.
 
     area [B]: each image's pixel count when it fills only part of x, the rest being zero
     padding (None: all of x). Brightness, saturation and hue map black to black, and each
@@ -334,13 +402,11 @@ def color_jitter(
     grey levels: sum / area is the mean over the image alone. (Contrast makes the padding
     grey; the crops never read it.)
     """
-    hue_pos = (order == HUE).float().argmax(dim=1)
-    for r in range(3):
-        x = _blend_round(x, order[:, r], jitter, r < hue_pos, area)
-    if x.shape[1] == 3:
-        x = adjust_hue(x, jitter[:, HUE])
-    for r in range(1, 4):
-        x = _blend_round(x, order[:, r], jitter, r > hue_pos, area)
+    f, a, b = _blend_coefficients(jitter, order)
+    for r in range(6):
+        if r == 3 and x.shape[1] == 3:
+            x = adjust_hue(x, jitter[:, HUE])
+        x = _blend(x, f[:, r], a[:, r], b[:, r], area)
     return x
 
 
