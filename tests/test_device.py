@@ -15,6 +15,7 @@ from wsl_ray.methods import get_method, whitening
 from wsl_ray.methods.byol import target_tau
 from wsl_ray.methods.losses import byol_loss, contrastive_loss
 from wsl_ray.methods.whitening import cholesky_whiten
+from wsl_ray.training.deferred import DeferredCheck, defers
 from wsl_ray.training.device import HostScalar, OpCounter, resolve_device
 from wsl_ray.training.evaluate import probe_step
 from wsl_ray.training.graph import TrainStep
@@ -124,9 +125,9 @@ def test_byol_trains_through_the_compiled_encoder():
 
 
 # The steps that still wait for the GPU, and why: zero-ICL's whitening is an eigh (cuSOLVER
-# syncs), CW-RGP's ZCA reads its Newton-Schulz convergence flag on the host. Exactly these
-# methods' steps stay eager on CUDA (`graph_blocker`); every other step is graph-ready.
-KNOWN_SYNCS = {"zero_icl": {"aten._linalg_eigh"}, "cw_rgp": {"aten._local_scalar_dense"}}
+# syncs). Exactly these methods' steps stay eager on CUDA (`graph_blocker`); every other step
+# is graph-ready (CW-RGP's ZCA with its Newton-Schulz check deferred, `training.deferred`).
+KNOWN_SYNCS = {"zero_icl": {"aten._linalg_eigh"}}
 
 
 def graph_ready_step(cfg: Config, model, generator: torch.Generator | None = None) -> TrainStep:
@@ -139,21 +140,23 @@ def graph_ready_step(cfg: Config, model, generator: torch.Generator | None = Non
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_training_step_never_waits_for_the_gpu(method, monkeypatch):
-    """Two graph-ready training steps (augmentation, forward, backward, capturable fused
-    Adam, the method's update; the lr set in place between them) under bf16 autocast
-    dispatch no op that syncs on CUDA, but the known ones of the methods that stay eager,
-    and no tensor made from host data (a host-to-device copy, which a capture refuses).
-    The ZCA takes its CUDA path (Newton-Schulz) here too."""
+    """Three graph-ready training steps as the loop runs them (augmentation, forward,
+    backward, capturable fused Adam, the method's update; the lr set in place between them;
+    a ZCA method's Newton-Schulz check deferred, the first step's flag read before the
+    third) under bf16 autocast dispatch no op that syncs on CUDA, but the known ones of the
+    methods that stay eager, and no tensor made from host data (a host-to-device copy,
+    which a capture refuses). The ZCA takes its CUDA path (Newton-Schulz) here too."""
     monkeypatch.setattr(whitening, "NS_DEVICES", ("cpu", "cuda"))
     cfg = Config(method=method, arch="resnet18_w8", bs=32, emb=64, w_size=16, head_size=32)
     model = get_method(method)(cfg, 16)
     step = graph_ready_step(cfg, model)
+    check = DeferredCheck(step, [], defers(model, torch.device("cpu"), 1))
     x, sizes = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8), torch.full((32, 2), 16)
     with torch.autocast("cpu", dtype=torch.bfloat16), OpCounter() as counter:
-        for n in range(2):
-            set_lr(step.optimizer, 1e-3 * (n + 1))
-            step(x, sizes, 0.5)
+        for n in range(3):
+            check(x, sizes, 0.5, 1e-3 * (n + 1))
     assert set(counter.syncs) == KNOWN_SYNCS.get(method, set())
+    assert check.deferred == model.uses_zca() and check.steps == 3 - 2 * check.deferred
     assert (model.graph_blocker() is None) == (method not in KNOWN_SYNCS)
     assert counter.host_tensors == 0
 

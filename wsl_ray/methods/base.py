@@ -26,6 +26,8 @@ class BaseMethod(nn.Module):
     """
 
     head_per_view = False
+    # host-side attributes that `schedule` changes: a redone step puts them back first
+    host_attrs: tuple[str, ...] = ()
 
     def __init__(self, cfg: Config, image_size: int):
         super().__init__()
@@ -103,6 +105,11 @@ class BaseMethod(nn.Module):
         """Why this method's training step cannot be one CUDA graph (it reads a device
         value on the host, or calls a solver that syncs), or None."""
         return None
+
+    def uses_zca(self) -> bool:
+        """Whether the loss whitens by ZCA (`whitening.zca_matrix`), whose Newton-Schulz
+        check the training loop defers (`training.deferred`)."""
+        return False
 
     def device_scalar(self, name: str, value: float) -> torch.Tensor:
         """The method's 0-dim tensor attribute `name`, on its parameters' device and dtype,

@@ -33,6 +33,8 @@ class WhitenedMSE(BaseMethod):
     The switch is host state (`graph_key`): a captured step is captured again when it flips.
     """
 
+    host_attrs = ("cov_on", "cov_stop_reached")
+
     def __init__(self, cfg: Config, image_size: int):
         super().__init__(cfg, image_size)
         self.family = family_of(cfg.to_dict())
@@ -87,11 +89,12 @@ class WhitenedMSE(BaseMethod):
         return (self.cov_on,)
 
     def graph_blocker(self) -> str | None:
-        if self.family.matrix == "zca":
-            return "its ZCA reads the Newton-Schulz convergence flag on the host"
         if self.family.matrix == "pca":
             return "its PCA is an eigh (cuSOLVER syncs)"
-        return None
+        return None  # ZCA's Newton-Schulz check is deferred (`training.deferred`)
+
+    def uses_zca(self) -> bool:
+        return self.family.matrix == "zca"
 
 
 def _sub_batch_problems(cfg: Config, workers: int, above: int) -> list[str]:

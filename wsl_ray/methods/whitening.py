@@ -8,13 +8,16 @@ computes in float32 (float64 input stays float64), also under bf16 autocast, and
 factorises every slice and group at once.
 
 Nothing here reads a device value on the host, with one exception: on CUDA the ZCA matrix
-comes from a Newton-Schulz iteration whose range is checked once per call (`zca_matrix`).
+comes from a Newton-Schulz iteration whose range is checked once per call (`zca_matrix`),
+unless the caller defers that check (`ns_check`, as the training loop does).
 Factorisation failures are counted on the device and read once per epoch by `stats.take()`.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -82,6 +85,40 @@ class FactorisationStats:
 
 
 stats = FactorisationStats()
+
+
+class NewtonSchulzCheck:
+    """What `zca_matrix` does with its Newton-Schulz check, set for a block by `using(mode)`:
+
+    "host" (the default): reads "every slice converged" on the host once per call and takes
+        the exact path for the slices that did not (a `torch.cond` under torch.compile);
+    "deferred": never reads it: ORs "some slice did not converge" into `flag(device)` (one
+        0-dim bool tensor per device for the whole run, updated in place, so a CUDA graph
+        keeps writing into it) and returns the iteration's W as it is; the caller reads the
+        flag later and redoes the work on the exact path (`training.deferred`);
+    "exact": the exact path for every slice (that redone work).
+    """
+
+    def __init__(self) -> None:
+        self.mode = "host"
+        self._flags: dict[torch.device, torch.Tensor] = {}
+
+    def flag(self, device: torch.device) -> torch.Tensor:
+        """The device's failure flag (made False on first use; the caller zeroes it)."""
+        if device not in self._flags:
+            self._flags[device] = torch.zeros((), dtype=torch.bool, device=device)
+        return self._flags[device]
+
+    @contextmanager
+    def using(self, mode: Literal["host", "deferred", "exact"]) -> Iterator[None]:
+        previous, self.mode = self.mode, mode
+        try:
+            yield
+        finally:
+            self.mode = previous
+
+
+ns_check = NewtonSchulzCheck()
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -405,17 +442,21 @@ def zca_matrix(S: torch.Tensor) -> torch.Tensor:
     matrices (CIFAR-10, emb 512, w_size 64, groups 4: kappa 2e3-2e4) pass with residuals under
     1e-4 (BENCHMARKS.md, "First GPU run").
 
-    The choice costs one host read per call in eager mode (`bool` of a device flag): computing
-    eigh unconditionally for a `where` would cost what the iteration saves, and no criterion
-    known without the data can tell whether a group's spectrum is in range. After the read
-    the GPU still has the loss and the whole backward queued, so the CPU regains its lead.
+    By default the choice costs one host read per call in eager mode (`bool` of a device
+    flag): computing eigh unconditionally for a `where` would cost what the iteration saves,
+    and no criterion known without the data can tell whether a group's spectrum is in range.
     Under torch.compile the choice is a `torch.cond`, so the step compiles as one graph; its
-    predicate is still read on the host when the compiled step runs.
+    predicate is still read on the host when the compiled step runs. Under
+    `ns_check.using("deferred")` nothing is read: the flag goes to `ns_check.flag` and the
+    caller redoes a failed step under `ns_check.using("exact")` (`training.deferred`).
     """
-    if S.device.type not in NS_DEVICES:
+    if S.device.type not in NS_DEVICES or ns_check.mode == "exact":
         return zca_exact(S)
     W, residual = newton_schulz(S)
     converged = residual <= NS_TOL[S.dtype]
+    if ns_check.mode == "deferred":
+        ns_check.flag(S.device).logical_or_(~converged.all())
+        return W
 
     def fallback(W: torch.Tensor, S: torch.Tensor, converged: torch.Tensor) -> torch.Tensor:
         return torch.where(converged[..., None, None], W, zca_exact(S))

@@ -121,6 +121,12 @@ class TrainStep:
         self.graph.replay()
         return self.loss
 
+    def eager(self, x: torch.Tensor, sizes: torch.Tensor, progress: float) -> torch.Tensor:
+        """One step run eagerly whatever `capture`: a step redone by `deferred.DeferredCheck`
+        (replays afterwards go on from the state it leaves, all of it updated in place)."""
+        self.model.schedule(progress)
+        return self._eager(x, sizes)
+
     def _give_up_capture(self, err: RuntimeError, x: torch.Tensor, sizes: torch.Tensor):
         """After a failed capture (--cuda_graph auto), the rest of the run steps eagerly: a
         capture records kernels without running them, so this step runs again, eager. The

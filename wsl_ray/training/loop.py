@@ -3,6 +3,7 @@
 Per iteration: a batch of uint8 images -> `num_samples` augmented views -> the method's
 loss -> the optimiser (Adam with coupled L2 by default), its learning rate a pure function
 of the iteration (`optim.learning_rate`), so a resumed run needs no scheduler state.
+A ZCA method's steps are confirmed two steps late, by their Newton-Schulz check (`deferred`).
 Every `--eval_every` epochs the frozen encoder is evaluated (k-NN and linear probe);
 every `--ckpt_every` epochs and at the end a full checkpoint is written (`checkpoint`) and
 reported (`reporting`).
@@ -32,10 +33,11 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .deferred import DeferredCheck, defers
 from .device import HostScalar, place_data, resolve_device, setup_device
 from .evaluate import evaluate_run
 from .graph import TrainStep, graph_fallback, step_on_device
-from .optim import base_lr, build_optimizer, learning_rate, set_graph_ready, set_lr
+from .optim import base_lr, build_optimizer, learning_rate, set_graph_ready
 from .reporting import LocalReporter, Reporter, accuracies, epoch_line, summarize
 from .sinks import MetricSinks, open_sinks
 from .weights import load_weights
@@ -214,7 +216,12 @@ def train(
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
     strict = cfg.cuda_graph == "on"  # auto falls back to eager if a capture fails
-    step = TrainStep(model, net, optimizer, augment, list(gens.values()), capture, strict)
+    drawn = [g for name, g in gens.items() if name != "data"]  # the data's draw at epoch start
+    step = DeferredCheck(
+        TrainStep(model, net, optimizer, augment, list(gens.values()), capture, strict),
+        drawn,
+        defers(model, device, context.world_size),
+    )
     sinks = sinks or open_sinks(cfg, rank)
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
@@ -225,7 +232,7 @@ def train(
     reporter.start(state.epoch)
 
     for epoch in range(state.epoch, cfg.epoch):
-        t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
+        t0 = time.perf_counter()
         running_loss = HostScalar(device)  # the bar's loss: never waits for the GPU
         desc = f"epoch {epoch + 1}/{cfg.epoch}"
         bar = epoch_batches(
@@ -241,11 +248,10 @@ def train(
         )
         for n, (x, _, sizes) in enumerate(bar):
             lr = learning_rate(cfg, epoch + n / iters, state.iteration, iters)
-            set_lr(optimizer, lr)
-            loss_sum += step(x, sizes, epoch / cfg.epoch)
+            step(x, sizes, epoch / cfg.epoch, lr)
             state.iteration += 1
             if n % 20 == 19:
-                running_loss.push(loss_sum / (n + 1))
+                running_loss.push(step.loss_sum / max(step.steps, 1))  # the confirmed steps
                 shown = running_loss.latest()
                 if shown is not None:  # an early, lagged look: stop a diverged run soon
                     _check_finite(shown, epoch, n, reporter, saved_epoch)
@@ -253,6 +259,7 @@ def train(
                 shown = "…" if shown is None else f"{shown:.4f}"
                 bar.set_postfix(loss=shown, lr=f"{lr:.2e}", img_s=f"{seen:.0f}")
         bar.close()
+        loss_sum, ns_failures = step.finish()  # every step confirmed (the check's redos done)
         state.epoch = epoch + 1
         mean_loss = loss_sum.item() / iters  # the epoch's one host sync: its time is complete
         epoch_time = time.perf_counter() - t0
@@ -263,6 +270,7 @@ def train(
             "images_per_s": iters * cfg.bs / epoch_time,
             "epoch_time_s": epoch_time,
             **whitening_stats.take(),
+            "whiten_ns_failures": ns_failures,
         }
         _check_finite(metrics["loss"], epoch, iters - 1, reporter, saved_epoch)
         if state.epoch in evals and rank == 0:

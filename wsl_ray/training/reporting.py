@@ -56,6 +56,8 @@ def epoch_line(m: dict[str, Any], k: int) -> str:
         line += f"  | {accuracies(m, k)}"
     if m.get("whiten_retries"):
         line += f"  ({m['whiten_retries']} whitening retries)"
+    if m.get("whiten_ns_failures"):
+        line += f"  ({m['whiten_ns_failures']} steps redone on the exact ZCA path)"
     return line
 
 

@@ -28,6 +28,7 @@ TENSORBOARD_TAGS = {
     "images_per_s": "train/images_per_s",
     "whiten_retries": "train/whiten_retries",
     "whiten_fallbacks": "train/whiten_fallbacks",
+    "whiten_ns_failures": "train/whiten_ns_failures",
     "acc_knn": "eval/acc_knn",
     "acc": "eval/acc",
     "acc_5": "eval/acc_5",
