@@ -7,9 +7,9 @@ and `importlib.metadata` list files that are not there. Here every kept member's
 computed afresh from its bytes, so the copy's RECORD matches the copy exactly.
 
 What the GPU machine's sweep leaves out of Ray's wheel by default: the Java worker
-(`ray/jars/`, 33 MiB of the 79 MB cp312 wheel; Python workers never load it) and the
-dashboard's JavaScript source maps (`*.js.map`, 6.7 MB unpacked; the browser loads them only
-for its developer tools).
+(`ray/jars/`, 32 MB of the 79 MB cp312 wheel, compressed; Python workers never load it) and
+the dashboard's JavaScript source maps (`*.js.map`, 1.5 MB; a browser loads them only for its
+developer tools): 45.6 MB are left.
 
     python -m benchmarks.strip_wheel WHEEL OUT_DIR   # writes OUT_DIR/<the same file name>
 """
