@@ -162,8 +162,16 @@ def run_parts(
         "augment": torch.Generator(device).manual_seed(cfg.seed * 1000 + rank),
         **model.generators(),  # e.g. --whiten_global's, the same on every rank
     }
+    cuda = device.type == "cuda"  # views as the encoder takes them there: bf16, channels-last
     augment = Augment.from_config(
-        cfg, data.crop_size, data.mean, data.std, data.blur, gens["augment"]
+        cfg,
+        data.crop_size,
+        data.mean,
+        data.std,
+        data.blur,
+        gens["augment"],
+        out_dtype=torch.bfloat16 if cuda else torch.float32,
+        channels_last=cuda,
     )
     return RunParts(model, optimizer, gens, augment, eager_because)
 
