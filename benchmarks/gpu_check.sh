@@ -15,7 +15,7 @@
 # htdt/self-supervised checkout), 50.4 MiB in all with the checkout: the 25-epoch run and
 # the sweep through Ray:
 #   25-epoch W-MSE 2 run 200 | install gpu_wheels/ 30 | sweep, preset gpu 240 |
-#   reference code 150 (runs if time is left)
+#   reference code 150 | SimSiam, 50 epochs 260 (the last two run only if time is left)
 # The last H200 (2026-11-29) kept no per-stage times: its one call ran the stages of call 1
 # and the 25-epoch run under --budget 540 in 396 s; BENCHMARKS.md ("First GPU run") has the
 # parts: 36 s to compile W-MSE 2, 2.9 s a 50k epoch, 2.1 s an evaluation. results.md now
@@ -188,5 +188,9 @@ print('ray', ray.__version__, ray.__file__, '| optuna', optuna.__version__)"
     else
         note "reference code: skipped (no gpu_ref/self-supervised: carry gpu_ref/)"
     fi
+    # the issue's last stage, only if time is left: does SimSiam's slow start on shapes hold
+    # on CIFAR-10? (the method's own defaults; its metrics.jsonl comes back under OUT/)
+    stage "SimSiam, 50 epochs, full width" 260 "$PY" -m wsl_ray.train --method simsiam \
+        --dataset cifar10 --data_dir data --epoch 50 --eval_every 10 --out "$OUT/simsiam" $EXTRA
 fi
 echo "done in $(($(date +%s) - START)) s" >> "$OUT/results.md"
