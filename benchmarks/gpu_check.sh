@@ -52,9 +52,12 @@
 #   PYTHON=.venv/bin/python PROFILE_ARGS="--device cpu --arch resnet18_w8 --steps 2" \
 #     WHITEN_DEVICE=cpu benchmarks/gpu_check.sh /tmp/gc1 --call 1 \
 #     --extra "--dataset shapes --subset 512 --arch resnet18_w8 --device cpu"
-#   PYTHON=.venv/bin/python SWEEP_ARGS="--preset cpu --data_dir data" REFERENCE_ARGS="--ref_dir \
-#     gpu_ref/self-supervised --data_dir data --device cpu" benchmarks/gpu_check.sh /tmp/gc2 \
-#     --call 2 --extra "--dataset shapes --subset 512 --arch resnet18_w8 --device cpu"
+#   PYTHON=.venv/bin/python SWEEP_ARGS="--preset cpu --plan --data_dir data" REFERENCE_ARGS="\
+#     --ref_dir gpu_ref/self-supervised --data_dir data --device cpu --steps 1 --warmup 1 \
+#     --bs 128 --num_workers 2 --no-record" benchmarks/gpu_check.sh /tmp/gc2 --call 2 \
+#     --skip-25 --extra "--dataset shapes --subset 512 --arch resnet18_w8 --device cpu"
+#   (the gpu preset on a CPU machine would wait for GPUs: the dry run plans the cpu preset;
+#   run on 2026-12-04 with SWEEP_ARGS unset and the sweep stopped: every other stage ok, 130 s)
 set -uo pipefail
 usage="usage: benchmarks/gpu_check.sh OUT_DIR --call 1|2 [--budget SECONDS] [--quick] \
 [--skip-25] [--extra ARGS]   (--help: what each call carries and runs)"
