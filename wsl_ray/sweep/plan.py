@@ -46,8 +46,9 @@ from ..data import ImageData, iterate_batches, load_dataset
 from ..data.shared import ROLES, shared_dataset
 from ..training.device import place_data, resolve_device, setup_device
 from ..training.evaluate import evaluate_run
-from ..training.graph import WARMUP_STEPS, TrainStep
-from ..training.loop import eval_epochs, run_parts
+from ..training.graph import WARMUP_STEPS
+from ..training.loop import eval_epochs, run_parts, run_step
+from ..training.optim import base_lr
 from ..training.runner import torch_trainer
 from ..utils.markdown import markdown_table
 from ..utils.storage import filesystem
@@ -161,10 +162,11 @@ class Resources:
 
 
 def _measure_loop(config: dict[str, Any]) -> None:
-    """The measuring Train worker: the trial's own step (`TrainStep`: one CUDA graph where
-    the trial's would be one) on config["local_bs"] batches, config["steps"] times after its
-    warm-up (one step; on a captured step also the eager warm-up steps and the capture), and
-    one evaluation, reported to Ray Train as one result."""
+    """The measuring Train worker: the trial's own step (`loop.run_step`: one CUDA graph
+    where the trial's would be one, a ZCA's check deferred as there) on config["local_bs"]
+    batches, config["steps"] times after its warm-up (one step; on a captured step also the
+    eager warm-up steps and the capture), and one evaluation, reported to Ray Train as one
+    result."""
     cfg = Config.from_dict(config["cfg"])
     torch.set_num_threads(config["threads"])
     device = resolve_device(ray.train.torch.get_device())
@@ -175,16 +177,7 @@ def _measure_loop(config: dict[str, Any]) -> None:
     data = data.subset(cfg.subset)
     place_data(data, device, config["gpu_share"])
     parts = run_parts(cfg, data, device)
-    capture = parts.eager_because is None
-    step = TrainStep(
-        parts.model,
-        parts.model,
-        parts.optimizer,
-        parts.augment,
-        list(parts.gens.values()),
-        capture,
-        strict=cfg.cuda_graph == "on",
-    )
+    step = run_step(cfg, parts, parts.model, device)
     batches = (  # epoch after epoch: the warm-up and the timed steps may outnumber one epoch
         batch
         for _ in count()
@@ -197,11 +190,13 @@ def _measure_loop(config: dict[str, Any]) -> None:
             with_sizes=True,
         )
     )
-    warmup = WARMUP_STEPS + 1 if capture else 1
+    warmup = WARMUP_STEPS + 1 if parts.eager_because is None else 1
+    lr = base_lr(cfg)
     ready = time.time()
     marks = [time.perf_counter()]
     for x, _, sizes in islice(batches, warmup + config["steps"]):
-        step(x, sizes, 0.0).item()  # waits for the device: the step is complete
+        step(x, sizes, 0.0, lr)
+        step.finish()[0].item()  # the step confirmed (its deferred check too) and complete
         marks.append(time.perf_counter())
     start = time.perf_counter()
     evaluate_run(parts.model, data, device, cfg)

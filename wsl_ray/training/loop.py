@@ -176,6 +176,27 @@ def run_parts(
     return RunParts(model, optimizer, gens, augment, eager_because)
 
 
+def run_step(
+    cfg: Config, parts: RunParts, net: torch.nn.Module, device: torch.device, workers: int = 1
+) -> DeferredCheck:
+    """The training step a run of `cfg` takes with `parts` (`net`: the model as wrapped for
+    its workers): `TrainStep`, one CUDA graph where `parts.eager_because` is None (a failed
+    capture falls back to eager steps, or is an error with --cuda_graph on), its Newton-Schulz
+    check deferred where the method's ZCA needs it (`deferred.defers`). Call it with
+    (x, sizes, progress, lr); `finish()` confirms the steps launched."""
+    strict = cfg.cuda_graph == "on"
+    gens = parts.gens
+    drawn = [g for name, g in gens.items() if name != "data"]  # the data's draw at epoch start
+    capture = parts.eager_because is None
+    return DeferredCheck(
+        TrainStep(
+            parts.model, net, parts.optimizer, parts.augment, list(gens.values()), capture, strict
+        ),
+        drawn,
+        defers(parts.model, device, workers),
+    )
+
+
 def train(
     cfg: Config,
     reporter: Reporter | None = None,
@@ -201,7 +222,7 @@ def train(
     place_data(data, device, context.gpu_share)
 
     parts = run_parts(cfg, data, device, rank, context.world_size)
-    model, optimizer, gens, augment = parts.model, parts.optimizer, parts.gens, parts.augment
+    model, optimizer, gens = parts.model, parts.optimizer, parts.gens
     capture = parts.eager_because is None
     if cfg.cuda_graph == "on" and not capture:
         raise ConfigError(
@@ -223,13 +244,7 @@ def train(
     iters = len(data.train_x) // cfg.bs
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
-    strict = cfg.cuda_graph == "on"  # auto falls back to eager if a capture fails
-    drawn = [g for name, g in gens.items() if name != "data"]  # the data's draw at epoch start
-    step = DeferredCheck(
-        TrainStep(model, net, optimizer, augment, list(gens.values()), capture, strict),
-        drawn,
-        defers(model, device, context.world_size),
-    )
+    step = run_step(cfg, parts, net, device, context.world_size)
     sinks = sinks or open_sinks(cfg, rank)
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
