@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import BaseMethod, whitening
-from .graph import TrainStep
+from .graph import TrainStep, default_generator
 from .optim import set_lr
 
 # A step's flag is read before launching the step this many later.
@@ -49,13 +49,6 @@ LAG = 2
 def defers(model: BaseMethod, device: torch.device, workers: int) -> bool:
     """Whether a run's steps take the deferred check (see the module's docstring)."""
     return model.uses_zca() and device.type in whitening.NS_DEVICES and workers == 1
-
-
-def default_generator(device: torch.device) -> torch.Generator:
-    """The global generator of `device` (the whitening's draws without --whiten_global)."""
-    if device.type == "cuda":
-        return torch.cuda.default_generators[device.index]
-    return torch.default_generator
 
 
 @dataclass
