@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import append_results
+from benchmarks.common import append_results, step_ran_as
 from wsl_ray.config import Config
 from wsl_ray.training.device import resolve_device
 from wsl_ray.training.loop import train
@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{epoch_s:.2f}",
         f"{history[-1]['eval_time_s']:.2f}",
         f"{summary['time_total_s']:.0f}",
+        step_ran_as(history[-1]),
     ]
-    header = ["method", "epochs", "5-NN", "linear", "s/epoch (median)", "eval s", "total s"]
+    header = ["method", "epochs", "5-NN", "linear", "s/epoch (median)", "eval s", "total s", "step"]
     scope = f"first {args.subset} images" if args.subset else "all images"
     body = (
         f"{args.dataset} ({scope}), {args.arch}{', compiled' if args.compile else ''}, "

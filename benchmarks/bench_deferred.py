@@ -30,7 +30,7 @@ from wsl_ray.data import Augment
 from wsl_ray.methods import get_method, whitening
 from wsl_ray.training import deferred
 from wsl_ray.training.device import resolve_device
-from wsl_ray.training.graph import TrainStep
+from wsl_ray.training.graph import TrainStep, default_generator
 from wsl_ray.training.optim import build_optimizer
 from wsl_ray.utils.markdown import markdown_table as table
 
@@ -104,7 +104,7 @@ def snapshot(arch: str, device: torch.device, repeats: int = 5) -> list:
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # makes Adam's state
-    saved, gens = deferred.Saved(device.type == "cuda"), [deferred.default_generator(device)]
+    saved, gens = deferred.Saved(device.type == "cuda"), [default_generator(device)]
     saved.save(model, optimizer, gens)  # allocates the buffers
     save = statistics.median(
         timed(device, saved.save, model, optimizer, gens) for _ in range(repeats)

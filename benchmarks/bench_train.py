@@ -2,10 +2,13 @@
 trial-epochs one GPU gives a sweep.
 
 Each setting runs `wsl_ray.training.loop.train` for 1 + `--epochs` epochs, evaluating after every
-one. Epoch 1 is the warm-up (compilation, cuDNN autotuning, the first evaluation's CUDA
-graph); the table gives its extra time as "compile s", then the median of the timed epochs
-and of the timed evaluations. Epoch times end with a device sync (the epoch's mean loss is
-read on the host), so queued GPU work is never left out. s/epoch is for 50,000 images.
+one. Epoch 1 is the warm-up (compilation, cuDNN autotuning, the step's capture, the first
+evaluation's CUDA graph); the table gives its extra time as "compile s", then the median of
+the timed epochs and of the timed evaluations. Epoch times end with a device sync (the
+epoch's mean loss is read on the host), so queued GPU work is never left out. s/epoch is for
+50,000 images. Each row runs one `--compile` and one `--cuda_graph` mode (several of each:
+every pair but compile with a required graph, which never captures) and says how its step
+ran: "graph", or "eager: " and why (the last epoch's `cuda_graph` and `eager_because`).
 
 With `--trials-per-gpu K`, K trials of one setting run at once as K processes on the same
 GPU (as a sweep packs fractional-GPU trials); each reports its own medians and the table
@@ -13,7 +16,8 @@ adds up trial-epochs per GPU-hour with an evaluation every 10 epochs included:
     per trial: 3600 * 10 / (10 * s_per_epoch + s_per_eval)
 
     python -m benchmarks.bench_train --data_dir data [--subset N] [--arch resnet18]
-        [--compile both|on|off] [--settings "W-MSE 2" ...] [--trials-per-gpu K]
+        [--compile both|on|off] [--cuda_graph auto|on|off ...] [--settings "W-MSE 2" ...]
+        [--trials-per-gpu K]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import append_results
+from benchmarks.common import append_results, step_ran_as
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
 from wsl_ray.training.device import resolve_device
@@ -52,8 +56,9 @@ SETTINGS = {  # the papers' CIFAR-10 settings
 }
 
 
-def measure(setting: str, compile: bool, args: argparse.Namespace) -> dict:
-    """Trains one setting for 1 + args.epochs epochs and returns its timings."""
+def measure(setting: str, compile: bool, cuda_graph: str, args: argparse.Namespace) -> dict:
+    """Trains one setting for 1 + args.epochs epochs and returns its timings and how its
+    step ran (`step`: "graph", or "eager: " and why)."""
     data = load_dataset(args.dataset, args.data_dir).subset(args.subset)
     with tempfile.TemporaryDirectory() as out:
         cfg = Config(
@@ -64,6 +69,7 @@ def measure(setting: str, compile: bool, args: argparse.Namespace) -> dict:
             lr=3e-3,
             lr_step="none",
             compile=compile,
+            cuda_graph=cuda_graph,
             device=args.device,
             out=out,
             ckpt_every=10**6,
@@ -76,6 +82,8 @@ def measure(setting: str, compile: bool, args: argparse.Namespace) -> dict:
     return {
         "setting": setting,
         "compile": compile,
+        "cuda_graph": cuda_graph,
+        "step": step_ran_as(history[-1]),
         "bs": cfg.bs,
         "views": cfg.num_samples,
         "images_per_s": images / epoch_s,
@@ -101,7 +109,7 @@ def mps_on() -> bool:
     return False
 
 
-def packed(setting: str, compile: bool, k: int, argv: list[str]) -> list[dict]:
+def packed(setting: str, compile: bool, cuda_graph: str, k: int, argv: list[str]) -> list[dict]:
     """Runs K measurements of one setting at once, as K processes; returns their results."""
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / f"trial{i}.json" for i in range(k)]
@@ -114,6 +122,8 @@ def packed(setting: str, compile: bool, k: int, argv: list[str]) -> list[dict]:
                     setting,
                     "--compile",
                     "on" if compile else "off",
+                    "--cuda_graph",
+                    cuda_graph,
                     "--result-json",
                     str(out),
                 ]
@@ -133,6 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subset", type=int, default=None)
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--compile", default="both", choices=("both", "on", "off"))
+    parser.add_argument(
+        "--cuda_graph",
+        nargs="+",
+        default=["auto"],
+        choices=("auto", "on", "off"),
+        help="the step as one CUDA graph, each mode a row (on: a failed capture is an error)",
+    )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
     parser.add_argument("--device", default="auto")
@@ -140,19 +157,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result-json", default=None, help=argparse.SUPPRESS)  # packed worker
     args = parser.parse_args(argv)
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
+    runs = [(c, g) for c in modes for g in dict.fromkeys(args.cuda_graph) if not (c and g == "on")]
+    if not runs:
+        parser.error("--compile on --cuda_graph on: a compiled encoder is never captured")
     if args.result_json:
-        Path(args.result_json).write_text(json.dumps(measure(args.settings[0], modes[0], args)))
+        result = measure(args.settings[0], *runs[0], args)
+        Path(args.result_json).write_text(json.dumps(result))
         return
     device = resolve_device(args.device)
     rows, packed_rows = [], []
     for setting in args.settings:
-        for compile in modes:
-            r = measure(setting, compile, args)
+        for compile, cuda_graph in runs:
+            r = measure(setting, compile, cuda_graph, args)
             rows.append(
                 [
                     setting,
                     r["bs"],
                     "on" if compile else "off",
+                    f"{cuda_graph}: {r['step']}",
                     f"{r['images_per_s']:,.0f}",
                     f"{r['images_per_s'] * r['views']:,.0f}",
                     f"{r['s_per_epoch']:.2f}",
@@ -163,12 +185,13 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(table(HEADER, rows[-1:]), flush=True)
             if args.trials_per_gpu > 1:
-                trials = packed(setting, compile, args.trials_per_gpu, _without_k(argv))
+                trials = packed(setting, compile, cuda_graph, args.trials_per_gpu, _without_k(argv))
                 total = sum(trial_epochs_per_hour(t) for t in trials)
                 packed_rows.append(
                     [
                         setting,
                         "on" if compile else "off",
+                        ", ".join(sorted({f"{cuda_graph}: {t['step']}" for t in trials})),
                         args.trials_per_gpu,
                         f"{statistics.median(t['s_per_epoch'] for t in trials):.2f}",
                         f"{statistics.median(t['eval_s'] for t in trials):.2f}",
@@ -201,6 +224,7 @@ HEADER = [
     "setting",
     "batch",
     "compile",
+    "--cuda_graph: step ran as",
     "images/s",
     "views/s",
     "s per 50k epoch",
@@ -211,6 +235,7 @@ HEADER = [
 PACKED_HEADER = [
     "setting",
     "compile",
+    "--cuda_graph: step ran as",
     "trials",
     "s per 50k epoch (median)",
     "eval s (median)",

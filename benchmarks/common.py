@@ -33,3 +33,9 @@ def append_results(title: str, device: torch.device, body: str, command: str) ->
     print(text)
     with open(BENCHMARKS_MD, "a") as f:
         f.write(text)
+
+
+def step_ran_as(metrics: dict) -> str:
+    """How an epoch's training step ran, from its metrics (metrics.jsonl): "graph", or
+    "eager: " and why."""
+    return "graph" if metrics["cuda_graph"] else f"eager: {metrics['eager_because']}"

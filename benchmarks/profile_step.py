@@ -5,10 +5,15 @@ sync), host ms (the time the CPU takes to issue them, before that sync), kernels
 and the GPU's busy fraction (the union of its kernels' time over the wall time). A step
 whose host ms is near its wall ms and whose GPU is far from busy is host-bound.
 
+`--cuda_graph` (default auto) profiles the step as the training loop takes it: one CUDA graph
+where it applies (the warm-up then includes its eager steps and the capture; `on` makes a
+failed capture an error), else eager; the table's "step" column says which ran, and why.
+
 On the CPU (a dry run) there are no GPU kernels: kernels are the aten ops the step runs
 (`OpCounter`'s kernel ops), and the busy fraction is not defined.
 
     python -m benchmarks.profile_step [--device cuda] [--arch resnet18] [--steps 20]
+        [--cuda_graph auto|on|off]
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from wsl_ray.config import Config
 from wsl_ray.data import Augment
 from wsl_ray.methods import get_method
 from wsl_ray.training.device import OpCounter, resolve_device, setup_device
-from wsl_ray.training.loop import train_step
+from wsl_ray.training.graph import WARMUP_STEPS, TrainStep, graph_fallback
 from wsl_ray.training.optim import build_optimizer
 from wsl_ray.utils.markdown import markdown_table as table
 
@@ -52,26 +57,39 @@ def busy_fraction(prof: profile, wall_us: float) -> float:
 
 
 def profile_setting(name: str, args: argparse.Namespace) -> list:
-    """[setting, wall ms, host ms, kernels, GPU busy] per step of one setting."""
+    """[setting, step, wall ms, host ms, kernels, GPU busy] per step of one setting ("step":
+    "graph", or "eager: " and why)."""
     device = resolve_device(args.device)
     setup_device(device)
-    cfg = Config(arch=args.arch, **SETTINGS[name])
+    cfg = Config(arch=args.arch, cuda_graph=args.cuda_graph, **SETTINGS[name])
     torch.manual_seed(0)
     model = get_method(cfg.method)(cfg, SIZE).to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.adam_l2, fused=cuda)
+    eager_because = graph_fallback(cfg, model, device, 1)
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        model.parameters(),
+        cfg.lr,
+        cfg.adam_l2,
+        fused=cuda,
+        graph_ready=eager_because is None,
+    )
     generator = torch.Generator(device).manual_seed(0)
     augment = Augment.from_config(cfg, SIZE, (0.5,) * 3, (0.25,) * 3, generator=generator)
+    step = TrainStep(
+        model, model, optimizer, augment, [generator], eager_because, args.cuda_graph == "on"
+    )
     x = torch.randint(0, 256, (cfg.bs, 3, SIZE, SIZE), dtype=torch.uint8, device=device)
     sizes = torch.full((cfg.bs, 2), SIZE, device=device)
 
     def steps(n: int) -> None:
         for _ in range(n):
-            train_step(model, model, optimizer, augment, x, sizes, 0.0)
+            step(x, sizes, 0.0)
 
-    steps(args.steps)  # warm-up: cuDNN autotuning, the optimiser's state
+    # warm-up: cuDNN autotuning, the optimiser's state, and a graph's eager steps and capture
+    steps(max(args.steps, WARMUP_STEPS + 1) if eager_because is None else args.steps)
     if cuda:
         torch.cuda.synchronize(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -93,6 +111,7 @@ def profile_setting(name: str, args: argparse.Namespace) -> list:
     per_step = 1e3 / args.steps
     return [
         name,
+        "graph" if step.eager_because is None else f"eager: {step.eager_because}",
         f"{(done - start) * per_step:.1f}",
         f"{(issued - start) * per_step:.1f}",
         f"{kernels:.0f}",
@@ -106,12 +125,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", default="resnet18", help="encoder (resnet18_w8 for a dry run)")
     parser.add_argument("--steps", type=int, default=20, help="steps profiled (and warm-up)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=PROFILED)
+    parser.add_argument(
+        "--cuda_graph",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="the step as one CUDA graph where it applies (on: a failed capture is an error)",
+    )
     parser.add_argument("--no-record", action="store_true", help="print, do not append")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps {args.steps} must be >= 1")
+    if args.cuda_graph == "on" and resolve_device(args.device).type != "cuda":
+        parser.error(f"--cuda_graph on needs a CUDA device (--device {args.device})")
     rows = [profile_setting(name, args) for name in args.settings]
-    body = table(["setting", "wall ms/step", "host ms/step", "kernels/step", "GPU busy"], rows)
+    header = ["setting", "step", "wall ms/step", "host ms/step", "kernels/step", "GPU busy"]
+    body = table(header, rows)
     command = "python -m benchmarks.profile_step " + shlex.join(argv or sys.argv[1:])
     if args.no_record:
         print(body)

@@ -21,6 +21,9 @@ RAY_FIXTURES = {"cluster", "three_nodes", "local_ray"}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ray: starts a Ray cluster (make test-fast leaves it out)")
+    config.addinivalue_line(
+        "markers", "graph: a GPU test of a captured step (gpu_check.sh runs them first, with -x)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,7 +18,6 @@ from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import torch
-from wandb.proto import wandb_internal_pb2
 
 from wsl_ray.config import Config
 from wsl_ray.training.optim import learning_rate
@@ -171,6 +170,9 @@ RECORD_HEADER = 7  # crc32 (4), length (2, little-endian), type (1: full, 2-4: f
 
 def read_records(path: Path) -> list:
     """The protobuf Records of an offline run's `run-ID.wandb` file."""
+    # imported here: conftest imports this module, and the GPU machine has no wandb
+    from wandb.proto import wandb_internal_pb2
+
     raw, pos, records, pending = path.read_bytes(), HEADER, [], b""
     while pos + RECORD_HEADER <= len(raw):
         left = BLOCK - pos % BLOCK

@@ -23,6 +23,8 @@ import pytest
 import torch
 
 from analysis.__main__ import main as analysis_main
+from benchmarks.bench_train import main as bench_train_main
+from benchmarks.profile_step import main as profile_step_main
 from wsl_ray.confirm import main as confirm_main
 from wsl_ray.export import main as export_main
 from wsl_ray.lincls import main as lincls_main
@@ -384,6 +386,26 @@ def test_bad_input_gives_one_clear_line(command, code, phrase, bad_files, monkey
     assert len(lines) - error_at <= 2, stderr  # one line, plus at most a hint (after notes)
     assert not ray.is_initialized()
     assert not Path(bad_files["tmp"], "run", "metrics.jsonl").exists()  # nothing trained
+
+
+# The benchmarks' own flags (argparse's usage text before the error line, exit 2)
+BENCHMARKS = {"bench_train": bench_train_main, "profile_step": profile_step_main}
+BENCHMARK_ROWS = [
+    (("bench_train", "--compile", "on", "--cuda_graph", "on"), "a compiled encoder is never"),
+    (("bench_train", "--cuda_graph", "yes"), "--cuda_graph: invalid choice"),
+    (("profile_step", "--cuda_graph", "on", "--device", "cpu"), "--cuda_graph on needs a CUDA"),
+    (("profile_step", "--cuda_graph", "sometimes"), "--cuda_graph: invalid choice"),
+]
+
+
+@pytest.mark.parametrize(
+    "command,phrase", BENCHMARK_ROWS, ids=[" ".join(r[0]) for r in BENCHMARK_ROWS]
+)
+def test_bad_benchmark_flags_are_refused_before_any_work(command, phrase):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        BENCHMARKS[command[0]](list(command[1:]))
+    assert exit_.value.code == 2 and phrase in err.getvalue(), err.getvalue()
 
 
 @pytest.mark.parametrize("command", sorted(ENTRY))

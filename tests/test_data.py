@@ -242,3 +242,12 @@ def test_every_role_is_checked_whatever_the_reader(role, change, phrase):
     raw[f"{role}_x"], raw[f"{role}_y"] = x, y
     raw["train_y"] = torch.tensor([-1, 0, 9, -1])  # unlabeled training images are fine
     check_roles("cifar10", raw, 10, 32, "/data")
+
+
+def test_an_empty_batch_has_no_label_problem_and_a_wrong_label_still_has_one():
+    """The GPU call's CIFAR-10 subset (benchmarks/jpeg_subset.py) decodes to data_batch_2..5
+    without images: their empty labels are fine; a label out of range is still reported."""
+    from wsl_ray.data.checks import labels_problem
+
+    assert labels_problem(torch.empty(0, dtype=torch.int64), 0, 10) is None
+    assert "outside [0, 10)" in labels_problem(torch.tensor([3, 10]), 2, 10)

@@ -98,6 +98,23 @@ def test_the_injected_failure_changes_the_run(monkeypatch):
     assert differing(run(False, 1, monkeypatch)[0], run(False, None, monkeypatch)[0]) != []
 
 
+def test_saves_and_restores_copy_once_per_dtype(monkeypatch):
+    """The snapshot's copies go through `torch._foreach_copy_` one dtype at a time (a call
+    over float64 weights and int64 `num_batches_tracked` together would take PyTorch's
+    per-tensor path): every call is one dtype and device, and both dtypes were copied, in
+    saves and in the restore of a failed step (Adam's float32 step counts are a third)."""
+    real, calls = torch._foreach_copy_, []
+
+    def recording(targets, sources):
+        calls.append({(t.dtype, t.device) for t in [*targets, *sources]})
+        return real(targets, sources)
+
+    monkeypatch.setattr(torch, "_foreach_copy_", recording)
+    assert run(True, 1, monkeypatch)[1] == 1  # one failed step: a restore ran
+    assert calls and all(len(kinds) == 1 for kinds in calls), calls
+    assert {torch.float64, torch.int64} <= {dtype for kinds in calls for dtype, _ in kinds}
+
+
 def test_only_zca_on_a_newton_schulz_device_with_one_worker_defers():
     cpu = torch.device("cpu")
     cw_rgp, w_mse = get_method("cw_rgp")(CFG, 16), get_method("w_mse")(Config(), 16)

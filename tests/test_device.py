@@ -2,8 +2,10 @@
 equal DDP shards, sync-free steps (a fullgraph compile fails on any host sync or
 data-dependent branch) and float32 whitening under bf16 autocast."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,3 +295,27 @@ def test_direct_run_and_benchmarks_import_without_ray_optuna_or_wandb():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_gpu_tests_collect_without_ray_optuna_or_wandb(tmp_path):
+    """`pytest --collect-only` of the GPU machine's test files, in a Python that cannot import
+    Ray, Optuna or wandb (a sitecustomize first on PYTHONPATH blocks them, as on the GPU
+    image): conftest, helpers and both files collect; a module-level import of any of the
+    three fails here with "ImportError while loading conftest"."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('ray', 'optuna', 'wandb'):\n    sys.modules[name] = None\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    files = ["tests/test_gpu.py", "tests/test_device.py"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join((str(blocker), str(root)))},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    collected = result.stdout.splitlines()
+    assert all(any(line.startswith(f) for line in collected) for f in files), result.stdout

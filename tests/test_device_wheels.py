@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from helpers import own_ray_cluster, results, sweep
 
+from benchmarks.jpeg_subset import NPZ, subset
 from benchmarks.strip_wheel import check_record, record_line, strip_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,3 +190,33 @@ def runs_raylet_of(cmdline: Path, site: Path) -> bool:
         return str(site / "ray/core/src/ray/raylet/raylet") in cmdline.read_text()
     except OSError:
         return False
+
+
+def test_jpeg_subset_keeps_whole_images_with_their_labels(tmp_path: Path) -> None:
+    """The second call's data: each kept image's bytes and label come whole from the source
+    (image i of a split holds bytes [i] * (i + 1), label i % 10), and to_batches.py travels."""
+    import numpy as np
+
+    src = tmp_path / "src"
+    src.mkdir()
+    arrays = {}
+    for split, n in (("train", 30), ("test", 12)):
+        images = [np.full(i + 1, i, dtype=np.uint8) for i in range(n)]
+        arrays[f"blob_{split}"] = np.concatenate(images)
+        arrays[f"off_{split}"] = np.concatenate([[0], np.cumsum([len(b) for b in images])])
+        arrays[f"y_{split}"] = np.arange(n) % 10
+    np.savez(src / NPZ, **arrays)
+    (src / "to_batches.py").write_text("# the decoder\n")
+    written = np.load(subset(src, tmp_path / "out", {"train": 8, "test": 3}))
+    assert (tmp_path / "out" / "to_batches.py").read_text() == "# the decoder\n"
+    for split, n in (("train", 8), ("test", 3)):
+        blob, off, y = (written[f"{k}_{split}"] for k in ("blob", "off", "y"))
+        images = [blob[off[i] : off[i + 1]] for i in range(n)]
+        assert len(images) == n == len(y) and off[-1] == len(blob)
+        kept = [int(image[0]) for image in images]
+        assert len(set(kept)) == n
+        assert all(
+            (image == k).all() and len(image) == k + 1
+            for image, k in zip(images, kept, strict=True)
+        )
+        assert list(y) == [k % 10 for k in kept]

@@ -1,7 +1,10 @@
-"""The CUDA path itself: skipped without a GPU, run first by `benchmarks/gpu_check.sh`."""
+"""The CUDA path itself: skipped without a GPU. `benchmarks/gpu_check.sh` runs the tests
+marked `graph` first, with -x (each proves that its step was really captured: strict
+capture, a graph asserted), then the rest."""
 
 import copy
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -10,6 +13,7 @@ import pytest
 import torch
 from helpers import Crash, CrashingReporter, tiny_config
 
+from benchmarks import capture_check
 from wsl_ray.config import METHODS, Config
 from wsl_ray.data import Augment, load_dataset
 from wsl_ray.methods import base, get_method
@@ -42,22 +46,62 @@ def data():
     return load_dataset("shapes")
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def graph_states(out: Path) -> list[tuple[bool, str | None]]:
+    """Per epoch of the run in `out` (its metrics.jsonl): whether its step ran as a CUDA
+    graph, and if not, why."""
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [(m["cuda_graph"], m.get("eager_because")) for m in map(json.loads, lines)]
+
+
+def blocker(method: str) -> str | None:
+    """Why `method`'s step cannot be one CUDA graph (None: it must be captured)."""
+    cfg = Config(**SMALL | METHOD_SETTINGS.get(method, {}), method=method)
+    return get_method(method)(cfg, 32).graph_blocker()
+
+
+@pytest.mark.graph
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_and_evaluates_on_cuda(tmp_path, data, method, compile):
+def test_every_graph_ready_method_is_captured_and_trains_on_cuda(tmp_path, data, method):
+    """--cuda_graph on (a failed capture is an error, not an eager run), and the epoch's
+    metrics say the step ran as a graph. CW-RGP's step takes its deferred check."""
+    if (why := blocker(method)) is not None:
+        pytest.skip(f"not graph-ready: {why}")
     cfg = Config(
         **SMALL | METHOD_SETTINGS.get(method, {}),
         method=method,
-        compile=compile,
+        cuda_graph="on",
         device="cuda",
         out=str(tmp_path),
     )
     summary = train(cfg, data=dataclasses.replace(data), progress=False)
     assert math.isfinite(summary["loss"])
     assert all(0 <= summary[k] <= 1 for k in ("acc", "acc_5", "acc_knn"))
+    assert graph_states(tmp_path) == [(True, None)] * cfg.epoch
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_and_evaluates_on_cuda(tmp_path, data, method, compile):
+    """Every method, eager (--cuda_graph off, or its blocker) and compiled (which is never
+    captured): the metrics say why the step ran eagerly."""
+    cfg = Config(
+        **SMALL | METHOD_SETTINGS.get(method, {}),
+        method=method,
+        compile=compile,
+        cuda_graph="auto" if compile else "off",
+        device="cuda",
+        out=str(tmp_path),
+    )
+    summary = train(cfg, data=dataclasses.replace(data), progress=False)
+    assert math.isfinite(summary["loss"])
+    assert all(0 <= summary[k] <= 1 for k in ("acc", "acc_5", "acc_knn"))
+    ((graph, because),) = set(graph_states(tmp_path))
+    assert not graph and ("--compile" if compile else "--cuda_graph off") in because
 
 
 def test_ddp_wrapping_runs_under_plain_torch_distributed_nccl(tmp_path, data):
+    """DDP with world size 1 under --cuda_graph auto: the wrapped step is never captured (only
+    a bare model is), and the metrics say so."""
     device = resolve_device("cuda")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29531")
@@ -74,6 +118,8 @@ def test_ddp_wrapping_runs_under_plain_torch_distributed_nccl(tmp_path, data):
     finally:
         torch.distributed.destroy_process_group()
     assert math.isfinite(summary["loss"])
+    ((graph, because),) = set(graph_states(tmp_path))
+    assert not graph and "wrapped" in because
 
 
 def test_shared_roles_are_copied_to_the_gpu_once(data):
@@ -155,6 +201,7 @@ def test_one_encoder_call_on_all_views_equals_one_call_each_on_cuda(method, monk
             assert torch.equal(a, b), name
 
 
+@pytest.mark.graph
 @pytest.mark.parametrize("method", ["w_mse", "byol"])
 def test_replayed_steps_never_sync_and_follow_the_eager_steps(method):
     """The CUDA-graph step against the same step run eagerly, from the same weights on the
@@ -177,7 +224,8 @@ def test_replayed_steps_never_sync_and_follow_the_eager_steps(method):
         optimizer = build_optimizer("adam", model.parameters(), 1e-3, 1e-6, graph_ready=True)
         gen = torch.Generator(device).manual_seed(1)
         augment = Augment.from_config(cfg, 32, (0.5,) * 3, (0.25,) * 3, generator=gen)
-        step = TrainStep(model, model, optimizer, augment, [gen], capture=capture)
+        eager_because = None if capture else "the reference"
+        step = TrainStep(model, model, optimizer, augment, [gen], eager_because, strict=capture)
         out = []
         for n, (x, sizes) in enumerate(batches):
             set_lr(optimizer, 1e-3 * (n + 1))
@@ -188,9 +236,11 @@ def test_replayed_steps_never_sync_and_follow_the_eager_steps(method):
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         losses[capture] = torch.stack(out).float().cpu()
+        assert (step.graph is not None) == capture and step.eager_because == eager_because
     assert torch.allclose(losses[True], losses[False], rtol=2e-2), losses
 
 
+@pytest.mark.graph
 def test_a_graph_run_resumes_exactly_from_its_checkpoint(tmp_path):
     """A CUDA-graph run crashed after epoch 2 and resumed ends where the uninterrupted run
     ends: the same augmentation generator state (replays advance it as eager draws do, and
@@ -204,6 +254,21 @@ def test_a_graph_run_resumes_exactly_from_its_checkpoint(tmp_path):
             with pytest.raises(Crash):
                 train(cfg, CrashingReporter(cfg.out, at_epoch=2), data=data, progress=False)
         runs[name] = train(cfg, resume_from=Path(cfg.out), data=data, progress=False)
+    assert {s for n in runs for s in graph_states(tmp_path / n)} == {(True, None)}
     rng = {n: read_checkpoint(tmp_path / n)["rng"]["augment"] for n in runs}
     assert torch.equal(rng["straight"], rng["resumed"])
     assert runs["resumed"]["loss"] == pytest.approx(runs["straight"]["loss"], rel=2e-2)
+
+
+@pytest.mark.graph
+def test_cholesky_and_triangular_solve_replay_as_captured():
+    """W-MSE's whitening (batched cholesky_ex and solve_triangular) captured, replayed under
+    sync-debug "error" and equal to eager: `benchmarks/capture_check.py`."""
+    capture_check.check_cholesky_capture(resolve_device("cuda"))
+
+
+@pytest.mark.graph
+def test_a_failed_capture_falls_back_to_eager_steps():
+    """A capture broken by a host sync: torch's generators restored, the step redone and the
+    next steps run eagerly (`benchmarks/capture_check.py`)."""
+    capture_check.check_failed_capture_fallback(resolve_device("cuda"))

@@ -61,6 +61,8 @@ def labels_problem(y: Any, n: int, num_classes: int, lowest: int = 0) -> str | N
         return f"has labels of shape {shape}, not one integer per image"
     if len(y) != n:
         return f"has {len(y)} labels for {n} images"
+    if n == 0:  # an empty batch file (a subset's: benchmarks/jpeg_subset.py)
+        return None
     low, high = int(y.min()), int(y.max())
     if low < lowest or high >= num_classes:
         allowed = f"[{lowest}, {num_classes})" + (" (-1: unlabeled)" if lowest < 0 else "")

@@ -16,13 +16,14 @@ its failed steps from the start (tests/test_deferred.py: bitwise in float64).
 
 Saved before each step, in one of two sets of buffers (one per step in flight) refilled in
 place: the model's parameters and buffers and the optimiser's state (device-to-device
-`torch._foreach_copy_`), the states of the generators the step draws from, and the method's
-host switches (`BaseMethod.host_attrs`); the batch, lr and progress of the steps in flight
-are kept to redo them. A failure costs the restore, one exact step and one step redone
-(BENCHMARKS.md, "The deferred Newton-Schulz check"); the epoch's metrics count the failed
-steps (`whiten_ns_failures`). Unlike the per-call check, which took the exact path only for
-the groups that failed, a failed step whitens every group exactly; on CW-RGP's real
-matrices no group has failed (BENCHMARKS.md, "Newton-Schulz steps to a 1e-3 residual").
+`torch._foreach_copy_`, one call per dtype), the states of the generators the step draws
+from, and the method's host switches (`BaseMethod.host_attrs`); the batch, lr and progress
+of the steps in flight are kept to redo them. A failure costs the restore, one exact step
+and one step redone (BENCHMARKS.md, "The deferred Newton-Schulz check"); the epoch's metrics
+count the failed steps (`whiten_ns_failures`). Unlike the per-call check, which took the
+exact path only for the groups that failed, a failed step whitens every group exactly; on
+CW-RGP's real matrices no group has failed (BENCHMARKS.md, "Newton-Schulz steps to a 1e-3
+residual").
 
 Only where needed (`defers`): a ZCA method on a device in NS_DEVICES, with one worker (DDP's
 ranks could disagree about a redo, so several workers keep the per-call check and eager
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import BaseMethod, whitening
-from .graph import TrainStep
+from .graph import TrainStep, default_generator
 from .optim import set_lr
 
 # A step's flag is read before launching the step this many later.
@@ -48,13 +49,6 @@ LAG = 2
 def defers(model: BaseMethod, device: torch.device, workers: int) -> bool:
     """Whether a run's steps take the deferred check (see the module's docstring)."""
     return model.uses_zca() and device.type in whitening.NS_DEVICES and workers == 1
-
-
-def default_generator(device: torch.device) -> torch.Generator:
-    """The global generator of `device` (the whitening's draws without --whiten_global)."""
-    if device.type == "cuda":
-        return torch.cuda.default_generators[device.index]
-    return torch.default_generator
 
 
 @dataclass
@@ -67,13 +61,26 @@ class Inputs:
     lr: float
 
 
+def by_kind(sources: list[torch.Tensor]) -> list[tuple[list, list]]:
+    """`sources` grouped by (dtype, device), each group with fresh copies: (sources, copies)
+    pairs that `torch._foreach_copy_` takes in one call each. Over a list that mixes them
+    (float32 weights, BatchNorm's int64 `num_batches_tracked`) it would fall back to one
+    copy per tensor, about 330 launches a step for ResNet-18 CW-RGP."""
+    groups: dict[tuple[torch.dtype, torch.device], tuple[list, list]] = {}
+    for t in sources:
+        group = groups.setdefault((t.dtype, t.device), ([], []))
+        group[0].append(t)
+        group[1].append(t.clone())
+    return list(groups.values())
+
+
 class Saved:
     """The run's state before one step, in buffers reused from step to step, and the
     step's failure flag in host memory (pinned on CUDA, with the event of its copy)."""
 
     def __init__(self, cuda: bool):
         self.sources: list[torch.Tensor] = []
-        self.copies: list[torch.Tensor] = []
+        self.groups: list[tuple[list, list]] = []  # `by_kind(sources)`
         self.stateless: list[torch.Tensor] = []  # parameters the optimiser has no state for
         self.rng: list[torch.Tensor] = []
         self.host: dict[str, object] = {}
@@ -86,16 +93,18 @@ class Saved:
         sources = [*model.parameters(), *model.buffers()]
         sources += [v for p in params for v in opt.state.get(p, {}).values() if torch.is_tensor(v)]
         if len(sources) == len(self.sources) and all(map(operator.is_, sources, self.sources)):
-            torch._foreach_copy_(self.copies, sources)
+            for group_sources, copies in self.groups:
+                torch._foreach_copy_(copies, group_sources)
         else:  # the first save, or the optimiser made its state since the last one
-            self.sources, self.copies = sources, [t.clone() for t in sources]
+            self.sources, self.groups = sources, by_kind(sources)
         self.stateless = [p for p in params if p not in opt.state]
         self.rng = [g.get_state() for g in gens]
         self.host = {name: getattr(model, name) for name in model.host_attrs}
 
     @torch.no_grad()
     def restore(self, model: BaseMethod, opt: torch.optim.Optimizer, gens: list[torch.Generator]):
-        torch._foreach_copy_(self.sources, self.copies)
+        for group_sources, copies in self.groups:
+            torch._foreach_copy_(group_sources, copies)
         for p in self.stateless:
             opt.state.pop(p, None)  # its first step makes the state again
         for generator, state in zip(gens, self.rng, strict=True):

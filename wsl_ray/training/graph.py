@@ -13,7 +13,8 @@ states checkpoint as usual). Host-side switches (W-MSE's covariance term) are th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -71,7 +72,8 @@ def graph_fallback(
 
 class TrainStep:
     """`step(x, sizes, progress)`: one training step (the method's host-side `schedule`, then
-    `step_on_device`), eager or, with `capture` (CUDA only), replayed from a CUDA graph.
+    `step_on_device`), eager or, where `eager_because` is None (CUDA only), replayed from a
+    CUDA graph.
 
     With capture, the first WARMUP_STEPS calls run eagerly on a side stream; the next one
     captures the step on static copies of the batch, with `generators` (the CUDA generators
@@ -79,6 +81,10 @@ class TrainStep:
     batch into the static buffers and replay, capturing again when `model.graph_key()`
     changes. The returned loss is then the graph's output tensor: read or add it before the
     next call. The optimiser must be graph-ready (`optim.set_graph_ready`).
+
+    A wrapped `net` (DDP) is never captured. A capture that raises is an error with `strict`;
+    else the rest of the run steps eagerly (`_give_up_capture`) and `eager_because` says
+    why. `eager_because` is None exactly while the step runs as a graph.
     """
 
     def __init__(
@@ -88,12 +94,16 @@ class TrainStep:
         optimizer: torch.optim.Optimizer,
         augment: Augment,
         generators: list[torch.Generator] = (),
-        capture: bool = False,
+        eager_because: str | None = "not asked to capture",
         strict: bool = False,
     ):
         self.model, self.net, self.optimizer, self.augment = model, net, optimizer, augment
         self.generators = [g for g in generators if g.device.type == "cuda"]
-        self.capture, self.strict = capture, strict
+        if eager_because is None and net is not model:
+            eager_because = (
+                "the model is wrapped for its workers (DDP): only a bare model is captured"
+            )
+        self.eager_because, self.strict = eager_because, strict
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: tuple | None = None
@@ -102,22 +112,26 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor, sizes: torch.Tensor, progress: float) -> torch.Tensor:
         self.model.schedule(progress)
-        if not self.capture:
+        if self.eager_because is not None:
             return self._eager(x, sizes)
         if self.eager_steps < WARMUP_STEPS:
             self.eager_steps += 1
-            return _on_side_stream(lambda: self._eager(x, sizes))
+            return on_side_stream(lambda: self._eager(x, sizes))
         if self.static is None:
             self.static = (x.clone(), sizes.to(x.device).clone())
         self.static[0].copy_(x, non_blocking=True)
         self.static[1].copy_(sizes, non_blocking=True)
         if self.graph is None or self.key != self.model.graph_key():
+            self.graph = self.loss = None  # frees the previous graph's memory first
+            graph = torch.cuda.CUDAGraph()
+            held = held_generators(self.generators, x.device)
+            states = [g.get_state() for g in held]  # before the capture touches them
             try:
-                self._capture()
-            except RuntimeError as err:  # the capture has not run on a GPU yet: see below
+                self._capture(graph)
+            except RuntimeError as err:
                 if self.strict:
                     raise
-                return self._give_up_capture(err, x, sizes)
+                return self._give_up_capture(err, graph, held, states, x, sizes)
         self.graph.replay()
         return self.loss
 
@@ -127,31 +141,110 @@ class TrainStep:
         self.model.schedule(progress)
         return self._eager(x, sizes)
 
-    def _give_up_capture(self, err: RuntimeError, x: torch.Tensor, sizes: torch.Tensor):
+    def _give_up_capture(
+        self,
+        err: RuntimeError,
+        graph: torch.cuda.CUDAGraph,
+        held: list[torch.Generator],
+        states: list[torch.Tensor],
+        x: torch.Tensor,
+        sizes: torch.Tensor,
+    ) -> torch.Tensor:
         """After a failed capture (--cuda_graph auto), the rest of the run steps eagerly: a
-        capture records kernels without running them, so this step runs again, eager. The
-        graph path has passed its CPU proofs but not yet a GPU (tests/test_gpu.py's cases);
-        this keeps an unforeseen capture error from ending a run."""
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"note: the step could not be captured as a CUDA graph ({message}); eager from now")
-        self.capture, self.graph, self.loss, self.static = False, None, None, None
+        capture records kernels without running them, so this step runs again, eager, from
+        the generators' states before the capture (`restore_generators`). Prints the error
+        that broke the capture (torch raises "operation failed due to a previous error
+        during capture" at its end, the real cause as its __context__). Where the graph or
+        the generators cannot be put back, stops with that error chained."""
+        cause = first_cause(err)
+        told = one_line(cause) + (f" (then: {one_line(err)})" if cause is not err else "")
+        print(f"note: the step could not be captured as a CUDA graph: {told}")
+        try:
+            graph.reset()
+            restore_generators(held, states)
+        except RuntimeError as failed:
+            raise RuntimeError(
+                f"the CUDA-graph capture of the step failed ({one_line(cause)}), and the "
+                f"random generators it held could not be restored for eager steps "
+                f"({one_line(failed)}); rerun with --cuda_graph off"
+            ) from err
+        print("note: generators restored; the run steps eagerly from now (--cuda_graph off)")
+        self.eager_because = f"the capture failed: {one_line(cause)}"
+        self.graph, self.loss, self.static = None, None, None
         return self._eager(x, sizes)
 
     def _eager(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         return step_on_device(self.model, self.net, self.optimizer, self.augment, x, sizes)
 
-    def _capture(self) -> None:
-        self.graph = self.loss = None  # frees the previous graph's memory first
-        graph = torch.cuda.CUDAGraph()
+    def _capture(self, graph: torch.cuda.CUDAGraph) -> None:
         for generator in self.generators:
             graph.register_generator_state(generator)
         self.optimizer.zero_grad(set_to_none=True)  # gradients come from the graph's pool
-        with torch.cuda.graph(graph):
+        with capturing_into(graph):
             self.loss = self._eager(*self.static)
         self.graph, self.key = graph, self.model.graph_key()
 
 
-def _on_side_stream(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+@contextlib.contextmanager
+def capturing_into(graph: torch.cuda.CUDAGraph) -> Iterator[None]:
+    """`torch.cuda.graph(graph)` in thread-local error mode (a DataLoader's pin-memory thread
+    may call CUDA during the capture; the default global mode would fail the capture for
+    it), inside a stream context that makes the current stream current again even when the
+    capture raises (torch.cuda.graph's exit leaves its capture stream current then)."""
+    with (
+        torch.cuda.stream(torch.cuda.current_stream()),
+        torch.cuda.graph(graph, capture_error_mode="thread_local"),
+    ):
+        yield
+
+
+def held_generators(generators: list[torch.Generator], device: torch.device) -> list:
+    """The generators a capture on `device` holds: the step's own and the device's default
+    one (every graph registers it)."""
+    return [*(g for g in generators if g.device == device), default_generator(device)]
+
+
+def default_generator(device: torch.device) -> torch.Generator:
+    """The global generator of `device` (the draws that name no generator; the whitening's
+    without --whiten_global)."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index]
+    return torch.default_generator
+
+
+def restore_generators(generators: list[torch.Generator], states: list[torch.Tensor]) -> None:
+    """After a failed capture, each generator with a fresh copy of its state object
+    (`clone_state`), set to `states` (its `get_state()` before the capture), and shown to
+    draw eagerly. torch 2.11 leaves the state object of a generator a capture held marked
+    "capturing" when the capture raised (pytorch#171263, fixed after 2.11): its next eager
+    draw fails with "Offset increment outside graph capture encountered unexpectedly"; a
+    copy starts outside any capture. Raises RuntimeError where a draw still fails."""
+    for generator, state in zip(generators, states, strict=True):
+        generator.graphsafe_set_state(generator.clone_state())
+        generator.set_state(state)
+        draw_once(generator)
+        generator.set_state(state)  # the draw above never happened, for the step's draws
+
+
+def draw_once(generator: torch.Generator) -> None:
+    """One random number from `generator` on its device (raises where it cannot draw)."""
+    torch.empty(1, device=generator.device).uniform_(generator=generator)
+
+
+def first_cause(err: BaseException) -> BaseException:
+    """The first error of `err`'s chain (its __cause__ or __context__, followed back)."""
+    while (earlier := err.__cause__ or err.__context__) is not None:
+        err = earlier
+    return err
+
+
+def one_line(err: BaseException) -> str:
+    """`err`'s type and the first line of its message."""
+    message = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def on_side_stream(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
     """fn() on a fresh CUDA stream that waits for the current one and is waited for by it
     (how warm-up before a capture must run)."""
     stream = torch.cuda.Stream()

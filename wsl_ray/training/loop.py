@@ -187,14 +187,16 @@ def run_step(
     strict = cfg.cuda_graph == "on"
     gens = parts.gens
     drawn = [g for name, g in gens.items() if name != "data"]  # the data's draw at epoch start
-    capture = parts.eager_because is None
-    return DeferredCheck(
-        TrainStep(
-            parts.model, net, parts.optimizer, parts.augment, list(gens.values()), capture, strict
-        ),
-        drawn,
-        defers(parts.model, device, workers),
+    step = TrainStep(
+        parts.model,
+        net,
+        parts.optimizer,
+        parts.augment,
+        list(gens.values()),
+        parts.eager_because,
+        strict,
     )
+    return DeferredCheck(step, drawn, defers(parts.model, device, workers))
 
 
 def train(
@@ -224,13 +226,6 @@ def train(
     parts = run_parts(cfg, data, device, rank, context.world_size)
     model, optimizer, gens = parts.model, parts.optimizer, parts.gens
     capture = parts.eager_because is None
-    if cfg.cuda_graph == "on" and not capture:
-        raise ConfigError(
-            f"--cuda_graph on: the step cannot be one CUDA graph here: "
-            f"{parts.eager_because}; use --cuda_graph auto"
-        )
-    if device.type == "cuda" and cfg.cuda_graph == "auto" and not capture and rank == 0:
-        print(f"note: the training step runs eagerly, not as a CUDA graph: {parts.eager_because}")
     state = TrainState()
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
         state = load_checkpoint(resume_from, model, optimizer, gens)
@@ -245,6 +240,14 @@ def train(
     if iters == 0:
         raise ValueError(f"--bs {cfg.bs} is larger than the {len(data.train_x)} training images")
     step = run_step(cfg, parts, net, device, context.world_size)
+    eager_because = step.step.eager_because
+    if cfg.cuda_graph == "on" and eager_because is not None:
+        raise ConfigError(
+            f"--cuda_graph on: the step cannot be one CUDA graph here: {eager_because}; "
+            "use --cuda_graph auto"
+        )
+    if device.type == "cuda" and cfg.cuda_graph == "auto" and eager_because and rank == 0:
+        print(f"note: the training step runs eagerly, not as a CUDA graph: {eager_because}")
     sinks = sinks or open_sinks(cfg, rank)
     evals = eval_epochs(cfg)
     if cfg.eval_init and state.epoch == 0 and rank == 0:
@@ -294,6 +297,7 @@ def train(
             "epoch_time_s": epoch_time,
             **whitening_stats.take(),
             "whiten_ns_failures": ns_failures,
+            **graph_metrics(step.step),
         }
         _check_finite(metrics["loss"], epoch, iters - 1, reporter, saved_epoch)
         if state.epoch in evals and rank == 0:
@@ -314,6 +318,14 @@ def train(
             tqdm.write(epoch_line(metrics, cfg.knn))
     sinks.close()
     return summarize(state.history, state.init_metrics)
+
+
+def graph_metrics(step: TrainStep) -> dict[str, Any]:
+    """Whether the epoch ended with its step replayed as one CUDA graph (`cuda_graph`), and
+    if not, why (`eager_because`: off CUDA, a flag, a failed capture)."""
+    if step.eager_because is None:
+        return {"cuda_graph": True}
+    return {"cuda_graph": False, "eager_because": step.eager_because}
 
 
 def _check_finite(loss: float, epoch: int, n: int, reporter: Reporter, saved: int) -> None:
