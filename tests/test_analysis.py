@@ -14,7 +14,8 @@ import pytest
 
 from analysis.__main__ import main
 from analysis.collect import CollectError, collect, load, read_space
-from analysis.tables import paper_table, rankme_report, render, seed_table, spearman, top_trials
+from analysis.tables import paper_table, rankme_report, render, seed_table, top_trials
+from wsl_ray.sweep.stats import spearman
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_wmse"
 # the output of test_tune's sweep (trial folders without checkpoints): validation and test
