@@ -15,7 +15,7 @@ import pyarrow as pa
 from wsl_ray.methods import SPECS
 from wsl_ray.sweep.metrics import DEFAULT_METRIC, metric_spec, score
 from wsl_ray.sweep.results import RANKED, RUN_ONLY
-from wsl_ray.sweep.stats import mean_std, spearman
+from wsl_ray.sweep.stats import format_agreement, mean_std, rung_agreements, spearman
 from wsl_ray.utils.markdown import markdown_table
 
 # config columns that do not define a configuration: what repeats differ in
@@ -140,6 +140,29 @@ def rankme_report(table: pa.Table, metric: str = DEFAULT_METRIC) -> list[dict[st
             },
         ]
     return out
+
+
+def rung_report(table: pa.Table, metric: str = DEFAULT_METRIC) -> tuple[int, list[dict[str, Any]]]:
+    """(n, rows): does an early epoch rank trials as the end does? Over the n trials of one
+    experiment that ran their whole budget, per evaluated epoch: the trials evaluated
+    there, Spearman's rho and Kendall's tau-b of its `metric` with the final one, each with
+    its 95% Fisher-z interval (`stats.rank_interval`). No rows when n < 3."""
+    experiments = set(table.column("experiment").to_pylist())
+    if len(experiments) > 1:
+        raise ValueError(
+            f"the rank agreement compares the trials of one sweep; this table holds "
+            f"{len(experiments)} experiments ({', '.join(sorted(map(str, experiments)))})"
+        )
+    n, agreements = rung_agreements(table.to_pylist(), metric)
+    return n, [
+        {
+            "epoch": a.epoch,
+            "trials": a.trials,
+            "Spearman rho [95% CI]": format_agreement(a.spearman, a.spearman_interval),
+            "Kendall tau-b [95% CI]": format_agreement(a.kendall, a.kendall_interval),
+        }
+        for a in agreements
+    ]
 
 
 def _cell(value: Any) -> str:

@@ -7,15 +7,18 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 
 from wsl_ray.sweep.stats import (
     correlation,
     detectable_difference,
+    format_agreement,
     kendall_tau_b,
     noncentrality,
     paired_difference,
     paired_interval,
     rank_interval,
+    rung_agreements,
     seeds_needed,
     spearman,
     t_quantile,
@@ -23,6 +26,7 @@ from wsl_ray.sweep.stats import (
     welch_difference,
     welch_interval,
 )
+from wsl_ray.sweep.summary import early_ranking
 
 Z975, Z80 = 1.959963984540054, 0.8416212335729143
 
@@ -155,5 +159,145 @@ def test_rank_intervals_are_fisher_z_with_fieller_hartley_pearson_variances():
     lo, hi = rank_interval(0.5, 20, "spearman")
     assert hi == pytest.approx(math.tanh(z + Z975 * math.sqrt(1.06 / 17)))
     assert rank_interval(0.5, 4, "kendall") is None  # n - 4 = 0
-    assert rank_interval(1.0, 10, "kendall") is None
+    assert rank_interval(1.0, 10, "kendall") == (1.0, 1.0)  # the formula's limit
     assert rank_interval(math.nan, 10, "spearman") is None
+
+
+CRN_SPACE = """
+config: {method: w_mse, dataset: shapes, arch: resnet18_w8, bs: 32, epoch: 2, eval_on: val,
+         eval_every: 100, subset: 64, head_size: 32, w_eps: 0.01, lr_warmup: false}
+params:
+  lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
+  emb: {distribution: categorical, choices: [8, 16]}
+derived: {w_size: emb * 2}
+first: {lr: 3.0e-3, emb: 16}
+"""
+
+
+def test_a_confirmations_arms_see_the_same_data_and_augmentation_for_a_seed(
+    tmp_path, monkeypatch, tiny_data
+):
+    """Common random numbers: the default and another configuration (other emb, w_size and
+    lr) of one confirmation, trained for two epochs with the seed they share, get the same
+    batches in the same order, the same augmentation draws and the same encoder weights at
+    the start (the head's shapes differ: its init is not compared). The data order, the
+    augmentation and the initialisation each have a generator of their own seeded from the
+    seed (training.loop.run_parts, initial_model), so a model of another shape cannot shift
+    the data or augmentation streams."""
+    from wsl_ray.config import Config
+    from wsl_ray.data import Augment
+    from wsl_ray.sweep.confirmation import confirm_configs
+    from wsl_ray.sweep.space import CONFIG_KEYS, parse_space
+    from wsl_ray.training import loop
+
+    space = parse_space(CRN_SPACE, tmp_path / "s.yaml")
+    default = space.resolve(space.default_point())
+    other = space.resolve({"lr": 1e-3, "emb": 8})
+    sweep_rows = [
+        {"status": "TERMINATED", "val_acc_knn": v, "config/seed": 0}
+        | {f"config/{k}": value for k, value in config.items()}
+        for v, config in ((0.5, default), (0.7, other))
+    ]
+    configs = confirm_configs(sweep_rows, space, "val_acc_knn", k=1, seeds=1, seed=0)
+    assert [c["confirm_label"] for c in configs] == ["default", "top1"]
+    assert configs[0]["seed"] == configs[1]["seed"]
+    assert (configs[0]["emb"], configs[1]["emb"]) == (16, 8)
+
+    seen: list[tuple[str, torch.Tensor]] = []
+    batches, draw = loop.iterate_batches, Augment.draw
+
+    def recorded_batches(*args, **kwargs):
+        for x, y, sizes in batches(*args, **kwargs):
+            seen.append(("batch", torch.cat([y.float(), x.float().flatten(1).sum(1)])))
+            yield x, y, sizes
+
+    def recorded_draw(self, n):
+        u = draw(self, n)
+        seen.append(("draw", u.clone()))
+        return u
+
+    monkeypatch.setattr(loop, "iterate_batches", recorded_batches)
+    monkeypatch.setattr(Augment, "draw", recorded_draw)
+    monkeypatch.setattr(loop, "evaluate_run", lambda *a, **k: {})
+    runs, encoders = [], []
+    initial = loop.initial_model
+
+    def recorded_init(*args, **kwargs):
+        model = initial(*args, **kwargs)
+        encoders.append({k: v.clone() for k, v in model.model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(loop, "initial_model", recorded_init)
+    for i, config in enumerate(configs):
+        seen.clear()
+        values = {k: v for k, v in config.items() if k in CONFIG_KEYS}
+        cfg = Config.from_dict(values | {"out": str(tmp_path / f"run{i}")})
+        loop.train(cfg, data=tiny_data, progress=False)
+        runs.append(list(seen))
+    a, b = runs
+    assert [kind for kind, _ in a] == [kind for kind, _ in b]
+    assert sum(kind == "batch" for kind, _ in a) == 2 * 64 // 32  # 2 epochs of 2 batches
+    assert sum(kind == "draw" for kind, _ in a) >= 4
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
+    first, second = encoders
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def _trial(status, history, budget=4, metric="val_acc_knn"):
+    """A results row whose `history` holds `metric` at epochs 1, 2, ..."""
+    epochs = [{"epoch": e, metric: v} for e, v in enumerate(history, 1)]
+    return {"status": status, "epochs": len(history), "epoch_budget": budget} | {
+        metric: history[-1],
+        "history": epochs,
+    }
+
+
+def test_rung_agreements_rank_each_epoch_against_the_end_over_the_finished_trials():
+    rows = [
+        _trial("TERMINATED", [0.1, 0.2, 0.3, 0.40]),
+        _trial("TERMINATED", [0.2, 0.1, 0.3, 0.50]),
+        _trial("TERMINATED", [0.3, 0.3, 0.1, 0.60]),
+        _trial("TERMINATED", [0.4, 0.4, 0.2, 0.70]),
+        _trial("STOPPED", [0.9, 0.9]),  # stopped early: it has no final value
+        _trial("TERMINATED", [0.5, math.nan, 0.4, math.nan]),  # no final metric
+    ]
+    ended, agreements = rung_agreements(rows, "val_acc_knn")
+    assert ended == 4
+    assert [a.epoch for a in agreements] == [1, 2, 3]  # the last epoch is the end itself
+    assert all(a.trials == 4 for a in agreements)
+    # epoch 1 ranks as the end: 1; epoch 2 swaps the first two: rho 0.8, tau 4/6;
+    # epoch 3 (0.3, 0.3, 0.1, 0.2): ranks (3.5, 3.5, 1, 2) against (1, 2, 3, 4)
+    assert (agreements[0].spearman, agreements[0].kendall) == (1.0, 1.0)
+    assert agreements[1].spearman == pytest.approx(0.8)
+    assert agreements[1].kendall == pytest.approx(4 / 6)
+    assert agreements[2].kendall == pytest.approx(-3 / math.sqrt(5 * 6))
+    assert agreements[1].kendall_interval is None  # n - 4 = 0: no interval
+    assert agreements[1].spearman_interval == rank_interval(0.8, 4, "spearman")
+
+
+def test_rung_agreements_need_three_finished_trials():
+    rows = [_trial("TERMINATED", [0.1, 0.4]), _trial("TERMINATED", [0.2, 0.5])]
+    assert rung_agreements(rows, "val_acc_knn") == (2, [])
+    line = early_ranking(rows, "val_acc_knn", "exp")
+    assert "2 trial(s) ran their whole budget" in line and "needs 3 or more" in line
+    assert "nan" not in line.lower()
+
+
+def test_the_summary_line_says_from_which_epoch_the_ranking_predicts():
+    """Twelve trials: epoch 1 orders them at random (tau's interval spans 0), epoch 2 as
+    the end but for one swapped pair (tau = 1 - 2/66, its interval above 0), epoch 3
+    exactly as the end (tau = 1: the interval collapses onto 1)."""
+    final = [i / 12 for i in range(12)]
+    shuffled = [5, 2, 9, 0, 11, 7, 3, 8, 1, 10, 6, 4]
+    near = final[:3] + [final[4], final[3]] + final[5:]
+    rows = [
+        _trial("TERMINATED", [shuffled[i] / 12, near[i], final[i], final[i]]) for i in range(12)
+    ]
+    ended, agreements = rung_agreements(rows, "val_acc_knn")
+    assert ended == 12
+    assert agreements[0].kendall_interval[0] < 0 < agreements[0].kendall_interval[1]
+    assert agreements[1].kendall == pytest.approx(1 - 2 / 66)
+    assert agreements[1].kendall_interval[0] > 0
+    line = early_ranking(rows, "val_acc_knn", "exp")
+    assert "from epoch 2 on" in line and "python -m analysis rungs exp" in line
+    assert format_agreement(agreements[0].kendall, agreements[0].kendall_interval) in line

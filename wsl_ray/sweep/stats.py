@@ -56,12 +56,14 @@ def t_quantile(p: float, df: float) -> float:
 @dataclasses.dataclass(frozen=True)
 class Difference:
     """An estimated difference of means `diff` with standard error `se` on `df` degrees of
-    freedom (Student's t), from `paired` per-seed differences or from independent arms."""
+    freedom (Student's t), from `paired` per-seed differences or from independent arms;
+    `spread` is the seed spread that `design` takes for the same kind of comparison."""
 
     diff: float
     se: float
     df: float
     paired: bool
+    spread: float
 
     def interval(self, level: float = 1 - ALPHA) -> tuple[float, float]:
         """(low, high) = diff -+ t_{(1+level)/2, df} se; zero width for se = 0."""
@@ -133,22 +135,23 @@ def paired_difference(a: list[float], b: list[float]) -> Difference:
     if len(a) < 2:
         raise ValueError("the paired interval needs at least 2 seeds per configuration (--seeds)")
     d = [x - y for x, y in zip(a, b, strict=True)]
-    se = statistics.stdev(d) / math.sqrt(len(d))
-    return Difference(statistics.fmean(d), se, len(d) - 1, True)
+    spread = statistics.stdev(d)
+    return Difference(statistics.fmean(d), spread / math.sqrt(len(d)), len(d) - 1, True, spread)
 
 
 def welch_difference(a: list[float], b: list[float]) -> Difference:
     """mean(a) - mean(b) of independent arms, se = sqrt(s_a^2/n_a + s_b^2/n_b), and the
     Welch-Satterthwaite df = se^4 / sum_i (s_i^2/n_i)^2 / (n_i - 1) (n_a + n_b - 2 when both
-    arms have zero spread, where df does not matter)."""
+    arms have zero spread, where df does not matter); spread sqrt((s_a^2 + s_b^2) / 2)."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError("Welch's interval needs at least 2 seeds per configuration (--seeds)")
     diff = statistics.fmean(a) - statistics.fmean(b)
+    spread = math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     if va + vb == 0:
-        return Difference(diff, 0.0, len(a) + len(b) - 2, False)
+        return Difference(diff, 0.0, len(a) + len(b) - 2, False, spread)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return Difference(diff, math.sqrt(va + vb), df, False)
+    return Difference(diff, math.sqrt(va + vb), df, False, spread)
 
 
 def welch_interval(a: list[float], b: list[float], level: float = 1 - ALPHA) -> tuple[float, ...]:
@@ -178,8 +181,8 @@ def design(spread: float, n: int, paired: bool) -> Difference:
     unpaired, `spread` is each arm's std over seeds, se = spread sqrt(2/n), df = 2(n-1)
     (Welch's df for equal arms)."""
     if paired:
-        return Difference(0.0, spread / math.sqrt(n), n - 1, True)
-    return Difference(0.0, spread * math.sqrt(2 / n), 2 * (n - 1), False)
+        return Difference(0.0, spread / math.sqrt(n), n - 1, True, spread)
+    return Difference(0.0, spread * math.sqrt(2 / n), 2 * (n - 1), False, spread)
 
 
 def detectable_difference(
@@ -273,10 +276,77 @@ def rank_interval(
 ) -> tuple[float, float] | None:
     """The interval tanh(atanh(r) -+ z_{(1+level)/2} sqrt(c / (n - k))) of a rank
     correlation r over n pairs, (c, k) = (1.06, 3) for Spearman and (0.437, 4) for Kendall
-    (`FISHER_VARIANCE`). None where it does not exist: n <= k, r undefined (NaN) or
-    |r| = 1 (the transform is infinite and the interval collapses onto r)."""
+    (`FISHER_VARIANCE`); None where n <= k or r is undefined (NaN). At |r| = 1 the
+    transform is infinite and the interval collapses onto r, the formula's limit."""
     c, k = FISHER_VARIANCE[kind]
-    if n <= k or math.isnan(r) or abs(r) >= 1:
+    if n <= k or math.isnan(r):
         return None
+    if abs(r) >= 1:
+        return r, r
     half = Z.inv_cdf(0.5 + level / 2) * math.sqrt(c / (n - k))
     return math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankAgreement:
+    """How an evaluated epoch's ranking of trials agrees with the final one: over `trials`
+    trials, Spearman's rho and Kendall's tau-b with their 95% intervals (`rank_interval`);
+    None where undefined (all tied, or too few trials for the interval)."""
+
+    epoch: int
+    trials: int
+    spearman: float | None
+    spearman_interval: tuple[float, float] | None
+    kendall: float | None
+    kendall_interval: tuple[float, float] | None
+
+
+def rank_agreement(epoch: int, early: list[float], final: list[float]) -> RankAgreement:
+    """The RankAgreement of the `early` metric of some trials at `epoch` with their
+    `final` one (same order)."""
+
+    def defined(r: float) -> float | None:
+        return None if math.isnan(r) else r
+
+    rho, tau = spearman(early, final), kendall_tau_b(early, final)
+    n = len(early)
+    return RankAgreement(
+        epoch,
+        n,
+        defined(rho),
+        rank_interval(rho, n, "spearman"),
+        defined(tau),
+        rank_interval(tau, n, "kendall"),
+    )
+
+
+def rung_agreements(rows: list[dict], metric: str) -> tuple[int, list[RankAgreement]]:
+    """(n, agreements): over the n trials of one sweep that reached the end (TERMINATED,
+    with a final `metric`), each evaluated epoch before the end, where 3 or more of them
+    were evaluated, with its `rank_agreement` against the final `metric`: would a
+    scheduler's cut at that epoch have kept the trials that end best? Empty for n < 3.
+    `rows` are results rows (wsl_ray.sweep.results: `history` lists the evaluated epochs)."""
+    ended = [r for r in rows if r["status"] == "TERMINATED" and _finite(r.get(metric))]
+    if len(ended) < 3:
+        return len(ended), []
+    at: dict[int, list[tuple[float, float]]] = {}
+    for r in ended:
+        for h in r.get("history") or []:
+            if h.get("epoch") is not None and h["epoch"] < r["epochs"] and _finite(h.get(metric)):
+                at.setdefault(h["epoch"], []).append((h[metric], r[metric]))
+    return len(ended), [
+        rank_agreement(epoch, [e for e, _ in pairs], [f for _, f in pairs])
+        for epoch, pairs in sorted(at.items())
+        if len(pairs) >= 3
+    ]
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def format_agreement(r: float | None, interval: tuple[float, float] | None) -> str:
+    """`+0.62 [+0.21, +0.85]` for tables: "-" for an undefined r, no interval without one."""
+    if r is None:
+        return "-"
+    return f"{r:+.2f}" + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
