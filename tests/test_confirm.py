@@ -1,5 +1,6 @@
 """The confirmation stage's statistics and choice of configurations, on plain functions."""
 
+import json
 import math
 import statistics
 
@@ -238,3 +239,53 @@ def test_a_seed_that_does_not_pair_leaves_the_verdict_to_welch():
     table, verdict = summarize_confirmation(rows, "val_acc_knn")
     assert "[-8.90, +12.90] (Welch's t over 3 and 3 seeds: not every seed pairs)" in verdict
     assert table[1]["pairs"] == 2  # the paired column covers the two seeds both ran
+
+
+def _stored_confirmation(storage, name, space_text, tests_by_label):
+    """An experiment folder `name` with `space_text` as its search_space.yaml, and its
+    `<name>-confirm` with one trial per (label, seed, test value)."""
+    (storage / name).mkdir(parents=True)
+    (storage / name / "search_space.yaml").write_text(space_text)
+    number = 0
+    for label, tests in tests_by_label.items():
+        for seed, test in enumerate(tests, 1000):
+            number += 1
+            trial = storage / f"{name}-confirm" / f"trial_t{number}_{number:05d}"
+            trial.mkdir(parents=True)
+            params = {"epoch": 2, "seed": seed, "confirm_label": label}
+            (trial / "params.json").write_text(json.dumps(params))
+            (trial / "result.json").write_text(json.dumps({"epoch": 2, "val_acc_knn": 0.5}))
+            (trial / "test_metrics.json").write_text(json.dumps({"test_acc_knn": test}))
+
+
+def test_the_plan_reads_the_seed_spread_of_an_earlier_confirmation_or_the_flag(tmp_path):
+    """The earlier confirmation of the same parameters and dataset pairs its seeds: the
+    spread is the std of its per-seed differences (1, 2, 3 points: 1 point); one of
+    another dataset is not read. The flag's spread is one configuration's std."""
+    from wsl_ray.sweep.confirmation import plan_power
+    from wsl_ray.sweep.stats import power_text
+
+    space = parse_space(SPACE, tmp_path / "s.yaml")
+    storage = tmp_path / "store"
+    arms = {"default": [0.50, 0.60, 0.55], "top1": [0.51, 0.62, 0.58]}
+    _stored_confirmation(storage, "mine", space.to_yaml(), arms)
+    other = space.to_yaml().replace("dataset: shapes", "dataset: cifar10")
+    _stored_confirmation(storage, "other", other, {"default": [0.1, 0.9], "top1": [0.9, 0.1]})
+    text = plan_power(str(storage), space, "shapes", "val_acc_knn", 3, detect=2.0)
+    assert text.startswith(power_text(3, 0.01, True, 2.0))
+    assert f"the earlier confirmation {storage}/mine-confirm" in text
+    assert "1.00 points, the std of its per-seed differences" in text
+    given = plan_power(str(storage), space, "shapes", "val_acc_knn", 5, 8.0)
+    assert given.startswith(power_text(5, 0.08, False)) and "given by --seed_spread" in given
+    none = plan_power(str(storage), space, "cifar100", "val_acc_knn", 3)
+    assert "no seed spread known; give --seed_spread POINTS" in none
+
+
+def test_power_text_gives_the_detectable_difference_and_the_seeds_needed():
+    from wsl_ray.sweep.stats import power_text
+
+    text = power_text(3, 0.08, False, 3.0)
+    x = detectable_difference(0.08, 3, paired=False)
+    assert f"with --seeds 3 it detects a difference of {100 * x:.2f} points or more" in text
+    assert f"needs about {seeds_needed(0.03, 0.08, paired=False)} seeds each" in text
+    assert "independent arms" in text and "paired seeds" in power_text(4, 0.01, True)

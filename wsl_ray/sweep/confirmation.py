@@ -7,13 +7,18 @@ correlation between the arms."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import statistics
 from typing import Any
 
+import pyarrow.fs
+import yaml
+
 from ..utils.markdown import markdown_records
+from ..utils.storage import filesystem, read_text
 from .experiment import experiment_lock
 from .metrics import metric_spec, score
 from .results import RUN_ONLY, CollectError, collect_rows, ranked, rows_table, write_parquet
@@ -23,6 +28,7 @@ from .stats import (
     correlation,
     mean_std,
     paired_difference,
+    power_text,
     seeds_needed,
     welch_difference,
 )
@@ -339,6 +345,78 @@ def report(confirm_experiment: str, metric: str, space: SearchSpace) -> str:
     text = f"\n== confirmation over seeds ({name}) ==\n{markdown_records(shown)}\n\n{verdict}"
     print(text)
     return text
+
+
+def earlier_spread(
+    storage: str, space: SearchSpace, dataset: str, metric: str
+) -> tuple[Difference, str] | None:
+    """(best - default of its verdict, its folder) of the earlier confirmation under
+    `storage` whose sweep searched the same parameters (`space.params`) on `dataset`, the
+    one with the most runs; None without one. Its Difference's `spread` is the seed
+    spread it measured: the std of the per-seed differences when its seeds pair, else the
+    root mean square of the arms' stds."""
+    fs, root = filesystem(storage.rstrip("/"))
+    params = yaml.safe_load(space.to_yaml())["params"]
+    found = []
+    for entry in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
+        if entry.type != pyarrow.fs.FileType.Directory or not entry.base_name.endswith("-confirm"):
+            continue
+        folder = f"{storage.rstrip('/')}/{entry.base_name}"
+        try:
+            stored = yaml.safe_load(
+                read_text(f"{folder.removesuffix('-confirm')}/search_space.yaml")
+            )
+            same = stored["params"] == params and stored["config"].get("dataset") == dataset
+            rows = collect_rows(folder) if same else []
+        except (
+            CollectError,
+            FileNotFoundError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            yaml.YAMLError,
+        ):
+            continue  # not a confirmation of a wsl_ray sweep
+        if pair := best_against_default(rows, metric):
+            with contextlib.suppress(ValueError):  # fewer than 2 seeds in an arm
+                found.append((len(rows), folder, compare(pair[1], pair[2])))
+    if not found:
+        return None
+    _, folder, difference = max(found, key=lambda f: (f[0], f[1]))
+    return difference, folder
+
+
+def plan_power(
+    storage: str,
+    space: SearchSpace,
+    dataset: str,
+    metric: str,
+    seeds: int,
+    spread_points: float | None = None,
+    detect: float | None = None,
+) -> str:
+    """--plan's power of a confirmation (`stats.power_text`) from a seed spread: given in
+    points (--seed_spread: one configuration's std, so independent arms) or read from an
+    earlier confirmation (`earlier_spread`); says which, or that neither is there."""
+    if spread_points is not None:
+        return (
+            f"{power_text(seeds, spread_points / 100, False, detect)} Seed spread: "
+            f"{spread_points:g} points, given by --seed_spread (one configuration's std over "
+            "seeds; pairing narrows the comparison as far as the arms correlate)."
+        )
+    found = earlier_spread(storage, space, dataset, metric)
+    if found is None:
+        return (
+            "confirmation power: no seed spread known; give --seed_spread POINTS (one "
+            "configuration's std of the test metric over seeds), or confirm a sweep of this "
+            f"space and dataset under {storage} first"
+        )
+    d, folder = found
+    what = "its per-seed differences best - default" if d.paired else "its arms (seeds unpaired)"
+    return (
+        f"{power_text(seeds, d.spread, d.paired, detect)} Seed spread: {d.spread * 100:.2f} "
+        f"points, the std of {what} in the earlier confirmation {folder}."
+    )
 
 
 def check_counts(confirm: int, seeds: int) -> None:

@@ -350,3 +350,21 @@ def format_agreement(r: float | None, interval: tuple[float, float] | None) -> s
     if r is None:
         return "-"
     return f"{r:+.2f}" + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
+
+
+def power_text(seeds: int, spread: float, paired: bool, detect: float | None = None) -> str:
+    """What a confirmation of `seeds` seeds per configuration can detect with a seed
+    `spread` (as `design` takes it, in the metric's units; printed in points, x100), and
+    the seeds per configuration it needs for a gain of `detect` points: two-sided 5% level,
+    80% power (`detectable_difference`, `seeds_needed`)."""
+    design_words = "paired seeds" if paired else "independent arms"
+    text = f"confirmation power (95% two-sided, 80% power, {design_words}): "
+    if seeds >= 2:
+        x = detectable_difference(spread, seeds, paired)
+        text += f"with --seeds {seeds} it detects a difference of {100 * x:.2f} points or more"
+    else:
+        text += f"--seeds {seeds} gives no interval (2 or more are needed)"
+    if detect is not None:
+        needed = seeds_needed(detect / 100, spread, paired)
+        text += f"; a gain of {detect:g} points (--detect) needs about {needed} seeds each"
+    return text + "."
