@@ -165,7 +165,7 @@ def test_rank_intervals_are_fisher_z_with_fieller_hartley_pearson_variances():
 
 CRN_SPACE = """
 config: {method: w_mse, dataset: shapes, arch: resnet18_w8, bs: 32, epoch: 2, eval_on: val,
-         eval_every: 100, subset: 64, head_size: 32, w_eps: 0.01, lr_warmup: false}
+         eval_every: 100, subset: 32, head_size: 32, w_eps: 0.01, lr_warmup: false}
 params:
   lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
   emb: {distribution: categorical, choices: [8, 16]}
@@ -175,7 +175,7 @@ first: {lr: 3.0e-3, emb: 16}
 
 
 def test_a_confirmations_arms_see_the_same_data_and_augmentation_for_a_seed(
-    tmp_path, monkeypatch, tiny_data
+    tmp_path, monkeypatch, tiny_data, request
 ):
     """Common random numbers: the default and another configuration (other emb, w_size and
     lr) of one confirmation, trained for two epochs with the seed they share, get the same
@@ -193,14 +193,15 @@ def test_a_confirmations_arms_see_the_same_data_and_augmentation_for_a_seed(
     space = parse_space(CRN_SPACE, tmp_path / "s.yaml")
     default = space.resolve(space.default_point())
     other = space.resolve({"lr": 1e-3, "emb": 8})
-    sweep_rows = [
-        {"status": "TERMINATED", "val_acc_knn": v, "config/seed": 0}
+    sweep_rows = [  # the sweep ran the default with seed 1000: neither arm may take it
+        {"status": "TERMINATED", "val_acc_knn": v}
         | {f"config/{k}": value for k, value in config.items()}
-        for v, config in ((0.5, default), (0.7, other))
+        | {"config/seed": seed}
+        for v, config, seed in ((0.5, default, 1000), (0.7, other, 0))
     ]
     configs = confirm_configs(sweep_rows, space, "val_acc_knn", k=1, seeds=1, seed=0)
     assert [c["confirm_label"] for c in configs] == ["default", "top1"]
-    assert configs[0]["seed"] == configs[1]["seed"]
+    assert configs[0]["seed"] == configs[1]["seed"] == 1001
     assert (configs[0]["emb"], configs[1]["emb"]) == (16, 8)
 
     seen: list[tuple[str, torch.Tensor]] = []
@@ -228,6 +229,9 @@ def test_a_confirmations_arms_see_the_same_data_and_augmentation_for_a_seed(
         return model
 
     monkeypatch.setattr(loop, "initial_model", recorded_init)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy machine's cores: several threads wait on each other
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     for i, config in enumerate(configs):
         seen.clear()
         values = {k: v for k, v in config.items() if k in CONFIG_KEYS}
@@ -236,8 +240,8 @@ def test_a_confirmations_arms_see_the_same_data_and_augmentation_for_a_seed(
         runs.append(list(seen))
     a, b = runs
     assert [kind for kind, _ in a] == [kind for kind, _ in b]
-    assert sum(kind == "batch" for kind, _ in a) == 2 * 64 // 32  # 2 epochs of 2 batches
-    assert sum(kind == "draw" for kind, _ in a) >= 4
+    assert sum(kind == "batch" for kind, _ in a) == 2  # 2 epochs of 1 batch
+    assert sum(kind == "draw" for kind, _ in a) >= 2
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
     first, second = encoders
     assert all(torch.equal(first[k], second[k]) for k in first)
