@@ -1,10 +1,11 @@
-"""`python -m analysis {collect,tables,importance,plots,rankme} ...`: sweep results for papers.
+"""`python -m analysis {collect,tables,importance,plots,rankme,rungs} ...`: results for papers.
 
     python -m analysis collect ~/wsl_ray_results/wmse [more experiments] --out all.parquet
     python -m analysis tables all.parquet --kind paper|top|seeds [--format markdown|latex|csv]
     python -m analysis importance ~/wsl_ray_results/wmse [--metric val_acc_knn]
     python -m analysis plots ~/wsl_ray_results/wmse --out plots/
     python -m analysis rankme ~/wsl_ray_results/wmse
+    python -m analysis rungs ~/wsl_ray_results/wmse
 
 Every source is an experiment folder (a local path or a URI such as s3://bucket/wmse) or
 a Parquet file: a sweep's own results.parquet or one written by `collect`.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from wsl_ray.sweep.bill import bill_line
 from wsl_ray.sweep.metrics import DEFAULT_METRIC
+from wsl_ray.sweep.summary import rung_title
 from wsl_ray.utils.cli import Parser, command_name
 
 from . import plots, tables
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("source")
     r.add_argument("--metric", default=None, help=METRIC_HELP)
     r.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    g = sub.add_parser(
+        "rungs", help="rank correlation of each evaluated epoch's metric with the final one"
+    )
+    g.add_argument("source")
+    g.add_argument("--metric", default=None, help=METRIC_HELP)
+    g.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     return parser
 
 
@@ -128,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             metric = args.metric or sweep_metric(args.source, table) or DEFAULT_METRIC
             rows = tables.rankme_report(table, metric)
             print(tables.render(rows, args.format))
+        elif args.command == "rungs":
+            table = load(args.source)
+            metric = args.metric or sweep_metric(args.source, table) or DEFAULT_METRIC
+            ended, rows = tables.rung_report(table, metric)
+            print(rung_title(metric, ended))
+            if rows:
+                print(tables.render(rows, args.format))
         else:
             table, space = load(args.experiment), read_space(args.experiment)
             args.metric = args.metric or sweep_metric(args.experiment, table) or DEFAULT_METRIC

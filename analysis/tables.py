@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-import statistics
 from collections import defaultdict
 from typing import Any
 
@@ -17,7 +15,7 @@ import pyarrow as pa
 from wsl_ray.methods import SPECS
 from wsl_ray.sweep.metrics import DEFAULT_METRIC, metric_spec, score
 from wsl_ray.sweep.results import RANKED, RUN_ONLY
-from wsl_ray.sweep.stats import mean_std
+from wsl_ray.sweep.stats import format_agreement, mean_std, rung_agreements, spearman
 from wsl_ray.utils.markdown import markdown_table
 
 # config columns that do not define a configuration: what repeats differ in
@@ -106,30 +104,6 @@ def _varies(table: pa.Table, column: str) -> bool:
     return len({str(v) for v in table.column(column).to_pylist()}) > 1
 
 
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation: Pearson's correlation of the ranks (ties share their
-    average rank)."""
-
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        out = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for t in range(i, j + 1):
-                out[order[t]] = (i + j) / 2 + 1
-            i = j + 1
-        return out
-
-    rx, ry = ranks(x), ranks(y)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-    return cov / var if var else math.nan
-
-
 def rankme_report(table: pa.Table, metric: str = DEFAULT_METRIC) -> list[dict[str, Any]]:
     """Does label-free RankMe pick what validation accuracy picks? Spearman's rho between
     RankMe and `metric` over the ranked trials (last evaluation of each), and, among the
@@ -166,6 +140,29 @@ def rankme_report(table: pa.Table, metric: str = DEFAULT_METRIC) -> list[dict[st
             },
         ]
     return out
+
+
+def rung_report(table: pa.Table, metric: str = DEFAULT_METRIC) -> tuple[int, list[dict[str, Any]]]:
+    """(n, rows): does an early epoch rank trials as the end does? Over the n trials of one
+    experiment that ran their whole budget, per evaluated epoch: the trials evaluated
+    there, Spearman's rho and Kendall's tau-b of its `metric` with the final one, each with
+    its 95% Fisher-z interval (`stats.rank_interval`). No rows when n < 3."""
+    experiments = set(table.column("experiment").to_pylist())
+    if len(experiments) > 1:
+        raise ValueError(
+            f"the rank agreement compares the trials of one sweep; this table holds "
+            f"{len(experiments)} experiments ({', '.join(sorted(map(str, experiments)))})"
+        )
+    n, agreements = rung_agreements(table.to_pylist(), metric)
+    return n, [
+        {
+            "epoch": a.epoch,
+            "trials": a.trials,
+            "Spearman rho [95% CI]": format_agreement(a.spearman, a.spearman_interval),
+            "Kendall tau-b [95% CI]": format_agreement(a.kendall, a.kendall_interval),
+        }
+        for a in agreements
+    ]
 
 
 def _cell(value: Any) -> str:

@@ -14,7 +14,8 @@ import pytest
 
 from analysis.__main__ import main
 from analysis.collect import CollectError, collect, load, read_space
-from analysis.tables import paper_table, rankme_report, render, seed_table, spearman, top_trials
+from analysis.tables import paper_table, rankme_report, render, seed_table, top_trials
+from wsl_ray.sweep.stats import spearman
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_wmse"
 # the output of test_tune's sweep (trial folders without checkpoints): validation and test
@@ -215,3 +216,21 @@ def test_one_run_of_a_configuration_shows_no_spread():
     table = collect([str(FIXTURE)])
     one = [r for r in seed_table(table) if r["runs"] == 1]
     assert one and all(r["test_acc"].endswith("(one seed)") for r in one), one
+
+
+def test_rungs_prints_each_epochs_rank_agreement_with_the_end(capsys):
+    """sweep_val: 3 trials ran their 2 epochs; at epoch 1 they tie (13.7% each), so the
+    rank correlations are undefined there: '-', never NaN."""
+    assert main(["rungs", str(SWEEP)]) == 0
+    out = capsys.readouterr().out
+    assert "over the 3 trials that ran their whole budget" in out
+    assert "| 1 | 3 | - | - |" in out and "nan" not in out.lower()
+    assert main(["rungs", str(FIXTURE), "--metric", "rankme"]) == 0
+    assert "0 trial(s) ran their whole budget with a rankme" in capsys.readouterr().out
+
+
+def test_rungs_compares_the_trials_of_one_sweep_only(tmp_path, capsys):
+    out = tmp_path / "two.parquet"
+    assert main(["collect", str(SWEEP), str(FIXTURE), "--out", str(out)]) == 0
+    assert main(["rungs", str(out), "--metric", "val_acc_knn"]) == 2
+    assert "this table holds 2 experiments" in capsys.readouterr().err

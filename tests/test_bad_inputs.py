@@ -155,6 +155,10 @@ ROWS = [
     ((*TUNE, "--num_trials", "-1"), 2, "--num_trials -1: must be 1 or more"),
     ((*TUNE, "--concurrency", "0"), 2, "--concurrency 0: must be 1 or more"),
     ((*TUNE, "--plan", "--resume"), 2, "--plan plans a new sweep: drop --resume"),
+    # the power of a confirmation (issue 36): a spread and a gain in points, read by --plan
+    ((*TUNE, "--plan", "--seed_spread", "0"), 2, "--seed_spread 0.0: give points of the test"),
+    ((*TUNE, "--plan", "--detect", "inf"), 2, "--detect inf: give points of the test metric"),
+    ((*TUNE, "--detect", "3"), 2, "--detect is read by --plan only: add --plan, or drop"),
     ((*TUNE, "--max-failures", "-2"), 2, "--max-failures -2"),
     ((*TUNE, "--epochs", "0"), 2, "--epoch 0: must be 1 or more"),
     ((*TUNE, "--eval_every", "0"), 2, "--eval_every 0: must be 1 or more"),

@@ -1,5 +1,6 @@
 """The confirmation stage's statistics and choice of configurations, on plain functions."""
 
+import json
 import math
 import statistics
 
@@ -7,7 +8,7 @@ import pytest
 
 from wsl_ray.sweep.confirmation import confirm_configs, default_is_best, summarize_confirmation
 from wsl_ray.sweep.space import parse_space
-from wsl_ray.sweep.stats import t_quantile, welch_interval
+from wsl_ray.sweep.stats import detectable_difference, seeds_needed, t_quantile, welch_interval
 
 SPACE = """
 config: {method: w_mse, dataset: shapes, bs: 128, epoch: 2, eval_on: val}
@@ -163,3 +164,128 @@ def test_nothing_to_confirm_is_refused_before_any_run(tmp_path):
     space = parse_space(SPACE, tmp_path / "s.yaml")  # the only trial stopped at epoch 1
     with pytest.raises(ValueError, match="no TERMINATED trial with a val_acc_knn besides"):
         plan_confirmation(str(tmp_path / "exp"), space, "val_acc_knn", 1, 2)
+
+
+def test_every_configuration_of_a_confirmation_runs_the_same_new_seeds(tmp_path):
+    """The arms pair: a seed that any chosen configuration used is skipped for all of them
+    (here the sweep ran the default with seed 1000 and the best with seed 1001), and a
+    second confirmation that brings in a new top configuration gives all three arms the
+    same new seeds, none used before by any of them."""
+    space = parse_space(SPACE, tmp_path / "s.yaml")
+    rows = [
+        row("a", "TERMINATED", 0.5, 3e-3, 16, seed=1000),
+        row("c", "TERMINATED", 0.7, 2e-3, 8, seed=1001),
+    ]
+    first = confirm_configs(rows, space, "val_acc_knn", k=1, seeds=2, seed=0)
+    assert [(c["confirm_label"], c["seed"]) for c in first] == [
+        ("default", 1002),
+        ("default", 1003),
+        ("top1", 1002),
+        ("top1", 1003),
+    ]
+    done = [
+        row(f"r{i}", "TERMINATED", 0.5, c["lr"], c["emb"], seed=c["seed"])
+        | {"config/confirm_label": c["confirm_label"]}
+        for i, c in enumerate(first)
+    ]
+    rows.append(row("d", "TERMINATED", 0.6, 5e-4, 8, seed=1004))
+    second = confirm_configs(rows, space, "val_acc_knn", 2, 2, 0, done)
+    by_label: dict[str, list[int]] = {}
+    for c in second:
+        by_label.setdefault(c["confirm_label"], []).append(c["seed"])
+    assert by_label == {"default": [1005, 1006], "top1": [1005, 1006], "top2": [1005, 1006]}
+
+
+def _seeded(label, tests, seeds=(1000, 1001, 1002), val=0.5):
+    return [
+        {"config/confirm_label": label, "config/seed": s, "val_acc_knn": val, "test_acc_knn": t}
+        for s, t in zip(seeds, tests, strict=True)
+    ]
+
+
+def test_a_paired_confirmation_gives_the_paired_interval_and_the_correlation():
+    """Per-seed differences 2, 1, 3 points: mean 2, sd 1, t_{.975, 2} = 4.303, so
+    [-0.48, +4.48]; Welch's on the same runs (sds 5 and 4.58, about 4 df) is [-8.90,
+    +12.90]. The verdict takes the paired interval and, not significant with an upper end
+    above the detectable 3.26 points, says it was underpowered."""
+    rows = _seeded("default", [0.50, 0.60, 0.55]) + _seeded("top1", [0.52, 0.61, 0.58], val=0.6)
+    table, verdict = summarize_confirmation(rows, "val_acc_knn")
+    top = table[1]
+    assert top["paired (95% CI)"] == "+2.00 [-0.48, +4.48]"
+    assert top["vs default (95% CI)"] == "+2.00 [-8.90, +12.90]"
+    assert top["pairs"] == 3
+    a, b = [0.52, 0.61, 0.58], [0.50, 0.60, 0.55]
+    assert top["r"] == f"{statistics.correlation(a, b):+.2f}"
+    assert "95% CI [-0.48, +4.48] (paired t over 3 shared seeds" in verdict
+    x = detectable_difference(0.01, 3, paired=True)  # sd of the differences: 1 point
+    assert f"could not have seen less than {x * 100:.2f} points" in verdict
+    assert f"about {seeds_needed(0.02, 0.01, paired=True)} seeds per configuration" in verdict
+
+
+def test_a_verdict_that_excludes_a_gain_says_which():
+    same = [0.50, 0.60, 0.55, 0.45, 0.65]
+    near = [0.51, 0.59, 0.55, 0.455, 0.645]  # differences +-1 point around 0
+    rows = _seeded("default", same, range(5)) + _seeded("top1", near, range(5), val=0.6)
+    _, verdict = summarize_confirmation(rows, "val_acc_knn")
+    d = [x - y for x, y in zip(near, same, strict=True)]
+    x = detectable_difference(statistics.stdev(d), 5, paired=True)
+    assert f"It excludes a gain of {x * 100:.2f} points or more" in verdict
+
+
+def test_a_seed_that_does_not_pair_leaves_the_verdict_to_welch():
+    rows = _seeded("default", [0.50, 0.60, 0.55]) + _seeded(
+        "top1", [0.52, 0.61, 0.58], (1000, 1001, 1003), val=0.6
+    )
+    table, verdict = summarize_confirmation(rows, "val_acc_knn")
+    assert "[-8.90, +12.90] (Welch's t over 3 and 3 seeds: not every seed pairs)" in verdict
+    assert table[1]["pairs"] == 2  # the paired column covers the two seeds both ran
+
+
+def _stored_confirmation(storage, name, space_text, tests_by_label):
+    """An experiment folder `name` with `space_text` as its search_space.yaml, and its
+    `<name>-confirm` with one trial per (label, seed, test value)."""
+    (storage / name).mkdir(parents=True)
+    (storage / name / "search_space.yaml").write_text(space_text)
+    number = 0
+    for label, tests in tests_by_label.items():
+        for seed, test in enumerate(tests, 1000):
+            number += 1
+            trial = storage / f"{name}-confirm" / f"trial_t{number}_{number:05d}"
+            trial.mkdir(parents=True)
+            params = {"epoch": 2, "seed": seed, "confirm_label": label}
+            (trial / "params.json").write_text(json.dumps(params))
+            (trial / "result.json").write_text(json.dumps({"epoch": 2, "val_acc_knn": 0.5}))
+            (trial / "test_metrics.json").write_text(json.dumps({"test_acc_knn": test}))
+
+
+def test_the_plan_reads_the_seed_spread_of_an_earlier_confirmation_or_the_flag(tmp_path):
+    """The earlier confirmation of the same parameters and dataset pairs its seeds: the
+    spread is the std of its per-seed differences (1, 2, 3 points: 1 point); one of
+    another dataset is not read. The flag's spread is one configuration's std."""
+    from wsl_ray.sweep.confirmation import plan_power
+    from wsl_ray.sweep.stats import power_text
+
+    space = parse_space(SPACE, tmp_path / "s.yaml")
+    storage = tmp_path / "store"
+    arms = {"default": [0.50, 0.60, 0.55], "top1": [0.51, 0.62, 0.58]}
+    _stored_confirmation(storage, "mine", space.to_yaml(), arms)
+    other = space.to_yaml().replace("dataset: shapes", "dataset: cifar10")
+    _stored_confirmation(storage, "other", other, {"default": [0.1, 0.9], "top1": [0.9, 0.1]})
+    text = plan_power(str(storage), space, "shapes", "val_acc_knn", 3, detect=2.0)
+    assert text.startswith(power_text(3, 0.01, True, 2.0))
+    assert f"the earlier confirmation {storage}/mine-confirm" in text
+    assert "1.00 points, the std of its per-seed differences" in text
+    given = plan_power(str(storage), space, "shapes", "val_acc_knn", 5, 8.0)
+    assert given.startswith(power_text(5, 0.08, False)) and "given by --seed_spread" in given
+    none = plan_power(str(storage), space, "cifar100", "val_acc_knn", 3)
+    assert "no seed spread known; give --seed_spread POINTS" in none
+
+
+def test_power_text_gives_the_detectable_difference_and_the_seeds_needed():
+    from wsl_ray.sweep.stats import power_text
+
+    text = power_text(3, 0.08, False, 3.0)
+    x = detectable_difference(0.08, 3, paired=False)
+    assert f"with --seeds 3 it detects a difference of {100 * x:.2f} points or more" in text
+    assert f"needs about {seeds_needed(0.03, 0.08, paired=False)} seeds each" in text
+    assert "independent arms" in text and "paired seeds" in power_text(4, 0.01, True)

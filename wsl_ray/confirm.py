@@ -1,12 +1,15 @@
 """`python -m wsl_ray.confirm EXPERIMENT`: is the sweep's winner better than the default?
 
 Re-runs the top K configurations of a finished sweep by validation score (TERMINATED trials,
-distinct configurations) and the space's default point, with S new seeds each at the full
-epoch budget, as Tune trials of the experiment `<name>-confirm` beside it. Reports test mean
-± sample std per configuration, and the difference best - default with a 95% Welch's t
+distinct configurations) and the space's default point, all with the same S new seeds at the
+full epoch budget, as Tune trials of the experiment `<name>-confirm` beside it. Reports test
+mean ± sample std per configuration, and the difference best - default with a 95% Welch's t
 interval (unequal variances, Welch-Satterthwaite degrees of freedom; a t interval rather
-than a bootstrap, which with a handful of seeds per arm is far too narrow). The best
-beats the default beyond noise when the interval lies above zero.
+than a bootstrap, which with a handful of seeds per arm is far too narrow) beside the paired
+t interval on the per-seed differences and the arms' correlation. The best beats the
+default beyond noise when the interval (the paired one when every seed pairs) lies above
+zero; when it does not, the verdict says whether the comparison was underpowered or
+excludes a gain of the size it could detect.
 `python -m wsl_ray.tune ... --confirm K --seeds S` runs this stage after the search.
 """
 
@@ -34,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=command_name("wsl_ray.confirm"), description=__doc__.splitlines()[0])
     p.add_argument("experiment", help="a finished sweep's folder, e.g. ~/wsl_ray_results/wmse")
     p.add_argument("--confirm", type=int, default=1, help="how many top configurations (>= 1)")
-    p.add_argument("--seeds", type=int, default=3, help="new seeds per configuration (>= 2)")
+    p.add_argument(
+        "--seeds", type=int, default=3, help="new seeds, shared by every configuration (>= 2)"
+    )
     p.add_argument(
         "--metric",
         default=None,

@@ -29,7 +29,13 @@ import ray
 from .config import Config, ConfigError, defaults_note
 from .data import ImageData
 from .data.shared import share_dataset
-from .sweep.confirmation import check_counts, plan_confirmation, report, run_confirmation
+from .sweep.confirmation import (
+    check_counts,
+    plan_confirmation,
+    plan_power,
+    report,
+    run_confirmation,
+)
 from .sweep.experiment import (
     FIXED_SETTINGS,
     ExperimentError,
@@ -100,6 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--confirm", type=int, default=0, help="re-run the top K configs and default")
     p.add_argument("--seeds", type=int, default=3, help="new seeds per confirmed config")
+    p.add_argument(
+        "--seed_spread",
+        "--seed-spread",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="with --plan: one configuration's std over seeds of the test metric, in points, "
+        "for the smallest difference a confirmation with --seeds detects (default: measured "
+        "by the earlier confirmation of the same space and dataset under --storage)",
+    )
+    p.add_argument(
+        "--detect",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="with --plan: also print the seeds per configuration that a confirmation needs "
+        "to detect a gain of POINTS (95%% two-sided, 80%% power)",
+    )
     p.add_argument(
         "--max-failures", "--max_failures", type=int, default=2, help="retries of a failed trial"
     )
@@ -213,6 +237,11 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
         return "--plan plans a new sweep: drop --resume (or --plan, to continue the sweep)"
     if not 0 <= args.wait_for_resources < math.inf:
         return f"--wait-for-resources {args.wait_for_resources}: give seconds, 0 or more"
+    for flag, value in {"--seed_spread": args.seed_spread, "--detect": args.detect}.items():
+        if value is not None and not 0 < value < math.inf:
+            return f"{flag} {value}: give points of the test metric, a number > 0"
+        if value is not None and not args.plan:
+            return f"{flag} is read by --plan only: add --plan, or drop {flag}"
     return None
 
 
@@ -329,6 +358,9 @@ def run(
         trials = Resources(args.workers_per_trial, args.cpus_per_trial, gpus, fit)
         if args.plan:
             print(sweep_plan(args, path, limits, default, data, shared, trials))
+            storage, metric = path.rsplit("/", 1)[0], args.metric
+            spread, detect = args.seed_spread, args.detect
+            print(plan_power(storage, space, default.dataset, metric, args.seeds, spread, detect))
             return 0
         started = time.monotonic()
         run_sweep(args, space, limits, shared, warm)

@@ -1,5 +1,6 @@
 """The end-of-sweep summary: the best trials as a Markdown table, how the default point
-(and the untrained encoder) did, the selected trial's test metric, and the sweep's bill."""
+(and the untrained encoder) did, the selected trial's test metric, whether an early epoch
+ranked the trials as the end did, and the sweep's bill."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .bill import bill_line, sweep_bill
 from .experiment import add_to_record
 from .metrics import metric_spec
 from .results import STATUSES, collect_rows, ranked, rows_table, write_parquet
+from .stats import format_agreement, rung_agreements
 
 
 def format_table(rows: list[dict[str, Any]], metric: str, searched: list[str], top: int = 5) -> str:
@@ -36,6 +38,50 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float) and not math.isnan(value):
         return f"{value:.3g}"
     return str(value)
+
+
+def rung_title(metric: str, ended: int) -> str:
+    """What the rank agreement of early and final `metric` covers, over the `ended` trials
+    that ran their whole budget, or why there is none (fewer than 3 such trials)."""
+    if ended < 3:
+        return (
+            f"rank agreement of early and final {metric}: {ended} trial(s) ran their whole "
+            f"budget with a {metric}; it needs 3 or more (--scheduler fifo runs every trial "
+            "to the end)"
+        )
+    return (
+        f"rank agreement of each evaluated epoch's {metric} with the final one, over the "
+        f"{ended} trials that ran their whole budget (95% intervals: Fisher z, variances "
+        "1.06/(n-3) for Spearman, 0.437/(n-4) for Kendall)"
+    )
+
+
+def early_ranking(rows: list[dict[str, Any]], metric: str, experiment: str) -> str:
+    """One line: how the first evaluated epoch ranks the trials that ran to the end against
+    their final `metric` (Kendall's tau-b and its 95% interval), and from which epoch on
+    every evaluated epoch's interval lies above 0; `rung_title` when it cannot be said."""
+    ended, agreements = rung_agreements(rows, metric)
+    if ended >= 3 and not agreements:
+        return (
+            f"rank agreement of early and final {metric}: no epoch before the end was "
+            f"evaluated in 3 or more of the {ended} trials that ran their whole budget"
+        )
+    if not agreements:
+        return rung_title(metric, ended)
+    first = agreements[0]
+    above = [a.kendall_interval is not None and a.kendall_interval[0] > 0 for a in agreements]
+    since = next((a.epoch for i, a in enumerate(agreements) if all(above[i:])), None)
+    when = (
+        f"predictive (tau's 95% interval above 0) from epoch {since} on"
+        if since is not None
+        else "no epoch before the end has tau's 95% interval above 0"
+    )
+    return (
+        f"early ranking: epoch {first.epoch}'s {metric} ranks the {first.trials} trials that "
+        f"ran their whole budget as the end does with Kendall tau-b "
+        f"{format_agreement(first.kendall, first.kendall_interval)}; {when} "
+        f"(every epoch: python -m analysis rungs {experiment})"
+    )
 
 
 def summarize_sweep(
@@ -93,6 +139,7 @@ def summarize_sweep(
             if best.get(key) is not None and key in baseline
         )
         print(f"untrained encoder (default config): {gains}")
+    print(early_ranking(rows, metric, experiment))
     if bill:
         print(bill_line(bill))
     print(f"all trials: {uri}")
