@@ -47,6 +47,7 @@ TRAIN = ("train", "--out", "{tmp}/run")
 SHAPES = (*TRAIN, "--dataset", "shapes")
 STORED = ("tune", "--storage", "{store}")  # experiments made by `stored_experiments`
 RESUME = (*STORED, "--name", "done", "--resume")
+LEJEPA = ("train", "--method", "lejepa")
 
 ROWS = [
     # training flags accepted silently before
@@ -82,6 +83,11 @@ ROWS = [
     (("train", "--method", "intl", "--intl_tl_w", "-1"), 2, "--intl_tl_w -1.0: must be 0 or more"),
     (("train", "--method", "intl", "--intl_m", "1.5"), 2, "--intl_m 1.5: must be in [0, 1]"),
     (("train", "--method", "intl", "--bs", "4"), 2, "use --bs 8 or more, or set --intl_tl_w"),
+    # LeJEPA's options (issue 39)
+    ((*LEJEPA, "--lejepa_lambda", "1.5"), 2, "--lejepa_lambda 1.5: must be in [0, 1]"),
+    ((*LEJEPA, "--sigreg_slices", "0"), 2, "--sigreg_slices 0: must be 1 or more"),
+    ((*LEJEPA, "--sigreg_points", "16"), 2, "--sigreg_points 16: must be odd and 3 or more"),
+    ((*LEJEPA, "--sigreg_t_max", "0"), 2, "--sigreg_t_max 0.0: must be > 0"),
     (("train", "--solarize_p", "1.5"), 2, "--solarize_p [1.5]: probabilities must be in [0, 1]"),
     (("train", "--solarize_p", "0", "0.1", "0.2"), 2, "give one probability, or one per view"),
     (("train", "--blur_p", "-0.1"), 2, "--blur_p [-0.1]: probabilities must be in [0, 1]"),

@@ -16,9 +16,13 @@ from wsl_ray.methods.losses import (
     byol_loss,
     contrastive_loss,
     cwrgp_loss,
+    epps_pulley,
     intl_loss,
     intl_trade_off,
+    lejepa_loss,
     sample_covariance_penalty,
+    sigreg,
+    sigreg_directions,
     simsiam_loss,
     trace_loss,
     vicreg_loss,
@@ -95,6 +99,7 @@ AUTOCAST_CASES = {
     "simsiam": lambda v: simsiam_loss(v, [x.flip(0) for x in v]),
     "zero_icl": zero_icl_loss,
     "intl": lambda v: intl_loss(v, 0.02),
+    "lejepa": lambda v: lejepa_loss(v, 0.05, sigreg_directions(24, 64, torch.Generator())),
 }
 
 
@@ -440,3 +445,101 @@ def test_intl_gradients_match_finite_differences(gen):
     for axis in ("channel", "batch"):
         loss = lambda a, b, ax=axis: intl_loss([a, b], 0.02, 4, ax)  # noqa: E731
         assert torch.autograd.gradcheck(loss, vs, fast_mode=True)
+
+
+# ---- LeJEPA: SIGReg ----
+
+
+def epps_pulley_closed_form(x: torch.Tensor) -> torch.Tensor:
+    """The Epps-Pulley statistic of a sample x: [N] integrated over the whole line, from the
+    paper's T = N int |phi_hat(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt expanded by hand: with
+    |phi_hat|^2 = mean_{i,j} cos(t (x_i - x_j)), Re phi_hat = mean_i cos(t x_i) and
+    int cos(a t) exp(-c t^2) dt = sqrt(pi / c) exp(-a^2 / (4 c)),
+        T = N [sqrt(2 pi) mean_{i,j} exp(-(x_i - x_j)^2 / 2)
+               - 2 sqrt(pi) mean_i exp(-x_i^2 / 4) + sqrt(2 pi / 3)]."""
+    d = x[:, None] - x[None, :]
+    return len(x) * (
+        math.sqrt(2 * math.pi) * torch.exp(-d.square() / 2).mean()
+        - 2 * math.sqrt(math.pi) * torch.exp(-x.square() / 4).mean()
+        + math.sqrt(2 * math.pi / 3)
+    )
+
+
+def sigreg_by_quadrature(z: torch.Tensor, a: torch.Tensor, t_max: float, points: int):
+    """SIGReg written from the paper's formula another way: the complex empirical
+    characteristic function of each slice, |phi_hat - phi|^2 phi on the whole symmetric grid
+    of 2 points - 1 nodes of [-t_max, t_max], torch.trapezoid, times N, then the mean over
+    slices and leading dims."""
+    t = torch.linspace(-t_max, t_max, 2 * points - 1, dtype=torch.float64)
+    x = (z @ a).unsqueeze(-1)  # [..., N, K, 1]
+    ecf = torch.exp(1j * t * x.to(torch.complex128)).mean(-3)  # [..., K, T]
+    phi = torch.exp(-t.square() / 2)
+    integrand = (ecf - phi).abs().square() * phi
+    return (z.shape[-2] * torch.trapezoid(integrand, t, dim=-1)).mean()
+
+
+def far_from_gaussian(gen, *shape):
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    return 1.3 * x + 0.4 * x.square() - 0.2
+
+
+def test_epps_pulley_converges_to_its_closed_form_in_value_and_gradient(gen):
+    """Over a wide range with many nodes the trapezoid rule of the reference's form (half
+    the line, doubled) is the integral over the whole line: value and gradient."""
+    x = far_from_gaussian(gen, 40, 3).requires_grad_()
+    got = epps_pulley(x, t_max=12.0, points=601)
+    expected = torch.stack([epps_pulley_closed_form(x[:, k]) for k in range(3)])
+    assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+    (grad,) = torch.autograd.grad(got.sum(), x)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    assert (grad - expected_grad).abs().max() <= 1e-10 * expected_grad.abs().max()
+
+
+def test_epps_pulley_is_small_for_gaussian_samples_and_large_otherwise(gen):
+    gauss = torch.randn(4000, 4, generator=gen, dtype=torch.float64)
+    assert epps_pulley(gauss).max() < 10  # O(1) at any N for the right law (here 0.2 to 4.5)
+    assert epps_pulley(far_from_gaussian(gen, 4000, 4)).min() > 50  # grows like N
+    assert epps_pulley(2 * gauss).min() > 50  # the wrong scale too
+
+
+@pytest.mark.parametrize("t_max, points", [(3.0, 17), (5.0, 41), (1.0, 5)])
+def test_sigreg_equals_the_papers_formula_on_the_symmetric_grid(gen, t_max, points):
+    """The default (17 nodes of [0, 3]) and the ablation scripts' other ranges and counts,
+    on [V, N, D] projections and the same directions: value and gradient."""
+    z = far_from_gaussian(gen, 3, 50, 12).requires_grad_()
+    a = sigreg_directions(12, 32, torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = sigreg(z, a, t_max, points)
+    expected = sigreg_by_quadrature(z, a, t_max, points)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    (grad,) = torch.autograd.grad(got, z)
+    (expected_grad,) = torch.autograd.grad(expected, z)
+    assert (grad - expected_grad).abs().max() <= 1e-12 * expected_grad.abs().max()
+
+
+def test_lejepa_loss_is_the_weighted_invariance_and_sigreg_of_each_view(gen):
+    vs = [v.double() for v in views(gen, k=3, bs=40, emb=10)]
+    a = sigreg_directions(10, 16, torch.Generator().manual_seed(2), dtype=torch.float64)
+    z = np.stack([v.numpy() for v in vs])
+    centre = z.mean(0)
+    invariance = np.mean([((v - centre) ** 2).mean() for v in z])
+    per_view = [sigreg_by_quadrature(v, a, 3.0, 17).item() for v in vs]
+    expected = 0.9 * invariance + 0.1 * np.mean(per_view)
+    assert lejepa_loss(vs, 0.1, a).item() == pytest.approx(expected, rel=1e-12)
+    assert lejepa_loss([vs[0]] * 3, 0.0, a).item() == 0.0  # identical views, no SIGReg
+    with pytest.raises(ValueError, match="at least 2 views"):
+        lejepa_loss(vs[:1], 0.1, a)
+
+
+def test_lejepa_gradients_match_finite_differences(gen):
+    vs = [v.double().requires_grad_() for v in views(gen, k=2, bs=8, emb=5)]
+    a = sigreg_directions(5, 6, torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x, y: lejepa_loss([x, y], 0.3, a), vs)
+
+
+def test_sigreg_directions_are_unit_vectors_drawn_from_the_generator():
+    a = sigreg_directions(7, 300, torch.Generator().manual_seed(4))
+    assert a.shape == (7, 300) and torch.allclose(a.norm(dim=0), torch.ones(300))
+    assert a.mean(1).abs().max() < 0.15  # no preferred direction
+    gen = torch.Generator().manual_seed(4)
+    first, second = sigreg_directions(7, 300, gen), sigreg_directions(7, 300, gen)
+    assert torch.equal(first, a) and not torch.allclose(second, a)  # afresh at each draw

@@ -22,7 +22,7 @@ from wsl_ray.config import (
 from wsl_ray.methods import base, family, get_method, get_spec, whitening
 from wsl_ray.methods.byol import ema_update
 from wsl_ray.methods.family import Family, family_of
-from wsl_ray.methods.losses import intl_loss
+from wsl_ray.methods.losses import intl_loss, lejepa_loss, sigreg_directions
 from wsl_ray.training.models import get_encoder, get_head
 
 SMALL = dict(arch="resnet18_w8", bs=32, emb=8, w_size=16, head_size=32, groups=2)
@@ -358,3 +358,31 @@ def test_intl_m_target_embeds_view_0_and_follows_the_online_network_by_ema():
     model.step(1.0)  # m = 1 at the end: the target stays
     assert torch.equal(target, before)
     assert not hasattr(get_method("intl")(small(Config(method="intl", emb=16)), 16), "model_t")
+
+
+# --- LeJEPA ------------------------------------------------------------------------------------
+
+
+def test_lejepa_loss_is_its_formula_with_fresh_directions_from_the_seeded_generator():
+    """Each step draws new directions from the method's own generator, seeded with --seed
+    (not the global RNG): the same config gives the same losses, step after step."""
+    cfg = small(Config(method="lejepa", emb=16, seed=7, lejepa_lambda=0.2, sigreg_slices=32))
+    torch.manual_seed(0)
+    model = get_method("lejepa")(cfg, 16)
+    batch = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    directions = torch.Generator().manual_seed(7)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(3)  # the global RNG plays no part
+        loss = model(batch)
+        with torch.no_grad():
+            a = sigreg_directions(16, 32, directions)
+            expected = lejepa_loss(model.project(batch), 0.2, a, 3.0, 17)
+        assert torch.allclose(loss, expected)
+        losses.append(loss.item())
+    assert losses[0] != losses[1]  # new directions at the second step
+    again = get_method("lejepa")(cfg, 16)
+    again.load_state_dict(model.state_dict())
+    assert [again(batch).item() for _ in range(2)] == losses
+    assert set(model.generators()) == {"sigreg"}  # checkpointed with the run's generators
+    assert model.graph_blocker() is None and not model.head_per_view

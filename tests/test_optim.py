@@ -81,8 +81,23 @@ def test_build_optimizer_names():
     assert sgd.defaults["weight_decay"] == 1e-4
     assert type(build_optimizer("adam", params, 1e-3, 1e-6)) is torch.optim.Adam
     assert type(build_optimizer("lars", params, 0.1, 0.0)) is LARS
+    adamw = build_optimizer("adamw", params, 1e-3, 5e-4)
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["weight_decay"] == 5e-4
     with pytest.raises(ValueError, match="--optimizer"):
         build_optimizer("rmsprop", params, 0.1, 0.0)
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient():
+    """AdamW's first step from zero moments: p <- p (1 - lr wd) - lr g / (|g| + eps), where
+    Adam's coupled L2 would put wd p into the normalised gradient instead."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    p.grad = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    build_optimizer("adamw", [p], 0.1, 0.2).step()
+    g = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    expected = torch.tensor([1.0, -2.0], dtype=torch.float64) * (1 - 0.1 * 0.2) - 0.1 * g / (
+        g.abs() + 1e-8
+    )
+    assert torch.allclose(p.detach(), expected, rtol=1e-12)
 
 
 def intl_reference_lr(base: float, step: int, warmup_steps: int, total_steps: int) -> float:

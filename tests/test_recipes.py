@@ -118,3 +118,15 @@ def test_intl_recipes_read_its_two_scripts_defaults():
     assert (in100.lr, in100.adam_l2, in100.epoch, in100.blur_p) == (0.5, 2.5e-5, 400, [1.0, 0.1])
     assert in100.eta_min == pytest.approx(0.001 * 0.5 * 128 / 256)
     assert get_recipe("intl_cifar10").target == "92.60 / 90.03 (top-5 99.80)"
+
+
+def test_lejepa_recipe_takes_the_authors_resnet_guidance():
+    """AdamW at lr 5e-4 with weight decay 5e-4 (README, ResNets), lambda 0.05 (the ablation
+    scripts), the cosine to lr / 1000; list flags read as one probability for all views."""
+    recipe = get_recipe("lejepa_cifar10")
+    cfg = recipe.config()
+    assert (cfg.method, cfg.optimizer, cfg.lr, cfg.adam_l2) == ("lejepa", "adamw", 5e-4, 5e-4)
+    assert (cfg.lejepa_lambda, cfg.num_samples, cfg.bs, cfg.emb) == (0.05, 4, 256, 512)
+    assert cfg.lr_step == "cos_step" and cfg.eta_min == pytest.approx(cfg.lr / 1000)
+    assert (cfg.solarize_p, cfg.blur_p, cfg.crop_s0, cfg.cj2) == ([0.2], [0.0], 0.3, 0.2)
+    assert "LEJEPA_SOURCES" in recipe.source and recipe.target == ""

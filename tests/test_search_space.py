@@ -4,24 +4,30 @@ import optuna
 import pytest
 
 from wsl_ray.config import TWO_VIEW_METHODS, Config, validate_config
+from wsl_ray.config.recipes import get_recipe
 from wsl_ray.sweep.space import SPACES_DIR, SpaceError, load_space, parse_setting
 
 SPACES = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
 
 def test_every_shipped_space_is_valid_and_starts_from_the_papers_defaults():
-    assert {"wmse", "wmse4", "cw_rgp", "contrastive", "byol", "intl"} <= set(SPACES)
+    assert {"wmse", "wmse4", "cw_rgp", "contrastive", "byol", "intl", "lejepa"} <= set(SPACES)
     for name in SPACES:
         space = load_space(name)
         space.check()
         first = Config(**space.resolve(space.first))
         # the ImageNet recipe's SGD; the CW-RGP code's base/cfg.py for its two-view methods;
-        # INTL's CIFAR script
+        # INTL's CIFAR script; LeJEPA's README
         expected = 1e-3 if first.method in TWO_VIEW_METHODS else 3e-3
         expected = 0.05 if first.optimizer == "sgd" else expected
-        assert first.lr == (0.3 if first.method == "intl" else expected), name
+        expected = {"intl": 0.3, "lejepa": 5e-4}.get(first.method, expected)
+        assert first.lr == expected, name
         if first.method == "w_mse":
             assert (first.emb, first.w_size) == (64, 128)
+        if first.method == "lejepa":  # the recipe, but for its epochs and evaluations
+            recipe = get_recipe("lejepa_cifar10").config().to_dict()
+            differ = {k for k, v in first.to_dict().items() if recipe[k] != v}
+            assert differ == {"epoch", "eval_every"}, differ
 
 
 @pytest.mark.parametrize("name", SPACES)

@@ -6,6 +6,8 @@ Each preset is a reference command line, copied literally from the W-MSE README,
 train.py, CW-RGP's base/cfg.py or ImageNet/cfg.py, INTL's cifar/cfg.py or cfg.py), so that
 what the authors ran and what we run can be compared flag by flag. Flags given with --recipe
 override the recipe. `target` is the accuracy the paper or README reports for it.
+LeJEPA's authors publish no CIFAR command line: its recipe is written in our flags from their
+ResNet guidance, each value's source named beside the line (`LEJEPA_SOURCES`).
 """
 
 from __future__ import annotations
@@ -145,11 +147,14 @@ class Recipe:
             value = words[i + 1]
             if name == "dataset" and script != "ImageNet/train.py":
                 value = DATASET_NAMES.get(value, value)
-            values[name] = (
-                int(value)
-                if kind.startswith("int")
-                else (float(value) if kind.startswith("float") else value)
-            )
+            if kind.startswith("list"):  # one probability for all views: --solarize_p 0.2
+                values[name] = [float(value)]
+            else:
+                values[name] = (
+                    int(value)
+                    if kind.startswith("int")
+                    else (float(value) if kind.startswith("float") else value)
+                )
             i += 2
         return values | SCRIPT_DERIVED.get(script, lambda v: {})(values)
 
@@ -161,6 +166,33 @@ def _lines(source: str, prefix: str, entries: list[tuple[str, str, str]]) -> lis
     return [Recipe(f"{prefix}_{name}", source, line, target) for name, line, target in entries]
 
 
+# Where each value of the lejepa_cifar10 line comes from, in rbalestr-lab/lejepa (at eddffdd):
+# README.md's "GOTO hyperparameters" (its ResNet guidance), MINIMAL.md (the authors' complete
+# example: ViT-S on Imagenette, launched with +lamb=0.02 +V=4 +proj_dim=16 +lr=2e-3 +bs=256
+# +epochs=800) and scripts/ (their sweeps, launched with stable-pretraining's je.py).
+LEJEPA_SOURCES = {
+    "--optimizer adamw": "README: AdamW for all models and datasets",
+    "--lr 5e-4": "README: learning rate 5e-4, a good starting point",
+    "--weight_decay 5e-4": "README: weight decay 5e-4 for ResNets (5e-2 for ViTs)",
+    "--lr_step cos_step --eta_min 5e-7": "README: linear warm-up, cosine to initial_lr / 1000",
+    "--warmup_epochs 1": "MINIMAL.md: warmup_steps = len(train), one epoch",
+    "--lejepa_lambda 0.05": "scripts/launch_*_ablation.md: bstat_lambda=0.05 in every "
+    "ablation; launch_inet10.py (its timm models under 20M parameters, the ResNets among "
+    "them) sweeps 0.01, 0.02, 0.05, 0.1; MINIMAL.md's ViT runs 0.02",
+    "--num_samples 4 --bs 256 --epoch 800": "MINIMAL.md: V=4 views, bs 256, 800 epochs",
+    "--head_layers 3 --head_size 2048": "MINIMAL.md: MLP(512, [2048, 2048, proj_dim]) with "
+    "BatchNorm, as our head",
+    "--emb 512": "launch_inet10.py: projector_dim=512 for its ResNets (MINIMAL.md's 16 is "
+    "for its ViT)",
+    "--aug cw_rgp --crop_s0 0.3 --cj2 0.2 --gs_p 0.2 --solarize_p 0.2": "README's global "
+    "views: a crop of scale (0.3, 1) first (bilinear, torchvision's default), jitter "
+    "(0.4, 0.4, 0.2, 0.1) p 0.8, grey 0.2, solarization 0.2, flip",
+    "--blur_p 0": "ours: no blur at 32 px, as every CIFAR recipe here (README: p 0.5 at 224)",
+    "--sigreg_slices 256 --sigreg_points 17 --sigreg_t_max 3": "our defaults: MINIMAL.md's "
+    "SIGReg (256 slices, 17 nodes of [0, 3])",
+}
+LEJEPA_LINE = "python -m train --method lejepa --dataset cifar10 " + " ".join(LEJEPA_SOURCES)
+L = "LeJEPA README and MINIMAL.md (see LEJEPA_SOURCES)"
 N = "INTL README"  # its table of CIFAR-10, CIFAR-100 and ImageNet-100 results
 W = "W-MSE README"
 B = "CW-RGP scripts/base.sh"
@@ -372,6 +404,7 @@ RECIPES: dict[str, Recipe] = {
                 ),
             ],
         ),
+        *_lines(L, "lejepa", [("cifar10", LEJEPA_LINE, "")]),
     ]
 }
 

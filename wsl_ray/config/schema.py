@@ -18,7 +18,7 @@ from ..methods.spec import MethodSpec
 
 # The methods that take exactly two views.
 TWO_VIEW_METHODS = tuple(name for name, spec in SPECS.items() if spec.views == 2)
-OPTIMIZERS = ("adam", "sgd", "lars")
+OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
 # Defaults that depend on the method (its spec's `defaults`) or the --aug preset: their fields
 # default to None (unset) and are filled wherever a Config is built (flags, config files, search
 # spaces, dicts), so an explicit value always wins, even one equal to the general default.
@@ -125,7 +125,11 @@ class GeneralConfig:
     epoch: int = _f(200, "total number of epochs")
     bs: int = _f(512, "number of original images in a batch (all workers together)")
     lr: float = _f(1e-3, "learning rate")
-    adam_l2: float = _f(1e-6, "weight decay (L2 penalty added to the gradient) of any --optimizer")
+    adam_l2: float = _f(
+        1e-6,
+        "weight decay of any --optimizer (an L2 penalty added to the gradient; decoupled from "
+        "it with adamw)",
+    )
     lr_warmup: bool = _f(True, "no linear learning rate warm-up over the first 500 iterations")
     warmup_epochs: int | None = _f(
         None, "warm up over this many epochs instead of 500 iterations (INTL: 2)", type=int

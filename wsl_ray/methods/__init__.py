@@ -11,6 +11,7 @@ from .base import BaseMethod
 from .byol import BYOL_SPEC
 from .contrastive import CONTRASTIVE_SPEC
 from .intl import INTL_SPEC
+from .lejepa import LEJEPA_SPEC
 from .simsiam import SIMSIAM_SPEC
 from .spec import MethodSpec
 from .vicreg import VICREG_SPEC
@@ -31,6 +32,7 @@ SPECS: dict[str, MethodSpec] = {
         SIMSIAM_SPEC,
         ZERO_ICL_SPEC,
         INTL_SPEC,
+        LEJEPA_SPEC,
     )
 }
 METHODS = tuple(SPECS)

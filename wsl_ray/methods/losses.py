@@ -391,3 +391,78 @@ def zero_icl_loss(views: Sequence[torch.Tensor]) -> torch.Tensor:
     z1, z2 = ((z - z.mean(dim=1, keepdim=True)) / z.std(dim=1, keepdim=True) for z in (z1, z2))
     w1, w2 = (_zero_icl_whitening(z) @ z for z in (z1, z2))
     return ((w1 * w2).sum(dim=1) / d - 1).pow(2).sum()
+
+
+# ---- LeJEPA: SIGReg (Balestriero and LeCun, 2025) ----
+
+
+def sigreg_directions(
+    dim: int,
+    slices: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """SIGReg's slice directions A: [dim, slices], each column a standard Gaussian draw
+    divided by its norm (a uniform direction on the unit sphere of R^dim), as the reference's
+    `SlicingUnivariateTest` draws them (sampler "gaussian"). Drawn on the generator's device
+    (`device` without one): no host data, so a CUDA graph that registers the generator
+    captures the draw and every replay draws new directions."""
+    on = generator.device if generator is not None else device
+    a = torch.randn(dim, slices, generator=generator, device=on, dtype=dtype)
+    return a / a.norm(dim=0)
+
+
+def epps_pulley(x: torch.Tensor, t_max: float = 3.0, points: int = 17) -> torch.Tensor:
+    """The Epps-Pulley statistic of each column of x: [..., N, K] -> [..., K].
+
+    With the empirical characteristic function phi_hat(t) = mean_n exp(i t x_n) and the
+    standard normal's phi(t) = exp(-t^2 / 2), weighted by phi itself:
+        T = N * integral_{-t_max}^{t_max} |phi_hat(t) - phi(t)|^2 phi(t) dt,
+    where |phi_hat - phi|^2 = (mean_n cos(t x_n) - phi(t))^2 + (mean_n sin(t x_n))^2 is even
+    in t. As the reference's `EppsPulley` (integration "trapezoid"), the integral is the
+    trapezoid rule on `points` equispaced nodes t_j = j dt of [0, t_max], dt = t_max /
+    (points - 1), doubled: dt (g_0 + 2 g_1 + ... + 2 g_{P-2} + g_{P-1}) with g = |.|^2 phi,
+    which is the trapezoid rule on the 2 points - 1 nodes of [-t_max, t_max]. T is 0 only
+    if every phi_hat(t_j) = phi(t_j), and grows like N for a fixed non-Gaussian law.
+    """
+    n = x.shape[-2]
+    t = torch.linspace(0, t_max, points, dtype=x.dtype, device=x.device)
+    phi = (-0.5 * t * t).exp()
+    xt = x.unsqueeze(-1) * t  # [..., N, K, P]
+    err = (xt.cos().mean(-3) - phi).square() + xt.sin().mean(-3).square()  # [..., K, P]
+    g = err * phi
+    dt = t_max / (points - 1)
+    return n * dt * (2 * g.sum(-1) - g[..., 0] - g[..., -1])
+
+
+def sigreg(
+    z: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, points: int = 17
+) -> torch.Tensor:
+    """SIGReg: the Epps-Pulley statistic of the projections of z: [..., N, D] on the unit
+    directions: [D, K], averaged over the K slices and the leading dims (the reference's
+    `SlicingUnivariateTest(EppsPulley(t_max, points), K, reduction="mean")`). Scalar."""
+    return epps_pulley(z @ directions.to(z.dtype), t_max, points).mean()
+
+
+@_no_autocast
+def lejepa_loss(
+    views: Sequence[torch.Tensor],
+    lambd: float,
+    directions: torch.Tensor,
+    t_max: float = 3.0,
+    points: int = 17,
+) -> torch.Tensor:
+    """LeJEPA (Balestriero and LeCun, arXiv 2511.08544) on k views z_v: [N, D] of N images.
+
+    With the views' centre c = mean_v z_v (every view a global view: the same crop size),
+        inv = mean_{v, n, d} (c_nd - z_vnd)^2,
+        L   = (1 - lambd) inv + lambd mean_v SIGReg(z_v),
+    each view's SIGReg taken over its own N rows with the same `directions` [D, K], as the
+    reference's MINIMAL.md computes them on its [V, N, D] projections. No stop-gradient:
+    the gradient flows through the centre too. In float32 (float64 stays float64).
+    """
+    z = _check_views(views)
+    z = _at_least_float32(z)
+    invariance = (z.mean(0) - z).square().mean()
+    return (1 - lambd) * invariance + lambd * sigreg(z, directions, t_max, points)

@@ -132,8 +132,9 @@ def build_optimizer(
     fused: bool = False,
     graph_ready: bool = False,
 ) -> torch.optim.Optimizer:
-    """adam: Adam with coupled L2 (the CIFAR reference); sgd: SGD with momentum (the CW-RGP
-    ImageNet recipe); lars: LARS above (our addition for pre-training).
+    """adam: Adam with coupled L2 (the CIFAR reference); adamw: AdamW, whose weight decay is
+    decoupled, p <- p - lr wd p beside the Adam step (LeJEPA's recommendation); sgd: SGD with
+    momentum (the CW-RGP ImageNet recipe); lars: LARS above (our addition for pre-training).
 
     graph_ready (adam only): fused Adam with `capturable=True` and the lr a 0-dim tensor on
     the parameters' device (`set_graph_ready`), so that a CUDA graph can capture its step
@@ -144,11 +145,13 @@ def build_optimizer(
             optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
             return set_graph_ready(optimizer)
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "adamw":  # not graph-ready: the captured step takes the fused Adam only
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown --optimizer {name!r}; choose adam, sgd or lars")
+    raise ValueError(f"unknown --optimizer {name!r}; choose adam, adamw, sgd or lars")
 
 
 def set_graph_ready(optimizer: torch.optim.Optimizer, ready: bool = True) -> torch.optim.Optimizer:
