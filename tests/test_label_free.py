@@ -20,6 +20,7 @@ from wsl_ray.training.evaluate import (
     alpha_req,
     embed_views,
     lidar,
+    lidar_plan_line,
     lidar_views,
     rankme,
 )
@@ -185,3 +186,11 @@ def test_lidar_is_opt_in_and_reported_with_its_cost(monkeypatch):
 def test_the_flags_help_states_the_constants():
     field = {f.name: f for f in dataclasses.fields(Config)}["label_free"]
     assert f"{LIDAR_Q} augmented views of each of {LIDAR_N} " in field.metadata["help"]
+
+
+def test_the_plans_lidar_line():
+    line = lidar_plan_line(lidar_s=30.0, eval_s=40.0, evals=5, trial_s=600.0)
+    assert line == (
+        f"LiDAR (--label_free lidar: {LIDAR_Q} views of each of {LIDAR_N} images) takes 30.0 s "
+        "of each evaluation's 40.0 s: 150 s per trial, 25% of its time."
+    )

@@ -373,6 +373,18 @@ def label_free(
     return metrics
 
 
+def lidar_plan_line(lidar_s: float, eval_s: float, evals: int, trial_s: float) -> str:
+    """--plan's sentence on LiDAR's cost: `lidar_s` of one evaluation's `eval_s` seconds
+    (evaluate_run's lidar_time_s, measured with the trial's config), `evals` evaluations per
+    trial, `trial_s` a whole trial's seconds (LiDAR included)."""
+    per_trial = lidar_s * evals
+    return (
+        f"LiDAR (--label_free lidar: {LIDAR_Q} views of each of {LIDAR_N} images) takes "
+        f"{lidar_s:.1f} s of each evaluation's {eval_s:.1f} s: {per_trial:.0f} s per trial, "
+        f"{per_trial / trial_s:.0%} of its time."
+    )
+
+
 def evaluate(
     model: BaseMethod,
     data: ImageData,
