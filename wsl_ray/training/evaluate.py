@@ -20,7 +20,7 @@ from ..methods import BaseMethod
 LABELLED = ("acc", "acc_5", "acc_knn")  # the metrics that need labels (val_/test_ prefixed)
 # alpha-ReQ's fit: ranks 6 to 100 of the spectrum (1-based), the default range of reptrix
 # (github.com/arnab39/reptrix, alpha.get_alpha: arange(5, 100), 0-based), the library of
-# the paper's authors: the first five eigenvalues (the head) lie above the power law's line.
+# the paper's authors, which leaves the first eigenvalues out to fit the spectrum's tail.
 ALPHA_RANKS = (6, 100)
 # eigenvalues at or below this fraction of the largest count as zero: far above what float32
 # rounding leaves of a zero eigenvalue (~1e-14), far below a power law's lambda_100 (1e-10
@@ -233,8 +233,8 @@ def alpha_req(features: torch.Tensor, ranks: tuple[int, int] = ALPHA_RANKS) -> f
     reads as a steep decay (a large alpha), not log 0; zero from the range's first rank on
     (features of rank < ranks[0]), the decay is infinitely steep: alpha = inf. Float64
     whatever the input dtype; NaN for all-zero features. Features rounded to bf16 (CUDA's
-    autocast) leave a higher floor (~1e-6 lambda_1), where such a collapse reads as a flat
-    tail instead (alpha near 0, as far from 1 as a white spectrum).
+    autocast) carry rounding noise far above this floor: there such a collapse reads as a
+    flat noise tail instead (alpha near 0, as far from 1 as a white spectrum).
 
     The better direction: alpha near 1 (the paper's reading). A smaller alpha is a flatter
     spectrum, many directions of similar variance (towards white noise: the features spend
