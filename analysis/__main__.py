@@ -1,4 +1,4 @@
-"""`python -m analysis {collect,tables,importance,plots,rankme,rungs} ...`: results for papers.
+"""`python -m analysis {collect,tables,importance,plots,rankme,rungs,agreement} ...`: results.
 
     python -m analysis collect ~/wsl_ray_results/wmse [more experiments] --out all.parquet
     python -m analysis tables all.parquet --kind paper|top|seeds [--format markdown|latex|csv]
@@ -6,6 +6,7 @@
     python -m analysis plots ~/wsl_ray_results/wmse --out plots/
     python -m analysis rankme ~/wsl_ray_results/wmse
     python -m analysis rungs ~/wsl_ray_results/wmse
+    python -m analysis agreement ~/wsl_ray_results/wmse
 
 Every source is an experiment folder (a local path or a URI such as s3://bucket/wmse) or
 a Parquet file: a sweep's own results.parquet or one written by `collect`.
@@ -18,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from wsl_ray.sweep.agreement import MIN_TAU, REFERENCE, agreement_rows
 from wsl_ray.sweep.bill import bill_line
 from wsl_ray.sweep.metrics import DEFAULT_METRIC
 from wsl_ray.sweep.summary import rung_title
@@ -27,6 +29,13 @@ from . import plots, tables
 from .collect import CollectError, bills, load, read_space, sweep_metric, write
 from .importance import check_evaluator, importances, stored_study, study_importances
 
+AGREEMENT_NOTE = (
+    f"Kendall's tau-b with its 95% interval (Fisher z, variance 0.437/(n-4)) of each label-free "
+    f"metric, oriented so that + agrees, against {REFERENCE}: at the final epoch over the "
+    f"TERMINATED trials, at each earlier evaluated epoch over the trials that reached it (at "
+    f"least {MIN_TAU}). Regret: {REFERENCE} and test_acc_knn of the trial the metric picks "
+    "among the TERMINATED ones, minus the best of each there (points)."
+)
 METRIC_HELP = f"selection metric (default: the sweep's, from its sweep.json; else {DEFAULT_METRIC})"
 
 
@@ -63,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("source")
     g.add_argument("--metric", default=None, help=METRIC_HELP)
     g.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    a = sub.add_parser(
+        "agreement",
+        help="each label-free metric against val_acc_knn: Kendall's tau per epoch, regret",
+    )
+    a.add_argument("experiment", help="an experiment folder or its results.parquet")
+    a.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     return parser
 
 
@@ -131,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{where})"
             )
             print(tables.render(rows, args.format))
+        elif args.command == "agreement":
+            table = load(args.experiment)
+            if len(set(table.column("experiment").to_pylist())) > 1:
+                raise ValueError(f"{args.experiment}: holds several experiments; give one")
+            print(tables.render(agreement_rows(table.to_pylist()), args.format))
+            if args.format == "markdown":
+                print(AGREEMENT_NOTE)
         elif args.command == "rankme":
             table = load(args.source)
             metric = args.metric or sweep_metric(args.source, table) or DEFAULT_METRIC

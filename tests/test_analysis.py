@@ -234,3 +234,108 @@ def test_rungs_compares_the_trials_of_one_sweep_only(tmp_path, capsys):
     assert main(["collect", str(SWEEP), str(FIXTURE), "--out", str(out)]) == 0
     assert main(["rungs", str(out), "--metric", "val_acc_knn"]) == 2
     assert "this table holds 2 experiments" in capsys.readouterr().err
+
+
+def test_agreement_on_the_sweep_fixture(capsys):
+    """rankme against val_acc_knn over the fixture's 3 TERMINATED trials (final epoch) and
+    the 4 that reached epoch 1: tau-b counted by hand, no interval below 5 trials."""
+    assert main(["agreement", str(SWEEP)]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    rows = collect([str(SWEEP)]).to_pylist()
+    done = [r for r in rows if r["status"] == "TERMINATED"]
+    pairs = [(r["rankme"], r["val_acc_knn"]) for r in done]
+    assert len({p[0] for p in pairs}) == len({p[1] for p in pairs}) == 3  # no ties
+    signs = [
+        math.copysign(1, (a[0] - b[0]) * (a[1] - b[1]))
+        for i, a in enumerate(pairs)
+        for b in pairs[i + 1 :]
+    ]
+    final = sum(signs) / 3
+    # epoch 1: three trials tie at val_acc_knn 7/51, the fourth (2/51) has a rankme above
+    # one of theirs and below two: C = 2, D = 1, 3 pairs tied in y of 6, none in x
+    first = sorted(next(h for h in r["history"] if h["epoch"] == 1)["val_acc_knn"] for r in rows)
+    assert first == [pytest.approx(3 / 51), *[pytest.approx(7 / 51)] * 3]
+    rung = (2 - 1) / math.sqrt((6 - 0) * (6 - 3))
+    line = next(x for x in out.splitlines() if x.startswith("| rankme (max)"))
+    assert f"| {final:+.2f} (no interval: needs 5+ trials), n=3 |" in line
+    assert f"| {rung:+.2f} (no interval: needs 5+ trials), n=4 |" in line
+    pick = max(done, key=lambda r: r["rankme"])
+    val_regret = pick["val_acc_knn"] - max(r["val_acc_knn"] for r in done)
+    test_regret = pick["test_acc_knn"] - max(r["test_acc_knn"] for r in done)
+    assert f"| {100 * val_regret:+.2f} | {100 * test_regret:+.2f} |" in line
+    by_val = max(done, key=lambda r: r["val_acc_knn"])
+    assert (pick is by_val) == ("| yes (" in line)
+
+
+def test_agreement_with_two_finished_trials_says_tau_needs_more(tmp_path, capsys):
+    sweep = shutil.copytree(SWEEP, tmp_path / "s")
+    shutil.rmtree(next(sweep.glob("trial_0bcc3351*")))
+    assert main(["agreement", str(sweep), "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert "needs 3 or more trials (has 2)" in out and "nan" not in out.lower()
+
+
+def test_kendall_tau_b_and_its_interval_by_hand():
+    from wsl_ray.sweep.stats import kendall_tau_b, rank_interval
+
+    # C = 6, D = 4 of 10 pairs
+    assert kendall_tau_b([1, 2, 3, 4, 5], [3, 4, 1, 2, 5]) == pytest.approx(0.2)
+    # one pair tied in x, one in y, 4 concordant: 4 / sqrt((6 - 1)(6 - 1))
+    assert kendall_tau_b([1, 1, 2, 3], [1, 2, 2, 3]) == pytest.approx(0.8)
+    assert math.isnan(kendall_tau_b([1, 1, 1], [1, 2, 3]))
+    # tanh(atanh(0.2) -+ 1.959964 sqrt(0.437 / 1))
+    low, high = rank_interval(0.2, 5, "kendall")
+    assert (low, high) == (pytest.approx(-0.797942, abs=1e-6), pytest.approx(0.904856, abs=1e-6))
+    assert rank_interval(0.2, 4, "kendall") is None
+    assert rank_interval(1.0, 9, "kendall") == (1.0, 1.0)  # the limit: no width at |tau| = 1
+
+
+def test_agreement_of_every_label_free_metric_with_regret_and_choice():
+    """Six finished trials: rankme agrees with val_acc_knn exactly, alpha_req (lower is
+    better) picks the trial with the second-best accuracies, lidar was not computed."""
+    from wsl_ray.sweep.agreement import agreement_line, agreement_rows
+
+    val = [0.10, 0.20, 0.30, 0.40, 0.50, 0.60]
+    test = [0.12, 0.18, 0.33, 0.41, 0.47, 0.58]
+    gap = [0.9, 0.8, 0.7, 0.6, 0.1, 0.3]  # the fifth trial is nearest alpha = 1
+    rows = [
+        {
+            "trial_id": f"t{i}",
+            "status": "TERMINATED",
+            "epochs": 4,
+            "val_acc_knn": v,
+            "test_acc_knn": t,
+            "rankme": 10 + i,
+            "alpha_req": g,
+            "history": [{"epoch": 4, "val_acc_knn": v, "rankme": 10 + i, "alpha_req": g}],
+        }
+        for i, (v, t, g) in enumerate(zip(val, test, gap, strict=True))
+    ]
+    rankme, alpha = agreement_rows(rows)
+    assert rankme["metric"] == "rankme (max)" and alpha["metric"] == "alpha_req (min)"
+    assert rankme["tau_b final (epoch 4)"] == "+1.00 (no interval: at |tau| = 1), n=6"
+    assert rankme["same trial"] == "yes (t5)" and rankme["test regret"] == "+0.00"
+    # -gap against val: 14 concordant, 1 discordant pair (trials 5 and 6): tau 13/15
+    low, high = (
+        math.tanh(math.atanh(13 / 15) + s * 1.959964 * math.sqrt(0.437 / 2)) for s in (-1, 1)
+    )
+    assert alpha["tau_b final (epoch 4)"] == f"+0.87 [{low:+.2f}, {high:+.2f}], n=6"
+    assert (alpha["val regret"], alpha["test regret"]) == ("-10.00", "-11.00")
+    assert alpha["same trial"] == "no (t4, not t5)"
+    line = agreement_line(rows, "EXP")
+    assert "rankme tau_b +1.00, test regret +0.00 points" in line
+    assert "alpha_req tau_b +0.87, test regret -11.00 points" in line and "lidar" not in line
+
+
+def test_the_sweep_summary_prints_the_agreement_line(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from wsl_ray.sweep.summary import summarize_sweep
+
+    sweep = shutil.copytree(SWEEP, tmp_path / "s")
+    space = SimpleNamespace(derived={}, params={"lr": {}}, first=None, to_yaml=lambda: "")
+    summarize_sweep(str(sweep), "val_acc_knn", space)
+    out = capsys.readouterr().out
+    assert "label-free selection against val_acc_knn over the finished trials: rankme" in out
+    assert f"(python -m analysis agreement {sweep})" in out

@@ -42,6 +42,7 @@ ENTRY = {
     "confirm": confirm_main,
 }
 SWEEP = str(Path(__file__).parent / "fixtures" / "sweep_val")  # a finished sweep's folder
+LEGACY = str(Path(__file__).parent / "fixtures" / "sweep_wmse")  # from before the val split
 TUNE = ("tune", "--storage", "{tmp}/sweeps")
 TRAIN = ("train", "--out", "{tmp}/run")
 SHAPES = (*TRAIN, "--dataset", "shapes")
@@ -259,6 +260,14 @@ ROWS = [
     (("analysis", "plots", "{parquet_no_history}"), 2, "lacks the column(s) ['history']"),
     (("analysis", "rankme", "{ckpt_text}.parquet"), 2, "no such Parquet file"),
     (("analysis", "tables", "{parquet_text}"), 2, "not a readable Parquet file"),
+    # label-free metrics (issue #38): LiDAR is opt-in, and a sweep cannot select on it without
+    ((*TRAIN, "--label_free", "all"), 2, "--label_free: invalid choice: 'all'"),
+    ((*TUNE, "--set", "label_free=all"), 2, "--label_free 'all': one of spectral, lidar"),
+    ((*TUNE, "--metric", "lidar"), 2, "--metric lidar: the trials compute no LiDAR; add --set"),
+    ((*TUNE, "--metric", "alpha"), 2, "--metric: invalid choice: 'alpha'"),
+    (("analysis", "agreement", "{tmp}/nosuch"), 2, "no such experiment folder"),
+    (("analysis", "agreement", SWEEP, "--format", "html"), 2, "--format: invalid choice"),
+    (("analysis", "agreement", LEGACY), 2, "no finished or stopped trial has val_acc_knn"),
 ]
 
 

@@ -138,7 +138,8 @@ def test_evaluate_on_val_uses_disjoint_validation_images():
     torch.manual_seed(0)
     model = get_method(cfg.method)(cfg, data.crop_size)
     out = evaluate_module.evaluate(model, data, torch.device("cpu"), on="val", probe_epochs=5)
-    assert set(out) == {"acc", "acc_5", "acc_knn", "rankme"} and 1 <= out["rankme"] <= 512
+    assert set(out) == {"acc", "acc_5", "acc_knn", "rankme", "alpha", "alpha_req"}
+    assert 1 <= out["rankme"] <= 512
     fit_x, _, val_x, _ = data.val_split()
     assert len(fit_x) + len(val_x) == 200 and len(val_x) == 20
 
@@ -172,6 +173,8 @@ def test_validation_is_embedded_through_indices_without_copying_the_images(monke
         "acc_5",
         "acc_knn",
         "rankme",
+        "alpha",
+        "alpha_req",
     }
     images, labels = torch.arange(200)[:, None, None, None], torch.arange(200)
     ranks = []

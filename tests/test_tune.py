@@ -116,6 +116,8 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(tiny_sweep, 
         assert set(t.intermediate_values) == ({1, 2} if t.state == TrialState.COMPLETE else {1})
     assert "validation-selected best" in out and "default config" in out
     assert "untrained encoder (default config): val_acc_knn" in out
+    assert "label-free selection against val_acc_knn over the finished trials: rankme" in out
+    assert all(r["lidar"] is None for r in rows)  # LiDAR is opt-in
     # the confirmation: the default and the best, 2 new seeds each, test mean ± std
     confirmed = pq.read_table(tmp_path / "t-confirm" / "results.parquet").to_pylist()
     labels = sorted(r["config/confirm_label"] for r in confirmed)
@@ -142,6 +144,7 @@ def test_sweep_selects_on_validation_prunes_and_confirms_over_seeds(tiny_sweep, 
         assert f"t bill: {run} trial-epochs run" in capsys.readouterr().out
         assert analysis_main(["plots", source, "--out", str(tmp_path / "plots")]) == 0
         assert analysis_main(["rankme", source]) == 0
+        assert analysis_main(["agreement", source]) == 0
     assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 10_000
 
 

@@ -44,7 +44,7 @@ from .sweep.experiment import (
     resumed_sweep,
     write_record,
 )
-from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
+from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_problem, metric_spec
 from .sweep.plan import Resources, planned_trial_epochs, sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric",
         default=DEFAULT_METRIC,
         choices=METRIC_CHOICES,
-        help="what the search maximises: a validation accuracy, or the label-free RankMe",
+        help="what the search selects on: a validation accuracy, or a label-free metric "
+        "(rankme, alpha_req = |alpha - 1|, lidar with --set label_free=lidar)",
     )
     p.add_argument(
         "--val_size", "--val-size", type=float, default=None, help="validation split (0.1)"
@@ -316,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t
             space.config = absolute_paths(space.config)  # trials run in folders of their own
             default = Config.from_dict(space.resolve(space.default_point()))
+            if problem := metric_problem(args.metric, default.label_free):
+                raise ConfigError(problem)
             if note := defaults_note(default):
                 print(note, file=sys.stderr)
             data = check_data(default, space.name)

@@ -31,6 +31,7 @@ UNSET_DEFAULTS: dict[str, Any] = {
     "gs_p": 0.1,
 }
 AUG_PRESETS = ("wmse", "cw_rgp", "intl")
+LABEL_FREE_CHOICES = ("spectral", "lidar")  # --label_free
 UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}, "intl": {"gs_p": 0.2}}
 
 
@@ -163,6 +164,13 @@ class GeneralConfig:
         choices=("val", "test"),
     )
     val_size: float = _f(0.1, "validation part of the classifier set: a fraction, or a count")
+    label_free: str = _f(
+        "spectral",
+        "label-free metrics at each evaluation: spectral (RankMe and alpha-ReQ, from the "
+        "features k-NN uses) or lidar (also LiDAR, from 50 augmented views of each of 1000 "
+        "classifier images: 50,000 more images through the encoder per evaluation)",
+        choices=LABEL_FREE_CHOICES,
+    )
     # data and run
     dataset: str = _f("cifar10", "dataset name")
     data_dir: str | None = _f(None, "where the dataset's files are", type=str)

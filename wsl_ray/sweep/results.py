@@ -8,8 +8,8 @@ trial that ran its whole epoch budget in --eval_on val, `test_metrics.json` (wri
 Tune, never reported to it). Columns (docs/results.md, "Results schema"):
 
     trial_id, trial_number, experiment, method, dataset, status, epochs, epoch_budget,
-    time_total_s, val_acc, val_acc_5, val_acc_knn, rankme (last evaluation),
-    best_val_acc, best_val_acc_5, best_val_acc_knn, best_rankme,
+    time_total_s, val_acc, val_acc_5, val_acc_knn, rankme, alpha_req, lidar (last
+    evaluation), best_<each of those> (best over evaluations: the lowest alpha_req),
     test_acc, test_acc_5, test_acc_knn (test_metrics.json; null unless TERMINATED),
     config/<key> (every params.json key), error, path, history (list of per-epoch structs)
 
@@ -119,7 +119,11 @@ def trial_row(fs, folder: str, experiment: str) -> dict[str, Any] | None:
     }
     row |= {m: _finite(last.get(m)) for m in VAL_METRICS}
     row |= {
-        f"best_{m}": max((h[m] for h in evaluated if _finite(h.get(m)) is not None), default=None)
+        f"best_{m}": max(
+            (h[m] for h in evaluated if _finite(h.get(m)) is not None),
+            key=lambda v, m=m: score(m, v),
+            default=None,
+        )
         for m in VAL_METRICS
     }
     row |= {m: test.get(m, last.get(m)) for m in TEST_METRICS}  # last: legacy experiments

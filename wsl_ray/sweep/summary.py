@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from ..utils.markdown import markdown_table
+from .agreement import agreement_line
 from .bill import bill_line, sweep_bill
 from .experiment import add_to_record
 from .metrics import metric_spec
@@ -93,7 +94,8 @@ def summarize_sweep(
 ) -> list[dict[str, Any]]:
     """Collects the experiment into results.parquet and prints its best trials, how the first
     (default) point and, if given, the untrained encoder did, the selected trial's test
-    metric (never seen by the search) and, given `costs` (the trials' resources, the plan's
+    metric (never seen by the search), how the label-free metrics agree with val_acc_knn
+    (`agreement_line`) and, given `costs` (the trials' resources, the plan's
     trial-epochs, the wall seconds), the bill, also written into sweep.json and the Parquet
     metadata."""
     rows = collect_rows(experiment)
@@ -140,6 +142,8 @@ def summarize_sweep(
         )
         print(f"untrained encoder (default config): {gains}")
     print(early_ranking(rows, metric, experiment))
+    if line := agreement_line(rows, experiment):
+        print(line)
     if bill:
         print(bill_line(bill))
     print(f"all trials: {uri}")
