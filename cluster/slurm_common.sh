@@ -40,7 +40,8 @@ wsl_setup() {
     HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
     # the batch script runs on the first node: the head
     HEAD_IP=${WSL_RAY_HEAD_IP:-$(hostname --ip-address | awk '{print $1}')}
-    STATE_DIR="$EXPERIMENT/.slurm/$SLURM_JOB_ID"
+    # beside the experiment, not in it: a new sweep refuses a --name whose folder is not empty
+    STATE_DIR="$(realpath -m "$storage")/.slurm/$name/$SLURM_JOB_ID"
     mkdir -p "$STATE_DIR"
     export RAY_USAGE_STATS_ENABLED=0
     wsl_auth_token
