@@ -66,7 +66,12 @@ def test_sweep_job_survives_a_killed_worker_node(three_nodes, tmp_path):
         }
 
     def job_ended() -> bool:
-        return client.get_job_status(job).is_terminal()
+        try:
+            return client.get_job_status(job).is_terminal()
+        except RuntimeError as err:  # an overloaded machine's dashboard can answer 504
+            if "status code 5" not in str(err):
+                raise
+            return False  # the waits' bounds end a dashboard that never answers again
 
     claim = hold.wait_held(2, running=lambda: not job_ended())
     # the first trial ended before the second started; its results reach the storage

@@ -125,7 +125,8 @@ first=$(awk '/Submitted batch job/ {print $4}' "$WORK/sbatch.out")
 echo "job $first submitted ($SCRIPT)"
 until [[ -e "$WORK/hold/held-1" ]]; do
     (($(date +%s) - start < TIMEOUT)) || { echo "FAIL: no trial reported"; exit 1; }
-    [[ -n "$(squeue -h -j "$first" 2>/dev/null)" ]] ||
+    # sbatch --wait lives as long as the job (and rides out a slurmctld too busy to answer)
+    kill -0 "$waiter" 2>/dev/null ||
         { cat "$WORK"/job-*.out; echo "FAIL: job ended before a trial was held"; exit 1; }
     sleep 2
 done
