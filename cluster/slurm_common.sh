@@ -8,6 +8,10 @@
 #                      trials, which resume from their last checkpoints), resubmits this
 #                      script with --dependency=afterany, and returns the driver's exit code.
 #                      A job that ends without that signal submits nothing: the chain ends.
+# wsl_auth_token       (called by wsl_setup) token authentication, on unless RAY_AUTH_MODE is
+#                      "disabled": a new token for this job in STATE_DIR/auth_token (mode 600,
+#                      on the shared filesystem), and RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH
+#                      exported, which srun passes on to every node's Ray and the sweep driver.
 
 wsl_setup() {
     USER_ARGS=("$@")
@@ -36,9 +40,23 @@ wsl_setup() {
     HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
     # the batch script runs on the first node: the head
     HEAD_IP=${WSL_RAY_HEAD_IP:-$(hostname --ip-address | awk '{print $1}')}
-    STATE_DIR="$EXPERIMENT/.slurm/$SLURM_JOB_ID"
+    # beside the experiment, not in it: a new sweep refuses a --name whose folder is not empty
+    STATE_DIR="$(realpath -m "$storage")/.slurm/$name/$SLURM_JOB_ID"
     mkdir -p "$STATE_DIR"
     export RAY_USAGE_STATS_ENABLED=0
+    wsl_auth_token
+}
+
+wsl_auth_token() {
+    if [[ "${RAY_AUTH_MODE:-token}" == disabled ]]; then
+        echo "warning: RAY_AUTH_MODE=disabled: anyone who reaches the nodes can run code on Ray" >&2
+        return
+    fi
+    # RAY_AUTH_TOKEN would win over the file: a token from elsewhere is not this job's
+    unset RAY_AUTH_TOKEN
+    local token="$STATE_DIR/auth_token"
+    (umask 077 && python -c 'import secrets; print(secrets.token_hex(32), end="")' > "$token")
+    export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token"
 }
 
 _wsl_on_wall_time() {

@@ -106,6 +106,7 @@ def test_kuberay_job_runs_the_sweep_on_public_images_with_data_on_the_head():
     assert runtime["working_dir"] == SETTINGS["WSL_RAY_SOURCE"] and runtime["pip"]
     cluster = job["spec"]["rayClusterSpec"]
     assert cluster["rayVersion"] == RAY_VERSION
+    assert cluster["authOptions"] == {"mode": "token"}  # KubeRay makes the token and sets it
     head = cluster["headGroupSpec"]["template"]["spec"]
     workers = cluster["workerGroupSpecs"][0]["template"]["spec"]
     assert workers["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
@@ -114,6 +115,36 @@ def test_kuberay_job_runs_the_sweep_on_public_images_with_data_on_the_head():
         assert container["image"].startswith(f"rayproject/ray:{RAY_VERSION}-py311")
         assert {"name": "data", "mountPath": "/data", "readOnly": True} in container["volumeMounts"]
         assert pod["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+
+
+def auth_after_setup(state: Path, **env: str) -> str:
+    """The token settings that cluster/slurm_common.sh's wsl_auth_token leaves exported."""
+    script = (
+        f"source {CLUSTER / 'slurm_common.sh'}; STATE_DIR={state}; wsl_auth_token; "
+        'echo "${RAY_AUTH_MODE:-}|${RAY_AUTH_TOKEN_PATH:-}|${RAY_AUTH_TOKEN:-}"'
+    )
+    path = str(Path(sys.executable).parent) + ":/usr/bin:/bin"  # the `python` it calls
+    done = subprocess.run(
+        ["bash", "-c", script], env={"PATH": path, **env}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_slurm_job_makes_its_own_token_that_only_its_user_reads(tmp_path):
+    given = {"RAY_AUTH_TOKEN": "someone-elses", "RAY_AUTH_MODE": "token"}
+    for job, env in (("1", {}), ("2", given)):
+        (tmp_path / job).mkdir()
+        token = tmp_path / job / "auth_token"
+        assert auth_after_setup(tmp_path / job, **env) == f"token|{token}|"
+        assert re.fullmatch(r"[0-9a-f]{64}", token.read_text())
+        assert token.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "1" / "auth_token").read_text() != (
+        tmp_path / "2" / "auth_token"
+    ).read_text()
+    (tmp_path / "off").mkdir()
+    assert auth_after_setup(tmp_path / "off", RAY_AUTH_MODE="disabled") == "disabled||"
+    assert not (tmp_path / "off" / "auth_token").exists()
 
 
 def test_sweep_entry_takes_the_tune_flags():

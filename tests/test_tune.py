@@ -1,7 +1,7 @@
 """Sweeps on a real local Ray cluster (a `ray start` head on loopback, 2 CPUs).
 
-The sweeps run `python -m wsl_ray.tune` as a separate driver process, as a user would,
-so that a test can kill it, or kill a trial's Train worker, while it runs.
+The sweeps run `python -m wsl_ray.tune` as a separate driver process, as a user would. The
+tests that kill a sweep's driver or node mid-run are in test_resume.py and test_multinode.py.
 """
 
 import importlib.util

@@ -10,10 +10,14 @@
 # (loopback and a veth pair): symmetric-run's final `ray stop` then sees only this test's Ray, and no
 # port meets another Ray on the machine. The test:
 #   1. submits the job (2 CPUs, 2 trials of 4 epochs) under a timeout around `sbatch --wait`;
-#   2. once a trial has reported, sends the job's batch shell SIGTERM, as --signal=B:TERM@120
-#      does before the wall time: the job stops the sweep driver and resubmits itself;
-#   3. waits for the resubmitted job, which must resume the experiment (--resume) and finish;
-#   4. asserts that the resubmitted job trained (wrote checkpoints), that results.parquet
+#   2. holds the first trial after its epoch 1 (the fault-injection point WSL_RAY_FAULT_HOLD,
+#      docs/reliability.md) and, while it is held, checks token authentication when
+#      RAY_AUTH_MODE=token (the default here; tests/slurm/check_token.py);
+#   3. sends the job's batch shell SIGTERM, as --signal=B:TERM@120 does before the wall time:
+#      the job stops the sweep driver and resubmits itself; once the first job has ended, the
+#      holds are released;
+#   4. waits for the resubmitted job, which must resume the experiment (--resume) and finish;
+#   5. asserts that the resubmitted job trained (wrote checkpoints), that results.parquet
 #      holds every trial, terminated at the last epoch, and that no job is left.
 # The daemons are stopped by their PIDs at the end.
 set -euo pipefail
@@ -98,11 +102,15 @@ params:
 first: {lr: 3.0e-3}
 EOF
 export PATH="$(dirname "$PYTHON"):$PATH" PYTHONPATH="$REPO" WSL_RAY_CACHE="$WORK/cache"
-export WSL_RAY_HEAD_IP=127.0.0.1 WANDB_MODE=offline RAY_AUTH_MODE=disabled
+export WSL_RAY_HEAD_IP=127.0.0.1 WANDB_MODE=offline RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 export WSL_RAY_SBATCH_ARGS="--output=$WORK/job-%j.out"  # for the resubmitted job
+export WSL_RAY_PORT_BASE=20000 WSL_RAY_FAULT_HOLD="1:$WORK/hold"
+mkdir "$WORK/hold"
+# the head's dashboard: symmetric-run's default port, or the shared script's base + 7
+[[ "$SCRIPT" == *shared* ]] && DASHBOARD=127.0.0.1:20007 || DASHBOARD=127.0.0.1:8265
 cd "$REPO"
 EXPERIMENT="$WORK/sweeps/slurm"
-EPOCHS=4  # enough epochs left after the first report for the signal to land mid-sweep
+EPOCHS=4
 start=$(date +%s)
 timeout "$TIMEOUT" sbatch --wait --nodes=1 --cpus-per-task=2 --output="$WORK/job-%j.out" \
     "$SCRIPT" --space "$WORK/tiny.yaml" --storage "$WORK/sweeps" --name slurm --num_trials 2 \
@@ -115,18 +123,28 @@ until [[ -s "$WORK/sbatch.out" ]]; do
 done
 first=$(awk '/Submitted batch job/ {print $4}' "$WORK/sbatch.out")
 echo "job $first submitted ($SCRIPT)"
-# a Train worker writes its checkpoint when it reports (Tune writes result.json only later)
-until compgen -G "$EXPERIMENT/train-*/checkpoint_*" >/dev/null; do
+until [[ -e "$WORK/hold/held-1" ]]; do
     (($(date +%s) - start < TIMEOUT)) || { echo "FAIL: no trial reported"; exit 1; }
-    squeue -h -j "$first" >/dev/null 2>&1 || { cat "$WORK"/job-*.out; echo "FAIL: job ended"; exit 1; }
+    # sbatch --wait lives as long as the job (and rides out a slurmctld too busy to answer)
+    kill -0 "$waiter" 2>/dev/null ||
+        { cat "$WORK"/job-*.out; echo "FAIL: job ended before a trial was held"; exit 1; }
     sleep 2
 done
-echo "a trial reported after $(($(date +%s) - start)) s: SIGTERM to the batch shell (wall time)"
+echo "a trial is held after its epoch 1 ($(($(date +%s) - start)) s)"
+if [[ "$RAY_AUTH_MODE" == token ]]; then
+    "$PYTHON" "$REPO/tests/slurm/check_token.py" "$WORK/sweeps/.slurm/slurm/$first/auth_token" \
+        "$WORK/hold/held-1" "$DASHBOARD"
+fi
+echo "SIGTERM to the batch shell (wall time)"
 scancel --batch --signal=TERM "$first"
 wait "$waiter" || echo "job $first exited with $?"
 touch "$WORK/first.done"
+# the held trial ended with the first job; a trial of the resubmitted job may arrive as run 2
+touch "$WORK/hold/release-1" "$WORK/hold/release-2"
 while [[ -n "$(squeue -h -o %i)" ]]; do
     (($(date +%s) - start < TIMEOUT)) || { echo "FAIL: timed out"; squeue; exit 1; }
+    [[ ! -e "$WORK/hold/held-3" ]] ||
+        { echo "FAIL: a trial reported its epoch 1 again: it did not resume"; exit 1; }
     sleep 3
 done
 echo "chain done after $(($(date +%s) - start)) s"
@@ -153,5 +171,6 @@ EOF
 resumed=$(find "$EXPERIMENT" -mindepth 2 -maxdepth 2 -path "*/train-*/checkpoint_*" \
     -newer "$WORK/first.done" | wc -l)
 echo "checkpoints written by the resubmitted job: $resumed"
-((resumed > 0)) || { echo "FAIL: job $first finished the sweep before the signal"; exit 1; }
-echo "PASS: $SCRIPT ran, was interrupted, resubmitted itself, resumed and finished every trial"
+((resumed > 0)) || { echo "FAIL: the resubmitted job trained nothing"; exit 1; }
+echo "PASS: $SCRIPT (RAY_AUTH_MODE=$RAY_AUTH_MODE) ran, was interrupted, resubmitted itself," \
+    "resumed and finished every trial"

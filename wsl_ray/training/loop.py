@@ -26,6 +26,7 @@ from ..config import Config, ConfigError, check_data_fit, validate_config
 from ..data import Augment, ImageData, ImageFiles, iterate_batches, load_dataset
 from ..methods import BaseMethod, get_method
 from ..methods.whitening import stats as whitening_stats
+from ..utils import fault
 from .checkpoint import (
     CHECKPOINT_FILE,
     TrainState,
@@ -314,6 +315,8 @@ def train(
                 save_checkpoint(ckpt_dir, model, optimizer, state, cfg, gens)
             saved_epoch = state.epoch
         reporter.report(metrics, ckpt_dir)
+        if rank == 0:
+            fault.hold(state.epoch)  # a test's fault-injection point, off unless switched on
         if progress and rank == 0:
             tqdm.write(epoch_line(metrics, cfg.knn))
     sinks.close()
