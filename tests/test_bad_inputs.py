@@ -332,9 +332,9 @@ def stored_experiments(store: Path) -> None:
 
     from helpers import SPACE
 
+    from wsl_ray.data.paths import absolute_paths
     from wsl_ray.sweep.experiment import write_record
     from wsl_ray.sweep.space import parse_space
-    from wsl_ray.utils.paths import absolute_paths
 
     space = parse_space(SPACE, Path("tiny.yaml"), {"epoch": 2, "seed": 0, "eval_on": "val"})
     space.config = absolute_paths(space.config)
@@ -432,7 +432,7 @@ def test_genuine_cifar_pickles_still_load(tmp_path, core):
 def test_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
     """Ray workers run in folders of their own: a trial gets absolute paths, and an unset
     --data_dir becomes the dataset's default folder under the directory of the command."""
-    from wsl_ray.utils.paths import absolute_paths
+    from wsl_ray.data.paths import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     assert absolute_paths({"dataset": "cifar10"})["data_dir"] == str(tmp_path / "data")

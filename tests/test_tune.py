@@ -282,8 +282,8 @@ def test_a_live_driver_holds_the_lock_and_a_dead_ones_is_taken_over(tmp_path):
 
 
 def test_a_resume_that_changes_the_sweep_is_refused_naming_what(tmp_path, space_file):
+    from wsl_ray.data.paths import absolute_paths
     from wsl_ray.sweep.experiment import ExperimentError, resumed_sweep, write_record
-    from wsl_ray.utils.paths import absolute_paths
 
     space = load_space(str(space_file), {"epoch": 2})
     space.config = absolute_paths(space.config)
@@ -309,9 +309,9 @@ def test_a_resume_that_changes_the_sweep_is_refused_naming_what(tmp_path, space_
 
 def test_a_resume_with_the_first_runs_flags_goes_on(tmp_path, space_file):
     """Slurm's resubmitted job repeats the first run's flags and adds --resume."""
+    from wsl_ray.data.paths import absolute_paths
     from wsl_ray.sweep.experiment import ExperimentError, write_record
     from wsl_ray.tune import sweep_settings, sweep_space
-    from wsl_ray.utils.paths import absolute_paths
 
     parser = build_parser()
     first = ["--space", str(space_file), "--storage", str(tmp_path), "--name", "t"]

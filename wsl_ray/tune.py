@@ -28,7 +28,9 @@ import ray
 
 from .config import Config, ConfigError, defaults_note
 from .data import ImageData
+from .data.paths import absolute_paths
 from .data.shared import share_dataset
+from .sweep.bill import Resources
 from .sweep.confirmation import check_counts, plan_confirmation, report, run_confirmation
 from .sweep.experiment import (
     FIXED_SETTINGS,
@@ -39,7 +41,7 @@ from .sweep.experiment import (
     write_record,
 )
 from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
-from .sweep.plan import Resources, planned_trial_epochs, sweep_plan
+from .sweep.plan import planned_trial_epochs, sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
@@ -57,7 +59,7 @@ from .sweep.tuner import (
 )
 from .sweep.warm_start import WarmStart, load_warm_start, warm_start_problem
 from .utils.cli import Parser, command_name
-from .utils.paths import absolute, absolute_paths, writable_folder
+from .utils.paths import absolute, writable_folder
 from .utils.ray_start import init_ray
 
 DEFAULT_STORAGE = "~/wsl_ray_results"

@@ -8,7 +8,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..methods import SPECS, get_spec
-from ..training.models import check_arch
+from ..methods.networks import check_arch
 from .schema import SYNC_BN_NEEDS_GPUS, Config, ConfigError
 
 MAX_SEED = 2**53  # seed * 1000 + rank (the augmentation's generator) stays below 2**63

@@ -27,8 +27,8 @@ from typing import Any
 import pyarrow.fs
 import yaml
 
+from ..data.paths import absolute_paths
 from ..utils.atomic import alive
-from ..utils.paths import absolute_paths
 from ..utils.storage import filesystem, read_text, write_text
 from .metrics import DEFAULT_METRIC
 from .space import SearchSpace, parse_space

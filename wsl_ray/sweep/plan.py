@@ -52,7 +52,7 @@ from ..training.optim import base_lr
 from ..training.runner import torch_trainer
 from ..utils.markdown import markdown_table
 from ..utils.storage import filesystem
-from .bill import duration
+from .bill import Resources, duration
 
 REDUCTION_FACTOR = 2  # the sweep's ASHA (sweep.tuner)
 PLAN_STEPS = 5  # timed training steps, after the untimed warm-up (and a CUDA graph's capture)
@@ -138,27 +138,6 @@ class Measurement:
     def epoch_s(self) -> float:
         """Seconds per trial-epoch: its steps and its share of the trial's evaluations."""
         return self.iters * self.step_s + self.eval_s * self.evals / self.epochs
-
-
-@dataclasses.dataclass
-class Resources:
-    """One trial's resources and how many trials the cluster fits at once (the confirmation
-    runs that many; the sweep --concurrency, if given)."""
-
-    workers: int
-    cpus: float  # per worker
-    gpus: float  # per worker
-    concurrency: int
-
-    @property
-    def unit(self) -> str:
-        """What the bill counts: GPU-hours when trials hold GPUs, else CPU-hours."""
-        return "GPU" if self.gpus else "CPU"
-
-    @property
-    def per_trial(self) -> float:
-        """The units (GPUs, else CPUs) one trial holds."""
-        return self.workers * (self.gpus or self.cpus)
 
 
 def _measure_loop(config: dict[str, Any]) -> None:

@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
+from ..training.journal import END_FILE, journal_uri, merged_history, parse_lines
 from ..utils.storage import filesystem, read_text
 from .experiment import read_record, recorded_metric
-from .journal import END_FILE, journal_uri, merged_history, parse_lines
 from .metrics import METRICS, score
 
 VAL_METRICS = tuple(METRICS)

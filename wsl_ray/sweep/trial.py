@@ -14,10 +14,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..config import Config
+from ..training.journal import evaluated, journal_uri
 from ..training.runner import make_trainer
 from ..utils.storage import write_text
-from .journal import journal_uri
-from .metrics import evaluated
 from .results import TEST_FILE
 from .space import CONFIG_KEYS
 

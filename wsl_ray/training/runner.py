@@ -21,8 +21,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..config import SYNC_BN_NEEDS_GPUS, Config, ConfigError
 from ..data.shared import shared_dataset
-from ..sweep.journal import Journal
 from .checkpoint import read_checkpoint
+from .journal import Journal
 from .loop import WorkerContext, train
 from .sinks import open_sinks
 
