@@ -102,6 +102,8 @@ ROWS = [
     ((*SHAPES, "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint"),
     ((*SHAPES, "--fname", "{ckpt_object}"), 2, "refused, it holds objects other than"),
     ((*TRAIN, "--dataset", "nope"), 2, "unknown --dataset 'nope'; choose one of"),
+    # checked before Ray starts, not inside a worker
+    ((*TRAIN, "--dataset", "cifar01", "--workers", "2"), 2, "unknown --dataset 'cifar01'; choo"),
     ((*TRAIN, "--data_dir", "{tmp}/empty"), 2, "CIFAR-10 not found: looked for"),
     ((*TRAIN, "--data_dir", "{cifar_garbage}"), 2, "data_batch_1 is not a CIFAR-10 batch"),
     ((*TRAIN, "--data_dir", "{cifar_evil}"), 2, "refusing global posix.system"),

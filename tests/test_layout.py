@@ -1,13 +1,13 @@
-"""The import rule of README's Layout: every import in wsl_ray/ points down the rooms' order
-(imports under `if TYPE_CHECKING:` and inside functions included), and no modules import
-each other in a circle."""
+"""The import rule of README's Layout: every import in wsl_ray/ names a module that exists
+and points down the rooms' order (imports under `if TYPE_CHECKING:` and inside functions
+included), and no modules import each other in a circle."""
 
 import ast
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "wsl_ray"
-ROOMS = ["utils", "methods", "config", "data", "training", "sweep"]  # then the commands
+ROOMS = ["utils", "methods", "data", "config", "training", "sweep"]  # then the commands
 
 
 def module_name(path: Path) -> str:
@@ -32,13 +32,18 @@ def imports(name: str) -> set[str]:
                 f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target
                 for a in node.names
             }
-    return {m for m in found if m in MODULES and m != name}
+    return {m for m in found if m.startswith("wsl_ray") and m != name}
 
 
 def rank(name: str) -> int:
     """A module's room's place in ROOMS; the package and the commands come last."""
     room = name.split(".")[1] if name.count(".") else ""
     return ROOMS.index(room) if room in ROOMS else len(ROOMS)
+
+
+def test_every_import_names_a_module():
+    missing = [f"{m} -> {t}" for m in MODULES for t in imports(m) if t not in MODULES]
+    assert not missing, "imports of modules that do not exist: " + "; ".join(sorted(missing))
 
 
 def test_every_import_points_down():

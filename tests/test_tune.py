@@ -210,6 +210,14 @@ def test_missing_data_says_how_to_point_at_it(tmp_path):
     assert str(tmp_path) in out.stderr and "--dataset shapes" in out.stderr
 
 
+def test_a_remote_experiment_keeps_its_study_journal_in_the_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSL_RAY_CACHE", str(tmp_path))
+    storage, local = study_storage(None, "s3://bucket/sweeps/s", "s")
+    assert local == str(tmp_path / "optuna" / "s.journal")
+    optuna.create_study(study_name="s", storage=storage)  # a working journal, no bucket touched
+    assert (tmp_path / "optuna" / "s.journal").is_file()
+
+
 def test_the_searcher_tells_the_study_complete_pruned_and_fail(tmp_path):
     storage, _ = study_storage(None, str(tmp_path), "s")
     searcher = EpochOptunaSearch(

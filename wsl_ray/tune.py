@@ -326,7 +326,7 @@ def run(
             args.workers_per_trial, args.cpus_per_trial, gpus, args.wait_for_resources
         )
         # one copy per node, owned by this driver: a resumed sweep puts it again
-        shared = share_dataset(data, default)
+        shared = share_dataset(data, default.dataset, default.data_dir)
         fit = fitting_trials(args, gpus)
         trials = Resources(args.workers_per_trial, args.cpus_per_trial, gpus, fit)
         if args.plan:

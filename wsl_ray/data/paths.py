@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Config
 from ..utils.paths import absolute
-from . import DATASETS
+from . import DATASETS, DEFAULT_DATASET
 
 PATH_KEYS = ("data_dir", "out", "fname")
 
@@ -21,7 +20,7 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     """Config values with every path flag absolute; an unset --data_dir becomes the
     dataset's default folder (e.g. ./data), resolved here rather than where a worker runs."""
     out = dict(values)
-    spec = DATASETS.get(out.get("dataset", Config().dataset))
+    spec = DATASETS.get(out.get("dataset", DEFAULT_DATASET))
     if out.get("data_dir") is None and spec is not None and spec.default_dir:
         out["data_dir"] = spec.default_dir
     for key in PATH_KEYS:

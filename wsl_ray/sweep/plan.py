@@ -150,7 +150,7 @@ def _measure_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["threads"])
     device = resolve_device(ray.train.torch.get_device())
     setup_device(device)
-    data = shared_dataset(config["shared"], cfg) or load_dataset(
+    data = shared_dataset(config["shared"], cfg.dataset, cfg.data_dir) or load_dataset(
         cfg.dataset, cfg.data_dir, val_size=cfg.val_size
     )
     data = data.subset(cfg.subset)

@@ -98,7 +98,8 @@ def worker_loop(config: dict[str, Any]) -> None:
         if resume_dir and _report_if_complete(resume_dir, cfg):
             return
         sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
-        data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
+        # None: train() loads its own
+        data = shared_dataset(config.get("shared_data"), cfg.dataset, cfg.data_dir)
         train(
             cfg,
             RayTrainReporter(config.get("journal")),
