@@ -34,6 +34,7 @@ from .sweep.bill import Resources
 from .sweep.confirmation import check_counts, plan_confirmation, report, run_confirmation
 from .sweep.experiment import (
     FIXED_SETTINGS,
+    Experiment,
     ExperimentError,
     experiment_lock,
     refuse_existing,
@@ -49,11 +50,11 @@ from .sweep.study import STUDY_FILE
 from .sweep.summary import summarize_sweep
 from .sweep.tuner import (
     cluster_gpus,
-    experiment_path,
     fitting_trials,
     resource_problem,
     run_sweep,
     sweep_epochs,
+    sweep_experiment,
     tune_can_restore,
     wait_for_resources,
 )
@@ -224,13 +225,14 @@ def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> se
 
 
 def sweep_space(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, path: str
+    parser: argparse.ArgumentParser, args: argparse.Namespace, experiment: Experiment
 ) -> SearchSpace:
     """The space of the sweep: a new one's from --space and the flags (refused when the
     experiment folder exists), a resumed one's from its sweep.json, where every explicitly
     given flag must agree (args.metric then becomes the recorded metric)."""
+    path = experiment.path
     if not args.resume:
-        refuse_existing(path, path.rsplit("/", 1)[-1])
+        refuse_existing(path, experiment.name)
         return load_space(args.space, overrides_from_args(args))
     given = given_flags(parser, args)
     space_text = space_path(args.space).read_text() if "space" in given else None
@@ -272,13 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        path = experiment_path(args)
+        experiment = sweep_experiment(args)
+        path = experiment.path
         writable_folder(args.storage, "--storage")
         if args.optuna_storage and "://" not in args.optuna_storage:  # a journal file's folder
             folder = Path(args.optuna_storage).expanduser().parent
             writable_folder(folder, f"--optuna-storage {args.optuna_storage}: its folder")
         check_counts(args.confirm, args.seeds)
-        space = sweep_space(parser, args, path)
+        space = sweep_space(parser, args, experiment)
         with experiment_lock(path):  # held until the end; a second driver stops here
             space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
             warm = (
@@ -297,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides = overrides_from_args(args)
                 settings = sweep_settings(args)
                 write_record(path, args.metric, mode, space.to_yaml(), settings, overrides)
-            return run(args, path, space, limits, default, data, warm)
+            return run(args, experiment, space, limits, default, data, warm)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(
     args: argparse.Namespace,
-    path: str,
+    experiment: Experiment,
     space: SearchSpace,
     limits: tuple[int, int],
     default: Config,
@@ -316,6 +319,7 @@ def run(
     code: 0, or 1 when no trial finished with the metric. `warm`: from --warm_start. With
     --plan: prints the plan instead, and starts no trial."""
     baseline = untrained_baseline(default, data) if args.baseline and not args.plan else None
+    path = experiment.path
     init_ray(os.environ.get("RAY_ADDRESS"))  # a SIGTERM then runs `finally`: stops our Ray
     confirmed = None
     try:
@@ -330,7 +334,7 @@ def run(
         fit = fitting_trials(args, gpus)
         trials = Resources(args.workers_per_trial, args.cpus_per_trial, gpus, fit)
         if args.plan:
-            print(sweep_plan(args, path, limits, default, data, shared, trials))
+            print(sweep_plan(args, experiment, limits, default, data, shared, trials))
             return 0
         started = time.monotonic()
         run_sweep(args, space, limits, shared, warm)

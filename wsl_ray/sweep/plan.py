@@ -53,6 +53,7 @@ from ..training.runner import torch_trainer
 from ..utils.markdown import markdown_table
 from ..utils.storage import filesystem
 from .bill import Resources, duration
+from .experiment import Experiment
 
 REDUCTION_FACTOR = 2  # the sweep's ASHA (sweep.tuner)
 PLAN_STEPS = 5  # timed training steps, after the untimed warm-up (and a CUDA graph's capture)
@@ -204,13 +205,13 @@ def measure_trial(
     data: ImageData,
     shared: dict | None,
     r: Resources,
-    run_folder: str,
+    run: Experiment,
 ) -> Measurement:
     """Measures one trial worker of `cfg` in a one-worker Ray Train run with a trial worker's
     resources `r`, started as a trial starts its own (Ray must be initialised): PLAN_STEPS
     of the trial's training steps after their warm-up (`_measure_loop`), and one evaluation.
     `data` is the sweep's dataset (loaded by the driver), `shared` its object-store copy. The
-    run's folder `run_folder` (on the sweep's storage, which every node reaches) is deleted
+    run `run` (its folder on the sweep's storage, which every node reaches) is deleted
     after it. The start-up is the time from the run's start to its first step: Ray Train's
     worker group, imports, data and model."""
     iters = max(1, len(data.subset(cfg.subset).train_x) // cfg.bs)
@@ -222,13 +223,12 @@ def measure_trial(
         "threads": max(1, int(r.cpus)),
         "gpu_share": r.gpus or 1.0,
     }
-    storage, name = run_folder.rstrip("/").rsplit("/", 1)
-    trainer = torch_trainer(_measure_loop, config, 1, r.gpus, r.cpus, storage, name)
+    trainer = torch_trainer(_measure_loop, config, 1, r.gpus, r.cpus, run.storage, run.name)
     submitted = time.time()
     try:
         found = trainer.fit().metrics
     finally:
-        fs, where = filesystem(run_folder)
+        fs, where = filesystem(run.path)
         fs.delete_dir(where)
     return Measurement(
         steps=found["steps"],
@@ -350,7 +350,7 @@ def plan_text(
 
 def sweep_plan(
     args: argparse.Namespace,
-    path: str,
+    experiment: Experiment,
     limits: tuple[int, int],
     cfg: Config,
     data: ImageData,
@@ -360,6 +360,6 @@ def sweep_plan(
     """The plan of the checked sweep `args` (Ray initialised): measures one trial worker of
     the first point `cfg` and returns plan_text's text."""
     print("--plan: measuring one trial's training steps and evaluation ...", flush=True)
-    m = measure_trial(cfg, data, shared, r, f"{path.rstrip('/')}-plan")
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return plan_text(name, args, cfg, limits[1], m, r, data_bytes(data))
+    run = Experiment(experiment.storage, f"{experiment.name}-plan")
+    m = measure_trial(cfg, data, shared, r, run)
+    return plan_text(experiment.name, args, cfg, limits[1], m, r, data_bytes(data))

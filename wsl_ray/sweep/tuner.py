@@ -19,7 +19,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from ..config import Config
 from ..utils.paths import absolute
-from .experiment import check_name
+from .experiment import Experiment, check_name
 from .history import HistoryKeeper
 from .metrics import metric_spec
 from .plan import planned_trial_epochs, sweep_decisions
@@ -52,22 +52,22 @@ def run_sweep(
     (epoch budget, ASHA grace period) from `sweep_epochs`; `warm`: the earlier trials that
     a new sweep's study starts with (--warm_start)."""
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
-    path = experiment_path(args)
+    experiment = sweep_experiment(args)
+    path = experiment.path
     trial = make_trial(
-        args.workers_per_trial, gpus, args.cpus_per_trial, path, args.metric, shared_data
+        args.workers_per_trial, gpus, args.cpus_per_trial, experiment, args.metric, shared_data
     )
     # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
-    name = path.rsplit("/", 1)[-1]
-    study, local_study = study_storage(args.optuna_storage, path, name)
+    study, local_study = study_storage(args.optuna_storage, path, experiment.name)
     if args.resume:  # wsl_ray.tune checked that the folder holds a Tune experiment
         sync_study(local_study, path, upload=False)
-        stale = fail_stale_trials(study, name)
+        stale = fail_stale_trials(study, experiment.name)
         if stale:
             print(f"--resume: {stale} trial(s) left RUNNING by the crash marked FAIL in the study")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
-        tuner = _new_tuner(args, space, limits, trainable, study, gpus, warm)
+        tuner = _new_tuner(args, experiment, space, limits, trainable, study, gpus, warm)
     grid = tuner.fit()
     sync_study(local_study, path, upload=True)
     return grid
@@ -75,6 +75,7 @@ def run_sweep(
 
 def _new_tuner(
     args: argparse.Namespace,
+    experiment: Experiment,
     space: SearchSpace,
     limits: tuple[int, int],
     trainable: Any,
@@ -85,7 +86,7 @@ def _new_tuner(
     """The Tuner of a new sweep: TPE (the warm start's top points, then the space's first
     point, first) behind a concurrency limit, ASHA or FIFO on the epoch, the study in `study`
     (holding the warm trials), the test hook if set."""
-    name = experiment_path(args).rsplit("/", 1)[-1]
+    name = experiment.name
     mode = metric_spec(args.metric).mode
     if warm:
         seed_study(study, name, mode, warm)
@@ -119,7 +120,7 @@ def _new_tuner(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=absolute(args.storage),
+            storage_path=experiment.storage,
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             # HistoryKeeper before Tune's loggers
             callbacks=[HistoryKeeper(), live_eta(args, space, grace), *exit_hooks()],
@@ -246,14 +247,14 @@ def fitting_trials(args: argparse.Namespace, gpus: float) -> int:
     return max(1, fit)
 
 
-def experiment_path(args: argparse.Namespace) -> str:
-    """STORAGE/NAME, the experiment folder (NAME: --name, else the space's file stem).
+def sweep_experiment(args: argparse.Namespace) -> Experiment:
+    """The sweep's experiment: NAME (--name, else the space's file stem) under --storage.
     Raises ExperimentError for a --name that is not a plain name."""
     if args.name is not None:
         check_name(args.name)
     name = args.name or Path(args.space).stem
     check_name(name, "--name (from --space)")
-    return f"{absolute(args.storage).rstrip('/')}/{name}"
+    return Experiment(absolute(args.storage).rstrip("/"), name)
 
 
 def tune_can_restore(path: str) -> bool:
