@@ -17,6 +17,7 @@ confirmation of the top K and the default over S new seeds (wsl_ray.confirm).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -45,6 +46,7 @@ from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
 from .sweep.plan import planned_trial_epochs, sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
+from .sweep.settings import SweepSettings
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
 from .sweep.study import STUDY_FILE
 from .sweep.summary import summarize_sweep
@@ -254,27 +256,35 @@ def sweep_space(
     return space
 
 
-def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
+def settings_of(args: argparse.Namespace, experiment: Experiment) -> SweepSettings:
+    """The sweep's settings from its flags (read after a --resume set args.metric)."""
+    named = (f.name for f in dataclasses.fields(SweepSettings) if f.name != "experiment")
+    return SweepSettings(experiment, **{name: getattr(args, name) for name in named})
+
+
+def recorded_settings(settings: SweepSettings) -> dict[str, Any]:
     """The sweep's settings for its record: those a --resume keeps, and the resources."""
-    return {k: getattr(args, k) for k in FIXED_SETTINGS} | {
-        "workers_per_trial": args.workers_per_trial,
-        "gpus_per_trial": args.gpus_per_trial,
-        "cpus_per_trial": args.cpus_per_trial,
-        "optuna_storage": args.optuna_storage,
-        "warm_start": absolute(args.warm_start) if args.warm_start else None,
-        "warm_start_top": args.warm_start_top,
+    return {k: getattr(settings, k) for k in FIXED_SETTINGS} | {
+        "workers_per_trial": settings.workers_per_trial,
+        "gpus_per_trial": settings.gpus_per_trial,
+        "cpus_per_trial": settings.cpus_per_trial,
+        "optuna_storage": settings.optuna_storage,
+        "warm_start": absolute(settings.warm_start) if settings.warm_start else None,
+        "warm_start_top": settings.warm_start_top,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if problem := check_sweep_flags(args) or warm_start_problem(args):
+    if problem := check_sweep_flags(args) or warm_start_problem(
+        args.warm_start, args.warm_start_top, args.resume
+    ):
         parser.error(problem)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        experiment = sweep_experiment(args)
+        experiment = sweep_experiment(args.storage, args.name, args.space)
         path = experiment.path
         writable_folder(args.storage, "--storage")
         if args.optuna_storage and "://" not in args.optuna_storage:  # a journal file's folder
@@ -282,25 +292,28 @@ def main(argv: list[str] | None = None) -> int:
             writable_folder(folder, f"--optuna-storage {args.optuna_storage}: its folder")
         check_counts(args.confirm, args.seeds)
         space = sweep_space(parser, args, experiment)
+        settings = settings_of(args, experiment)
         with experiment_lock(path):  # held until the end; a second driver stops here
-            space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
+            space.check(workers=settings.workers_per_trial, gpus=settings.gpus_per_trial)
             warm = (
-                load_warm_start(args.warm_start, space, args.metric, args.warm_start_top)
-                if args.warm_start
+                load_warm_start(
+                    settings.warm_start, space, settings.metric, settings.warm_start_top
+                )
+                if settings.warm_start
                 else None
             )
-            limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t
+            limits = sweep_epochs(settings.grace, space)  # Ray asserts grace_period <= max_t
             space.config = absolute_paths(space.config)  # trials run in folders of their own
             default = Config.from_dict(space.resolve(space.default_point()))
             if note := defaults_note(default):
                 print(note, file=sys.stderr)
             data = check_data(default, space.name)
-            if not (args.resume or args.plan):  # objective and space fixed before a trial
-                mode = metric_spec(args.metric).mode
+            if not (settings.resume or args.plan):  # objective and space fixed before a trial
+                mode = metric_spec(settings.metric).mode
                 overrides = overrides_from_args(args)
-                settings = sweep_settings(args)
-                write_record(path, args.metric, mode, space.to_yaml(), settings, overrides)
-            return run(args, experiment, space, limits, default, data, warm)
+                record = recorded_settings(settings)
+                write_record(path, settings.metric, mode, space.to_yaml(), record, overrides)
+            return run(args, settings, space, limits, default, data, warm)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -308,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(
     args: argparse.Namespace,
-    experiment: Experiment,
+    settings: SweepSettings,
     space: SearchSpace,
     limits: tuple[int, int],
     default: Config,
@@ -319,51 +332,52 @@ def run(
     code: 0, or 1 when no trial finished with the metric. `warm`: from --warm_start. With
     --plan: prints the plan instead, and starts no trial."""
     baseline = untrained_baseline(default, data) if args.baseline and not args.plan else None
-    path = experiment.path
+    path = settings.experiment.path
     init_ray(os.environ.get("RAY_ADDRESS"))  # a SIGTERM then runs `finally`: stops our Ray
     confirmed = None
     try:
-        if args.gpus_per_trial is None:  # now the cluster's GPUs are known (--sync_bn needs one)
-            space.check(workers=args.workers_per_trial, gpus=cluster_gpus())
-        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
+        # now the cluster's GPUs are known (--sync_bn needs one)
+        if settings.gpus_per_trial is None:
+            space.check(workers=settings.workers_per_trial, gpus=cluster_gpus())
+        gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else cluster_gpus()
         wait_for_resources(
-            args.workers_per_trial, args.cpus_per_trial, gpus, args.wait_for_resources
+            settings.workers_per_trial, settings.cpus_per_trial, gpus, args.wait_for_resources
         )
         # one copy per node, owned by this driver: a resumed sweep puts it again
         shared = share_dataset(data, default.dataset, default.data_dir)
-        fit = fitting_trials(args, gpus)
-        trials = Resources(args.workers_per_trial, args.cpus_per_trial, gpus, fit)
+        fit = fitting_trials(settings, gpus)
+        trials = Resources(settings.workers_per_trial, settings.cpus_per_trial, gpus, fit)
         if args.plan:
-            print(sweep_plan(args, experiment, limits, default, data, shared, trials))
+            print(sweep_plan(settings, limits, default, data, shared, trials))
             return 0
         started = time.monotonic()
-        run_sweep(args, space, limits, shared, warm)
+        run_sweep(settings, space, limits, shared, warm)
         wall_s = time.monotonic() - started
-        if args.confirm:
+        if settings.confirm:
             resources = {
-                "workers": args.workers_per_trial,
+                "workers": settings.workers_per_trial,
                 "gpus": gpus,
-                "cpus": args.cpus_per_trial,
+                "cpus": settings.cpus_per_trial,
                 "concurrency": fit,  # order does not matter here
             }
             try:
                 configs = plan_confirmation(
-                    path, space, args.metric, args.confirm, args.seeds, args.seed
+                    path, space, settings.metric, settings.confirm, settings.seeds, settings.seed
                 )
             except ValueError as err:  # the sweep's summary still follows
                 print(f"note: no confirmation: {err}", file=sys.stderr)
             else:
                 confirmed = run_confirmation(
-                    path, configs, args.metric, resources, args.max_failures
+                    path, configs, settings.metric, resources, settings.max_failures
                 )
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
-    planned = planned_trial_epochs(args.num_trials, default, limits[1], args.scheduler)
-    rows = summarize_sweep(path, args.metric, space, baseline, (trials, planned, wall_s))
+    planned = planned_trial_epochs(settings.num_trials, default, limits[1], settings.scheduler)
+    rows = summarize_sweep(path, settings.metric, space, baseline, (trials, planned, wall_s))
     if confirmed:
-        report(confirmed, args.metric, space)
-    if not ranked(rows, args.metric):
-        print(f"error: no trial finished with a {args.metric}", file=sys.stderr)
+        report(confirmed, settings.metric, space)
+    if not ranked(rows, settings.metric):
+        print(f"error: no trial finished with a {settings.metric}", file=sys.stderr)
         return 1
     return 0
 

@@ -27,7 +27,6 @@ resources (so on a cluster it runs where trials run), and so is a trial's start-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import resource
@@ -54,6 +53,7 @@ from ..utils.markdown import markdown_table
 from ..utils.storage import filesystem
 from .bill import Resources, duration
 from .experiment import Experiment
+from .settings import SweepSettings
 
 REDUCTION_FACTOR = 2  # the sweep's ASHA (sweep.tuner)
 PLAN_STEPS = 5  # timed training steps, after the untimed warm-up (and a CUDA graph's capture)
@@ -278,8 +278,7 @@ def _size(n: int | None) -> str:
 
 
 def plan_text(
-    name: str,
-    args: argparse.Namespace,
+    settings: SweepSettings,
     cfg: Config,
     grace: int,
     m: Measurement,
@@ -287,12 +286,12 @@ def plan_text(
     data_size: int | None,
 ) -> str:
     """The plan a person reads in a few seconds: a title, a table of the sweep's trial-epochs,
-    wall time and hours (lower, expected, upper; then the confirmation of args.confirm
-    configurations and the default over args.seeds seeds), how it was measured, one
-    sentence, and a warning for a slow trial-epoch. The sweep runs args.concurrency trials
+    wall time and hours (lower, expected, upper; then the confirmation of settings.confirm
+    configurations and the default over settings.seeds seeds), how it was measured, one
+    sentence, and a warning for a slow trial-epoch. The sweep runs settings.concurrency trials
     at once when given, else r.concurrency, as the confirmation does."""
-    trials, scheduler = args.num_trials, args.scheduler
-    sweep_r = dataclasses.replace(r, concurrency=args.concurrency or r.concurrency)
+    name, trials, scheduler = settings.experiment.name, settings.num_trials, settings.scheduler
+    sweep_r = dataclasses.replace(r, concurrency=settings.concurrency or r.concurrency)
     figures = planned_trial_epochs(trials, cfg, grace, scheduler)
     rungs = [f"{m_:g}" for m_ in milestones(cfg.epoch, grace) if m_ < cfg.epoch]
     evaluated = ", ".join(str(e) for e in sorted(eval_epochs(cfg)))
@@ -312,7 +311,7 @@ def plan_text(
     for key, label in labels.items():
         costs[key] = run_cost(figures[key], trials, cfg.epoch, m, sweep_r)
         rows.append([label, f"{figures[key]:g}", duration(costs[key][0]), f"{costs[key][1]:.2f}"])
-    k, seeds = args.confirm, args.seeds
+    k, seeds = settings.confirm, settings.seeds
     after = ""
     if k:
         runs = (k + 1) * seeds
@@ -349,17 +348,17 @@ def plan_text(
 
 
 def sweep_plan(
-    args: argparse.Namespace,
-    experiment: Experiment,
+    settings: SweepSettings,
     limits: tuple[int, int],
     cfg: Config,
     data: ImageData,
     shared: dict | None,
     r: Resources,
 ) -> str:
-    """The plan of the checked sweep `args` (Ray initialised): measures one trial worker of
+    """The plan of the checked sweep `settings` (Ray initialised): measures one trial worker of
     the first point `cfg` and returns plan_text's text."""
     print("--plan: measuring one trial's training steps and evaluation ...", flush=True)
+    experiment = settings.experiment
     run = Experiment(experiment.storage, f"{experiment.name}-plan")
     m = measure_trial(cfg, data, shared, r, run)
-    return plan_text(experiment.name, args, cfg, limits[1], m, r, data_bytes(data))
+    return plan_text(settings, cfg, limits[1], m, r, data_bytes(data))
