@@ -31,6 +31,7 @@ from .config import Config, ConfigError, defaults_note
 from .data import ImageData
 from .data.paths import absolute_paths
 from .data.shared import share_dataset
+from .sweep.asha import planned_trial_epochs
 from .sweep.bill import Resources
 from .sweep.confirmation import check_counts, plan_confirmation, report, run_confirmation
 from .sweep.experiment import (
@@ -43,7 +44,7 @@ from .sweep.experiment import (
     write_record,
 )
 from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_spec
-from .sweep.plan import planned_trial_epochs, sweep_plan
+from .sweep.plan import sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
 from .sweep.settings import SweepSettings

@@ -18,10 +18,10 @@ from ray.tune.search import ConcurrencyLimiter
 
 from ..config import Config
 from ..utils.paths import absolute
+from .asha import REDUCTION_FACTOR, planned_trial_epochs, sweep_decisions
 from .experiment import Experiment, check_name
 from .history import HistoryKeeper
 from .metrics import metric_spec
-from .plan import planned_trial_epochs, sweep_decisions
 from .progress import SweepProgress
 from .settings import SweepSettings
 from .space import SearchSpace, SpaceError
@@ -110,7 +110,7 @@ def _new_tuner(
     concurrency = settings.concurrency or fitting_trials(settings, gpus)
     if settings.scheduler == "asha":
         scheduler = ASHAScheduler(
-            time_attr="epoch", max_t=epochs, grace_period=grace, reduction_factor=2
+            time_attr="epoch", max_t=epochs, grace_period=grace, reduction_factor=REDUCTION_FACTOR
         )
     else:
         scheduler = FIFOScheduler()
