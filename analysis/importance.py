@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 import pyarrow as pa
 
+from wsl_ray.sweep.experiment import Experiment
 from wsl_ray.sweep.metrics import DEFAULT_METRIC, metric_spec
 from wsl_ray.sweep.results import RANKED
 
@@ -83,7 +84,7 @@ def stored_study(experiment: str) -> tuple[optuna.Study | None, str | None]:
     except FileNotFoundError:
         metric = None
     names = optuna.get_all_study_names(storage)
-    name = root.rsplit("/", 1)[-1]
+    name = Experiment.at(root).name
     if name not in names and len(names) == 1:  # an experiment folder renamed after the sweep
         name = names[0]
     return optuna.load_study(study_name=name, storage=storage), metric

@@ -111,6 +111,8 @@ ROWS = [
     ((*SHAPES, "--fname", "{tmp}/none.pt"), 2, "--fname {tmp}/none.pt: no such checkpoint"),
     ((*SHAPES, "--fname", "{ckpt_object}"), 2, "refused, it holds objects other than"),
     ((*TRAIN, "--dataset", "nope"), 2, "unknown --dataset 'nope'; choose one of"),
+    # checked before Ray starts, not inside a worker
+    ((*TRAIN, "--dataset", "cifar01", "--workers", "2"), 2, "unknown --dataset 'cifar01'; choo"),
     ((*TRAIN, "--data_dir", "{tmp}/empty"), 2, "CIFAR-10 not found: looked for"),
     ((*TRAIN, "--data_dir", "{cifar_garbage}"), 2, "data_batch_1 is not a CIFAR-10 batch"),
     ((*TRAIN, "--data_dir", "{cifar_evil}"), 2, "refusing global posix.system"),
@@ -353,9 +355,9 @@ def stored_experiments(store: Path) -> None:
 
     from helpers import SPACE
 
+    from wsl_ray.data.paths import absolute_paths
     from wsl_ray.sweep.experiment import write_record
     from wsl_ray.sweep.space import parse_space
-    from wsl_ray.utils.paths import absolute_paths
 
     space = parse_space(SPACE, Path("tiny.yaml"), {"epoch": 2, "seed": 0, "eval_on": "val"})
     space.config = absolute_paths(space.config)
@@ -473,7 +475,7 @@ def test_genuine_cifar_pickles_still_load(tmp_path, core):
 def test_paths_are_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
     """Ray workers run in folders of their own: a trial gets absolute paths, and an unset
     --data_dir becomes the dataset's default folder under the directory of the command."""
-    from wsl_ray.utils.paths import absolute_paths
+    from wsl_ray.data.paths import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     assert absolute_paths({"dataset": "cifar10"})["data_dir"] == str(tmp_path / "data")

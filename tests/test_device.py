@@ -16,12 +16,12 @@ from wsl_ray.data.loader import to_device
 from wsl_ray.methods import get_method, whitening
 from wsl_ray.methods.byol import target_tau
 from wsl_ray.methods.losses import byol_loss, contrastive_loss
+from wsl_ray.methods.networks import Float32Linear, ViewBatchNorm2d, view_statistics
 from wsl_ray.methods.whitening import cholesky_whiten
 from wsl_ray.training.deferred import DeferredCheck, defers
 from wsl_ray.training.device import HostScalar, OpCounter, resolve_device
 from wsl_ray.training.evaluate import probe_step
 from wsl_ray.training.graph import TrainStep
-from wsl_ray.training.models import Float32Linear, ViewBatchNorm2d, view_statistics
 from wsl_ray.training.optim import build_optimizer, set_lr
 
 

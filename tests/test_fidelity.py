@@ -18,7 +18,7 @@ from wsl_ray.config import (
 from wsl_ray.data.augment import Augment
 from wsl_ray.methods import get_method
 from wsl_ray.methods.losses import sample_covariance_penalty
-from wsl_ray.training.models import get_encoder
+from wsl_ray.methods.networks import get_encoder
 from wsl_ray.training.weights import load_weights, state_dict_of
 
 SMALL = dict(arch="resnet18_w8", bs=16, emb=8, head_size=16)

@@ -12,6 +12,7 @@ import pytest
 from helpers import Crash, CrashingReporter, offline_runs, tiny_config
 
 from wsl_ray.sweep import trial as wsl_trial
+from wsl_ray.sweep.experiment import Experiment
 from wsl_ray.training.loop import train
 from wsl_ray.training.sinks import WANDB_ID_FILE, open_sinks
 
@@ -119,10 +120,10 @@ def test_the_trial_function_passes_its_id_and_the_sweep_name_to_wandb(monkeypatc
     monkeypatch.setattr(wsl_trial, "make_trainer", make_trainer)
     monkeypatch.setattr(wsl_trial, "EvaluationReportCallback", lambda *a: None)  # needs a session
     monkeypatch.setattr(wsl_trial.tune, "get_context", lambda: Context())
-    experiment = str(tmp_path / "sweeps" / "wmse")
+    experiment = Experiment.at(str(tmp_path / "sweeps" / "wmse"))
     wsl_trial.make_trial(1, 0, 1, experiment, "acc_knn")({"lr": 1e-3})
     assert seen["name"] == "train-ab12cd34_7"
-    assert seen["wandb"] == {"run_id": "ab12cd34_7", "group": "wmse", "log_dir": experiment}
+    assert seen["wandb"] == {"run_id": "ab12cd34_7", "group": "wmse", "log_dir": experiment.path}
 
 
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

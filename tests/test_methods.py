@@ -23,7 +23,7 @@ from wsl_ray.methods import base, family, get_method, get_spec, whitening
 from wsl_ray.methods.byol import ema_update
 from wsl_ray.methods.family import Family, family_of
 from wsl_ray.methods.losses import intl_loss, lejepa_loss, sigreg_directions
-from wsl_ray.training.models import get_encoder, get_head
+from wsl_ray.methods.networks import get_encoder, get_head
 
 SMALL = dict(arch="resnet18_w8", bs=32, emb=8, w_size=16, head_size=32, groups=2)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from wsl_ray.config import Config
-from wsl_ray.sweep.plan import expected_left, planned_trial_epochs, sweep_decisions
+from wsl_ray.sweep.asha import expected_left, planned_trial_epochs, sweep_decisions
 
 # (trials, epochs, eval_every, grace, skips): the demo's; a rung every epoch; results that skip
 # a rung (Ray compares them with it later, when it also holds the last results of trials it

@@ -44,7 +44,8 @@ def test_two_worker_cpu_run_completes_and_reports(local_ray, tmp_path):
     # per-worker batch 32 is a multiple of w_size; 2 x 1 CPU fits the 2-CPU local Ray.
     # 511 images split 256 / 255: unequal shards would give 8 vs 7 batches and hang DDP
     wandb = {"run_id": "trial_7", "group": "sweep", "log_dir": str(tmp_path / "logs")}
-    shared = share_dataset(load_dataset("shapes"), cfg)  # the workers map it, load nothing
+    # the workers map it, load nothing
+    shared = share_dataset(load_dataset("shapes"), cfg.dataset, cfg.data_dir)
     trainer = make_trainer(
         cfg,
         workers=2,
@@ -67,15 +68,15 @@ def test_two_worker_cpu_run_completes_and_reports(local_ray, tmp_path):
 def test_the_shared_dataset_is_mapped_read_only_from_the_object_store(local_ray):
     data = load_dataset("shapes")
     cfg = Config(dataset="shapes")
-    shared = share_dataset(data, cfg)
-    mapped = shared_dataset(shared, cfg)
+    shared = share_dataset(data, cfg.dataset, cfg.data_dir)
+    mapped = shared_dataset(shared, cfg.dataset, cfg.data_dir)
     for role in ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y"):
         assert torch.equal(getattr(mapped, role), getattr(data, role))
     stored = ray.get(shared["ref"])["arrays"]["train_x"]
     assert not stored.flags.writeable and not stored.flags.owndata  # mapped from the store
     assert mapped.clf_x.data_ptr() == mapped.train_x.data_ptr()  # the clf set is not stored twice
     assert (mapped.mean, mapped.crop_size, mapped.num_classes) == (data.mean, 32, 10)
-    assert shared_dataset(shared, Config(dataset="cifar10")) is None  # another dataset: load it
+    assert shared_dataset(shared, "cifar10", cfg.data_dir) is None  # another dataset: load it
 
 
 def test_lincls_runs_as_a_two_worker_ray_train_job(local_ray, tmp_path):

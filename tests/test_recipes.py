@@ -5,9 +5,9 @@ import pytest
 from wsl_ray.config import Config, config_from_args, validate_config
 from wsl_ray.config.recipes import RECIPES, get_recipe
 from wsl_ray.data import DATASETS
+from wsl_ray.methods.networks import get_encoder
 from wsl_ray.sweep.space import load_space
 from wsl_ray.train import build_parser, parse_run_args
-from wsl_ray.training.models import get_encoder
 
 # the views' size in the reference datasets/ code (aug_transform's crop)
 REFERENCE_IMAGE_SIZE = {

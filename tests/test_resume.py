@@ -130,7 +130,7 @@ def _csv_epochs(path):
 
 
 def test_the_journal_keeps_the_epochs_a_checkpoint_covers(tmp_path):
-    from wsl_ray.sweep.journal import Journal
+    from wsl_ray.training.journal import Journal
 
     journal = Journal(str(tmp_path / "train-x" / "history.jsonl"))
     journal.start(0)
@@ -153,7 +153,7 @@ def test_a_restarted_trial_keeps_each_epoch_once(tmp_path, where):
     import pyarrow.fs
 
     from wsl_ray.sweep.history import HistoryKeeper
-    from wsl_ray.sweep.journal import journal_uri
+    from wsl_ray.training.journal import journal_uri
 
     experiment, staging = tmp_path / "exp", tmp_path / "staging" / "trial_abc_1"
     stored = experiment / "trial_abc_1"
@@ -201,8 +201,8 @@ def test_a_restarted_trial_keeps_each_epoch_once(tmp_path, where):
 
 
 def test_results_read_each_epoch_once_and_fill_gaps_from_the_journal(tmp_path):
-    from wsl_ray.sweep.journal import journal_uri
     from wsl_ray.sweep.results import collect_rows
+    from wsl_ray.training.journal import journal_uri
 
     trial = tmp_path / "exp" / "trial_abc_00001_lr=1"
     trial.mkdir(parents=True)
@@ -228,8 +228,8 @@ def test_a_trial_cut_short_by_the_driver_is_interrupted_not_stopped(tmp_path):
     import pyarrow.fs
 
     from wsl_ray.sweep.history import HistoryKeeper
-    from wsl_ray.sweep.journal import journal_uri
     from wsl_ray.sweep.results import collect_rows
+    from wsl_ray.training.journal import journal_uri
 
     for number, trial_id in ((1, "aaa"), (2, "bbb")):
         folder = tmp_path / "exp" / f"trial_{trial_id}_{number:05d}"

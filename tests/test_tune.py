@@ -189,7 +189,7 @@ def test_small_epochs_never_reach_rays_grace_assertion():
         ["--space", "wmse", "--dataset", "shapes", "--num_trials", "3", "--epochs", "2"]
     )
     space = load_space(args.space, overrides_from_args(args))
-    assert sweep_epochs(args, space) == (2, 2)  # the space's eval_every is 10
+    assert sweep_epochs(args.grace, space) == (2, 2)  # the space's eval_every is 10
 
 
 def test_divergence_is_recognised_through_rays_wrapping():
@@ -211,6 +211,14 @@ def test_missing_data_says_how_to_point_at_it(tmp_path):
     )
     assert out.returncode == 2
     assert str(tmp_path) in out.stderr and "--dataset shapes" in out.stderr
+
+
+def test_a_remote_experiment_keeps_its_study_journal_in_the_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WSL_RAY_CACHE", str(tmp_path))
+    storage, local = study_storage(None, "s3://bucket/sweeps/s", "s")
+    assert local == str(tmp_path / "optuna" / "s.journal")
+    optuna.create_study(study_name="s", storage=storage)  # a working journal, no bucket touched
+    assert (tmp_path / "optuna" / "s.journal").is_file()
 
 
 def test_the_searcher_tells_the_study_complete_pruned_and_fail(tmp_path):
@@ -285,8 +293,8 @@ def test_a_live_driver_holds_the_lock_and_a_dead_ones_is_taken_over(tmp_path):
 
 
 def test_a_resume_that_changes_the_sweep_is_refused_naming_what(tmp_path, space_file):
+    from wsl_ray.data.paths import absolute_paths
     from wsl_ray.sweep.experiment import ExperimentError, resumed_sweep, write_record
-    from wsl_ray.utils.paths import absolute_paths
 
     space = load_space(str(space_file), {"epoch": 2})
     space.config = absolute_paths(space.config)
@@ -312,9 +320,9 @@ def test_a_resume_that_changes_the_sweep_is_refused_naming_what(tmp_path, space_
 
 def test_a_resume_with_the_first_runs_flags_goes_on(tmp_path, space_file):
     """Slurm's resubmitted job repeats the first run's flags and adds --resume."""
-    from wsl_ray.sweep.experiment import ExperimentError, write_record
-    from wsl_ray.tune import sweep_settings, sweep_space
-    from wsl_ray.utils.paths import absolute_paths
+    from wsl_ray.data.paths import absolute_paths
+    from wsl_ray.sweep.experiment import Experiment, ExperimentError, write_record
+    from wsl_ray.tune import recorded_settings, settings_of, sweep_space
 
     parser = build_parser()
     first = ["--space", str(space_file), "--storage", str(tmp_path), "--name", "t"]
@@ -322,14 +330,17 @@ def test_a_resume_with_the_first_runs_flags_goes_on(tmp_path, space_file):
     args = parser.parse_args(first)
     space = load_space(args.space, overrides_from_args(args))
     space.config = absolute_paths(space.config)
-    settings, overrides = sweep_settings(args), overrides_from_args(args)
-    write_record(str(tmp_path / "t"), "rankme", "max", space.to_yaml(), settings, overrides)
+    experiment = Experiment(str(tmp_path), "t")
+    settings = recorded_settings(settings_of(args, experiment))
+    write_record(
+        experiment.path, "rankme", "max", space.to_yaml(), settings, overrides_from_args(args)
+    )
     with pytest.raises(ExperimentError, match="exists already"):
-        sweep_space(parser, args, str(tmp_path / "t"))
+        sweep_space(parser, args, experiment)
     (tmp_path / "t" / "tuner.pkl").write_bytes(b"")
     for argv in (first, first[4:6], first[:2] + first[4:6]):  # all flags, the name, + space
         resumed = parser.parse_args([*argv, "--storage", str(tmp_path), "--resume"])
-        assert sweep_space(parser, resumed, str(tmp_path / "t")).to_yaml() == space.to_yaml()
+        assert sweep_space(parser, resumed, experiment).to_yaml() == space.to_yaml()
         assert resumed.metric == "rankme"
 
 

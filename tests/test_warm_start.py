@@ -145,9 +145,10 @@ def test_the_startup_count_is_tpes_default():
 def test_a_new_sweeps_tuner_starts_its_study_with_the_warm_trials(tmp_path):
     """The wiring in wsl_ray.sweep.tuner, without Ray: the Tuner of a warm-started sweep
     leaves the study holding the earlier trials, then its top K and first point enqueued."""
+    from wsl_ray.sweep.experiment import Experiment
     from wsl_ray.sweep.study import study_storage
     from wsl_ray.sweep.tuner import _new_tuner
-    from wsl_ray.tune import build_parser
+    from wsl_ray.tune import build_parser, settings_of
 
     earlier_experiment(tmp_path / "old", complete=4, stopped=1)
     argv = ["--storage", str(tmp_path), "--name", "new", "--concurrency", "1"]
@@ -155,7 +156,8 @@ def test_a_new_sweeps_tuner_starts_its_study_with_the_warm_trials(tmp_path):
     space = tiny_space()
     warm = load_warm_start(args.warm_start, space, METRIC, 2)
     storage, _ = study_storage(None, str(tmp_path / "new"), "new")
-    _new_tuner(args, space, (2, 1), lambda config: None, storage, 0.0, warm)
+    settings = settings_of(args, Experiment(str(tmp_path), "new"))
+    _new_tuner(settings, space, (2, 1), lambda config: None, storage, 0.0, warm)
     study = optuna.load_study(study_name="new", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4 + [TrialState.PRUNED] + [
         TrialState.WAITING

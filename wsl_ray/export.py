@@ -22,8 +22,8 @@ from torchvision import models
 
 from .config import Config
 from .data import DATASETS, load_dataset
+from .methods.networks import ARCHS, NARROW
 from .training.checkpoint import read_checkpoint
-from .training.models import ARCHS, NARROW
 from .training.weights import state_dict_of
 from .utils.cli import Parser, command_name
 from .utils.paths import writable_folder
@@ -36,7 +36,7 @@ class ExportError(ValueError):
 
 
 def stem(image_size: int) -> dict[str, Any]:
-    """The encoder's first layers for `image_size` (as models.get_encoder builds them)."""
+    """The encoder's first layers for `image_size` (as networks.get_encoder builds them)."""
     small = image_size <= 96
     return {
         "conv1": "3x3 stride 1" if small else "7x7 stride 2",
@@ -97,7 +97,7 @@ def export(ckpt: str | Path, out: str | Path, fmt: str = "torchvision") -> dict[
     if NARROW.match(cfg.arch) or cfg.arch not in ARCHS:
         raise ExportError(
             f"--arch {cfg.arch} has no torchvision twin: only {', '.join(ARCHS)} encoders can "
-            "be exported (load a narrow encoder with wsl_ray.training.models.get_encoder instead)"
+            "be exported (load a narrow encoder with wsl_ray.methods.networks.get_encoder instead)"
         )
     state = encoder_state(payload)
     last_bn = max(k for k in state if k.startswith("layer4.") and k.endswith(".weight"))

@@ -35,11 +35,11 @@ from tqdm import tqdm
 
 from .config.checks import MAX_SEED
 from .data import Augment, load_dataset
+from .methods.networks import get_encoder
 from .training.checkpoint import read_checkpoint, resume_problem
 from .training.device import gpus_per_worker, resolve_device, setup_device
 from .training.evaluate import embed
 from .training.loop import WorkerContext, epoch_batches
-from .training.models import get_encoder
 from .training.optim import build_optimizer
 from .training.reporting import LocalReporter, Reporter
 from .training.weights import state_dict_of

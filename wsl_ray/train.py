@@ -24,9 +24,10 @@ from .config import (
     validate_config,
 )
 from .config.file import add_config_file_flags, read_config_file, resolved_yaml
+from .data.paths import absolute_paths
 from .methods import SPECS
 from .utils.cli import Parser, command_name
-from .utils.paths import absolute_paths, writable_folder
+from .utils.paths import writable_folder
 from .utils.ray_start import init_ray
 
 

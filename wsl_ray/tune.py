@@ -17,6 +17,7 @@ confirmation of the top K and the default over S new seeds (wsl_ray.confirm).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -28,7 +29,10 @@ import ray
 
 from .config import Config, ConfigError, defaults_note
 from .data import ImageData
+from .data.paths import absolute_paths
 from .data.shared import share_dataset
+from .sweep.asha import planned_trial_epochs
+from .sweep.bill import Resources
 from .sweep.confirmation import (
     check_counts,
     plan_confirmation,
@@ -38,6 +42,7 @@ from .sweep.confirmation import (
 )
 from .sweep.experiment import (
     FIXED_SETTINGS,
+    Experiment,
     ExperimentError,
     experiment_lock,
     refuse_existing,
@@ -45,25 +50,26 @@ from .sweep.experiment import (
     write_record,
 )
 from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_problem, metric_spec
-from .sweep.plan import Resources, planned_trial_epochs, sweep_plan
+from .sweep.plan import sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
+from .sweep.settings import SweepSettings
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
 from .sweep.study import STUDY_FILE
 from .sweep.summary import summarize_sweep
 from .sweep.tuner import (
     cluster_gpus,
-    experiment_path,
     fitting_trials,
     resource_problem,
     run_sweep,
     sweep_epochs,
+    sweep_experiment,
     tune_can_restore,
     wait_for_resources,
 )
 from .sweep.warm_start import WarmStart, load_warm_start, warm_start_problem
 from .utils.cli import Parser, command_name
-from .utils.paths import absolute, absolute_paths, writable_folder
+from .utils.paths import absolute, writable_folder
 from .utils.ray_start import init_ray
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
@@ -252,13 +258,14 @@ def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> se
 
 
 def sweep_space(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, path: str
+    parser: argparse.ArgumentParser, args: argparse.Namespace, experiment: Experiment
 ) -> SearchSpace:
     """The space of the sweep: a new one's from --space and the flags (refused when the
     experiment folder exists), a resumed one's from its sweep.json, where every explicitly
     given flag must agree (args.metric then becomes the recorded metric)."""
+    path = experiment.path
     if not args.resume:
-        refuse_existing(path, path.rsplit("/", 1)[-1])
+        refuse_existing(path, experiment.name)
         return load_space(args.space, overrides_from_args(args))
     given = given_flags(parser, args)
     space_text = space_path(args.space).read_text() if "space" in given else None
@@ -280,41 +287,53 @@ def sweep_space(
     return space
 
 
-def sweep_settings(args: argparse.Namespace) -> dict[str, Any]:
+def settings_of(args: argparse.Namespace, experiment: Experiment) -> SweepSettings:
+    """The sweep's settings from its flags (read after a --resume set args.metric)."""
+    named = (f.name for f in dataclasses.fields(SweepSettings) if f.name != "experiment")
+    return SweepSettings(experiment, **{name: getattr(args, name) for name in named})
+
+
+def recorded_settings(settings: SweepSettings) -> dict[str, Any]:
     """The sweep's settings for its record: those a --resume keeps, and the resources."""
-    return {k: getattr(args, k) for k in FIXED_SETTINGS} | {
-        "workers_per_trial": args.workers_per_trial,
-        "gpus_per_trial": args.gpus_per_trial,
-        "cpus_per_trial": args.cpus_per_trial,
-        "optuna_storage": args.optuna_storage,
-        "warm_start": absolute(args.warm_start) if args.warm_start else None,
-        "warm_start_top": args.warm_start_top,
+    return {k: getattr(settings, k) for k in FIXED_SETTINGS} | {
+        "workers_per_trial": settings.workers_per_trial,
+        "gpus_per_trial": settings.gpus_per_trial,
+        "cpus_per_trial": settings.cpus_per_trial,
+        "optuna_storage": settings.optuna_storage,
+        "warm_start": absolute(settings.warm_start) if settings.warm_start else None,
+        "warm_start_top": settings.warm_start_top,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if problem := check_sweep_flags(args) or warm_start_problem(args):
+    if problem := check_sweep_flags(args) or warm_start_problem(
+        args.warm_start, args.warm_start_top, args.resume
+    ):
         parser.error(problem)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        path = experiment_path(args)
+        experiment = sweep_experiment(args.storage, args.name, args.space)
+        path = experiment.path
         writable_folder(args.storage, "--storage")
         if args.optuna_storage and "://" not in args.optuna_storage:  # a journal file's folder
             folder = Path(args.optuna_storage).expanduser().parent
             writable_folder(folder, f"--optuna-storage {args.optuna_storage}: its folder")
         check_counts(args.confirm, args.seeds)
-        space = sweep_space(parser, args, path)
+        space = sweep_space(parser, args, experiment)
+        settings = settings_of(args, experiment)
         with experiment_lock(path):  # held until the end; a second driver stops here
-            space.check(workers=args.workers_per_trial, gpus=args.gpus_per_trial)
+            space.check(workers=settings.workers_per_trial, gpus=settings.gpus_per_trial)
             warm = (
-                load_warm_start(args.warm_start, space, args.metric, args.warm_start_top)
-                if args.warm_start
+                load_warm_start(
+                    settings.warm_start, space, settings.metric, settings.warm_start_top
+                )
+                if settings.warm_start
                 else None
             )
-            limits = sweep_epochs(args, space)  # Ray asserts grace_period <= max_t
+            limits = sweep_epochs(settings.grace, space)  # Ray asserts grace_period <= max_t
             space.config = absolute_paths(space.config)  # trials run in folders of their own
             default = Config.from_dict(space.resolve(space.default_point()))
             if problem := metric_problem(args.metric, default.label_free):
@@ -322,12 +341,12 @@ def main(argv: list[str] | None = None) -> int:
             if note := defaults_note(default):
                 print(note, file=sys.stderr)
             data = check_data(default, space.name)
-            if not (args.resume or args.plan):  # objective and space fixed before a trial
-                mode = metric_spec(args.metric).mode
+            if not (settings.resume or args.plan):  # objective and space fixed before a trial
+                mode = metric_spec(settings.metric).mode
                 overrides = overrides_from_args(args)
-                settings = sweep_settings(args)
-                write_record(path, args.metric, mode, space.to_yaml(), settings, overrides)
-            return run(args, path, space, limits, default, data, warm)
+                record = recorded_settings(settings)
+                write_record(path, settings.metric, mode, space.to_yaml(), record, overrides)
+            return run(args, settings, space, limits, default, data, warm)
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -335,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(
     args: argparse.Namespace,
-    path: str,
+    settings: SweepSettings,
     space: SearchSpace,
     limits: tuple[int, int],
     default: Config,
@@ -346,53 +365,62 @@ def run(
     code: 0, or 1 when no trial finished with the metric. `warm`: from --warm_start. With
     --plan: prints the plan instead, and starts no trial."""
     baseline = untrained_baseline(default, data) if args.baseline and not args.plan else None
+    path = settings.experiment.path
     init_ray(os.environ.get("RAY_ADDRESS"))  # a SIGTERM then runs `finally`: stops our Ray
     confirmed = None
     try:
-        if args.gpus_per_trial is None:  # now the cluster's GPUs are known (--sync_bn needs one)
-            space.check(workers=args.workers_per_trial, gpus=cluster_gpus())
-        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
+        # now the cluster's GPUs are known (--sync_bn needs one)
+        if settings.gpus_per_trial is None:
+            space.check(workers=settings.workers_per_trial, gpus=cluster_gpus())
+        gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else cluster_gpus()
         wait_for_resources(
-            args.workers_per_trial, args.cpus_per_trial, gpus, args.wait_for_resources
+            settings.workers_per_trial, settings.cpus_per_trial, gpus, args.wait_for_resources
         )
         # one copy per node, owned by this driver: a resumed sweep puts it again
-        shared = share_dataset(data, default)
-        fit = fitting_trials(args, gpus)
-        trials = Resources(args.workers_per_trial, args.cpus_per_trial, gpus, fit)
+        shared = share_dataset(data, default.dataset, default.data_dir)
+        fit = fitting_trials(settings, gpus)
+        trials = Resources(settings.workers_per_trial, settings.cpus_per_trial, gpus, fit)
         if args.plan:
-            print(sweep_plan(args, path, limits, default, data, shared, trials))
-            storage, metric = path.rsplit("/", 1)[0], args.metric
-            spread, detect = args.seed_spread, args.detect
-            print(plan_power(storage, space, default.dataset, metric, args.seeds, spread, detect))
+            print(sweep_plan(settings, limits, default, data, shared, trials))
+            power = plan_power(
+                settings.experiment.storage,
+                space,
+                default.dataset,
+                settings.metric,
+                settings.seeds,
+                args.seed_spread,
+                args.detect,
+            )
+            print(power)
             return 0
         started = time.monotonic()
-        run_sweep(args, space, limits, shared, warm)
+        run_sweep(settings, space, limits, shared, warm)
         wall_s = time.monotonic() - started
-        if args.confirm:
+        if settings.confirm:
             resources = {
-                "workers": args.workers_per_trial,
+                "workers": settings.workers_per_trial,
                 "gpus": gpus,
-                "cpus": args.cpus_per_trial,
+                "cpus": settings.cpus_per_trial,
                 "concurrency": fit,  # order does not matter here
             }
             try:
                 configs = plan_confirmation(
-                    path, space, args.metric, args.confirm, args.seeds, args.seed
+                    path, space, settings.metric, settings.confirm, settings.seeds, settings.seed
                 )
             except ValueError as err:  # the sweep's summary still follows
                 print(f"note: no confirmation: {err}", file=sys.stderr)
             else:
                 confirmed = run_confirmation(
-                    path, configs, args.metric, resources, args.max_failures
+                    path, configs, settings.metric, resources, settings.max_failures
                 )
     finally:
         ray.shutdown()  # before the summary, so that no late worker log interleaves with it
-    planned = planned_trial_epochs(args.num_trials, default, limits[1], args.scheduler)
-    rows = summarize_sweep(path, args.metric, space, baseline, (trials, planned, wall_s))
+    planned = planned_trial_epochs(settings.num_trials, default, limits[1], settings.scheduler)
+    rows = summarize_sweep(path, settings.metric, space, baseline, (trials, planned, wall_s))
     if confirmed:
-        report(confirmed, args.metric, space)
-    if not ranked(rows, args.metric):
-        print(f"error: no trial finished with a {args.metric}", file=sys.stderr)
+        report(confirmed, settings.metric, space)
+    if not ranked(rows, settings.metric):
+        print(f"error: no trial finished with a {settings.metric}", file=sys.stderr)
         return 1
     return 0
 

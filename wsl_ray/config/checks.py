@@ -7,8 +7,9 @@ import re
 from dataclasses import fields
 from typing import Any
 
+from ..data import dataset_spec
 from ..methods import SPECS, get_spec
-from ..training.models import check_arch
+from ..methods.networks import check_arch
 from .schema import SYNC_BN_NEEDS_GPUS, Config, ConfigError
 
 MAX_SEED = 2**53  # seed * 1000 + rank (the augmentation's generator) stays below 2**63
@@ -108,10 +109,11 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         0 < cfg.val_size < 1 or (cfg.val_size >= 1 and float(cfg.val_size).is_integer()),
         f"--val_size {cfg.val_size}: give a fraction in (0, 1) or a whole number of images",
     )
-    try:
-        check_arch(cfg.arch)
-    except ValueError as err:
-        check(False, str(err))
+    for known, name in ((check_arch, cfg.arch), (dataset_spec, cfg.dataset)):
+        try:
+            known(name)
+        except ValueError as err:
+            check(False, str(err))
     spec = get_spec(cfg.method)
     for problem in spec.check(cfg, workers):
         check(False, problem)

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..data import DEFAULT_DATASET
+from ..data.augment import PRESETS
 from ..methods import METHODS, SPECS, get_spec
 from ..methods.family import GENERIC_DEFAULTS
 from ..methods.spec import MethodSpec
@@ -30,7 +32,7 @@ UNSET_DEFAULTS: dict[str, Any] = {
     "zero_init_residual": False,
     "gs_p": 0.1,
 }
-AUG_PRESETS = ("wmse", "cw_rgp", "intl")
+AUG_PRESETS = tuple(PRESETS)
 LABEL_FREE_CHOICES = ("spectral", "lidar")  # --label_free
 UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}, "intl": {"gs_p": 0.2}}
 
@@ -172,7 +174,7 @@ class GeneralConfig:
         choices=LABEL_FREE_CHOICES,
     )
     # data and run
-    dataset: str = _f("cifar10", "dataset name")
+    dataset: str = _f(DEFAULT_DATASET, "dataset name")
     data_dir: str | None = _f(None, "where the dataset's files are", type=str)
     download: bool = _f(False, "download the dataset (needs a network)")
     subset: int | None = _f(None, "keep at most this many images per role (quick runs)", type=int)

@@ -162,6 +162,7 @@ def _read_shapes(root: Path, num_train: int = 10_000, num_test: int = 2_000, see
     return shapes.generate(num_train, num_test, seed)
 
 
+DEFAULT_DATASET = "cifar10"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(

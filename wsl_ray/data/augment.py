@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
 from .sources import full_sizes
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
@@ -65,6 +65,28 @@ POSITION = slice(5 + 2 * TRIES, 7 + 2 * TRIES)
 ORDER = slice(7 + 2 * TRIES, 11 + 2 * TRIES)
 COINS = slice(11 + 2 * TRIES, 16 + 2 * TRIES)  # jitter applied, blur, flip, grey, solarize
 DRAWS = COINS.stop
+
+
+class AugmentFlags(Protocol):
+    """The training flags the augmentation reads (`wsl_ray.config.Config` has them; the
+    config sits above the data, so it is named by this protocol)."""
+
+    aug: str
+    num_samples: int
+    cj0: float
+    cj1: float
+    cj2: float
+    cj3: float
+    cj_p: float
+    gs_p: float
+    crop_s0: float
+    crop_s1: float
+    crop_r0: float
+    crop_r1: float
+    hf_p: float
+    blur_p: list[float] | None
+    solarize_p: list[float] | None
+    compile: bool
 
 
 @dataclass
@@ -173,7 +195,7 @@ class Augment:
     @classmethod
     def from_config(
         cls,
-        cfg: Config,
+        cfg: AugmentFlags,
         size: int,
         mean,
         std,

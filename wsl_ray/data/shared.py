@@ -21,14 +21,13 @@ import numpy as np
 import ray
 import torch
 
-from ..config import Config
 from . import ImageData
 
 ROLES = ("train_x", "train_y", "clf_x", "clf_y", "test_x", "test_y")
 
 
-def share_dataset(data: ImageData, cfg: Config) -> dict[str, Any] | None:
-    """Puts `data` (loaded for cfg.dataset and cfg.data_dir) in the object store:
+def share_dataset(data: ImageData, dataset: str, data_dir: str | None) -> dict[str, Any] | None:
+    """Puts `data` (loaded for --dataset `dataset` from `data_dir`) in the object store:
     {"dataset", "data_dir", "ref"} for the trials, or None when it cannot be shared."""
     if os.environ.get("WSL_RAY_SHARE_DATA", "1") == "0":
         return None
@@ -39,13 +38,15 @@ def share_dataset(data: ImageData, cfg: Config) -> dict[str, Any] | None:
         arrays["clf_x"] = arrays["clf_y"] = None
     meta = {f.name: getattr(data, f.name) for f in dataclasses.fields(data) if f.name not in ROLES}
     ref = ray.put({"arrays": arrays, "meta": meta})
-    return {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "ref": ref}
+    return {"dataset": dataset, "data_dir": data_dir, "ref": ref}
 
 
-def shared_dataset(shared: dict[str, Any] | None, cfg: Config) -> ImageData | None:
+def shared_dataset(
+    shared: dict[str, Any] | None, dataset: str, data_dir: str | None
+) -> ImageData | None:
     """The shared dataset as an ImageData of read-only tensors mapped from the object store,
-    or None when nothing is shared for cfg.dataset and cfg.data_dir (load it yourself)."""
-    if not shared or (shared["dataset"], shared["data_dir"]) != (cfg.dataset, cfg.data_dir):
+    or None when nothing is shared for `dataset` from `data_dir` (load it yourself)."""
+    if not shared or (shared["dataset"], shared["data_dir"]) != (dataset, data_dir):
         return None
     stored = ray.get(shared["ref"])
     arrays = stored["arrays"]

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from ..training.models import ViewBatchNorm1d
 from .base import BaseMethod
 from .losses import barlow_twins_loss
-from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec, Option
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .networks import ViewBatchNorm1d
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodConfig, MethodSpec, Option
 
 
 class BarlowTwins(BaseMethod):
@@ -23,7 +18,7 @@ class BarlowTwins(BaseMethod):
 
     head_per_view = True
 
-    def __init__(self, cfg: Config, image_size: int):
+    def __init__(self, cfg: MethodConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.bn = ViewBatchNorm1d(cfg.emb, affine=cfg.barlow_scale == "emb")
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from ..training.models import get_encoder, get_head, view_statistics, views_in_one_call
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .networks import get_encoder, get_head, view_statistics, views_in_one_call
+from .spec import MethodConfig
 
 
 class BaseMethod(nn.Module):
@@ -29,7 +26,7 @@ class BaseMethod(nn.Module):
     # host-side attributes that `schedule` changes: a redone step puts them back first
     host_attrs: tuple[str, ...] = ()
 
-    def __init__(self, cfg: Config, image_size: int):
+    def __init__(self, cfg: MethodConfig, image_size: int):
         super().__init__()
         self.cfg = cfg
         self.model, self.out_size = get_encoder(cfg.arch, image_size, cfg.zero_init_residual)
@@ -58,7 +55,7 @@ class BaseMethod(nn.Module):
 
     def project(self, views: list[torch.Tensor]) -> torch.Tensor:
         """g(E(x)) for every view: [k, bs, emb], float32 (the head's last layer runs in
-        float32 even under autocast, see `models.Float32Linear`)."""
+        float32 even under autocast, see `networks.Float32Linear`)."""
         if self.head_per_view:
             z = self.per_view(lambda x: self.head(self.encode(x)), views)
         else:

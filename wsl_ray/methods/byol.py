@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from ..training.models import Float32Linear, ViewBatchNorm1d
 from .base import BaseMethod
 from .losses import byol_loss
-from .spec import MethodSpec, Option
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .networks import Float32Linear, ViewBatchNorm1d
+from .spec import MethodConfig, MethodSpec, Option
 
 
 def target_tau(progress: float, tau0: float = 0.99) -> float:
@@ -26,7 +22,7 @@ def target_tau(progress: float, tau0: float = 0.99) -> float:
 class BYOL(BaseMethod):
     """Owns the predictor q and the target encoder and head, updated by EMA in `step`."""
 
-    def __init__(self, cfg: Config, image_size: int):
+    def __init__(self, cfg: MethodConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.pred = nn.Sequential(
             nn.Linear(cfg.emb, cfg.head_size),

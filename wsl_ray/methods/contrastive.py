@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
 from .losses import contrastive_loss
-from .spec import MethodSpec, Option
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .spec import MethodConfig, MethodSpec, Option
 
 
 class Contrastive(BaseMethod):
     """Adds a BatchNorm after the head, as the reference code does. With --global_negatives
     under DDP, each rank's anchors meet the negatives of every rank (see `distributed`)."""
 
-    def __init__(self, cfg: Config, image_size: int):
+    def __init__(self, cfg: MethodConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.bn_last = nn.BatchNorm1d(cfg.emb)
 
@@ -34,7 +29,7 @@ class Contrastive(BaseMethod):
         return with_global_value(loss)
 
 
-def _contrastive_problems(cfg: Config, workers: int) -> list[str]:
+def _contrastive_problems(cfg: MethodConfig, workers: int) -> list[str]:
     if cfg.global_negatives and cfg.bs % workers:
         return [f"--global_negatives needs --bs {cfg.bs} divisible by {workers} workers"]
     return []

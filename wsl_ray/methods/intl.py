@@ -10,20 +10,16 @@ embeds view 0 and the online network the others.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from ..training.models import Float32Linear, ViewBatchNorm1d
 from .base import BaseMethod
 from .byol import ema_update, target_tau
 from .distributed import gather_batch, rank_and_world
 from .losses import intl_loss, intl_trade_off
-from .spec import MethodSpec, Option
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .networks import Float32Linear, ViewBatchNorm1d
+from .spec import MethodConfig, MethodSpec, Option
 
 
 def intl_head(in_size: int, emb: int, layers: int, width: int) -> nn.Sequential:
@@ -45,7 +41,7 @@ class INTL(BaseMethod):
 
     head_per_view = True
 
-    def __init__(self, cfg: Config, image_size: int):
+    def __init__(self, cfg: MethodConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.head = intl_head(self.out_size, cfg.emb, cfg.head_layers, cfg.head_size)
         self.trade_off = trade_off(cfg)
@@ -80,14 +76,14 @@ class INTL(BaseMethod):
             ema_update(self, self.ema_weight)
 
 
-def trade_off(cfg: Config) -> float:
+def trade_off(cfg: MethodConfig) -> float:
     """--intl_tl_w, or the reference's rule from the global --bs (channel axis) or --emb."""
     if cfg.intl_tl_w is not None:
         return cfg.intl_tl_w
     return intl_trade_off(cfg.intl_axis, cfg.bs, cfg.emb)
 
 
-def _problems(cfg: Config, workers: int) -> list[str]:
+def _problems(cfg: MethodConfig, workers: int) -> list[str]:
     """IterNorm's covariance needs 2 or more features (channel axis) or samples per view;
     the default trace-loss weight must not be negative (--bs or --emb below 8)."""
     problems = []

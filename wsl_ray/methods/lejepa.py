@@ -25,17 +25,12 @@ reference's all-reduced characteristic function does for SIGReg.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world
 from .losses import lejepa_loss, sigreg_directions
-from .spec import MethodSpec, Option
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .spec import MethodConfig, MethodSpec, Option
 
 
 class LeJEPA(BaseMethod):
@@ -43,7 +38,7 @@ class LeJEPA(BaseMethod):
     torchvision MLP) sees the k views together; the loss, in float32, is `lejepa_loss` with
     directions from `generators()["sigreg"]`."""
 
-    def __init__(self, cfg: Config, image_size: int):
+    def __init__(self, cfg: MethodConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.generator: torch.Generator | None = None
 

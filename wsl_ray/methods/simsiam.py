@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 
-from ..training.models import ViewBatchNorm1d
 from .base import BaseMethod
 from .losses import simsiam_loss
-from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .networks import ViewBatchNorm1d
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodConfig, MethodSpec
 
 PREDICTOR_HIDDEN = 512
 
@@ -25,7 +20,7 @@ class SimSiam(BaseMethod):
 
     head_per_view = True
 
-    def __init__(self, cfg: Config, image_size: int):
+    def __init__(self, cfg: MethodConfig, image_size: int):
         super().__init__(cfg, image_size)
         width = cfg.head_size
         self.head = nn.Sequential(

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ..config import Config
-    from .base import BaseMethod
+from torch import nn
 
 # The CW-RGP study's methods take its base/cfg.py emb 512 and its base/model.py
 # zero_init_residual (its get_model applies it to every method).
@@ -48,7 +46,40 @@ class Option:
         return type(self.default).__name__
 
 
-def no_problems(cfg: Config, workers: int) -> list[str]:
+class MethodConfig(Protocol):
+    """What a method reads of a training config (`wsl_ray.config.Config` is one): the
+    general fields below, its own options (its spec's `options`) by name, and `to_dict`.
+    The methods sit below the config, which is built from their specs, so they name this
+    protocol rather than the config class."""
+
+    method: str
+    arch: str
+    zero_init_residual: bool
+    emb: int
+    head_layers: int
+    head_size: int
+    add_bn: bool
+    eval_head: bool
+    norm: bool
+    bs: int
+    epoch: int
+    seed: int
+    w_size: int
+    groups: int
+    whiten_global: bool
+    cov_w: float
+    cov_stop: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config's values by flag name."""
+        ...
+
+    def __getattr__(self, name: str) -> Any:
+        """A method option (e.g. `tau`) by its name."""
+        ...
+
+
+def no_problems(cfg: MethodConfig, workers: int) -> list[str]:
     """The check of a method without rules of its own."""
     return []
 
@@ -59,7 +90,8 @@ class MethodSpec:
 
     name      the --method value
     label     its name in tables, e.g. 'W-MSE'
-    cls       the module that computes its loss
+    cls       the module that computes its loss (a `base.BaseMethod`, built from a config
+              and the image size)
     views     the number of views it takes exactly (None: any k >= 2)
     defaults  the values it gives the fields left unset (emb, groups, zero_init_residual)
     check     its own problems with a config and a number of workers, one message each
@@ -71,10 +103,10 @@ class MethodSpec:
 
     name: str
     label: str
-    cls: type[BaseMethod]
+    cls: type[nn.Module]
     views: int | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    check: Callable[[Config, int], list[str]] = no_problems
+    check: Callable[[MethodConfig, int], list[str]] = no_problems
     options: Mapping[str, Option] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
     label_views: bool = False

@@ -9,7 +9,6 @@ takes the matrix, axis and grouping from its flags (PCA, BN and Plain included).
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,10 +16,7 @@ from .base import BaseMethod
 from .distributed import gather_batch, rank_and_world, with_global_value
 from .family import AXES, MATRICES, family_of, family_problems
 from .losses import sample_covariance_penalty, whitened_mse_loss
-from .spec import CW_RGP_STUDY_DEFAULTS, MethodSpec, Option
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .spec import CW_RGP_STUDY_DEFAULTS, MethodConfig, MethodSpec, Option
 
 
 class WhitenedMSE(BaseMethod):
@@ -35,7 +31,7 @@ class WhitenedMSE(BaseMethod):
 
     host_attrs = ("cov_on", "cov_stop_reached")
 
-    def __init__(self, cfg: Config, image_size: int):
+    def __init__(self, cfg: MethodConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.family = family_of(cfg.to_dict())
         self.generator: torch.Generator | None = None
@@ -97,7 +93,7 @@ class WhitenedMSE(BaseMethod):
         return self.family.matrix == "zca"
 
 
-def _sub_batch_problems(cfg: Config, workers: int, above: int) -> list[str]:
+def _sub_batch_problems(cfg: MethodConfig, workers: int, above: int) -> list[str]:
     """The batch whitened together (per worker, or all of it with --whiten_global) must
     split into sub-batches of --w_size; the hint is a divisor of it above `above`."""
     local_bs = cfg.bs // max(workers, 1)
@@ -117,7 +113,7 @@ def _nearest_divisor(n: int, target: int, above: int = 0) -> int:
     return min(candidates, key=lambda d: (abs(d - target), d))
 
 
-def _w_mse_problems(cfg: Config, workers: int) -> list[str]:
+def _w_mse_problems(cfg: MethodConfig, workers: int) -> list[str]:
     """The W-MSE rank condition w_size > emb; warns below 2 emb, where the W-MSE authors
     saw unstable training."""
     problems = _sub_batch_problems(cfg, workers, above=cfg.emb)
@@ -136,7 +132,7 @@ def _w_mse_problems(cfg: Config, workers: int) -> list[str]:
     return problems + family_problems(cfg.to_dict())
 
 
-def _cw_rgp_problems(cfg: Config, workers: int) -> list[str]:
+def _cw_rgp_problems(cfg: MethodConfig, workers: int) -> list[str]:
     """CW-RGP's groups divide --emb into groups of more than --w_size channels."""
     problems = _sub_batch_problems(cfg, workers, above=1)
     fitting = [g for g in range(1, cfg.emb + 1) if cfg.emb % g == 0 and cfg.emb // g > cfg.w_size]
@@ -152,7 +148,7 @@ def _cw_rgp_problems(cfg: Config, workers: int) -> list[str]:
     return problems + family_problems(cfg.to_dict())
 
 
-def _whitened_mse_problems(cfg: Config, workers: int) -> list[str]:
+def _whitened_mse_problems(cfg: MethodConfig, workers: int) -> list[str]:
     return _sub_batch_problems(cfg, workers, above=1) + family_problems(cfg.to_dict())
 
 

@@ -1,14 +1,34 @@
-"""A sweep's bill: what its trials used, beside what the plan said (wsl_ray.sweep.plan).
+"""A sweep's bill: the resources one trial holds, and what the trials used beside what the
+plan said (wsl_ray.sweep.plan).
 
 Kept free of torch and Ray: `analysis` prints the bill from sweep.json or the Parquet metadata.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from typing import Any
 
-if TYPE_CHECKING:
-    from .plan import Resources
+
+@dataclasses.dataclass
+class Resources:
+    """One trial's resources and how many trials the cluster fits at once (the confirmation
+    runs that many; the sweep --concurrency, if given)."""
+
+    workers: int
+    cpus: float  # per worker
+    gpus: float  # per worker
+    concurrency: int
+
+    @property
+    def unit(self) -> str:
+        """What the bill counts: GPU-hours when trials hold GPUs, else CPU-hours."""
+        return "GPU" if self.gpus else "CPU"
+
+    @property
+    def per_trial(self) -> float:
+        """The units (GPUs, else CPUs) one trial holds."""
+        return self.workers * (self.gpus or self.cpus)
 
 
 def duration(seconds: float) -> str:

@@ -19,7 +19,7 @@ import yaml
 
 from ..utils.markdown import markdown_records
 from ..utils.storage import filesystem, read_text
-from .experiment import experiment_lock
+from .experiment import Experiment, experiment_lock
 from .metrics import metric_spec, score
 from .results import RUN_ONLY, CollectError, collect_rows, ranked, rows_table, write_parquet
 from .space import SearchSpace, SpaceError
@@ -300,8 +300,7 @@ def run_confirmation(
     from .trial import make_trial
 
     resources = resources or {}
-    folder = confirm_folder(experiment)
-    storage, name = folder.rsplit("/", 1)
+    confirmation = Experiment.at(confirm_folder(experiment))
     labels = dict.fromkeys(c["confirm_label"] for c in configs)
     print(
         f"\nconfirming {len(labels)} configuration(s) ({', '.join(labels)}) over "
@@ -311,7 +310,7 @@ def run_confirmation(
         resources.get("workers", 1),
         resources.get("gpus", 0.0),
         resources.get("cpus", 1),
-        folder,
+        confirmation,
         metric,
     )
     tuner = tune.Tuner(
@@ -324,21 +323,21 @@ def run_confirmation(
             num_samples=len(configs),
         ),
         run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
+            name=confirmation.name,
+            storage_path=confirmation.storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             callbacks=[HistoryKeeper()],
         ),
     )
-    with experiment_lock(folder):
+    with experiment_lock(confirmation.path):
         tuner.fit()
-    return folder
+    return confirmation.path
 
 
 def report(confirm_experiment: str, metric: str, space: SearchSpace) -> str:
     """Writes confirm.parquet and prints (and returns) the confirmation table and verdict."""
     rows = collect_rows(confirm_experiment)
-    name = confirm_experiment.rsplit("/", 1)[-1]
+    name = Experiment.at(confirm_experiment).name
     table = rows_table(rows, {name: space.to_yaml()}, {name: metric})
     write_parquet(table, f"{confirm_experiment}/results.parquet")
     shown, verdict = summarize_confirmation(rows, metric)

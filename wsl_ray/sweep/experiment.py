@@ -1,4 +1,5 @@
-"""One experiment per name: the experiment folder's name, its record and its driver lock.
+"""One experiment per name: the experiment as a value, its folder's name, its record and its
+driver lock.
 
 - `--name` is a plain name, one folder below `--storage`, never a path;
 - a new sweep never starts in a folder that holds an experiment (`--resume` continues one);
@@ -21,14 +22,15 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
 import yaml
 
+from ..data.paths import absolute_paths
 from ..utils.atomic import alive
-from ..utils.paths import absolute_paths
 from ..utils.storage import filesystem, read_text, write_text
 from .metrics import DEFAULT_METRIC
 from .space import SearchSpace, parse_space
@@ -38,6 +40,26 @@ LOCK = "driver.lock"
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 # sweep flags that Tuner.restore takes from the first run: a --resume may not change them
 FIXED_SETTINGS = ("num_trials", "scheduler", "grace", "concurrency", "max_failures", "seed")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A Tune experiment: the folder `name` under `storage` (a local path or a URI), the
+    (storage_path, name) pair that Ray's RunConfig takes."""
+
+    storage: str
+    name: str
+
+    @classmethod
+    def at(cls, path: str) -> Experiment:
+        """The experiment whose folder is `path` (a trailing '/' ignored)."""
+        storage, _, name = path.rstrip("/").rpartition("/")
+        return cls(storage, name)
+
+    @property
+    def path(self) -> str:
+        """The experiment folder, STORAGE/NAME (NAME alone for a relative folder's)."""
+        return f"{self.storage}/{self.name}" if self.storage else self.name
 
 
 class ExperimentError(ValueError):

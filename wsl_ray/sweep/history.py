@@ -4,7 +4,7 @@ Tune writes a trial's result.json and progress.csv into a staging folder of the 
 session and copies that folder to the storage every ~10 s. A resumed sweep is a new session
 whose staging files start empty: the first copy then overwrote the stored history with the
 epochs after the restart, and the epochs since the last copy had never been stored at all.
-The journal (wsl_ray.sweep.journal) is the record that survives; `HistoryKeeper`, a Tune
+The journal (wsl_ray.training.journal) is the record that survives; `HistoryKeeper`, a Tune
 callback of the sweep, puts it back: when a trial (re)starts it brings the stored result.json
 and progress.csv back into the staging folder if they are not there, and on the trial's
 first result (epoch E) it drops their lines of epochs >= E (trained again) and adds the
@@ -27,7 +27,7 @@ import pyarrow.fs
 from ray import tune
 from ray.tune.utils import flatten_dict
 
-from .journal import END_FILE, journal_uri, merged_history, parse_lines
+from ..training.journal import END_FILE, journal_uri, merged_history, parse_lines
 
 TUNE_FILES = ("result.json", "progress.csv")
 

@@ -1,14 +1,13 @@
 """The registry of selection metrics: each one's direction, how it prints, and the test
-metric reported for a sweep that selects on it; and the marker of an evaluated epoch.
+metric reported for a sweep that selects on it.
 
-Plain Python (no Ray, no Optuna), so that training may import it too. A new objective is
-one entry here plus the code that computes it.
+Plain Python (no Ray, no Optuna), for `analysis` too. A new objective is one entry here plus
+the code that computes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,6 @@ METRICS: dict[str, Metric] = {
 LABEL_FREE = tuple(m.name for m in METRICS.values() if m.label_free)
 DEFAULT_METRIC = "val_acc_knn"
 METRIC_CHOICES = tuple(dict.fromkeys((DEFAULT_METRIC, *METRICS)))  # the default shown first
-EVALUATED_KEY = "rankme"  # computed at every evaluated epoch, and only then
 
 
 def metric_spec(name: str) -> Metric:
@@ -70,8 +68,3 @@ def metric_problem(name: str, label_free: str) -> str | None:
 def score(name: str, value: float) -> float:
     """`value` oriented so that higher is better (negated for a metric to minimise)."""
     return value if metric_spec(name).mode == "max" else -value
-
-
-def evaluated(result: dict[str, Any]) -> bool:
-    """Whether a training result comes from an evaluated epoch (it carries the metrics)."""
-    return EVALUATED_KEY in result

@@ -1,24 +1,5 @@
-"""What a sweep will cost, before it runs (`--plan`): a measured trial-epoch, and the
-trial-epochs ASHA implies.
-
-ASHA's rungs are computed as Ray's AsyncHyperBandScheduler (one bracket) computes them:
-milestones grace * rf**k for k < int(log(max_t / grace) / log(rf) + 1). A trial reports its
-evaluated epochs; at a result of epoch e < max_t Ray compares it with the highest milestone
-<= e whose rung has not recorded it yet (so a trial that skipped a rung is compared with it
-later), and stops it when its metric is below the median of the rung's earlier values; the
-first trial to reach a rung always continues; a result at max_t ends the trial. The epochs
-at which a trial meets a rung (`decision_epochs`) are the same for every trial, so with N
-trials reaching the first decision and n_j reaching decision j:
-
-    n_{j+1} = 1 + (n_j - 1) * keep,   trial-epochs = sum_j n_j (d_j - d_{j-1}) + n_last (E - d_k)
-
-keep = 0: the lower bound (every trial ASHA can stop is stopped); keep = 1: the upper bound
-(none stops, N * E); keep = 1/2: the expected figure when each later arrival is above the
-rung's median with probability 1/2 (it is, exactly, for independent continuous values). When
-evaluations skip a rung (eval_every above the grace), Ray compares a trial with the skipped
-rung at a later result, and that rung also holds the last results of the trials stopped
-before (recorded when they end): those are low, so more than 1 in 2 pass there and the
-expected figure is somewhat low (tests/test_plan.py simulates both cases).
+"""What a sweep will cost, before it runs (`--plan`): a measured trial-epoch, times the
+trial-epochs ASHA implies (`wsl_ray.sweep.asha`).
 
 A trial-epoch costs `iters` training steps and, on an evaluated epoch, one evaluation; both
 are measured on the space's first point in a one-worker Ray Train run with a trial worker's
@@ -27,7 +8,6 @@ resources (so on a cluster it runs where trials run), and so is a trial's start-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import resource
@@ -52,70 +32,13 @@ from ..training.optim import base_lr
 from ..training.runner import torch_trainer
 from ..utils.markdown import markdown_table
 from ..utils.storage import filesystem
-from .bill import duration
+from .asha import REDUCTION_FACTOR, milestones, planned_trial_epochs
+from .bill import Resources, duration
+from .experiment import Experiment
+from .settings import SweepSettings
 
-REDUCTION_FACTOR = 2  # the sweep's ASHA (sweep.tuner)
 PLAN_STEPS = 5  # timed training steps, after the untimed warm-up (and a CUDA graph's capture)
 SLOW_EPOCH_S = 600  # a trial-epoch slower than this gets a warning
-KEEP = {"lower bound": 0.0, "expected": 0.5, "upper bound": 1.0}
-
-
-def milestones(max_t: int, grace: int, rf: float = REDUCTION_FACTOR) -> list[float]:
-    """ASHA's rung milestones (epochs), lowest first, as Ray's _Bracket computes them."""
-    count = int(math.log(max_t / grace) / math.log(rf) + 1)
-    return [grace * rf**k for k in range(count)]
-
-
-def decision_epochs(
-    result_epochs: list[int], max_t: int, grace: int, rf: float = REDUCTION_FACTOR
-) -> list[int]:
-    """The result epochs at which ASHA compares a trial with a rung (and may stop it)."""
-    recorded: set[float] = set()
-    decisions = []
-    for epoch in sorted(result_epochs):
-        if epoch >= max_t:  # Ray stops the trial here: it ran its budget
-            break
-        rung = next(
-            (m for m in reversed(milestones(max_t, grace, rf)) if m <= epoch and m not in recorded),
-            None,
-        )
-        if rung is not None:
-            recorded.add(rung)
-            decisions.append(epoch)
-    return decisions
-
-
-def sweep_trial_epochs(trials: int, epochs: int, decisions: list[int], keep: float) -> float:
-    """Trial-epochs of `trials` trials of `epochs` epochs when, at each decision epoch, the
-    first arrival and a fraction `keep` of the others continue (module docstring)."""
-    alive, total, at = float(trials), 0.0, 0
-    for decision in decisions:
-        total += alive * (decision - at)
-        alive, at = min(alive, 1.0 + (alive - 1.0) * keep), decision
-    return total + alive * (epochs - at)
-
-
-def expected_left(epoch: int, epochs: int, decisions: list[int], keep: float = 0.5) -> float:
-    """A running trial's expected epochs left after `epoch` when it passes each decision
-    still ahead of it with probability `keep` (the live ETA's estimate)."""
-    alive, left, at = 1.0, 0.0, epoch
-    for decision in (d for d in decisions if d > epoch):
-        left += alive * (decision - at)
-        alive, at = alive * keep, decision
-    return left + alive * (epochs - at)
-
-
-def sweep_decisions(cfg: Config, grace: int, scheduler: str) -> list[int]:
-    """The decision epochs of a sweep of trials like `cfg` (none under FIFO)."""
-    if scheduler != "asha":
-        return []
-    return decision_epochs(sorted(eval_epochs(cfg)), cfg.epoch, grace)
-
-
-def planned_trial_epochs(trials: int, cfg: Config, grace: int, scheduler: str) -> dict[str, float]:
-    """{lower bound, expected, upper bound}: the sweep's trial-epochs (module docstring)."""
-    decisions = sweep_decisions(cfg, grace, scheduler)
-    return {k: sweep_trial_epochs(trials, cfg.epoch, decisions, v) for k, v in KEEP.items()}
 
 
 @dataclasses.dataclass
@@ -140,27 +63,6 @@ class Measurement:
         return self.iters * self.step_s + self.eval_s * self.evals / self.epochs
 
 
-@dataclasses.dataclass
-class Resources:
-    """One trial's resources and how many trials the cluster fits at once (the confirmation
-    runs that many; the sweep --concurrency, if given)."""
-
-    workers: int
-    cpus: float  # per worker
-    gpus: float  # per worker
-    concurrency: int
-
-    @property
-    def unit(self) -> str:
-        """What the bill counts: GPU-hours when trials hold GPUs, else CPU-hours."""
-        return "GPU" if self.gpus else "CPU"
-
-    @property
-    def per_trial(self) -> float:
-        """The units (GPUs, else CPUs) one trial holds."""
-        return self.workers * (self.gpus or self.cpus)
-
-
 def _measure_loop(config: dict[str, Any]) -> None:
     """The measuring Train worker: the trial's own step (`loop.run_step`: one CUDA graph
     where the trial's would be one, a ZCA's check deferred as there) on config["local_bs"]
@@ -171,7 +73,7 @@ def _measure_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["threads"])
     device = resolve_device(ray.train.torch.get_device())
     setup_device(device)
-    data = shared_dataset(config["shared"], cfg) or load_dataset(
+    data = shared_dataset(config["shared"], cfg.dataset, cfg.data_dir) or load_dataset(
         cfg.dataset, cfg.data_dir, val_size=cfg.val_size
     )
     data = data.subset(cfg.subset)
@@ -225,13 +127,13 @@ def measure_trial(
     data: ImageData,
     shared: dict | None,
     r: Resources,
-    run_folder: str,
+    run: Experiment,
 ) -> Measurement:
     """Measures one trial worker of `cfg` in a one-worker Ray Train run with a trial worker's
     resources `r`, started as a trial starts its own (Ray must be initialised): PLAN_STEPS
     of the trial's training steps after their warm-up (`_measure_loop`), and one evaluation.
     `data` is the sweep's dataset (loaded by the driver), `shared` its object-store copy. The
-    run's folder `run_folder` (on the sweep's storage, which every node reaches) is deleted
+    run `run` (its folder on the sweep's storage, which every node reaches) is deleted
     after it. The start-up is the time from the run's start to its first step: Ray Train's
     worker group, imports, data and model."""
     iters = max(1, len(data.subset(cfg.subset).train_x) // cfg.bs)
@@ -243,13 +145,12 @@ def measure_trial(
         "threads": max(1, int(r.cpus)),
         "gpu_share": r.gpus or 1.0,
     }
-    storage, name = run_folder.rstrip("/").rsplit("/", 1)
-    trainer = torch_trainer(_measure_loop, config, 1, r.gpus, r.cpus, storage, name)
+    trainer = torch_trainer(_measure_loop, config, 1, r.gpus, r.cpus, run.storage, run.name)
     submitted = time.time()
     try:
         found = trainer.fit().metrics
     finally:
-        fs, where = filesystem(run_folder)
+        fs, where = filesystem(run.path)
         fs.delete_dir(where)
     return Measurement(
         steps=found["steps"],
@@ -299,8 +200,7 @@ def _size(n: int | None) -> str:
 
 
 def plan_text(
-    name: str,
-    args: argparse.Namespace,
+    settings: SweepSettings,
     cfg: Config,
     grace: int,
     m: Measurement,
@@ -308,12 +208,12 @@ def plan_text(
     data_size: int | None,
 ) -> str:
     """The plan a person reads in a few seconds: a title, a table of the sweep's trial-epochs,
-    wall time and hours (lower, expected, upper; then the confirmation of args.confirm
-    configurations and the default over args.seeds seeds), how it was measured, one
-    sentence, and a warning for a slow trial-epoch. The sweep runs args.concurrency trials
+    wall time and hours (lower, expected, upper; then the confirmation of settings.confirm
+    configurations and the default over settings.seeds seeds), how it was measured, one
+    sentence, and a warning for a slow trial-epoch. The sweep runs settings.concurrency trials
     at once when given, else r.concurrency, as the confirmation does."""
-    trials, scheduler = args.num_trials, args.scheduler
-    sweep_r = dataclasses.replace(r, concurrency=args.concurrency or r.concurrency)
+    name, trials, scheduler = settings.experiment.name, settings.num_trials, settings.scheduler
+    sweep_r = dataclasses.replace(r, concurrency=settings.concurrency or r.concurrency)
     figures = planned_trial_epochs(trials, cfg, grace, scheduler)
     rungs = [f"{m_:g}" for m_ in milestones(cfg.epoch, grace) if m_ < cfg.epoch]
     evaluated = ", ".join(str(e) for e in sorted(eval_epochs(cfg)))
@@ -333,7 +233,7 @@ def plan_text(
     for key, label in labels.items():
         costs[key] = run_cost(figures[key], trials, cfg.epoch, m, sweep_r)
         rows.append([label, f"{figures[key]:g}", duration(costs[key][0]), f"{costs[key][1]:.2f}"])
-    k, seeds = args.confirm, args.seeds
+    k, seeds = settings.confirm, settings.seeds
     after = ""
     if k:
         runs = (k + 1) * seeds
@@ -370,17 +270,17 @@ def plan_text(
 
 
 def sweep_plan(
-    args: argparse.Namespace,
-    path: str,
+    settings: SweepSettings,
     limits: tuple[int, int],
     cfg: Config,
     data: ImageData,
     shared: dict | None,
     r: Resources,
 ) -> str:
-    """The plan of the checked sweep `args` (Ray initialised): measures one trial worker of
+    """The plan of the checked sweep `settings` (Ray initialised): measures one trial worker of
     the first point `cfg` and returns plan_text's text."""
     print("--plan: measuring one trial's training steps and evaluation ...", flush=True)
-    m = measure_trial(cfg, data, shared, r, f"{path.rstrip('/')}-plan")
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return plan_text(name, args, cfg, limits[1], m, r, data_bytes(data))
+    experiment = settings.experiment
+    run = Experiment(experiment.storage, f"{experiment.name}-plan")
+    m = measure_trial(cfg, data, shared, r, run)
+    return plan_text(settings, cfg, limits[1], m, r, data_bytes(data))

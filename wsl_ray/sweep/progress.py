@@ -19,8 +19,8 @@ from typing import Any
 
 from ray import tune
 
+from .asha import expected_left
 from .bill import duration
-from .plan import expected_left
 
 
 class SweepProgress(tune.Callback):

@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
+from ..training.journal import END_FILE, journal_uri, merged_history, parse_lines
 from ..utils.storage import filesystem, read_text
-from .experiment import read_record, recorded_metric
-from .journal import END_FILE, journal_uri, merged_history, parse_lines
+from .experiment import Experiment, read_record, recorded_metric
 from .metrics import METRICS, score
 
 VAL_METRICS = tuple(METRICS)
@@ -150,7 +150,7 @@ def collect_rows(uri: str) -> list[dict[str, Any]]:
     fs, root = filesystem(uri.rstrip("/"))
     if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         raise CollectError(f"{uri}: no such experiment folder")
-    name = root.rsplit("/", 1)[-1]
+    name = Experiment.at(root).name
     entries = fs.get_file_info(pyarrow.fs.FileSelector(root))
     rows = [
         row
@@ -202,9 +202,8 @@ def experiment_spaces(uris: list[str]) -> dict[str, str]:
     spaces = {}
     for uri in uris:
         try:
-            spaces[uri.rstrip("/").rsplit("/", 1)[-1]] = read_text(
-                f"{uri.rstrip('/')}/search_space.yaml"
-            )
+            experiment = Experiment.at(uri)
+            spaces[experiment.name] = read_text(f"{experiment.path}/search_space.yaml")
         except FileNotFoundError:
             pass
     return spaces
@@ -212,13 +211,14 @@ def experiment_spaces(uris: list[str]) -> dict[str, str]:
 
 def experiment_metrics(uris: list[str]) -> dict[str, str]:
     """experiment name -> the metric its sweep selected on (its sweep.json), where recorded."""
-    found = {uri.rstrip("/").rsplit("/", 1)[-1]: recorded_metric(uri.rstrip("/")) for uri in uris}
+    experiments = [Experiment.at(uri) for uri in uris]
+    found = {e.name: recorded_metric(e.path) for e in experiments}
     return {name: metric for name, metric in found.items() if metric}
 
 
 def experiment_bills(uris: list[str]) -> dict[str, dict]:
     """experiment name -> its bill (sweep.json's), for the experiments that have one."""
-    records = {uri.rstrip("/").rsplit("/", 1)[-1]: read_record(uri.rstrip("/")) for uri in uris}
+    records = {e.name: read_record(e.path) for e in map(Experiment.at, uris)}
     return {name: r["bill"] for name, r in records.items() if r and r.get("bill")}
 
 

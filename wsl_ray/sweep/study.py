@@ -12,6 +12,7 @@ import pyarrow.fs
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from ..data import cache_dir
 from ..utils.storage import filesystem
 
 STUDY_FILE = "optuna.journal"
@@ -88,8 +89,6 @@ def study_storage(url: str | None, experiment: str, name: str) -> tuple[Any, str
     if url:
         path = str(Path(url).expanduser().resolve())
     elif "://" in experiment:
-        from .data import cache_dir
-
         path = str(cache_dir() / "optuna" / f"{name}.journal")
     else:
         path = f"{experiment}/{STUDY_FILE}"

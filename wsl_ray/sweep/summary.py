@@ -10,7 +10,7 @@ from typing import Any
 from ..utils.markdown import markdown_table
 from .agreement import agreement_line
 from .bill import bill_line, sweep_bill
-from .experiment import add_to_record
+from .experiment import Experiment, add_to_record
 from .metrics import metric_spec
 from .results import STATUSES, collect_rows, ranked, rows_table, write_parquet
 from .stats import format_agreement, rung_agreements
@@ -101,7 +101,7 @@ def summarize_sweep(
     rows = collect_rows(experiment)
     searched = [*space.derived, *(k for k in space.params if k not in space.derived)]
     uri = f"{experiment}/results.parquet"
-    name = experiment.rsplit("/", 1)[-1]
+    name = Experiment.at(experiment).name
     bill = sweep_bill(rows, *costs) if costs else None
     if bill:
         add_to_record(experiment, "bill", bill)

@@ -14,10 +14,10 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..config import Config
+from ..training.journal import evaluated, journal_uri
 from ..training.runner import make_trainer
 from ..utils.storage import write_text
-from .journal import journal_uri
-from .metrics import evaluated
+from .experiment import Experiment
 from .results import TEST_FILE
 from .space import CONFIG_KEYS
 
@@ -59,7 +59,7 @@ def make_trial(
     workers: int,
     gpus: float,
     cpus: float,
-    experiment: str,
+    experiment: Experiment,
     metric: str,
     shared_data: dict[str, Any] | None = None,
 ):
@@ -76,25 +76,25 @@ def make_trial(
     the driver's working directory). `shared_data` is the dataset the driver put in the
     object store, mapped by the trials instead of loaded.
     """
-    name = experiment.rstrip("/").rsplit("/", 1)[-1]
-    log_dir = experiment if "://" not in experiment else os.getcwd()
+    name, path = experiment.name, experiment.path
+    log_dir = path if "://" not in path else os.getcwd()
 
     def trial(trial_config: dict[str, Any]) -> None:
         cfg = Config.from_dict({k: v for k, v in trial_config.items() if k in CONFIG_KEYS})
         context = tune.get_context()
         trial_id = context.get_trial_id()
-        folder = f"{experiment}/{Path(context.get_trial_dir()).name}"
+        folder = f"{path}/{Path(context.get_trial_dir()).name}"
         trainer = make_trainer(
             cfg,
             workers=workers,
             gpus_per_worker=gpus,
             cpus_per_worker=cpus,
-            storage_path=experiment,
+            storage_path=path,
             name=f"train-{trial_id}",
             callbacks=[EvaluationReportCallback(f"{folder}/{TEST_FILE}")],
             wandb={"run_id": trial_id, "group": name, "log_dir": log_dir},
             shared_data=shared_data,
-            journal=journal_uri(experiment, trial_id),
+            journal=journal_uri(path, trial_id),
         )
         try:
             trainer.fit()

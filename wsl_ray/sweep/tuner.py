@@ -3,7 +3,6 @@ epoch, trials sized from the cluster's resources, and the driver-kill test hook.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -19,11 +18,12 @@ from ray.tune.search import ConcurrencyLimiter
 
 from ..config import Config
 from ..utils.paths import absolute
-from .experiment import check_name
+from .asha import REDUCTION_FACTOR, planned_trial_epochs, sweep_decisions
+from .experiment import Experiment, check_name
 from .history import HistoryKeeper
 from .metrics import metric_spec
-from .plan import planned_trial_epochs, sweep_decisions
 from .progress import SweepProgress
+from .settings import SweepSettings
 from .space import SearchSpace, SpaceError
 from .study import EpochOptunaSearch, fail_stale_trials, study_storage, sync_study
 from .trial import make_trial
@@ -42,7 +42,7 @@ def asha_limits(epochs: int, eval_every: int, grace: int | None) -> tuple[int, i
 
 
 def run_sweep(
-    args: argparse.Namespace,
+    settings: SweepSettings,
     space: SearchSpace,
     limits: tuple[int, int],
     shared_data: dict[str, Any] | None = None,
@@ -51,30 +51,35 @@ def run_sweep(
     """Runs (or resumes) the sweep and returns Tune's ResultGrid; `limits` is
     (epoch budget, ASHA grace period) from `sweep_epochs`; `warm`: the earlier trials that
     a new sweep's study starts with (--warm_start)."""
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else cluster_gpus()
-    path = experiment_path(args)
+    gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else cluster_gpus()
+    experiment = settings.experiment
+    path = experiment.path
     trial = make_trial(
-        args.workers_per_trial, gpus, args.cpus_per_trial, path, args.metric, shared_data
+        settings.workers_per_trial,
+        gpus,
+        settings.cpus_per_trial,
+        experiment,
+        settings.metric,
+        shared_data,
     )
     # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
-    name = path.rsplit("/", 1)[-1]
-    study, local_study = study_storage(args.optuna_storage, path, name)
-    if args.resume:  # wsl_ray.tune checked that the folder holds a Tune experiment
+    study, local_study = study_storage(settings.optuna_storage, path, experiment.name)
+    if settings.resume:  # wsl_ray.tune checked that the folder holds a Tune experiment
         sync_study(local_study, path, upload=False)
-        stale = fail_stale_trials(study, name)
+        stale = fail_stale_trials(study, experiment.name)
         if stale:
             print(f"--resume: {stale} trial(s) left RUNNING by the crash marked FAIL in the study")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
-        tuner = _new_tuner(args, space, limits, trainable, study, gpus, warm)
+        tuner = _new_tuner(settings, space, limits, trainable, study, gpus, warm)
     grid = tuner.fit()
     sync_study(local_study, path, upload=True)
     return grid
 
 
 def _new_tuner(
-    args: argparse.Namespace,
+    settings: SweepSettings,
     space: SearchSpace,
     limits: tuple[int, int],
     trainable: Any,
@@ -85,15 +90,16 @@ def _new_tuner(
     """The Tuner of a new sweep: TPE (the warm start's top points, then the space's first
     point, first) behind a concurrency limit, ASHA or FIFO on the epoch, the study in `study`
     (holding the warm trials), the test hook if set."""
-    name = experiment_path(args).rsplit("/", 1)[-1]
-    mode = metric_spec(args.metric).mode
+    experiment = settings.experiment
+    name = experiment.name
+    mode = metric_spec(settings.metric).mode
     if warm:
         seed_study(study, name, mode, warm)
-    sampler = optuna.samplers.TPESampler(seed=args.seed, multivariate=True, constant_liar=True)
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, constant_liar=True)
     epochs, grace = limits
     searcher = EpochOptunaSearch(
         space.suggest,
-        metric=args.metric,
+        metric=settings.metric,
         mode=mode,
         sampler=sampler,
         points_to_evaluate=first_points(warm, space.first),
@@ -101,45 +107,46 @@ def _new_tuner(
         storage=study,
         epochs=epochs,
     )
-    concurrency = args.concurrency or fitting_trials(args, gpus)
-    if args.scheduler == "asha":
+    concurrency = settings.concurrency or fitting_trials(settings, gpus)
+    if settings.scheduler == "asha":
         scheduler = ASHAScheduler(
-            time_attr="epoch", max_t=epochs, grace_period=grace, reduction_factor=2
+            time_attr="epoch", max_t=epochs, grace_period=grace, reduction_factor=REDUCTION_FACTOR
         )
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=args.metric,
+            metric=settings.metric,
             mode=mode,
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
             scheduler=scheduler,
-            num_samples=args.num_trials,
+            num_samples=settings.num_trials,
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=absolute(args.storage),
-            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            storage_path=experiment.storage,
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             # HistoryKeeper before Tune's loggers
-            callbacks=[HistoryKeeper(), live_eta(args, space, grace), *exit_hooks()],
+            callbacks=[HistoryKeeper(), live_eta(settings, space, grace), *exit_hooks()],
         ),
     )
 
 
-def live_eta(args: argparse.Namespace, space: SearchSpace, grace: int) -> SweepProgress:
+def live_eta(settings: SweepSettings, space: SearchSpace, grace: int) -> SweepProgress:
     """The sweep's ETA printer (wsl_ray.sweep.progress), from its first point's epochs."""
     cfg = Config.from_dict(space.resolve(space.default_point()))
-    expected = planned_trial_epochs(args.num_trials, cfg, grace, args.scheduler)["expected"]
-    decisions = sweep_decisions(cfg, grace, args.scheduler)
-    return SweepProgress(args.num_trials, cfg.epoch, decisions, expected / args.num_trials)
+    expected = planned_trial_epochs(settings.num_trials, cfg, grace, settings.scheduler)["expected"]
+    decisions = sweep_decisions(cfg, grace, settings.scheduler)
+    return SweepProgress(settings.num_trials, cfg.epoch, decisions, expected / settings.num_trials)
 
 
-def sweep_epochs(args: argparse.Namespace, space: SearchSpace) -> tuple[int, int]:
-    """The trials' epoch budget and ASHA's grace period (clamped to the budget)."""
+def sweep_epochs(grace: int | None, space: SearchSpace) -> tuple[int, int]:
+    """The trials' epoch budget and ASHA's grace period (`grace`, else the space's
+    eval_every; clamped to the budget)."""
     epochs = space.config.get("epoch", Config().epoch)
     eval_every = space.config.get("eval_every", Config().eval_every)
-    return asha_limits(epochs, eval_every, args.grace)
+    return asha_limits(epochs, eval_every, grace)
 
 
 EXIT_HOOK = "WSL_RAY_TEST_EXIT_AFTER_FINAL"
@@ -236,24 +243,24 @@ def wait_for_resources(
         sleep(min(5.0, left))
 
 
-def fitting_trials(args: argparse.Namespace, gpus: float) -> int:
+def fitting_trials(settings: SweepSettings, gpus: float) -> int:
     """How many trials the cluster fits at once, from its CPUs (and GPUs)."""
     resources = ray.cluster_resources()
-    per_trial_cpus = args.workers_per_trial * args.cpus_per_trial
+    per_trial_cpus = settings.workers_per_trial * settings.cpus_per_trial
     fit = int(resources.get("CPU", 1) // max(per_trial_cpus, 1e-9))
     if gpus:
-        fit = min(fit, int(resources.get("GPU", 0) // (gpus * args.workers_per_trial)))
+        fit = min(fit, int(resources.get("GPU", 0) // (gpus * settings.workers_per_trial)))
     return max(1, fit)
 
 
-def experiment_path(args: argparse.Namespace) -> str:
-    """STORAGE/NAME, the experiment folder (NAME: --name, else the space's file stem).
-    Raises ExperimentError for a --name that is not a plain name."""
-    if args.name is not None:
-        check_name(args.name)
-    name = args.name or Path(args.space).stem
+def sweep_experiment(storage: str, name: str | None, space: str) -> Experiment:
+    """The sweep's experiment: `name` (--name, else the stem of the --space file) under
+    `storage`. Raises ExperimentError for a --name that is not a plain name."""
+    if name is not None:
+        check_name(name)
+    name = name or Path(space).stem
     check_name(name, "--name (from --space)")
-    return f"{absolute(args.storage).rstrip('/')}/{name}"
+    return Experiment(absolute(storage).rstrip("/"), name)
 
 
 def tune_can_restore(path: str) -> bool:

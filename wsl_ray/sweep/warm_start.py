@@ -27,7 +27,6 @@ records only its direction, and its metric when a sweep.json lies beside it).
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,13 +69,14 @@ class WarmStart:
     top: list[dict[str, Any]]
 
 
-def warm_start_problem(args: argparse.Namespace) -> str | None:
-    """The first problem with --warm_start and --warm_start_top, or None."""
-    if args.warm_start_top < 0:
-        return f"--warm_start_top {args.warm_start_top}: must be 0 or more"
-    if args.warm_start_top and not args.warm_start:
-        return f"--warm_start_top {args.warm_start_top} needs --warm_start PATH (the trials)"
-    if args.warm_start and args.resume:
+def warm_start_problem(warm_start: str | None, top: int, resume: bool) -> str | None:
+    """The first problem with --warm_start `warm_start` and --warm_start_top `top` (with
+    --resume when `resume`), or None."""
+    if top < 0:
+        return f"--warm_start_top {top}: must be 0 or more"
+    if top and not warm_start:
+        return f"--warm_start_top {top} needs --warm_start PATH (the trials)"
+    if warm_start and resume:
         return "--warm_start seeds a new sweep's study, --resume continues its own: drop one"
     return None
 

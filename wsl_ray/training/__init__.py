@@ -1,2 +1,2 @@
 """The training of one run: the loop, its checkpoints, evaluation, optimiser and schedule,
-models, device handling, logging sinks, and the Ray Train runner."""
+device handling, logging sinks, the journal of its epochs, and the Ray Train runner."""

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..sweep.metrics import evaluated
+from .journal import evaluated
 
 
 class Reporter(Protocol):

@@ -21,8 +21,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ..config import SYNC_BN_NEEDS_GPUS, Config, ConfigError
 from ..data.shared import shared_dataset
-from ..sweep.journal import Journal
 from .checkpoint import read_checkpoint
+from .journal import Journal
 from .loop import WorkerContext, train
 from .sinks import open_sinks
 
@@ -98,7 +98,8 @@ def worker_loop(config: dict[str, Any]) -> None:
         if resume_dir and _report_if_complete(resume_dir, cfg):
             return
         sinks = open_sinks(cfg, context.rank, **config.get("wandb", {}))
-        data = shared_dataset(config.get("shared_data"), cfg)  # None: train() loads its own
+        # None: train() loads its own
+        data = shared_dataset(config.get("shared_data"), cfg.dataset, cfg.data_dir)
         train(
             cfg,
             RayTrainReporter(config.get("journal")),

@@ -2,7 +2,8 @@
 rank 0 of the trial's Train run writes each epoch's metrics there before reporting the epoch
 and its checkpoint, so every epoch that a checkpoint covers is in it whatever moment the
 sweep's driver dies; a resume from a checkpoint cuts it back to the checkpoint's epoch, as
-the later epochs are trained again. Plain Python and pyarrow, for the workers and readers.
+the later epochs are trained again. Also the marker of an evaluated epoch. Plain Python and
+pyarrow, for the workers and the sweep's readers.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import math
 from typing import Any
 
 from ..utils.storage import read_text, write_text
-from .metrics import evaluated
 
 JOURNAL = "history.jsonl"
 END_FILE = "ended.json"  # in a trial folder: Tune saw the trial end (wsl_ray.sweep.history)
+EVALUATED_KEY = "rankme"  # computed at every evaluated epoch, and only then
+
+
+def evaluated(result: dict[str, Any]) -> bool:
+    """Whether a training result comes from an evaluated epoch (it carries the metrics)."""
+    return EVALUATED_KEY in result
 
 
 def journal_uri(experiment: str, trial_id: str) -> str:

@@ -1,0 +1,50 @@
+"""A sweep's own settings, one value built once from the command line (`wsl_ray.tune`) and
+taken by the sweep's functions instead of the parsed flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .experiment import Experiment
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What the sweep's flags decide, beside its search space.
+
+    experiment         where it runs: --name under --storage
+    metric             the validation metric the search selects on (a resume: the recorded one)
+    num_trials         trials the search runs
+    scheduler          "asha" (stops poor trials at its rungs) or "fifo" (runs every trial out)
+    grace              ASHA's grace period in epochs (None: the space's eval_every)
+    concurrency        trials at once (None: as many as the cluster fits)
+    max_failures       retries of a failed trial from its last checkpoint (-1: forever)
+    seed               the seed of the search and of the trials
+    workers_per_trial  Ray Train workers per trial
+    cpus_per_trial     CPUs per worker
+    gpus_per_trial     GPUs per worker (None: one each when the cluster has GPUs, else none)
+    optuna_storage     the study's storage (None: a journal in the experiment folder)
+    resume             continue the experiment instead of starting it
+    confirm            top configurations the confirmation runs again (0: none)
+    seeds              new seeds per confirmed configuration
+    warm_start         an earlier sweep whose trials the study starts with (None: none)
+    warm_start_top     how many of its best points the search tries first
+    """
+
+    experiment: Experiment
+    metric: str
+    num_trials: int
+    scheduler: str
+    grace: int | None
+    concurrency: int | None
+    max_failures: int
+    seed: int
+    workers_per_trial: int
+    cpus_per_trial: float
+    gpus_per_trial: float | None
+    optuna_storage: str | None
+    resume: bool
+    confirm: int
+    seeds: int
+    warm_start: str | None
+    warm_start_top: int
