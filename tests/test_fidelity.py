@@ -77,8 +77,8 @@ def test_cw_rgp_defaults_are_the_reference_cfg_wherever_a_config_is_partial():
 
 def test_zero_init_residual_follows_each_methods_code():
     """The CW-RGP code's get_model zero-initialises the residual BNs for every method of its
-    study; the W-MSE code, home of W-MSE, Contrastive and BYOL, does not, nor INTL's code for
-    its ResNet-18."""
+    study, and LeJEPA's timm backbones do (zero_init_last); the W-MSE code, home of W-MSE,
+    Contrastive and BYOL, does not, nor INTL's code for its ResNet-18."""
     for method in METHODS:
         study = method not in ("w_mse", "contrastive", "byol", "intl")
         assert Config(method=method).zero_init_residual is study, method

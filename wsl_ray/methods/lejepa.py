@@ -89,4 +89,7 @@ LEJEPA_SPEC = MethodSpec(
             rule="must be > 0",
         ),
     },
+    # the reference builds its backbones with timm.create_model, whose ResNets zero the last
+    # BatchNorm of every block (zero_init_last=True)
+    defaults={"zero_init_residual": True},
 )
