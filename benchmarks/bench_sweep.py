@@ -130,10 +130,12 @@ def summary_body(experiment: str, wall_s: float, note: str) -> str:
             "; ".join(f"{label}: {t[test_key]}" for label, t in arms.items()),
         ],
     ]
-    vs = next((t.get("vs default (95% CI)") for c, t in arms.items() if c != DEFAULT_LABEL), "")
+    best = next((t for c, t in arms.items() if c != DEFAULT_LABEL), {})
     return (
         f"{note}\n\n{markdown_table(header, rows)}\n\nTest 5-NN, best minus default, points "
-        f"[95% Welch interval]: {vs or 'n/a'}. {verdict}\nWall time {duration(wall_s)}; "
+        f"[95% interval]: paired {best.get('paired (95% CI)', 'n/a')} (correlation of the "
+        f"arms {best.get('r', 'n/a')}), Welch {best.get('vs default (95% CI)', 'n/a')}. "
+        f"{verdict}\nWall time {duration(wall_s)}; "
         f"{bill['hours'] + confirm_h:.2f} {unit}-hours in all."
     )
 
