@@ -32,6 +32,13 @@ def short_run(tmp_path, **settings) -> dict:
     return train(cfg, data=load_dataset("shapes"), progress=False)
 
 
+# Moved to `make test-slow` on 2026-12-07: on this machine both fail identically at b064e4a (the
+# last landing that passed CI): W-MSE seed 2 ends at 18.45% from 17.8%, zero_icl +5.3. They train
+# at a constant lr, where whether a seed takes off hangs on float rounding (issue 36 item 1:
+# seeds spread 7-9 points in that regime); with the warm-up + cosine schedule W-MSE reached
+# +6.6 and zero_icl +5.3 in 4 epochs, short of the margin. Recalibrate them with the schedule
+# before they return to the suite.
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_short_wmse_run_on_shapes_beats_the_untrained_encoder(tmp_path):
     # Recalibrated on torch 2.14.1 (2026-12-02), 2 threads, resnet18_w8, 4 epochs: seed 2 reaches
@@ -80,6 +87,7 @@ def learning_failures(tmp_path, runs: dict[str, dict]) -> dict[str, str]:
     return failed
 
 
+@pytest.mark.slow  # see test_a_short_wmse_run_on_shapes_beats_the_untrained_encoder
 @pytest.mark.timeout(900)
 def test_short_runs_of_the_comparison_methods_beat_the_untrained_encoder(tmp_path):
     assert not (failed := learning_failures(tmp_path, COMPARISON)), failed
