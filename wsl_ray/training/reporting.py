@@ -79,8 +79,8 @@ EVAL_KEYS = (
 
 def summarize(history: list[dict[str, Any]], init_metrics: dict | None = None) -> dict[str, Any]:
     """Final and best metrics of a run, from its per-epoch history (acc... on test, val_acc...
-    on validation, test_acc... once at the end in --eval_on val); `init_acc_knn` etc. for
-    the untrained encoder when it was evaluated (--eval_init)."""
+    on validation, test_acc... once at the end in --eval_on val); `init_<key>` for every
+    metric of the untrained encoder when it was evaluated (--eval_init)."""
     summary: dict[str, Any] = {"epochs": len(history)}
     if history:
         summary |= {"loss": history[-1]["loss"], "time_total_s": history[-1]["time_total_s"]}
@@ -89,9 +89,7 @@ def summarize(history: list[dict[str, Any]], init_metrics: dict | None = None) -
         if evaluated:
             summary[key] = evaluated[-1][key]
             summary[f"best_{key}"] = max(m[key] for m in evaluated)
-        if init_metrics and key in init_metrics:
-            summary[f"init_{key}"] = init_metrics[key]
-    return summary
+    return summary | {f"init_{key}": value for key, value in (init_metrics or {}).items()}
 
 
 def print_summary(summary: dict[str, Any], out: str) -> None:
