@@ -97,16 +97,23 @@ def test_the_summary_says_whether_the_best_beats_the_default():
     assert "does NOT beat the default beyond noise" in verdict
 
 
+def first_confirmation(tmp_path, default_seed: int, best_seed: int):
+    """(space, rows, configs) of a first confirmation (1 top config, 2 seeds, --seed 0) of a
+    sweep whose default point ("a", lr 3e-3, emb 16) ran with `default_seed` and whose best
+    ("c", lr 2e-3, emb 8) with `best_seed`."""
+    space = parse_space(SPACE, tmp_path / "s.yaml")
+    rows = [
+        row("a", "TERMINATED", 0.5, 3e-3, 16, seed=default_seed),
+        row("c", "TERMINATED", 0.7, 2e-3, 8, seed=best_seed),
+    ]
+    return space, rows, confirm_configs(rows, space, "val_acc_knn", k=1, seeds=2, seed=0)
+
+
 def test_confirming_twice_takes_new_seeds_and_the_table_counts_them(tmp_path):
     """A second confirmation (the same --seed) never repeats a seed of a configuration: not
     one of the first confirmation's, nor the sweep trial's own (here --seed 1000 puts the
     search's seed 1001 in the way), and the pooled table counts each run once."""
-    space = parse_space(SPACE, tmp_path / "s.yaml")
-    rows = [
-        row("a", "TERMINATED", 0.5, 3e-3, 16, seed=1001),
-        row("c", "TERMINATED", 0.7, 2e-3, 8, seed=1001),
-    ]
-    first = confirm_configs(rows, space, "val_acc_knn", k=1, seeds=2, seed=0)
+    space, rows, first = first_confirmation(tmp_path, default_seed=1001, best_seed=1001)
     assert [(c["confirm_label"], c["seed"]) for c in first] == [
         ("default", 1000),
         ("default", 1002),  # 1001: the sweep trial of the default point used it
@@ -171,12 +178,7 @@ def test_every_configuration_of_a_confirmation_runs_the_same_new_seeds(tmp_path)
     (here the sweep ran the default with seed 1000 and the best with seed 1001), and a
     second confirmation that brings in a new top configuration gives all three arms the
     same new seeds, none used before by any of them."""
-    space = parse_space(SPACE, tmp_path / "s.yaml")
-    rows = [
-        row("a", "TERMINATED", 0.5, 3e-3, 16, seed=1000),
-        row("c", "TERMINATED", 0.7, 2e-3, 8, seed=1001),
-    ]
-    first = confirm_configs(rows, space, "val_acc_knn", k=1, seeds=2, seed=0)
+    space, rows, first = first_confirmation(tmp_path, default_seed=1000, best_seed=1001)
     assert [(c["confirm_label"], c["seed"]) for c in first] == [
         ("default", 1002),
         ("default", 1003),

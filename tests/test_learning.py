@@ -104,27 +104,15 @@ def test_short_runs_of_vicreg_barlow_twins_and_simsiam_beat_the_untrained_encode
 # trace-loss weight (log2(64) - 3) x 0.01 = 0.03. Seed 1: 5-NN 12.5% -> 23.6%, linear
 # 13.4% -> 28.1%; seed 0: 5-NN +7.1, linear +17.4. 124 steps took 270-540 s under that load,
 # beyond the suite's budget: `make test-slow` runs it.
-INTL = dict(subset=2000, seed=1, epoch=4, bs=64, emb=64)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_a_short_intl_run_on_shapes_beats_the_untrained_encoder(tmp_path):
-    summary = short_run(tmp_path, method="intl", **INTL)
-    assert summary["acc_knn"] > summary["init_acc_knn"] + MARGIN, summary
-    assert summary["acc"] > summary["init_acc"] + MARGIN, summary
-
-
-# LeJEPA (issue 39): the suite's short-run settings (Adam 3e-3, no schedule) with its defaults
-# (lambda 0.05, 256 slices, 17 nodes of [0, 3]) and INTL's size of run: 2000 images, bs 64,
-# emb 64, 4 epochs (124 steps), seed 1. Too slow for the suite on this machine's load (its
-# time is in BENCHMARKS.md, "LeJEPA on shapes"): `make test-slow` runs it.
-LEJEPA = dict(subset=2000, seed=1, epoch=4, bs=64, emb=64)
+# LeJEPA (issue 39) runs the same size with its defaults (lambda 0.05, 256 slices, 17 nodes of
+# [0, 3]); this check has not yet been seen passing: it awaits a quiet machine to calibrate.
+SLOW_RUN = dict(subset=2000, seed=1, epoch=4, bs=64, emb=64)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_a_short_lejepa_run_on_shapes_beats_the_untrained_encoder(tmp_path):
-    summary = short_run(tmp_path, method="lejepa", **LEJEPA)
+@pytest.mark.parametrize("method", ["intl", "lejepa"])
+def test_a_short_run_on_shapes_beats_the_untrained_encoder(tmp_path, method):
+    summary = short_run(tmp_path, method=method, **SLOW_RUN)
     assert summary["acc_knn"] > summary["init_acc_knn"] + MARGIN, summary
     assert summary["acc"] > summary["init_acc"] + MARGIN, summary
