@@ -333,7 +333,8 @@ def test_a_resume_with_the_first_runs_flags_goes_on(tmp_path, space_file):
     """Slurm's resubmitted job repeats the first run's flags and adds --resume."""
     from wsl_ray.data.paths import absolute_paths
     from wsl_ray.sweep.experiment import Experiment, ExperimentError, write_record
-    from wsl_ray.tune import recorded_settings, settings_of, sweep_space
+    from wsl_ray.sweep.settings import recorded_settings
+    from wsl_ray.tune import settings_of, sweep_space
 
     parser = build_parser()
     first = ["--space", str(space_file), "--storage", str(tmp_path), "--name", "t"]

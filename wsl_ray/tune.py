@@ -53,7 +53,7 @@ from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_problem, metri
 from .sweep.plan import sweep_plan
 from .sweep.preflight import check_data, untrained_baseline
 from .sweep.results import ranked
-from .sweep.settings import SweepSettings
+from .sweep.settings import SweepSettings, recorded_settings
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
 from .sweep.study import STUDY_FILE
 from .sweep.summary import summarize_sweep
@@ -69,7 +69,7 @@ from .sweep.tuner import (
 )
 from .sweep.warm_start import WarmStart, load_warm_start, warm_start_problem
 from .utils.cli import Parser, command_name
-from .utils.paths import absolute, writable_folder
+from .utils.paths import writable_folder
 from .utils.ray_start import init_ray
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
@@ -291,18 +291,6 @@ def settings_of(args: argparse.Namespace, experiment: Experiment) -> SweepSettin
     """The sweep's settings from its flags (read after a --resume set args.metric)."""
     named = (f.name for f in dataclasses.fields(SweepSettings) if f.name != "experiment")
     return SweepSettings(experiment, **{name: getattr(args, name) for name in named})
-
-
-def recorded_settings(settings: SweepSettings) -> dict[str, Any]:
-    """The sweep's settings for its record: those a --resume keeps, and the resources."""
-    return {k: getattr(settings, k) for k in FIXED_SETTINGS} | {
-        "workers_per_trial": settings.workers_per_trial,
-        "gpus_per_trial": settings.gpus_per_trial,
-        "cpus_per_trial": settings.cpus_per_trial,
-        "optuna_storage": settings.optuna_storage,
-        "warm_start": absolute(settings.warm_start) if settings.warm_start else None,
-        "warm_start_top": settings.warm_start_top,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,14 @@
 """A sweep's own settings, one value built once from the command line (`wsl_ray.tune`) and
-taken by the sweep's functions instead of the parsed flags."""
+taken by the sweep's functions instead of the parsed flags, and the part of them that the
+sweep's record keeps."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from .experiment import Experiment
+from ..utils.paths import absolute
+from .experiment import FIXED_SETTINGS, Experiment
 
 
 @dataclass(frozen=True)
@@ -48,3 +51,15 @@ class SweepSettings:
     seeds: int
     warm_start: str | None
     warm_start_top: int
+
+
+def recorded_settings(settings: SweepSettings) -> dict[str, Any]:
+    """The sweep's settings for its record: those a --resume keeps, and the resources."""
+    return {k: getattr(settings, k) for k in FIXED_SETTINGS} | {
+        "workers_per_trial": settings.workers_per_trial,
+        "gpus_per_trial": settings.gpus_per_trial,
+        "cpus_per_trial": settings.cpus_per_trial,
+        "optuna_storage": settings.optuna_storage,
+        "warm_start": absolute(settings.warm_start) if settings.warm_start else None,
+        "warm_start_top": settings.warm_start_top,
+    }
