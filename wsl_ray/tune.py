@@ -12,6 +12,9 @@ experiment folder by default) with PRUNED for trials that ASHA ended early. At t
 summary of the best trials, `results.parquet`, and with `--confirm K --seeds S` a
 confirmation of the top K and the default over S new seeds (wsl_ray.confirm).
 `--warm_start PATH` starts the study with an earlier experiment's trials (wsl_ray.sweep.warm_start).
+
+This module reads the flags into a SweepSettings and a search space; wsl_ray.sweep.driver
+runs the sweep from there.
 """
 
 from __future__ import annotations
@@ -21,56 +24,21 @@ import dataclasses
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import ray
-
-from .config import Config, ConfigError, defaults_note
-from .data import ImageData
-from .data.paths import absolute_paths
-from .data.shared import share_dataset
-from .sweep.asha import planned_trial_epochs
-from .sweep.bill import Resources
-from .sweep.confirmation import (
-    check_counts,
-    plan_confirmation,
-    plan_power,
-    report,
-    run_confirmation,
-)
-from .sweep.experiment import (
-    FIXED_SETTINGS,
-    Experiment,
-    ExperimentError,
-    experiment_lock,
-    refuse_existing,
-    resumed_sweep,
-    write_record,
-)
-from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES, metric_problem, metric_spec
-from .sweep.plan import sweep_plan
-from .sweep.preflight import check_data, untrained_baseline
-from .sweep.results import ranked
-from .sweep.settings import SweepSettings, recorded_settings
+from .config import ConfigError
+from .sweep.confirmation import check_counts
+from .sweep.driver import drive_sweep
+from .sweep.experiment import FIXED_SETTINGS, Experiment, refuse_existing, resumed_sweep
+from .sweep.metrics import DEFAULT_METRIC, METRIC_CHOICES
+from .sweep.settings import SweepSettings
 from .sweep.space import SearchSpace, SpaceError, load_space, parse_setting, space_path
 from .sweep.study import STUDY_FILE
-from .sweep.summary import summarize_sweep
-from .sweep.tuner import (
-    cluster_gpus,
-    fitting_trials,
-    resource_problem,
-    run_sweep,
-    sweep_epochs,
-    sweep_experiment,
-    tune_can_restore,
-    wait_for_resources,
-)
-from .sweep.warm_start import WarmStart, load_warm_start, warm_start_problem
+from .sweep.tuner import resource_problem, sweep_experiment
+from .sweep.warm_start import warm_start_problem
 from .utils.cli import Parser, command_name
 from .utils.paths import writable_folder
-from .utils.ray_start import init_ray
 
 DEFAULT_STORAGE = "~/wsl_ray_results"
 
@@ -279,11 +247,6 @@ def sweep_space(
     settings = {k: getattr(args, k) for k in FIXED_SETTINGS if k in given}
     metric = args.metric if "metric" in given else None
     space, args.metric = resumed_sweep(path, space_text, overrides, metric, settings)
-    if not tune_can_restore(path):
-        raise ExperimentError(
-            f"--resume: {path} holds no Tune experiment (the sweep stopped before its first "
-            "trial); delete the folder and start the sweep again"
-        )
     return space
 
 
@@ -304,113 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
         experiment = sweep_experiment(args.storage, args.name, args.space)
-        path = experiment.path
         writable_folder(args.storage, "--storage")
         if args.optuna_storage and "://" not in args.optuna_storage:  # a journal file's folder
             folder = Path(args.optuna_storage).expanduser().parent
             writable_folder(folder, f"--optuna-storage {args.optuna_storage}: its folder")
         check_counts(args.confirm, args.seeds)
         space = sweep_space(parser, args, experiment)
-        settings = settings_of(args, experiment)
-        with experiment_lock(path):  # held until the end; a second driver stops here
-            space.check(workers=settings.workers_per_trial, gpus=settings.gpus_per_trial)
-            warm = (
-                load_warm_start(
-                    settings.warm_start, space, settings.metric, settings.warm_start_top
-                )
-                if settings.warm_start
-                else None
-            )
-            limits = sweep_epochs(settings.grace, space)  # Ray asserts grace_period <= max_t
-            space.config = absolute_paths(space.config)  # trials run in folders of their own
-            default = Config.from_dict(space.resolve(space.default_point()))
-            if problem := metric_problem(args.metric, default.label_free):
-                raise ConfigError(problem)
-            if note := defaults_note(default):
-                print(note, file=sys.stderr)
-            data = check_data(default, space.name)
-            if not (settings.resume or args.plan):  # objective and space fixed before a trial
-                mode = metric_spec(settings.metric).mode
-                overrides = overrides_from_args(args)
-                record = recorded_settings(settings)
-                write_record(path, settings.metric, mode, space.to_yaml(), record, overrides)
-            return run(args, settings, space, limits, default, data, warm)
+        return drive_sweep(settings_of(args, experiment), space, overrides_from_args(args))
     except (SpaceError, ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-
-def run(
-    args: argparse.Namespace,
-    settings: SweepSettings,
-    space: SearchSpace,
-    limits: tuple[int, int],
-    default: Config,
-    data: ImageData,
-    warm: WarmStart | None = None,
-) -> int:
-    """Runs the checked sweep (and its confirmation) on Ray and prints the summary; the exit
-    code: 0, or 1 when no trial finished with the metric. `warm`: from --warm_start. With
-    --plan: prints the plan instead, and starts no trial."""
-    baseline = untrained_baseline(default, data) if args.baseline and not args.plan else None
-    path = settings.experiment.path
-    init_ray(os.environ.get("RAY_ADDRESS"))  # a SIGTERM then runs `finally`: stops our Ray
-    confirmed = None
-    try:
-        # now the cluster's GPUs are known (--sync_bn needs one)
-        if settings.gpus_per_trial is None:
-            space.check(workers=settings.workers_per_trial, gpus=cluster_gpus())
-        gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else cluster_gpus()
-        wait_for_resources(
-            settings.workers_per_trial, settings.cpus_per_trial, gpus, args.wait_for_resources
-        )
-        # one copy per node, owned by this driver: a resumed sweep puts it again
-        shared = share_dataset(data, default.dataset, default.data_dir)
-        fit = fitting_trials(settings, gpus)
-        trials = Resources(settings.workers_per_trial, settings.cpus_per_trial, gpus, fit)
-        if args.plan:
-            print(sweep_plan(settings, limits, default, data, shared, trials))
-            power = plan_power(
-                settings.experiment.storage,
-                space,
-                default.dataset,
-                settings.metric,
-                settings.seeds,
-                args.seed_spread,
-                args.detect,
-            )
-            print(power)
-            return 0
-        started = time.monotonic()
-        run_sweep(settings, space, limits, shared, warm)
-        wall_s = time.monotonic() - started
-        if settings.confirm:
-            resources = {
-                "workers": settings.workers_per_trial,
-                "gpus": gpus,
-                "cpus": settings.cpus_per_trial,
-                "concurrency": fit,  # order does not matter here
-            }
-            try:
-                configs = plan_confirmation(
-                    path, space, settings.metric, settings.confirm, settings.seeds, settings.seed
-                )
-            except ValueError as err:  # the sweep's summary still follows
-                print(f"note: no confirmation: {err}", file=sys.stderr)
-            else:
-                confirmed = run_confirmation(
-                    path, configs, settings.metric, resources, settings.max_failures
-                )
-    finally:
-        ray.shutdown()  # before the summary, so that no late worker log interleaves with it
-    planned = planned_trial_epochs(settings.num_trials, default, limits[1], settings.scheduler)
-    rows = summarize_sweep(path, settings.metric, space, baseline, (trials, planned, wall_s))
-    if confirmed:
-        report(confirmed, settings.metric, space)
-    if not ranked(rows, settings.metric):
-        print(f"error: no trial finished with a {settings.metric}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

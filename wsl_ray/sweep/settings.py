@@ -32,6 +32,12 @@ class SweepSettings:
     seeds              new seeds per confirmed configuration
     warm_start         an earlier sweep whose trials the study starts with (None: none)
     warm_start_top     how many of its best points the search tries first
+    plan               measure one trial and print the sweep's cost instead of running it
+    baseline           evaluate the default point's untrained encoder first
+    wait_for_resources seconds to wait for the cluster to fit one trial before stopping
+    seed_spread        --plan: a configuration's std over seeds, in points (None: measured
+                       by an earlier confirmation)
+    detect             --plan: also the seeds that detect a gain of this many points (None: not)
     """
 
     experiment: Experiment
@@ -51,6 +57,11 @@ class SweepSettings:
     seeds: int
     warm_start: str | None
     warm_start_top: int
+    plan: bool
+    baseline: bool
+    wait_for_resources: float
+    seed_spread: float | None
+    detect: float | None
 
 
 def recorded_settings(settings: SweepSettings) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def run_sweep(
     # the trial driver only waits on its Train run: it asks for no CPU (Tune needs some resource)
     trainable = tune.with_resources(trial, {"CPU": 0, "memory": 64 * 2**20})
     study, local_study = study_storage(settings.optuna_storage, path, experiment.name)
-    if settings.resume:  # wsl_ray.tune checked that the folder holds a Tune experiment
+    if settings.resume:  # drive_sweep checked that the folder holds a Tune experiment
         sync_study(local_study, path, upload=False)
         stale = fail_stale_trials(study, experiment.name)
         if stale:
