@@ -13,7 +13,7 @@ from wsl_ray.config import (
     defaults_note,
     validate_config,
 )
-from wsl_ray.config.schema import option_fields
+from wsl_ray.config.schema import method_defaults_help, option_fields
 from wsl_ray.methods import SPECS, BaseMethod, MethodSpec
 from wsl_ray.methods.spec import Option
 from wsl_ray.train import main as train_main
@@ -117,6 +117,18 @@ def test_an_option_named_like_a_field_is_refused():
     clash = MethodSpec("clash", "Clash", BaseMethod, options={"emb": Option(8, "again")})
     with pytest.raises(TypeError, match="option 'emb' is already a field"):
         option_fields([clash])
+
+
+def test_the_method_dependent_defaults_in_help_come_from_the_specs(monkeypatch):
+    parser = add_config_flags(argparse.ArgumentParser())
+    helps = {a.dest: a.help for a in parser._actions if a.option_strings[0] == f"--{a.dest}"}
+    emb = "(default 64; cw_rgp, barlow_twins, vicreg, simsiam, zero_icl: 512; intl: 2048)"
+    assert emb in helps["emb"]
+    assert "(default off; cw_rgp, whitened_mse," in helps["zero_init_residual"]
+    new = MethodSpec("new", "New", BaseMethod, defaults={"emb": 32, "zero_init_residual": True})
+    monkeypatch.setitem(SPECS, "new", new)  # a new method shows without editing the help
+    assert method_defaults_help("emb").endswith("; intl: 2048; new: 32")
+    assert method_defaults_help("zero_init_residual").endswith(", lejepa, new: on")
 
 
 def test_the_defaults_note_names_what_the_method_decided(capsys):

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 
 from wsl_ray.config import Config
 from wsl_ray.data import load_dataset
-from wsl_ray.lincls import CHECKPOINT_FILE, accuracy, cosine_lr, main
+from wsl_ray.lincls import main
+from wsl_ray.training.linear_eval import CHECKPOINT_FILE, accuracy
 from wsl_ray.training.loop import initial_model
+from wsl_ray.training.optim import cosine
 
 ARGS = ["--subset", "512", "--bs", "32", "--lr", "0.05", "--crop_s0", "0.5"]
 
@@ -71,7 +73,7 @@ def test_a_resumed_run_continues_exactly(encoder_checkpoint, two_epochs, tmp_pat
 
 
 def test_cosine_schedule_and_topk():
-    assert [cosine_lr(0.4, e, 4) for e in range(4)] == pytest.approx(
+    assert [cosine(0.4, e, 4) for e in range(4)] == pytest.approx(
         [0.4, 0.3414, 0.2, 0.0586], abs=1e-4
     )
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])

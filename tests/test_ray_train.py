@@ -80,7 +80,8 @@ def test_the_shared_dataset_is_mapped_read_only_from_the_object_store(local_ray)
 
 
 def test_lincls_runs_as_a_two_worker_ray_train_job(local_ray, tmp_path):
-    from wsl_ray.lincls import build_parser, run_with_ray
+    from wsl_ray.lincls import build_parser
+    from wsl_ray.training.linear_runner import train_linear_with_ray
     from wsl_ray.training.loop import initial_model
 
     cfg = Config(dataset="shapes", arch="resnet18_w8", emb=8, w_size=32, head_size=32, bs=64)
@@ -108,5 +109,5 @@ def test_lincls_runs_as_a_two_worker_ray_train_job(local_ray, tmp_path):
             str(tmp_path / "lincls"),
         ]
     )
-    summary = run_with_ray(args)  # 2 DDP ranks of 32 images a batch, over gloo
+    summary = train_linear_with_ray(args)  # 2 DDP ranks of 32 images a batch, over gloo
     assert summary["epochs"] == 1 and 0 <= summary["acc1"] <= summary["acc5"] <= 1

@@ -24,11 +24,9 @@ from .config import Config
 from .data import DATASETS, load_dataset
 from .methods.networks import ARCHS, NARROW
 from .training.checkpoint import read_checkpoint
-from .training.weights import state_dict_of
+from .training.weights import encoder_state
 from .utils.cli import Parser, command_name
 from .utils.paths import writable_folder
-
-ENCODER_PREFIX = "model."  # BaseMethod.model is the encoder; the head and targets are not
 
 
 class ExportError(ValueError):
@@ -54,16 +52,6 @@ def torchvision_backbone(arch: str, image_size: int) -> nn.Module:
         net.maxpool = nn.Identity()
     net.fc = nn.Identity()
     return net
-
-
-def encoder_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The encoder's tensors from a read checkpoint, without the `model.` prefix."""
-    weights = state_dict_of(payload)
-    return {
-        k[len(ENCODER_PREFIX) :]: v.detach().cpu().contiguous()
-        for k, v in weights.items()
-        if k.startswith(ENCODER_PREFIX)
-    }
 
 
 def describe(cfg: Config, features: int) -> dict[str, Any]:

@@ -32,6 +32,24 @@ UNSET_DEFAULTS: dict[str, Any] = {
     "zero_init_residual": False,
     "gs_p": 0.1,
 }
+
+
+def method_defaults_help(name: str) -> str:
+    """The defaults of the unset field `name` for its --help, from the method specs: the
+    general one, then each value specs give with the methods that give it, in --method's
+    order, e.g. 'default 64; cw_rgp, vicreg: 512; intl: 2048'. Booleans read off and on."""
+
+    def shown(value: Any) -> str:
+        return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+    methods: dict[Any, list[str]] = {}
+    for spec in SPECS.values():
+        if name in spec.defaults:
+            methods.setdefault(spec.defaults[name], []).append(spec.name)
+    given = [f"{', '.join(names)}: {shown(value)}" for value, names in methods.items()]
+    return "; ".join([f"default {shown(UNSET_DEFAULTS[name])}", *given])
+
+
 AUG_PRESETS = tuple(PRESETS)
 LABEL_FREE_CHOICES = ("spectral", "lidar")  # --label_free
 UNSET_AUG_DEFAULTS: dict[str, dict[str, Any]] = {"cw_rgp": {"gs_p": 0.2}, "intl": {"gs_p": 0.2}}
@@ -67,12 +85,7 @@ class GeneralConfig:
     # method and loss
     method: str = _f("w_mse", "loss type", choices=METHODS)
     num_samples: int = _f(2, "number of views generated from each image")
-    emb: int = _f(
-        None,
-        "embedding size (default 64; cw_rgp, barlow_twins, vicreg, simsiam, zero_icl: 512; "
-        "intl: 2048)",
-        type=int,
-    )
+    emb: int = _f(None, f"embedding size ({method_defaults_help('emb')})", type=int)
     w_size: int = _f(128, "size of the sub-batch whitened together (W-MSE, CW-RGP)")
     w_iter: int = _f(1, "iterations of whitening matrix estimation (W-MSE, CW-RGP)")
     w_eps: float = _f(0.0, "shrinkage eps of the covariance, for stability")
@@ -88,8 +101,8 @@ class GeneralConfig:
     add_bn: bool = _f(True, "do not use BatchNorm in the head")
     zero_init_residual: bool = _f(
         None,
-        "zero-init the last BN of each residual block (default: on for the CW-RGP study's "
-        "methods: cw_rgp, whitened_mse, barlow_twins, vicreg, simsiam, zero_icl)",
+        "zero-init the last BN of each residual block "
+        f"({method_defaults_help('zero_init_residual')})",
     )
     sync_bn: bool = _f(False, "SyncBatchNorm across the DDP workers (GPU workers only)")
     # augmentation

@@ -25,6 +25,12 @@ def base_lr(cfg: Config) -> float:
     return cfg.lr * cfg.bs / 256 if cfg.lr_per_256 else cfg.lr
 
 
+def cosine(lr: float, done: float, length: float, floor: float = 0.0) -> float:
+    """The cosine annealing from `lr` (at 0) to `floor` (at `length`), at `done`:
+    floor + (lr - floor) (1 + cos(pi done / length)) / 2."""
+    return floor + (lr - floor) * (1 + math.cos(math.pi * done / length)) / 2
+
+
 def _cosine_warm_restarts(cfg: Config, lr: float, epoch: float) -> float:
     """CosineAnnealingWarmRestarts(T_0 = T0 or epoch, T_mult, eta_min) at a fractional epoch."""
     t0 = cfg.T0 or cfg.epoch
@@ -34,7 +40,7 @@ def _cosine_warm_restarts(cfg: Config, lr: float, epoch: float) -> float:
         n = int(math.log(epoch / t0 * (cfg.Tmult - 1) + 1, cfg.Tmult))
         t_cur = epoch - t0 * (cfg.Tmult**n - 1) / (cfg.Tmult - 1)
         t_i = t0 * cfg.Tmult**n
-    return cfg.eta_min + (lr - cfg.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+    return cosine(lr, t_cur, t_i, cfg.eta_min)
 
 
 def learning_rate(cfg: Config, epoch: float, iteration: int, iters_per_epoch: int) -> float:
@@ -72,9 +78,9 @@ def learning_rate(cfg: Config, epoch: float, iteration: int, iters_per_epoch: in
         return _cosine_warm_restarts(cfg, lr, epoch)
     if cfg.lr_step == "cos_step":
         done, length = iteration - warmup + 1, max(cfg.epoch * iters_per_epoch - warmup, 1)
-        return cfg.eta_min + (lr - cfg.eta_min) * (1 + math.cos(math.pi * done / length)) / 2
+        return cosine(lr, done, length, cfg.eta_min)
     if cfg.lr_step == "cos_epoch":
-        return lr * (1 + math.cos(math.pi * e / cfg.epoch)) / 2 if fires(e) else lr
+        return cosine(lr, e, cfg.epoch) if fires(e) else lr
     return lr
 
 

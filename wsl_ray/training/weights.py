@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+ENCODER_PREFIX = "model."  # BaseMethod.model is the encoder; the head and targets are not
+
 
 def state_dict_of(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The state dict inside a loaded checkpoint, with `module.` parts removed from keys."""
@@ -31,6 +33,17 @@ def state_dict_of(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
             )
         weights[".".join(p for p in key.split(".") if p != "module")] = value
     return weights
+
+
+def encoder_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The encoder's tensors from a read checkpoint (ours, W-MSE's or CW-RGP's): the keys
+    under `model.` without that prefix, detached, on the CPU and contiguous. A classifier's
+    `model.fc.` keys are left out: the encoder's fc is an identity (networks.get_encoder)."""
+    return {
+        k[len(ENCODER_PREFIX) :]: v.detach().cpu().contiguous()
+        for k, v in state_dict_of(payload).items()
+        if k.startswith(ENCODER_PREFIX) and not k.startswith(f"{ENCODER_PREFIX}fc.")
+    }
 
 
 @dataclass
