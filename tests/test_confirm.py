@@ -95,6 +95,11 @@ def test_the_summary_says_whether_the_best_beats_the_default():
         runs("default", [0.50, 0.60]) + runs("top1", [0.52, 0.61]), "val_acc_knn"
     )
     assert "does NOT beat the default beyond noise" in verdict
+    assert verdict.startswith("The validation-selected best (top1)")
+    _, verdict = summarize_confirmation(  # the sweep's best was the default point itself
+        runs("default", [0.50, 0.60]) + runs("top1", [0.52, 0.61]), "val_acc_knn", runner_up=True
+    )
+    assert verdict.startswith("The sweep's runner-up (top1; its best was the default itself)")
 
 
 def first_confirmation(tmp_path, default_seed: int, best_seed: int):

@@ -78,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(os.environ.get("RAY_ADDRESS"))
     try:
         resources = {"cpus": args.cpus_per_trial, "gpus": args.gpus_per_trial}
-        folder = run_confirmation(experiment, configs, metric, resources, args.max_failures)
+        run_confirmation(experiment, configs, metric, resources, args.max_failures)
     except ExperimentError as err:  # another confirmation of this experiment runs
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
     print(format_table(collect_rows(experiment), metric, list(space.params)))
-    report(folder, metric, space)
+    report(experiment, metric, space)
     return 0
 
 

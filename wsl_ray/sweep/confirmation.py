@@ -162,11 +162,14 @@ def _points(d: Difference) -> str:
     return f"{d.diff * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]"
 
 
-def summarize_confirmation(rows: list[dict[str, Any]], metric: str) -> tuple[list[dict], str]:
+def summarize_confirmation(
+    rows: list[dict[str, Any]], metric: str, runner_up: bool = False
+) -> tuple[list[dict], str]:
     """(table rows, verdict): per configuration the val metric and the test metric as mean ±
     std over seeds and, against the default, Welch's 95% interval, how many seeds pair, the
     paired 95% interval over those and the correlation of the arms there (r); the verdict
-    (`verdict`) compares the best (best validation mean, not default) with the default."""
+    (`verdict`, `runner_up` as there) compares the best (best validation mean, not default)
+    with the default."""
     test = metric_spec(metric).test
     found = arms(rows, metric)
     default = found.get(DEFAULT_LABEL, ([], []))[0]
@@ -187,15 +190,16 @@ def summarize_confirmation(rows: list[dict[str, Any]], metric: str) -> tuple[lis
                 entry["paired (95% CI)"] = _points(paired_difference(a, b))
                 entry["r"] = "-" if r is None else f"{r:+.2f}"
         table.append(entry)
-    return table, verdict(rows, metric)
+    return table, verdict(rows, metric, runner_up)
 
 
 def _values(arm: Arm) -> list[float]:
     return [v for _, v in arm]
 
 
-def verdict(rows: list[dict[str, Any]], metric: str) -> str:
-    """Whether the validation-selected best beats the default beyond noise: the 95% interval
+def verdict(rows: list[dict[str, Any]], metric: str, runner_up: bool = False) -> str:
+    """Whether the validation-selected best beats the default beyond noise (`runner_up`: the
+    sweep's best was the default itself, so the other arm is its runner-up): the 95% interval
     of best - default on the test metric, paired when every seed pairs (`compare`), else
     Welch's. Not significant, it says which the comparison was: underpowered (the interval
     reaches the smallest difference it detects, X: about how many seeds would detect the
@@ -223,7 +227,11 @@ def verdict(rows: list[dict[str, Any]], metric: str) -> str:
         f"{metric_spec(metric).test} {d.diff * 100:+.2f} points, 95% CI "
         f"[{lo * 100:+.2f}, {hi * 100:+.2f}] ({how})"
     )
-    best = f"The validation-selected best ({label})"
+    best = (
+        f"The sweep's runner-up ({label}; its best was the default itself)"
+        if runner_up
+        else f"The validation-selected best ({label})"
+    )
     if lo > 0:
         return f"{best} beats the default beyond noise: {span}."
     if hi < 0:
@@ -334,13 +342,17 @@ def run_confirmation(
     return confirmation.path
 
 
-def report(confirm_experiment: str, metric: str, space: SearchSpace) -> str:
-    """Writes confirm.parquet and prints (and returns) the confirmation table and verdict."""
+def report(experiment: str, metric: str, space: SearchSpace) -> str:
+    """Writes the confirmation's results.parquet (in `<experiment>-confirm`) and prints (and
+    returns) its table and verdict, which names the other arm the runner-up when the sweep's
+    best was the default point."""
+    confirm_experiment = confirm_folder(experiment)
     rows = collect_rows(confirm_experiment)
     name = Experiment.at(confirm_experiment).name
     table = rows_table(rows, {name: space.to_yaml()}, {name: metric})
     write_parquet(table, f"{confirm_experiment}/results.parquet")
-    shown, verdict = summarize_confirmation(rows, metric)
+    runner_up = default_is_best(collect_rows(experiment), space, metric)
+    shown, verdict = summarize_confirmation(rows, metric, runner_up)
     text = f"\n== confirmation over seeds ({name}) ==\n{markdown_records(shown)}\n\n{verdict}"
     print(text)
     return text

@@ -144,7 +144,7 @@ def run_on_ray(
     planned = planned_trial_epochs(settings.num_trials, default, limits[1], settings.scheduler)
     rows = summarize_sweep(path, settings.metric, space, baseline, (trials, planned, wall_s))
     if confirmed:
-        report(confirmed, settings.metric, space)
+        report(path, settings.metric, space)
     if not ranked(rows, settings.metric):
         print(f"error: no trial finished with a {settings.metric}", file=sys.stderr)
         return 1
