@@ -11,11 +11,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # test clusters run without token authentication: a fresh ray.init() would otherwise write
 # ~/.ray/auth_token, which a later cluster on this machine then demands
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# under pytest-xdist (`make test`: 2 workers on CI's 2 cores) one thread per worker process
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 # Fixtures that start a Ray cluster: a test that uses one is marked `ray`, so that
-# `make test-fast` (`-m "not ray and not slow"`) is the suite without them.
+# `make test-fast` (`-m "not ray and not slow"`) is the suite without them, and joins the
+# xdist group "ray": under `make test` (`-n 2 --dist loadgroup`) the Ray tests run one after
+# another on one worker, one cluster at a time, while the other worker takes the rest.
 RAY_FIXTURES = {"cluster", "three_nodes", "local_ray"}
 
 
@@ -30,6 +33,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture
