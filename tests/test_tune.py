@@ -371,9 +371,34 @@ def test_a_sweep_waits_a_bounded_time_for_resources_then_names_what_is_missing()
         now[0] += seconds
 
     with pytest.raises(SpaceError, match="the cluster has 0 GPU, after waiting 12 s"):
-        wait_for_resources(1, 1, 1, 12, lambda: {"CPU": 2.0}, sleep, lambda: now[0])
+        wait_for_resources(1, 1, 1, 12, True, lambda: {"CPU": 2.0}, sleep, lambda: now[0])
     assert now[0] == 12  # waited the whole bound, not forever
     grown = iter([{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0, "GPU": 1.0}])  # an autoscaler
     now[0] = 0.0
-    wait_for_resources(1, 1, 1, 60, lambda: next(grown), sleep, lambda: now[0])
+    wait_for_resources(1, 1, 1, 60, True, lambda: next(grown), sleep, lambda: now[0])
     assert now[0] == 10
+
+
+def test_a_local_ray_this_command_started_is_not_waited_for(monkeypatch):
+    """A local Ray has the machine's resources and never more: what it lacks fails at once,
+    not after --wait-for-resources; init_ray tells which Ray it joined."""
+    import signal
+
+    import ray
+
+    from wsl_ray.sweep.tuner import wait_for_resources
+    from wsl_ray.utils import ray_start
+
+    def sleep(seconds):
+        raise AssertionError(f"slept {seconds} s for a Ray that cannot grow")
+
+    with pytest.raises(SpaceError, match="the cluster has 0 GPU; this command started a local"):
+        wait_for_resources(1, 1, 1, 300, False, lambda: {"CPU": 2.0}, sleep)
+    wait_for_resources(1, 1, 0, 300, False, lambda: {"CPU": 2.0}, sleep)  # it fits: no wait
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:1")  # kept by init_ray
+    for head, address, started in ((True, None, True), (False, "10.0.0.1:6379", False)):
+        node = type("Node", (), {"head": head})()
+        monkeypatch.setattr(ray._private.worker, "_global_node", node)
+        assert ray_start.init_ray(address) is started

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         metavar="SECONDS",
         help="how long to wait for the cluster to offer one trial's CPUs and GPUs (an "
-        "autoscaler adding nodes) before the sweep stops with what is missing",
+        "autoscaler adding nodes) before the sweep stops with what is missing; a local Ray "
+        "that the command started (no RAY_ADDRESS) never grows and is not waited for",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and trials)")
     p.add_argument("--wandb", default=None, help="log every trial to this wandb project")
