@@ -175,6 +175,7 @@ ROWS = [
     ((*TUNE, "--set", "head_size=abc"), 2, "--head_size 'abc': must be an integer"),
     ((*TUNE, "--set", "lr=-1e-3"), 2, "--lr -0.001: must be a number > 0"),
     ((*TUNE, "--set", "knn"), 2, "--set 'knn': write KEY=VALUE"),
+    ((*TUNE, "--set", "cuda_graph=no"), 2, "--cuda_graph 'no': one of auto, on, off"),
     ((*TUNE, "--set", "nosuch=1"), 2, "config key 'nosuch' is not a training flag"),
     (
         (*TUNE, "--dataset", "shapes", "--set", "val_size=20000"),

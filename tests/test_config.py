@@ -138,3 +138,34 @@ def test_the_defaults_note_names_what_the_method_decided(capsys):
     )
     assert train_main(["--method", "cw_rgp", "--print_config"]) == 0
     assert capsys.readouterr().err.count("note: defaults of --method cw_rgp") == 1
+
+
+def test_set_reads_each_value_by_its_flags_declared_type():
+    """`tune --set KEY=VALUE` takes the type of the training flag KEY, for every flag: a
+    string flag its text (`cuda_graph=off` is not YAML's false), numbers as Python reads
+    them (an int stays one), booleans and lists as YAML, `null` unsets a flag that may be
+    unset."""
+    from dataclasses import fields
+
+    from wsl_ray.sweep.space import SpaceError, parse_setting
+
+    for f in fields(Config):
+        default = f.default_factory()
+        if default is None:
+            continue
+        text = str(default).lower() if isinstance(default, bool) else str(default)
+        assert parse_setting(f.name, text) == default, f.name
+    assert parse_setting("cuda_graph", "off") == "off"
+    assert parse_setting("cuda_graph", "on") == "on"
+    assert parse_setting("knn_metric", "yes") == "yes"  # the type check, not YAML, judges
+    assert parse_setting("lr", "1e-3") == 0.001
+    assert parse_setting("emb", "64") == 64
+    assert parse_setting("norm", "false") is False
+    assert parse_setting("drop", "[50, 60]") == [50, 60]
+    assert parse_setting("data_dir", "null") is None
+    assert parse_setting("warmup_epochs", "null") is None
+    with pytest.raises(SpaceError, match="--emb 1.5: must be an integer"):
+        parse_setting("emb", "1.5")
+    with pytest.raises(SpaceError, match="--norm 'maybe': must be true or false"):
+        parse_setting("norm", "maybe")
+    assert parse_setting("arch", "18") == "18" and parse_setting("val_size", "500") == 500

@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="fix training flags, or pin searched parameters to one value",
+        help="fix training flags, or pin searched parameters to one value; VALUE is read as "
+        "the flag's type (text for a string flag: cuda_graph=off; YAML for booleans and lists)",
     )
     p.add_argument(
         "--plan",
