@@ -163,6 +163,7 @@ ROWS = [
     # sweeps: every row fails before Ray starts
     ((*TUNE, "--num_trials", "-1"), 2, "--num_trials -1: must be 1 or more"),
     ((*TUNE, "--concurrency", "0"), 2, "--concurrency 0: must be 1 or more"),
+    ((*TUNE, "--scheduler", "fifo", "--grace", "3"), 2, "--grace 3 is ASHA's grace period, and"),
     ((*TUNE, "--plan", "--resume"), 2, "--plan plans a new sweep: drop --resume"),
     # the power of a confirmation (issue 36): a spread and a gain in points, read by --plan
     ((*TUNE, "--plan", "--seed_spread", "0"), 2, "--seed_spread 0.0: give points of the test"),

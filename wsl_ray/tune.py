@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--val_size", "--val-size", type=float, default=None, help="validation split (0.1)"
     )
     p.add_argument("--scheduler", default="asha", choices=("asha", "fifo"))
-    p.add_argument("--grace", type=int, default=None, help="ASHA grace period in epochs")
+    p.add_argument(
+        "--grace",
+        type=int,
+        default=None,
+        help="ASHA grace period in epochs (--scheduler asha only; default: the space's eval_every)",
+    )
     p.add_argument("--name", default=None, help="experiment name (default: the space's)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="local path or URI (s3://...)")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name")
@@ -205,6 +210,11 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             return f"{flag} {value}: must be 1 or more"
+    if args.grace is not None and args.scheduler != "asha":
+        return (
+            f"--grace {args.grace} is ASHA's grace period, and --scheduler {args.scheduler} "
+            "stops no trial early: drop --grace, or use --scheduler asha"
+        )
     resources = (args.workers_per_trial, args.cpus_per_trial, args.gpus_per_trial)
     if problem := resource_problem(*resources):
         return problem
