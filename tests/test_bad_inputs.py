@@ -262,6 +262,12 @@ ROWS = [
     (("analysis", "collect", "{tmp}/nosuch"), 2, "no such experiment folder"),
     (("analysis", "tables", "{parquet_no_status}"), 2, "lacks the column(s) ['status']"),
     (("analysis", "plots", "{parquet_no_history}"), 2, "lacks the column(s) ['history']"),
+    # a metric the table lacks: an error naming it and the table's metric columns, not an
+    # empty table
+    (("analysis", "tables", SWEEP, "--metric", "bogus"), 2, "--metric bogus: " + SWEEP),
+    (("analysis", "tables", SWEEP, "--kind", "top", "--metric", "x"), 2, "has no column 'x'"),
+    (("analysis", "rungs", SWEEP, "--metric", "val_acc_9"), 2, "metric columns: val_acc,"),
+    (("analysis", "tables", "{parquet_no_test_acc}"), 2, "--kind paper reads test_acc: "),
     (("analysis", "rankme", "{ckpt_text}.parquet"), 2, "no such Parquet file"),
     (("analysis", "tables", "{parquet_text}"), 2, "not a readable Parquet file"),
     # label-free metrics (issue #38): LiDAR is opt-in, and a sweep cannot select on it without
@@ -340,7 +346,7 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     results = pq.read_table(Path(SWEEP) / "results.parquet")
-    for column in ("status", "history"):
+    for column in ("status", "history", "test_acc"):
         files[f"parquet_no_{column}"] = str(tmp / f"no_{column}.parquet")
         pq.write_table(results.drop([column]), files[f"parquet_no_{column}"])
     stored_experiments(tmp / "store")
