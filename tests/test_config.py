@@ -29,7 +29,7 @@ def test_defaults_are_valid_for_w_mse():
         (dict(bs=500), 1, "--w_size 128 must divide the per-worker batch 500.*e.g. --w_size 125"),
         (dict(bs=512), 8, "per-worker batch 64 .*--bs 512 / 8 worker"),
         (dict(emb=128), 1, "--w_size 128 must exceed --emb 128.*e.g. --w_size 256"),
-        (dict(num_samples=1), 1, "--num_samples 1: need 2 or more views"),
+        (dict(num_samples=1), 1, r"--num_samples 1: must be in \[2, 32\]"),
         (
             dict(method="cw_rgp", emb=512, w_size=64, groups=3),
             1,
@@ -60,7 +60,7 @@ def test_invalid_configs_raise_a_helpful_message(overrides, workers, message):
 
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as err:
-        validate_config(Config(num_samples=1, emb=256, bs=100))
+        validate_config(Config(num_samples=1, w_iter=0, knn=0))
     assert str(err.value).count("\n  - ") == 3
 
 
@@ -169,3 +169,21 @@ def test_set_reads_each_value_by_its_flags_declared_type():
     with pytest.raises(SpaceError, match="--norm 'maybe': must be true or false"):
         parse_setting("norm", "maybe")
     assert parse_setting("arch", "18") == "18" and parse_setting("val_size", "500") == 500
+
+
+def test_every_count_of_work_in_a_step_has_a_bound_that_validation_holds_and_help_shows():
+    """--intl_iters 100000000 never finished a step: each count of work repeated in every
+    step has a range, ends its --help with it, and validation refuses a value past it."""
+    from dataclasses import fields, replace
+
+    bounded = {f.name: f for f in fields(Config) if "bounds" in f.metadata}
+    counts = {"num_samples", "w_iter", "head_layers", "intl_iters", "sigreg_slices"}
+    assert counts | {"sigreg_points"} <= set(bounded)
+    for name, f in bounded.items():
+        low, high = f.metadata["bounds"]
+        assert f.metadata["help"].endswith(f"({low} to {high})"), name
+        method = f.metadata.get("method", "w_mse")
+        validate_config(replace(Config(method=method), **{name: high}))
+        for wrong in (high + 1, low - 1):
+            with pytest.raises(ConfigError, match=rf"--{name} {wrong}: must be in \[{low},"):
+                validate_config(replace(Config(method=method), **{name: wrong}))
