@@ -285,6 +285,7 @@ def test_a_live_driver_holds_the_lock_and_a_dead_ones_is_taken_over(tmp_path):
     from wsl_ray.sweep.experiment import ExperimentError, experiment_lock
 
     lock = tmp_path / "exp" / "driver.lock"
+    lock.parent.mkdir()  # an experiment folder from before: it stays
     with experiment_lock(str(tmp_path / "exp")):
         held = json.loads(lock.read_text())
         assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
@@ -301,6 +302,25 @@ def test_a_live_driver_holds_the_lock_and_a_dead_ones_is_taken_over(tmp_path):
         with experiment_lock(str(tmp_path / "exp")):
             pass
     assert json.loads(lock.read_text())["host"] == "elsewhere"  # another host's lock is kept
+
+
+def test_a_driver_that_wrote_no_experiment_leaves_no_folder(tmp_path):
+    """tune --plan (or a sweep refused before its record) holds the lock in a folder it
+    created: the folders the lock made are gone with it when empty, a used or older one
+    stays."""
+    from wsl_ray.sweep.experiment import experiment_lock
+
+    storage = tmp_path / "new_storage"
+    with experiment_lock(str(storage / "plan")):
+        assert (storage / "plan" / "driver.lock").exists()
+    assert not storage.exists()
+    with experiment_lock(str(storage / "sweep")):
+        (storage / "sweep" / "sweep.json").write_text("{}")
+    assert sorted(p.name for p in storage.rglob("*")) == ["sweep", "sweep.json"]
+    (tmp_path / "old").mkdir()
+    with experiment_lock(str(tmp_path / "old")):
+        pass
+    assert (tmp_path / "old").is_dir()
 
 
 def test_a_resume_that_changes_the_sweep_is_refused_naming_what(tmp_path, space_file):
