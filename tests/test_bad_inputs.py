@@ -422,6 +422,7 @@ def test_bad_input_gives_one_clear_line(command, code, phrase, bad_files, monkey
     assert len(lines) - error_at <= 2, stderr  # one line, plus at most a hint (after notes)
     assert not ray.is_initialized()
     assert not Path(bad_files["tmp"], "run", "metrics.jsonl").exists()  # nothing trained
+    assert not list(Path(bad_files["tmp"], "sweeps").glob("*"))  # no experiment folder left
 
 
 # The benchmarks' own flags (argparse's usage text before the error line, exit 2)
