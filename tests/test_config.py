@@ -169,6 +169,14 @@ def test_set_reads_each_value_by_its_flags_declared_type():
     with pytest.raises(SpaceError, match="--norm 'maybe': must be true or false"):
         parse_setting("norm", "maybe")
     assert parse_setting("arch", "18") == "18" and parse_setting("val_size", "500") == 500
+    with pytest.raises(SpaceError, match="--norm 'off': must be true or false"):
+        parse_setting("norm", "off")  # YAML 1.2's booleans, as in --config files and spaces
+    from pathlib import Path
+
+    from wsl_ray.sweep.space import parse_space
+
+    space = parse_space("config: {cuda_graph: off, norm: false}\n", Path("s.yaml"))
+    assert (space.config["cuda_graph"], space.config["norm"]) == ("off", False)
 
 
 def test_every_count_of_work_in_a_step_has_a_bound_that_validation_holds_and_help_shows():

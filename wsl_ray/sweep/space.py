@@ -32,6 +32,7 @@ import optuna
 import yaml
 
 from ..config import Config, ConfigError, type_problem, validate_config
+from ..config.file import FlagLoader
 
 
 def _spaces_dir() -> Path:
@@ -214,7 +215,7 @@ def parse_setting(key: str, text: str) -> Any:
     reads (YAML 1.1 reads '1e-3' as a string). Raises SpaceError for a value of the wrong
     type for its training flag."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=FlagLoader)
     except yaml.YAMLError:
         value = text  # not YAML: a string, which the type check below judges
     field = {f.name: f for f in fields(Config)}.get(key)
@@ -280,9 +281,11 @@ def load_space(space: str, overrides: dict[str, Any] | None = None) -> SearchSpa
 
 
 def parse_space(text: str, path: Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
-    """A space from YAML text; `path` names it in messages (its stem is the space's name)."""
+    """A space from YAML text, whose booleans are true and false only (`cuda_graph: off`
+    is text, as in a --config file); `path` names it in messages (its stem is the space's
+    name)."""
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=FlagLoader) or {}
     except yaml.YAMLError as err:
         raise SpaceError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     sections = ("config", "params", "derived", "first")
