@@ -26,7 +26,7 @@ from wsl_ray.sweep.summary import rung_title
 from wsl_ray.utils.cli import Parser, command_name
 
 from . import plots, tables
-from .collect import CollectError, bills, load, read_space, sweep_metric, write
+from .collect import CollectError, bills, check_columns, load, read_space, sweep_metric, write
 from .importance import check_evaluator, importances, stored_study, study_importances
 
 AGREEMENT_NOTE = (
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("sources", nargs="+")
     t.add_argument("--kind", choices=("paper", "top", "seeds"), default="paper")
     t.add_argument(
-        "--metric", default=None, help="selection metric (paper: val_acc; top: the sweep's)"
+        "--metric",
+        default=None,
+        help="selection metric, a metric column of the table (paper: val_acc; top: the sweep's)",
     )
     t.add_argument("--top", type=int, default=10)
     t.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
@@ -114,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "tables":
             table = load(args.sources)
+            tests = dict.fromkeys(("test_acc", "test_acc_knn"), f"--kind {args.kind} reads")
             if args.kind == "paper":
                 metric = args.metric or "val_acc"
+                check_columns(table, args.sources, {metric: "--metric"} | tests)
                 rows = tables.paper_table(table, metric)
                 print(
                     f"trial with the best {metric} per method and dataset: test linear top-1 / "
@@ -123,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             elif args.kind == "top":
                 metric = args.metric or sweep_metric(args.sources, table) or DEFAULT_METRIC
+                check_columns(table, args.sources, {metric: "--metric"})
                 rows = tables.top_trials(table, metric, args.top)
             else:
+                check_columns(table, args.sources, tests)
                 rows = tables.seed_table(table)
             print(tables.render(rows, args.format))
             if args.format == "markdown":  # csv and latex stay the table alone
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 where = "the stored Optuna study"
             else:
                 table, space = load(args.experiment), read_space(args.experiment)
+                check_columns(table, args.experiment, {args.metric: "--metric"})
                 rows = importances(table, space, args.metric, args.evaluator)
                 where = "a study rebuilt from the results"
             print(
@@ -156,11 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "rankme":
             table = load(args.source)
             metric = args.metric or sweep_metric(args.source, table) or DEFAULT_METRIC
+            check_columns(table, args.source, {metric: "--metric", "rankme": "rankme reads"})
             rows = tables.rankme_report(table, metric)
             print(tables.render(rows, args.format))
         elif args.command == "rungs":
             table = load(args.source)
             metric = args.metric or sweep_metric(args.source, table) or DEFAULT_METRIC
+            check_columns(table, args.source, {metric: "--metric"})
             ended, rows = tables.rung_report(table, metric)
             print(rung_title(metric, ended))
             if rows:
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             table, space = load(args.experiment), read_space(args.experiment)
             args.metric = args.metric or sweep_metric(args.experiment, table) or DEFAULT_METRIC
+            check_columns(table, args.experiment, {args.metric: "--metric"})
             out = Path(args.out)
             written = [
                 plots.metric_vs_params(table, space["params"], args.metric, out),

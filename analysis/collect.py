@@ -16,14 +16,41 @@ import pyarrow.parquet as pq
 import yaml
 
 from wsl_ray.sweep.experiment import recorded_metric
+from wsl_ray.sweep.metrics import METRICS
 from wsl_ray.sweep.results import BILLS_KEY, METRICS_KEY, SPACES_KEY, CollectError, collect
 from wsl_ray.utils.storage import filesystem, read_text
 
-__all__ = ["CollectError", "collect", "load", "read_space", "sweep_metric", "write"]
+__all__ = [
+    "CollectError",
+    "check_columns",
+    "collect",
+    "load",
+    "read_space",
+    "sweep_metric",
+    "write",
+]
 
 
 # the columns the subcommands read: a table without one was not written by this package
 REQUIRED = ("trial_id", "experiment", "method", "dataset", "status", "epochs", "history")
+
+
+# the metric columns a table may hold: each selection metric and its test twin
+METRIC_COLUMNS = tuple(dict.fromkeys(c for m in METRICS.values() for c in (m.name, m.test)))
+
+
+def check_columns(table: pa.Table, source: str | list[str], columns: dict[str, str]) -> None:
+    """Raises CollectError for the first column of `columns` (column: who reads it, e.g.
+    '--metric') that `table`, loaded from `source`, lacks, naming the metric columns it
+    has: a table or plot of a missing column would show no trial and look like no results."""
+    for column, reader in columns.items():
+        if column not in table.column_names:
+            have = [c for c in METRIC_COLUMNS if c in table.column_names]
+            where = source if isinstance(source, str) else ", ".join(source)
+            raise CollectError(
+                f"{reader} {column}: {where} has no column {column!r}; its metric columns: "
+                f"{', '.join(have) or 'none'}"
+            )
 
 
 def _is_parquet(source: str) -> bool:

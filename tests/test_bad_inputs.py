@@ -79,15 +79,22 @@ ROWS = [
     (("train", "--recipe", "wmse_mnist"), 2, "unknown --recipe 'wmse_mnist'"),
     (("train", "--config", "{tmp}/none.yaml"), 2, "--config {tmp}/none.yaml: no such file"),
     # INTL's options and the flags it brought (issue #27)
-    (("train", "--method", "intl", "--intl_iters", "0"), 2, "--intl_iters 0: must be 1 or more"),
+    (("train", "--method", "intl", "--intl_iters", "0"), 2, "--intl_iters 0: must be in [1, 64]"),
     (("train", "--method", "intl", "--intl_axis", "rows"), 2, "--intl_axis: invalid choice"),
+    # every count of work repeated in each step has an upper bound (issue 37)
+    (("train", "--method", "intl", "--intl_iters", "100000000"), 2, "must be in [1, 64]"),
+    (("train", "--w_iter", "1000"), 2, "--w_iter 1000: must be in [1, 64]"),
+    (("train", "--num_samples", "1"), 2, "--num_samples 1: must be in [2, 32]"),
+    (("train", "--head_layers", "17"), 2, "--head_layers 17: must be in [1, 16]"),
+    ((*LEJEPA, "--sigreg_slices", "99999"), 2, "--sigreg_slices 99999: must be in [1, 16384]"),
+    ((*LEJEPA, "--sigreg_points", "1001"), 2, "--sigreg_points 1001: must be in [3, 257]"),
     (("train", "--method", "intl", "--intl_tl_w", "-1"), 2, "--intl_tl_w -1.0: must be 0 or more"),
     (("train", "--method", "intl", "--intl_m", "1.5"), 2, "--intl_m 1.5: must be in [0, 1]"),
     (("train", "--method", "intl", "--bs", "4"), 2, "use --bs 8 or more, or set --intl_tl_w"),
     # LeJEPA's options (issue 39)
     ((*LEJEPA, "--lejepa_lambda", "1.5"), 2, "--lejepa_lambda 1.5: must be in [0, 1]"),
-    ((*LEJEPA, "--sigreg_slices", "0"), 2, "--sigreg_slices 0: must be 1 or more"),
-    ((*LEJEPA, "--sigreg_points", "16"), 2, "--sigreg_points 16: must be odd and 3 or more"),
+    ((*LEJEPA, "--sigreg_slices", "0"), 2, "--sigreg_slices 0: must be in [1, 16384]"),
+    ((*LEJEPA, "--sigreg_points", "16"), 2, "--sigreg_points 16: must be odd"),
     ((*LEJEPA, "--sigreg_t_max", "0"), 2, "--sigreg_t_max 0.0: must be > 0"),
     (("train", "--solarize_p", "1.5"), 2, "--solarize_p [1.5]: probabilities must be in [0, 1]"),
     (("train", "--solarize_p", "0", "0.1", "0.2"), 2, "give one probability, or one per view"),
@@ -163,6 +170,7 @@ ROWS = [
     # sweeps: every row fails before Ray starts
     ((*TUNE, "--num_trials", "-1"), 2, "--num_trials -1: must be 1 or more"),
     ((*TUNE, "--concurrency", "0"), 2, "--concurrency 0: must be 1 or more"),
+    ((*TUNE, "--scheduler", "fifo", "--grace", "3"), 2, "--grace 3 is ASHA's grace period, and"),
     ((*TUNE, "--plan", "--resume"), 2, "--plan plans a new sweep: drop --resume"),
     # the power of a confirmation (issue 36): a spread and a gain in points, read by --plan
     ((*TUNE, "--plan", "--seed_spread", "0"), 2, "--seed_spread 0.0: give points of the test"),
@@ -175,6 +183,7 @@ ROWS = [
     ((*TUNE, "--set", "head_size=abc"), 2, "--head_size 'abc': must be an integer"),
     ((*TUNE, "--set", "lr=-1e-3"), 2, "--lr -0.001: must be a number > 0"),
     ((*TUNE, "--set", "knn"), 2, "--set 'knn': write KEY=VALUE"),
+    ((*TUNE, "--set", "cuda_graph=no"), 2, "--cuda_graph 'no': one of auto, on, off"),
     ((*TUNE, "--set", "nosuch=1"), 2, "config key 'nosuch' is not a training flag"),
     (
         (*TUNE, "--dataset", "shapes", "--set", "val_size=20000"),
@@ -260,6 +269,12 @@ ROWS = [
     (("analysis", "collect", "{tmp}/nosuch"), 2, "no such experiment folder"),
     (("analysis", "tables", "{parquet_no_status}"), 2, "lacks the column(s) ['status']"),
     (("analysis", "plots", "{parquet_no_history}"), 2, "lacks the column(s) ['history']"),
+    # a metric the table lacks: an error naming it and the table's metric columns, not an
+    # empty table
+    (("analysis", "tables", SWEEP, "--metric", "bogus"), 2, "--metric bogus: " + SWEEP),
+    (("analysis", "tables", SWEEP, "--kind", "top", "--metric", "x"), 2, "has no column 'x'"),
+    (("analysis", "rungs", SWEEP, "--metric", "val_acc_9"), 2, "metric columns: val_acc,"),
+    (("analysis", "tables", "{parquet_no_test_acc}"), 2, "--kind paper reads test_acc: "),
     (("analysis", "rankme", "{ckpt_text}.parquet"), 2, "no such Parquet file"),
     (("analysis", "tables", "{parquet_text}"), 2, "not a readable Parquet file"),
     # label-free metrics (issue #38): LiDAR is opt-in, and a sweep cannot select on it without
@@ -338,7 +353,7 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     results = pq.read_table(Path(SWEEP) / "results.parquet")
-    for column in ("status", "history"):
+    for column in ("status", "history", "test_acc"):
         files[f"parquet_no_{column}"] = str(tmp / f"no_{column}.parquet")
         pq.write_table(results.drop([column]), files[f"parquet_no_{column}"])
     stored_experiments(tmp / "store")
@@ -407,6 +422,7 @@ def test_bad_input_gives_one_clear_line(command, code, phrase, bad_files, monkey
     assert len(lines) - error_at <= 2, stderr  # one line, plus at most a hint (after notes)
     assert not ray.is_initialized()
     assert not Path(bad_files["tmp"], "run", "metrics.jsonl").exists()  # nothing trained
+    assert not list(Path(bad_files["tmp"], "sweeps").glob("*"))  # no experiment folder left
 
 
 # The benchmarks' own flags (argparse's usage text before the error line, exit 2)

@@ -59,6 +59,15 @@ def test_a_value_the_file_sets_wins_over_the_method_default(tmp_path):
     assert config_from_args(parse_run_args(build_parser(), ["--config", str(path)])).emb == 512
 
 
+def test_on_off_yes_no_are_text_for_a_text_flag(tmp_path):
+    """YAML 1.1 reads `cuda_graph: off` as False, which no text flag takes: the file's
+    booleans are true and false only, and an on/off flag refuses the others by name."""
+    assert config_from_args(parse(tmp_path, "cuda_graph: off")).cuda_graph == "off"
+    assert config_from_args(parse(tmp_path, "cuda_graph: 'on'\nnorm: False")).norm is False
+    with pytest.raises(SystemExit):
+        parse(tmp_path, "norm: off")
+
+
 def test_a_field_name_sets_an_on_off_flag_too(tmp_path):
     assert config_from_args(parse(tmp_path, "norm: false\nadd_bn: true")).norm is False
     assert config_from_args(parse(tmp_path, "no_norm: false")).norm is True
@@ -72,6 +81,7 @@ def test_a_field_name_sets_an_on_off_flag_too(tmp_path):
         ("method: simclr", "method: 'simclr' is not one of w_mse, cw_rgp"),
         ("learning_rate: 0.1", "unknown key(s) learning_rate"),
         ("no_norm: 1", "no_norm: 1 is not true or false"),
+        ("no_norm: yes", "no_norm: 'yes' is not true or false"),
         ("- lr", "write one `flag: value` per line"),
     ],
 )

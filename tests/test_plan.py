@@ -119,3 +119,12 @@ def test_the_live_eta_counts_running_and_waiting_trials_at_their_seconds_per_epo
     line = capsys.readouterr().out
     assert f"({left:.1f} trial-epochs at 35.0 s, 2 running)" in line, line
     assert f"about {left * 35 / 2 / 60:.1f} min left" in line and "a 30.0, b 40.0" in line
+
+
+def test_the_plans_duration_gives_one_figure_when_its_bounds_print_alike():
+    from wsl_ray.sweep.bill import duration_range
+
+    assert duration_range(420, 300, 540) == "about 7.0 min (between 5.0 min and 9.0 min)"
+    assert duration_range(420, 420, 420) == "about 7.0 min"
+    assert duration_range(421, 419, 422) == "about 7.0 min"  # 7.0 min both: one figure
+    assert duration_range(30, 30.2, 29.9) == "about 30 s"

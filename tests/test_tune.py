@@ -285,6 +285,7 @@ def test_a_live_driver_holds_the_lock_and_a_dead_ones_is_taken_over(tmp_path):
     from wsl_ray.sweep.experiment import ExperimentError, experiment_lock
 
     lock = tmp_path / "exp" / "driver.lock"
+    lock.parent.mkdir()  # an experiment folder from before: it stays
     with experiment_lock(str(tmp_path / "exp")):
         held = json.loads(lock.read_text())
         assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
@@ -301,6 +302,25 @@ def test_a_live_driver_holds_the_lock_and_a_dead_ones_is_taken_over(tmp_path):
         with experiment_lock(str(tmp_path / "exp")):
             pass
     assert json.loads(lock.read_text())["host"] == "elsewhere"  # another host's lock is kept
+
+
+def test_a_driver_that_wrote_no_experiment_leaves_no_folder(tmp_path):
+    """tune --plan (or a sweep refused before its record) holds the lock in a folder it
+    created: the folders the lock made are gone with it when empty, a used or older one
+    stays."""
+    from wsl_ray.sweep.experiment import experiment_lock
+
+    storage = tmp_path / "new_storage"
+    with experiment_lock(str(storage / "plan")):
+        assert (storage / "plan" / "driver.lock").exists()
+    assert not storage.exists()
+    with experiment_lock(str(storage / "sweep")):
+        (storage / "sweep" / "sweep.json").write_text("{}")
+    assert sorted(p.name for p in storage.rglob("*")) == ["sweep", "sweep.json"]
+    (tmp_path / "old").mkdir()
+    with experiment_lock(str(tmp_path / "old")):
+        pass
+    assert (tmp_path / "old").is_dir()
 
 
 def test_a_resume_that_changes_the_sweep_is_refused_naming_what(tmp_path, space_file):
@@ -371,9 +391,34 @@ def test_a_sweep_waits_a_bounded_time_for_resources_then_names_what_is_missing()
         now[0] += seconds
 
     with pytest.raises(SpaceError, match="the cluster has 0 GPU, after waiting 12 s"):
-        wait_for_resources(1, 1, 1, 12, lambda: {"CPU": 2.0}, sleep, lambda: now[0])
+        wait_for_resources(1, 1, 1, 12, True, lambda: {"CPU": 2.0}, sleep, lambda: now[0])
     assert now[0] == 12  # waited the whole bound, not forever
     grown = iter([{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0, "GPU": 1.0}])  # an autoscaler
     now[0] = 0.0
-    wait_for_resources(1, 1, 1, 60, lambda: next(grown), sleep, lambda: now[0])
+    wait_for_resources(1, 1, 1, 60, True, lambda: next(grown), sleep, lambda: now[0])
     assert now[0] == 10
+
+
+def test_a_local_ray_this_command_started_is_not_waited_for(monkeypatch):
+    """A local Ray has the machine's resources and never more: what it lacks fails at once,
+    not after --wait-for-resources; init_ray tells which Ray it joined."""
+    import signal
+
+    import ray
+
+    from wsl_ray.sweep.tuner import wait_for_resources
+    from wsl_ray.utils import ray_start
+
+    def sleep(seconds):
+        raise AssertionError(f"slept {seconds} s for a Ray that cannot grow")
+
+    with pytest.raises(SpaceError, match="the cluster has 0 GPU; this command started a local"):
+        wait_for_resources(1, 1, 1, 300, False, lambda: {"CPU": 2.0}, sleep)
+    wait_for_resources(1, 1, 0, 300, False, lambda: {"CPU": 2.0}, sleep)  # it fits: no wait
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:1")  # kept by init_ray
+    for head, address, started in ((True, None, True), (False, "10.0.0.1:6379", False)):
+        node = type("Node", (), {"head": head})()
+        monkeypatch.setattr(ray._private.worker, "_global_node", node)
+        assert ray_start.init_ray(address) is started

@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--val_size", "--val-size", type=float, default=None, help="validation split (0.1)"
     )
     p.add_argument("--scheduler", default="asha", choices=("asha", "fifo"))
-    p.add_argument("--grace", type=int, default=None, help="ASHA grace period in epochs")
+    p.add_argument(
+        "--grace",
+        type=int,
+        default=None,
+        help="ASHA grace period in epochs (--scheduler asha only; default: the space's eval_every)",
+    )
     p.add_argument("--name", default=None, help="experiment name (default: the space's)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="local path or URI (s3://...)")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name")
@@ -121,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         metavar="SECONDS",
         help="how long to wait for the cluster to offer one trial's CPUs and GPUs (an "
-        "autoscaler adding nodes) before the sweep stops with what is missing",
+        "autoscaler adding nodes) before the sweep stops with what is missing; a local Ray "
+        "that the command started (no RAY_ADDRESS) never grows and is not waited for",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and trials)")
     p.add_argument("--wandb", default=None, help="log every trial to this wandb project")
@@ -151,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="fix training flags, or pin searched parameters to one value",
+        help="fix training flags, or pin searched parameters to one value; VALUE is read as "
+        "the flag's type (text for a string flag: cuda_graph=off; YAML for booleans and lists)",
     )
     p.add_argument(
         "--plan",
@@ -203,6 +210,11 @@ def check_sweep_flags(args: argparse.Namespace) -> str | None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             return f"{flag} {value}: must be 1 or more"
+    if args.grace is not None and args.scheduler != "asha":
+        return (
+            f"--grace {args.grace} is ASHA's grace period, and --scheduler {args.scheduler} "
+            "stops no trial early: drop --grace, or use --scheduler asha"
+        )
     resources = (args.workers_per_trial, args.cpus_per_trial, args.gpus_per_trial)
     if problem := resource_problem(*resources):
         return problem

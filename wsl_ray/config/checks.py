@@ -36,12 +36,17 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         "eval_every_drop",
         "ckpt_every",
         "w_size",
-        "w_iter",
-        "head_layers",
         "head_size",
         "Tmult",
     ):
         check(getattr(cfg, name) >= 1, f"--{name} {getattr(cfg, name)}: must be 1 or more")
+    for f in fields(cfg):  # counts of work repeated in every step: --help gives the range
+        if bounds := f.metadata.get("bounds"):
+            value = getattr(cfg, f.name)
+            check(
+                bounds[0] <= value <= bounds[1],
+                f"--{f.name} {value}: must be in [{bounds[0]}, {bounds[1]}]",
+            )
     for name in ("subset", "T0", "warmup_epochs"):
         value = getattr(cfg, name)
         check(value is None or value >= 1, f"--{name} {value}: must be 1 or more (or unset)")
@@ -102,7 +107,6 @@ def validate_config(cfg: Config, workers: int = 1, gpus: float | None = None) ->
         f"--cuda_graph on needs --device cuda (not {cfg.device}); or use --cuda_graph auto",
     )
     check.raise_if_any()
-    check(cfg.num_samples >= 2, f"--num_samples {cfg.num_samples}: need 2 or more views")
     check(cfg.bs >= workers, f"--bs {cfg.bs} is smaller than the {workers} workers")
     check(cfg.emb >= 1 and cfg.bs >= 2, "--emb and --bs must be positive (--bs at least 2)")
     check(

@@ -4,18 +4,37 @@ Keys are the flags' names without the leading dashes (`lr`, `gpus_per_worker` or
 `gpus-per-worker`); an on/off flag takes true/false under its own name (`no_norm: true`)
 or its field's (`norm: false`). Every value passes through its flag's own type, so
 `lr: 1e-3` (a string to YAML 1.1) becomes the float 0.001, and `bs: 1e3` is refused as
-argparse would refuse `--bs 1e3`. Flags given on the command line override the file.
+argparse would refuse `--bs 1e3`. Booleans are YAML 1.2's, true and false only: on, off,
+yes and no stay text, so that a text flag keeps them (`cuda_graph: off`). Flags given on the
+command line override the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 SKIP = ("help", "config", "print_config")
+BOOL = "tag:yaml.org,2002:bool"
+
+
+class FlagLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with YAML 1.2's booleans (true, false): YAML 1.1 also reads on, off,
+    yes and no as booleans, which turned `cuda_graph: off` into False."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != BOOL]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+FlagLoader.add_implicit_resolver(
+    BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def add_config_file_flags(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +92,7 @@ def read_config_file(parser: argparse.ArgumentParser, path: str | Path) -> dict[
     if not path.is_file():
         raise ValueError(f"--config {path}: no such file")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), Loader=FlagLoader) or {}
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""

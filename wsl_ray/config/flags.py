@@ -17,6 +17,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         meta = dict(f.metadata)
         help_text = meta.pop("help")
         method = meta.pop("method", None)
+        meta.pop("bounds", None)  # validation's range, already at the end of the help
         if method is not None and method not in groups:
             groups[method] = parser.add_argument_group(f"options of --method {method}")
         group = groups.get(method, parser)

@@ -71,10 +71,21 @@ class ConfigError(ValueError):
         self.problems = problems or [message]
 
 
-def _f(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+def _f(
+    default: Any, help: str, bounds: tuple[int, int] | None = None, **argparse_kwargs: Any
+) -> Any:
+    """A config field: its default, its --help text and argparse's settings in `metadata`.
+    `bounds` (low, high): the range validation holds a count to, e.g. of work repeated in
+    every step (a typo such as --w_iter 100000000 would otherwise never finish a step); it
+    ends the help text and stays in metadata["bounds"]."""
+    extra = {"bounds": bounds} if bounds else {}
     return dataclasses.field(
         default_factory=lambda: list(default) if isinstance(default, list) else default,
-        metadata={"help": help, **argparse_kwargs},
+        metadata={
+            "help": f"{help} ({bounds[0]} to {bounds[1]})" if bounds else help,
+            **extra,
+            **argparse_kwargs,
+        },
     )
 
 
@@ -84,10 +95,10 @@ class GeneralConfig:
 
     # method and loss
     method: str = _f("w_mse", "loss type", choices=METHODS)
-    num_samples: int = _f(2, "number of views generated from each image")
+    num_samples: int = _f(2, "number of views generated from each image", bounds=(2, 32))
     emb: int = _f(None, f"embedding size ({method_defaults_help('emb')})", type=int)
     w_size: int = _f(128, "size of the sub-batch whitened together (W-MSE, CW-RGP)")
-    w_iter: int = _f(1, "iterations of whitening matrix estimation (W-MSE, CW-RGP)")
+    w_iter: int = _f(1, "iterations of whitening matrix estimation (W-MSE, CW-RGP)", bounds=(1, 64))
     w_eps: float = _f(0.0, "shrinkage eps of the covariance, for stability")
     groups: int = _f(None, "number of random channel groups (CW-RGP; default 1)", type=int)
     norm: bool = _f(True, "don't normalise latents (for the Euclidean distance)")
@@ -96,7 +107,7 @@ class GeneralConfig:
     )
     # encoder and head
     arch: str = _f("resnet18", "encoder: resnet18|34|50, or resnet18_wN for base width N")
-    head_layers: int = _f(2, "number of FC layers in the head")
+    head_layers: int = _f(2, "number of FC layers in the head", bounds=(1, 16))
     head_size: int = _f(1024, "size of the head's hidden FC layers")
     add_bn: bool = _f(True, "do not use BatchNorm in the head")
     zero_init_residual: bool = _f(
@@ -265,6 +276,8 @@ def option_fields(specs: Iterable[MethodSpec]) -> list[tuple[str, str, dataclass
             extra = {"choices": option.choices} if option.choices else {}
             if option.type is not None:
                 extra["type"] = option.type
+            if option.bounds is not None:
+                extra["bounds"] = option.bounds
             out.append(
                 (
                     name,

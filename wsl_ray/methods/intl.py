@@ -106,9 +106,7 @@ INTL_SPEC = MethodSpec(
     defaults={"emb": 2048},
     check=_problems,
     options={
-        "intl_iters": Option(
-            4, "INTL: IterNorm's Newton steps T", valid=lambda v: v >= 1, rule="must be 1 or more"
-        ),
+        "intl_iters": Option(4, "INTL: IterNorm's Newton steps T", bounds=(1, 64)),
         "intl_axis": Option(
             "channel",
             "INTL: whiten over the channels (the reference's axis 0) or the batch (axis 1)",

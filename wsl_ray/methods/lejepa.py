@@ -73,14 +73,14 @@ LEJEPA_SPEC = MethodSpec(
         "sigreg_slices": Option(
             256,
             "LeJEPA: number of random directions SIGReg projects on, drawn at every step",
-            valid=lambda v: v >= 1,
-            rule="must be 1 or more",
+            bounds=(1, 16384),
         ),
         "sigreg_points": Option(
             17,
             "LeJEPA: trapezoid nodes of SIGReg's integral on [0, --sigreg_t_max]",
-            valid=lambda v: v >= 3 and v % 2 == 1,
-            rule="must be odd and 3 or more",
+            valid=lambda v: v % 2 == 1,
+            rule="must be odd",
+            bounds=(3, 257),
         ),
         "sigreg_t_max": Option(
             3.0,

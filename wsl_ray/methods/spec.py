@@ -29,6 +29,8 @@ class Option:
     type     its type when the default is None (str, int, float)
     valid    a rule every value must pass, whatever the method, and `rule` says it
     rule     what `valid` asks for, e.g. 'must be > 0'
+    bounds   (low, high): the range of a count (of work repeated in every step), checked
+             with the config's other bounded fields and shown in --help
     """
 
     default: Any
@@ -37,6 +39,7 @@ class Option:
     type: type | None = None
     valid: Callable[[Any], bool] | None = None
     rule: str = ""
+    bounds: tuple[int, int] | None = None
 
     @property
     def annotation(self) -> str:

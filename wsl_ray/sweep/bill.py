@@ -38,6 +38,16 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def duration_range(expected: float, lower: float, upper: float) -> str:
+    """'about 7.0 min (between 5.0 min and 9.0 min)' for seconds expected within [lower,
+    upper]; 'about 7.0 min' alone when the bounds print alike (an interval of one figure
+    says nothing)."""
+    about = f"about {duration(expected)}"
+    if duration(lower) == duration(upper):
+        return about
+    return f"{about} (between {duration(lower)} and {duration(upper)})"
+
+
 def sweep_bill(
     rows: list[dict[str, Any]], resources: Resources, planned: dict[str, float], wall_s: float
 ) -> dict[str, Any]:

@@ -92,7 +92,8 @@ def run_on_ray(
         untrained_baseline(default, data) if settings.baseline and not settings.plan else None
     )
     path = settings.experiment.path
-    init_ray(os.environ.get("RAY_ADDRESS"))  # a SIGTERM then runs `finally`: stops our Ray
+    # a SIGTERM then runs `finally`: stops our Ray
+    started_here = init_ray(os.environ.get("RAY_ADDRESS"))
     confirmed = None
     try:
         # now the cluster's GPUs are known (--sync_bn needs one)
@@ -100,7 +101,11 @@ def run_on_ray(
             space.check(workers=settings.workers_per_trial, gpus=cluster_gpus())
         gpus = settings.gpus_per_trial if settings.gpus_per_trial is not None else cluster_gpus()
         wait_for_resources(
-            settings.workers_per_trial, settings.cpus_per_trial, gpus, settings.wait_for_resources
+            settings.workers_per_trial,
+            settings.cpus_per_trial,
+            gpus,
+            settings.wait_for_resources,
+            can_grow=not started_here,
         )
         # one copy per node, owned by this driver: a resumed sweep puts it again
         shared = share_dataset(data, default.dataset, default.data_dir)

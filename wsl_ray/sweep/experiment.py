@@ -178,9 +178,12 @@ def _shown(value: Any) -> str:
 @contextmanager
 def experiment_lock(path: str) -> Iterator[None]:
     """Holds EXPERIMENT/driver.lock while the block runs (see the module docstring); raises
-    ExperimentError when a live driver holds it."""
+    ExperimentError when a live driver holds it. A local experiment folder that the lock
+    created and the block left empty (--plan, a sweep refused before its record) is removed
+    with the lock: a command that wrote no experiment leaves no folder of one."""
     lock = f"{path.rstrip('/')}/{LOCK}"
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    new = _missing_folders(path)
     _acquire(lock, mine)
     try:
         yield
@@ -188,6 +191,25 @@ def experiment_lock(path: str) -> Iterator[None]:
         if _holder(lock) == mine:
             fs, where = filesystem(lock)
             fs.delete_file(where)
+        for folder in new:  # the deepest first; one that holds something stays, and above it
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The local folders from `path` up that do not exist yet, the deepest first (none for
+    a URI, whose folders are the prefixes of its objects and vanish with them)."""
+    fs, where = filesystem(path)
+    if not isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return []
+    missing = []
+    folder = Path(where).absolute()
+    while not folder.exists():
+        missing.append(str(folder))
+        folder = folder.parent
+    return missing
 
 
 def _acquire(lock: str, mine: dict[str, Any]) -> None:

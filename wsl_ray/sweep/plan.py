@@ -33,7 +33,7 @@ from ..training.runner import torch_trainer
 from ..utils.markdown import markdown_table
 from ..utils.storage import filesystem
 from .asha import REDUCTION_FACTOR, milestones, planned_trial_epochs
-from .bill import Resources, duration
+from .bill import Resources, duration, duration_range
 from .experiment import Experiment
 from .settings import SweepSettings
 
@@ -256,8 +256,8 @@ def plan_text(
     )
     expected, lower, upper = costs["expected"], costs["lower bound"], costs["upper bound"]
     sentence = (
-        f"The sweep should take about {duration(expected[0])} (between {duration(lower[0])} "
-        f"and {duration(upper[0])}) and {expected[1]:.2f} {r.unit}-hours{after}."
+        f"The sweep should take {duration_range(expected[0], lower[0], upper[0])} and "
+        f"{expected[1]:.2f} {r.unit}-hours{after}."
     )
     lines += [table, measured, sentence]
     if m.epoch_s > SLOW_EPOCH_S:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -31,6 +32,7 @@ import optuna
 import yaml
 
 from ..config import Config, ConfigError, type_problem, validate_config
+from ..config.file import FlagLoader
 
 
 def _spaces_dir() -> Path:
@@ -207,21 +209,35 @@ def _point(sampled: dict[str, Any]) -> str:
 
 
 def parse_setting(key: str, text: str) -> Any:
-    """The value of `--set key=text`: YAML, except that a training flag of type float takes
-    any number Python reads (YAML 1.1 reads '1e-3' as a string). Raises SpaceError for a
-    value of the wrong type for its training flag."""
+    """The value of `--set key=text`: YAML, and where YAML reads another type than the
+    training flag `key` declares, the text read by that type: a string flag takes the text
+    as it is (`cuda_graph=off` is 'off', not YAML's false), a number flag any number Python
+    reads (YAML 1.1 reads '1e-3' as a string). Raises SpaceError for a value of the wrong
+    type for its training flag."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=FlagLoader)
     except yaml.YAMLError:
         value = text  # not YAML: a string, which the type check below judges
     field = {f.name: f for f in fields(Config)}.get(key)
-    if field is not None and "float" in str(field.type) and isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass  # the type check names the flag and what it must be
+    if field is not None and type_problem(key, value):
+        value = _read_as(str(field.type), text, value)
     if problem := type_problem(key, value):
         raise SpaceError(problem)
+    return value
+
+
+_READERS: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+
+
+def _read_as(annotation: str, text: str, value: Any) -> Any:
+    """`text` read by the first scalar type of `annotation` ('int', 'str | None', ...) that
+    reads it; else `value` (its YAML reading), for the type check to judge."""
+    for name in annotation.split("|"):
+        reader = _READERS.get(name.strip())
+        try:
+            return reader(text) if reader else value
+        except ValueError:
+            continue
     return value
 
 
@@ -265,9 +281,11 @@ def load_space(space: str, overrides: dict[str, Any] | None = None) -> SearchSpa
 
 
 def parse_space(text: str, path: Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
-    """A space from YAML text; `path` names it in messages (its stem is the space's name)."""
+    """A space from YAML text, whose booleans are true and false only (`cuda_graph: off`
+    is text, as in a --config file); `path` names it in messages (its stem is the space's
+    name)."""
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=FlagLoader) or {}
     except yaml.YAMLError as err:
         raise SpaceError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     sections = ("config", "params", "derived", "first")

@@ -221,21 +221,30 @@ def wait_for_resources(
     cpus: float,
     gpus: float,
     timeout: float,
+    can_grow: bool = True,
     resources: Callable[[], dict[str, float]] = ray.cluster_resources,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Returns once the cluster can run one trial; waits up to `timeout` seconds for an
     autoscaler to add what is missing, then raises SpaceError naming it (a trial that asks
-    for resources no node has would otherwise stay PENDING forever)."""
+    for resources no node has would otherwise stay PENDING forever). A cluster that cannot
+    grow (`can_grow` False: the local Ray this command started) is not waited for: what it
+    lacks raises at once."""
     deadline = clock() + timeout
     told = False
+    change = "lower --gpus-per-trial, --cpus-per-trial or --workers-per-trial"
     while problem := missing_resources(resources(), workers, cpus, gpus):
+        if not can_grow:
+            raise SpaceError(
+                f"{problem}; this command started a local Ray, which never grows: {change}, "
+                "or run on a cluster (RAY_ADDRESS)"
+            )
         left = deadline - clock()
         if left <= 0:
             raise SpaceError(
-                f"{problem}, after waiting {timeout:g} s (--wait-for-resources); lower "
-                "--gpus-per-trial, --cpus-per-trial or --workers-per-trial, or add nodes"
+                f"{problem}, after waiting {timeout:g} s (--wait-for-resources); {change}, "
+                "or add nodes"
             )
         if not told:
             print(f"waiting up to {timeout:g} s for the cluster: {problem}", flush=True)

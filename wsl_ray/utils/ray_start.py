@@ -9,8 +9,12 @@ import socket
 import sys
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None) -> bool:
     """ray.init: the cluster at `address`, else a local Ray; then SIGTERM as sys.exit(143).
+    Returns whether this process started the Ray it joined: a local Ray, which has the
+    machine's CPUs and GPUs and never more (no autoscaler adds nodes to it), rather than a
+    running cluster (found at `address`, or by Ray from RAY_ADDRESS or the machine's
+    running instance).
 
     A local Ray's processes are told its dashboard's address (RAY_API_SERVER_ADDRESS,
     inherited from this process): Ray Train's PlacementGroupCleaner otherwise finds the
@@ -32,3 +36,5 @@ def init_ray(address: str | None = None) -> None:
         os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
         ray.init(include_dashboard=True, dashboard_port=port, ignore_reinit_error=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    node = ray._private.worker._global_node  # the head this process started, or a client's
+    return bool(node is not None and node.head)
