@@ -187,8 +187,8 @@ def test_plan_measures_and_starts_no_trial(cluster, space_file, tmp_path):
     # a rung at epoch 1: 3 trial-epochs there, then the first and 1 in 2 of the others
     assert "| sweep, expected (1 in 2 promoted per rung) | 5 |" in out, out[-3000:]
     assert re.search(r"The sweep should take about [\d.]+ (s|min)", out), out[-3000:]
-    # the storage holds only the space file and the empty folder that the driver lock made
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["t", "tiny.yaml"]
+    # the storage holds only the space file: the plan leaves no experiment folder (issue 37)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["tiny.yaml"]
 
 
 def test_small_epochs_never_reach_rays_grace_assertion():
